@@ -1,0 +1,50 @@
+/**
+ * What the driver asks of the kernel. The dataplane owns no state of its own beyond
+ * what it can re-read from the kernel and the netns directory: every call is a
+ * projection of desired state and may be repeated safely.
+ */
+
+export type ResolutionMode = 'static' | 'miss' | 'p2p' | 'multicast';
+
+export interface OverlaySpec {
+  networkId: string;
+  vni: number;
+  /** MTU of br0, vxlan0 and every veth end (underlay MTU - 50 unless overridden). */
+  mtu: number;
+  /** Gateway address with prefix length, put on br0, e.g. `10.20.0.1/24`. */
+  gatewayCidr: string;
+  /** Underlay address the VXLAN socket binds to (`local`); undefined = any. */
+  vtep?: string;
+  mode: ResolutionMode;
+  /** p2p: the one remote VTEP; multicast: the group address. */
+  remote?: string;
+  group?: string;
+}
+
+export interface OverlayInfo {
+  /** Path of the namespace file, `<netnsDir>/<epoch>-<first 10 chars of network id>`. */
+  netnsPath: string;
+  epoch: number;
+}
+
+export interface EndpointAttachment {
+  networkId: string;
+  endpointId: string;
+  mac: string;
+  mtu: number;
+}
+
+export interface AttachedEndpoint {
+  /** Name of the veth end left in the plugin's namespace for Docker to move (Join's SrcName). */
+  srcName: string;
+  /** Name of the veth end enslaved to br0 inside the overlay namespace. */
+  bridgePortName: string;
+}
+
+/** A remote container: what a PERMANENT neighbour entry and a `dst` FDB entry are made of. */
+export interface Peer {
+  ip: string;
+  mac: string;
+  /** Underlay address of the host running the container. */
+  vtep: string;
+}
