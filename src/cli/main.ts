@@ -1,0 +1,55 @@
+#!/usr/bin/env node
+import { parseConfig, usage } from '../config';
+import { startDaemon } from '../daemon';
+import { createLogger } from '../log';
+
+const VERSION = '0.1.0';
+
+async function serve(argv: string[]): Promise<void> {
+  const config = parseConfig(argv, process.env);
+  const logger = createLogger(config.logLevel);
+  const daemon = await startDaemon(config, logger);
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info('stopping', { signal });
+    daemon.close().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        logger.error('shutdown failed', { error: String(err) });
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  // A bug in one request must not take every container's network plugin down with it.
+  process.on('unhandledRejection', (reason) => logger.error('unhandled rejection', { error: String(reason) }));
+}
+
+async function main(): Promise<void> {
+  const [command, ...rest] = process.argv.slice(2);
+  switch (command) {
+    case 'serve':
+      return serve(rest);
+    case 'version':
+    case '--version':
+      process.stdout.write(`tsoverlay ${VERSION}\n`);
+      return;
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(`tsoverlay ${VERSION}: Docker VXLAN overlay network plugin\n\ncommands:\n  serve     run the plugin daemon\n  version   print the version\n\n${usage()}\n`);
+      return;
+    default:
+      process.stderr.write(`tsoverlay: unknown command "${command}"\n\n${usage()}\n`);
+      process.exitCode = 2;
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`tsoverlay: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});

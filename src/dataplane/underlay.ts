@@ -1,0 +1,43 @@
+import { createRtNetlink } from 'netlink';
+
+export interface Underlay {
+  address: string;
+  interfaceName: string;
+  mtu: number;
+}
+
+function ipv4(bytes: Buffer | undefined): string | undefined {
+  return bytes && bytes.length === 4 ? Array.from(bytes).join('.') : undefined;
+}
+
+/**
+ * The underlay this host's VTEP sits on: the interface holding `vtep` if given, else the one
+ * carrying the default route (the address other hosts will most likely reach us at).
+ */
+export async function detectUnderlay(vtep?: string): Promise<Underlay> {
+  const socket = createRtNetlink();
+  try {
+    // One dump at a time: node-netlink mixes up the parts of concurrent multipart replies.
+    const links = await socket.getLinks();
+    const addresses = await socket.getAddresses();
+    const v4 = addresses
+      .filter((a) => a.data.family === 2)
+      .map((a) => ({ index: a.data.index, address: ipv4(a.attrs.local ?? a.attrs.address) }))
+      .filter((a): a is { index: number; address: string } => a.address !== undefined && !a.address.startsWith('127.'));
+    let chosen: { index: number; address: string } | undefined;
+    if (vtep) {
+      chosen = v4.find((a) => a.address === vtep);
+      if (!chosen) throw new Error(`--vtep ${vtep} is not an address of any interface of this host`);
+    } else {
+      const routes = await socket.getRoutes({ family: 2 });
+      const defaultRoute = routes.find((r) => r.data.dstLen === 0 && r.attrs.oif !== undefined && (r.data.table ?? 254) === 254);
+      chosen = defaultRoute ? v4.find((a) => a.index === defaultRoute.attrs.oif) : undefined;
+      chosen ??= v4[0];
+      if (!chosen) throw new Error('cannot find an underlay IPv4 address: pass --vtep');
+    }
+    const link = links.find((l) => l.data.index === chosen!.index);
+    return { address: chosen.address, interfaceName: link?.attrs.ifname ?? '?', mtu: link?.attrs.mtu ?? 1500 };
+  } finally {
+    socket.socket.close();
+  }
+}

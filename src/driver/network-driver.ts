@@ -1,0 +1,426 @@
+import type { AttachedEndpoint, EndpointAttachment, OverlayInfo, OverlaySpec, Peer } from '../dataplane/types';
+import type { Logger } from '../log';
+import { PluginError, errorMessage } from '../util/errors';
+import { KeyedMutex } from '../util/keyed-mutex';
+import { GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE } from './ipam';
+import { macFromIp, normalizeMac } from './mac';
+import { FIRST_VNI, MAX_VNI, overlayMtu, parseNetworkOptions, type NetworkOptions } from './options';
+import { RecordStore, nowIso, type Versioned } from './record-store';
+import {
+  addressRecordSchema,
+  encodeRecord,
+  endpointRecordSchema,
+  keys,
+  networkIdRecordSchema,
+  networkRecordSchema,
+  vniRecordSchema,
+  type EndpointRecord,
+  type NetworkRecord,
+} from './records';
+import { contains, intToIp, parseAddressCidr, parseSubnet, subnetKey } from './subnet';
+
+/** The part of the dataplane the driver uses; the kernel implementation lives in src/dataplane. */
+export interface OverlayDataplane {
+  ensureOverlay(spec: OverlaySpec): Promise<OverlayInfo>;
+  removeOverlay(networkId: string): Promise<void>;
+  findOverlay(networkId: string): OverlayInfo | undefined;
+  attachEndpoint(attachment: EndpointAttachment): Promise<AttachedEndpoint>;
+  detachEndpoint(networkId: string, endpointId: string): Promise<void>;
+  applyPeers(networkId: string, add: Peer[], remove: Peer[]): Promise<unknown>;
+}
+
+/** Tells the peer distribution which networks have local containers (src/driver/peer-sync). */
+export interface PeerSyncHooks {
+  networkActive(networkId: string, network: NetworkRecord): Promise<void>;
+  networkInactive(networkId: string): Promise<void>;
+}
+
+export interface HostIdentity {
+  name: string;
+  /** Underlay address other hosts send VXLAN traffic to. */
+  vtep: string;
+  /** MTU of the underlay interface; the overlay gets 50 bytes less. */
+  underlayMtu: number;
+}
+
+export interface IPv4Data {
+  addressSpace: string;
+  pool: string;
+  gateway?: string;
+}
+
+export interface CreateNetworkInput {
+  networkId: string;
+  genericOptions: Record<string, string>;
+  ipv4: IPv4Data[];
+  ipv6: IPv4Data[];
+}
+
+export interface CreateEndpointInput {
+  networkId: string;
+  endpointId: string;
+  address?: string;
+  addressIPv6?: string;
+  macAddress?: string;
+}
+
+/**
+ * Network and endpoint life cycle (libnetwork's remote driver calls), in terms of store
+ * records and dataplane projections. Every call is idempotent because Docker retries.
+ */
+export class NetworkDriver {
+  private readonly networkLocks = new KeyedMutex();
+
+  constructor(
+    private readonly records: RecordStore,
+    private readonly dataplane: OverlayDataplane,
+    private readonly host: HostIdentity,
+    private readonly logger: Logger,
+    private readonly peerSync?: PeerSyncHooks,
+  ) {}
+
+  async createNetwork(input: CreateNetworkInput): Promise<void> {
+    const options = this.parseOptions(input.genericOptions);
+    if (input.ipv6.length > 0) throw new PluginError('tsoverlay does not support IPv6 yet; create the network without --ipv6');
+    const [v4, ...more] = input.ipv4;
+    if (!v4) throw new PluginError('the network has no IPv4 subnet; pass --subnet');
+    if (more.length > 0) throw new PluginError('tsoverlay supports one IPv4 subnet per network');
+    const subnet = this.parse(() => parseSubnet(v4.pool));
+    const ours = v4.addressSpace === LOCAL_ADDRESS_SPACE || v4.addressSpace === GLOBAL_ADDRESS_SPACE;
+    if (this.records.store.distributed && !ours && !options.allowDefaultIpam) {
+      throw new PluginError(
+        'with a distributed store every host must allocate from the same cluster-wide IPAM: ' +
+          'create the network with --ipam-driver tsoverlay (or -o allow-default-ipam=true to accept per-host address allocation)',
+      );
+    }
+    const gateway = v4.gateway ? this.parse(() => parseAddressCidr(v4.gateway!)).ip : intToIp(subnet.network + 1);
+    if (!contains(subnet, gateway)) throw new PluginError(`gateway ${gateway} is not inside ${subnet.cidr}`);
+    const networkKey = options.vni !== undefined ? `vni-${options.vni}` : subnetKey(subnet);
+
+    await this.networkLocks.run(input.networkId, async () => {
+      const known = await this.records.get(networkIdRecordSchema, keys.networkId(input.networkId));
+      if (known && known.value.networkKey !== networkKey) {
+        throw new PluginError(`network ${input.networkId} already exists with different settings`, 409);
+      }
+      const network = await this.joinOrCreateNetworkRecord(networkKey, input.networkId, subnet.cidr, gateway, options);
+      await this.refuseSecondLocalNetwork(network, input.networkId);
+      await this.records.put(keys.networkId(input.networkId), { networkKey, host: this.host.name, created: nowIso() });
+      this.logger.info('network created', { networkId: input.networkId, networkKey, vni: network.vni, subnet: network.subnet });
+    });
+  }
+
+  async deleteNetwork(networkId: string): Promise<void> {
+    await this.networkLocks.run(networkId, async () => {
+      const mapping = await this.records.get(networkIdRecordSchema, keys.networkId(networkId));
+      if (this.dataplane.findOverlay(networkId)) {
+        await this.peerSync?.networkInactive(networkId);
+        await this.dataplane.removeOverlay(networkId);
+      }
+      if (!mapping) return;
+      await this.records.delete(keys.networkId(networkId));
+      const networkKey = mapping.value.networkKey;
+      let vniToFree: number | undefined;
+      await this.records.update(networkRecordSchema, keys.network(networkKey), (current) => {
+        if (!current) return undefined;
+        const ids = current.ids.filter((id) => id !== networkId);
+        if (ids.length > 0) return { ...current, ids };
+        vniToFree = current.vni;
+        return null;
+      });
+      if (vniToFree !== undefined) {
+        await this.records.delete(keys.vni(vniToFree));
+        await this.records.store.deletePrefix(keys.endpoints(networkKey));
+      }
+      this.logger.info('network deleted', { networkId, networkKey, lastHost: vniToFree !== undefined });
+    });
+  }
+
+  async createEndpoint(input: CreateEndpointInput): Promise<{ macAddress?: string }> {
+    if (input.addressIPv6) throw new PluginError('tsoverlay does not support IPv6 endpoints yet');
+    if (!input.address) throw new PluginError('the endpoint has no IPv4 address: the network must use an IPAM driver that assigns one');
+    const { ip } = this.parse(() => parseAddressCidr(input.address!));
+    const givenMac = input.macAddress ? normalizeMac(input.macAddress) : undefined;
+    if (input.macAddress && !givenMac) throw new PluginError(`invalid MAC address "${input.macAddress}"`);
+    const mac = givenMac ?? macFromIp(ip);
+
+    return this.networkLocks.run(input.networkId, async () => {
+      const network = await this.requireNetwork(input.networkId);
+      const subnet = parseSubnet(network.value.subnet);
+      if (!contains(subnet, ip)) throw new PluginError(`address ${ip} is not inside the network's subnet ${subnet.cidr}`);
+      const key = keys.endpoint(network.value.key, input.endpointId);
+      const existing = await this.records.get(endpointRecordSchema, key);
+      if (existing && (existing.value.ip !== ip || existing.value.host !== this.host.name)) {
+        throw new PluginError(`endpoint ${input.endpointId} already exists with address ${existing.value.ip}`, 409);
+      }
+      if (!existing) {
+        const name = await this.endpointName(subnet.cidr, ip);
+        const record: EndpointRecord = {
+          id: input.endpointId,
+          networkId: input.networkId,
+          ip,
+          mac,
+          locator: this.host.vtep,
+          host: this.host.name,
+          ...(name ? { name } : {}),
+          joined: false,
+          created: nowIso(),
+        };
+        await this.records.put(key, record);
+      }
+      this.logger.info('endpoint created', { networkId: input.networkId, endpointId: input.endpointId, ip, mac });
+      // Docker fails the call with "driver modified interface" if we echo a field it set.
+      return givenMac ? {} : { macAddress: mac };
+    });
+  }
+
+  async deleteEndpoint(networkId: string, endpointId: string): Promise<void> {
+    await this.networkLocks.run(networkId, async () => {
+      const network = await this.findNetwork(networkId);
+      await this.dataplane.detachEndpoint(networkId, endpointId);
+      if (!network) return;
+      await this.records.delete(keys.endpoint(network.value.key, endpointId));
+      await this.removeOverlayIfUnused(networkId, network.value);
+      this.logger.info('endpoint deleted', { networkId, endpointId });
+    });
+  }
+
+  async endpointInfo(networkId: string, endpointId: string): Promise<Record<string, string>> {
+    const network = await this.requireNetwork(networkId);
+    const endpoint = await this.requireEndpoint(network.value, endpointId);
+    const overlay = this.dataplane.findOverlay(networkId);
+    return {
+      ip: endpoint.value.ip,
+      mac: endpoint.value.mac,
+      vni: String(network.value.vni),
+      ...(overlay ? { netns: overlay.netnsPath } : {}),
+    };
+  }
+
+  async join(networkId: string, endpointId: string): Promise<{ srcName: string }> {
+    return this.networkLocks.run(networkId, async () => {
+      const network = await this.requireNetwork(networkId);
+      const endpoint = await this.requireEndpoint(network.value, endpointId);
+      const hadOverlay = this.dataplane.findOverlay(networkId) !== undefined;
+      let attached: AttachedEndpoint | undefined;
+      try {
+        await this.dataplane.ensureOverlay(this.overlaySpec(networkId, network.value));
+        attached = await this.dataplane.attachEndpoint({ networkId, endpointId, mac: endpoint.value.mac, mtu: network.value.mtu });
+        if (!endpoint.value.joined) {
+          await this.records.put(endpoint.key, { ...endpoint.value, joined: true, locator: this.host.vtep });
+        }
+        await this.peerSync?.networkActive(networkId, network.value);
+      } catch (err) {
+        // Roll back so that Docker's retry starts from a clean slate and nothing is left half-made.
+        this.logger.warn('join failed, rolling back', { networkId, endpointId, error: errorMessage(err) });
+        await this.dataplane.detachEndpoint(networkId, endpointId).catch(() => undefined);
+        if (!hadOverlay) {
+          await this.peerSync?.networkInactive(networkId).catch(() => undefined);
+          await this.dataplane.removeOverlay(networkId).catch(() => undefined);
+        }
+        throw err;
+      }
+      this.logger.info('endpoint joined', { networkId, endpointId, srcName: attached.srcName });
+      return { srcName: attached.srcName };
+    });
+  }
+
+  async leave(networkId: string, endpointId: string): Promise<void> {
+    await this.networkLocks.run(networkId, async () => {
+      const network = await this.requireNetwork(networkId);
+      const endpoint = await this.records.get(endpointRecordSchema, keys.endpoint(network.value.key, endpointId));
+      if (endpoint?.value.joined) await this.records.put(endpoint.key, { ...endpoint.value, joined: false });
+      await this.removeOverlayIfUnused(networkId, network.value);
+      this.logger.info('endpoint left', { networkId, endpointId });
+    });
+  }
+
+  /**
+   * Swarm managers allocate the VNI before any worker sees the network; the options returned
+   * here replace the generic options workers get in CreateNetwork, so the VNI travels with them.
+   */
+  async allocateNetwork(networkId: string, rawOptions: Record<string, string>): Promise<Record<string, string>> {
+    const options = this.parseOptions(rawOptions);
+    if (options.vni !== undefined) return { ...rawOptions };
+    const vni = await this.allocateVni(`swarm-${networkId}`);
+    this.logger.info('network allocated', { networkId, vni });
+    return { ...rawOptions, vni: String(vni) };
+  }
+
+  async freeNetwork(networkId: string): Promise<void> {
+    for (const entry of await this.records.list(vniRecordSchema, keys.vnis())) {
+      if (entry.value.networkKey === `swarm-${networkId}`) await this.records.store.compareAndDelete(entry.key, entry.revision);
+    }
+  }
+
+  /**
+   * After a plugin restart: overlays that outlived the process get their peers again, and
+   * endpoints this host still advertises as joined without an overlay (the host rebooted or
+   * died) are withdrawn, so that no host keeps entries pointing at containers that are gone.
+   */
+  async resumeAfterRestart(): Promise<void> {
+    for (const mapping of await this.records.list(networkIdRecordSchema, keys.networkIds())) {
+      const networkId = mapping.key.slice(keys.networkIds().length);
+      const network = await this.records.get(networkRecordSchema, keys.network(mapping.value.networkKey));
+      if (!network) continue;
+      const hasOverlay = this.dataplane.findOverlay(networkId) !== undefined;
+      if (hasOverlay) await this.peerSync?.networkActive(networkId, network.value);
+      for (const ep of await this.records.list(endpointRecordSchema, keys.endpoints(network.value.key))) {
+        if (ep.value.host !== this.host.name || ep.value.networkId !== networkId) continue;
+        if (ep.value.joined && !hasOverlay) {
+          await this.records.store.compareAndSet(ep.key, encodeRecord({ ...ep.value, joined: false }), ep.revision);
+          this.logger.info('withdrew stale endpoint', { networkId, endpointId: ep.value.id });
+        } else if (ep.value.locator !== this.host.vtep) {
+          await this.records.store.compareAndSet(ep.key, encodeRecord({ ...ep.value, locator: this.host.vtep }), ep.revision);
+        }
+      }
+    }
+  }
+
+  overlaySpec(networkId: string, network: NetworkRecord): OverlaySpec {
+    const options = parseNetworkOptions(network.options);
+    const prefix = parseSubnet(network.subnet).prefixLength;
+    return {
+      networkId,
+      vni: network.vni,
+      mtu: network.mtu,
+      gatewayCidr: `${network.gateway}/${prefix}`,
+      vtep: this.host.vtep,
+      mode: network.mode,
+      ...(options.remote ? { remote: options.remote } : {}),
+      ...(options.group ? { group: options.group } : {}),
+    };
+  }
+
+  async findNetwork(networkId: string): Promise<Versioned<NetworkRecord> | undefined> {
+    const mapping = await this.records.get(networkIdRecordSchema, keys.networkId(networkId));
+    if (!mapping) return undefined;
+    return this.records.get(networkRecordSchema, keys.network(mapping.value.networkKey));
+  }
+
+  private async requireNetwork(networkId: string): Promise<Versioned<NetworkRecord>> {
+    const network = await this.findNetwork(networkId);
+    if (!network) throw new PluginError(`unknown network ${networkId}`, 404);
+    return network;
+  }
+
+  private async requireEndpoint(network: NetworkRecord, endpointId: string): Promise<Versioned<EndpointRecord>> {
+    const endpoint = await this.records.get(endpointRecordSchema, keys.endpoint(network.key, endpointId));
+    if (!endpoint || endpoint.value.host !== this.host.name) throw new PluginError(`unknown endpoint ${endpointId}`, 404);
+    return endpoint;
+  }
+
+  private async removeOverlayIfUnused(networkId: string, network: NetworkRecord): Promise<void> {
+    if (!this.dataplane.findOverlay(networkId)) return;
+    const endpoints = await this.records.list(endpointRecordSchema, keys.endpoints(network.key));
+    const stillJoined = endpoints.some((e) => e.value.host === this.host.name && e.value.networkId === networkId && e.value.joined);
+    if (stillJoined) return;
+    await this.peerSync?.networkInactive(networkId);
+    await this.dataplane.removeOverlay(networkId);
+    this.logger.info('overlay removed: no local container left', { networkId });
+  }
+
+  private async joinOrCreateNetworkRecord(
+    networkKey: string,
+    networkId: string,
+    subnet: string,
+    gateway: string,
+    options: NetworkOptions,
+  ): Promise<NetworkRecord> {
+    const key = keys.network(networkKey);
+    const existing = await this.records.get(networkRecordSchema, key);
+    if (!existing) {
+      const vni = options.vni ?? (await this.allocateVni(networkKey));
+      if (options.vni !== undefined) await this.claimVni(options.vni, networkKey);
+      const record: NetworkRecord = {
+        key: networkKey,
+        ids: [networkId],
+        vni,
+        subnet,
+        gateway,
+        mtu: overlayMtu(this.host.underlayMtu, options.mtu),
+        mode: options.mode,
+        options: this.storedOptions(options),
+        created: nowIso(),
+      };
+      if (await this.records.create(key, record)) return record;
+      // Another host created it first: give our VNI back and adopt theirs.
+      if (options.vni === undefined) await this.records.delete(keys.vni(vni));
+    }
+    const joined = await this.records.update(networkRecordSchema, key, (current) => {
+      if (!current) throw new PluginError('the network record vanished while it was being created; try again', 503);
+      this.checkCompatible(current, subnet, options);
+      return current.ids.includes(networkId) ? undefined : { ...current, ids: [...current.ids, networkId] };
+    });
+    return joined!;
+  }
+
+  private checkCompatible(current: NetworkRecord, subnet: string, options: NetworkOptions): void {
+    if (current.subnet !== subnet) {
+      throw new PluginError(`VNI ${current.vni} is already used by a network on ${current.subnet}, not ${subnet}`, 409);
+    }
+    if (current.mode !== options.mode) {
+      throw new PluginError(`network on ${subnet} already exists in the cluster with mode=${current.mode}`, 409);
+    }
+  }
+
+  /** Two Docker networks on one host with the same subnet would share one overlay: refuse the second. */
+  private async refuseSecondLocalNetwork(network: NetworkRecord, networkId: string): Promise<void> {
+    for (const otherId of network.ids) {
+      if (otherId === networkId) continue;
+      const other = await this.records.get(networkIdRecordSchema, keys.networkId(otherId));
+      if (other?.value.host === this.host.name) {
+        await this.records.update(networkRecordSchema, keys.network(network.key), (current) =>
+          current ? { ...current, ids: current.ids.filter((id) => id !== networkId) } : undefined,
+        );
+        throw new PluginError(`subnet ${network.subnet} is already used by network ${otherId} on this host`, 409);
+      }
+    }
+  }
+
+  private async allocateVni(networkKey: string): Promise<number> {
+    for (let attempt = 0; attempt < 64; attempt++) {
+      const used = new Set((await this.records.store.list(keys.vnis())).map((e) => Number(e.key.slice(keys.vnis().length))));
+      let vni = FIRST_VNI;
+      while (used.has(vni)) vni++;
+      if (vni > MAX_VNI) throw new PluginError('no free VNI left', 409);
+      if (await this.records.create(keys.vni(vni), { networkKey, created: nowIso() })) return vni;
+    }
+    throw new PluginError('could not allocate a VNI: too much contention, try again', 503);
+  }
+
+  private async claimVni(vni: number, networkKey: string): Promise<void> {
+    if (await this.records.create(keys.vni(vni), { networkKey, created: nowIso() })) return;
+    const holder = await this.records.get(vniRecordSchema, keys.vni(vni));
+    if (holder && holder.value.networkKey !== networkKey && !holder.value.networkKey.startsWith('swarm-')) {
+      throw new PluginError(`VNI ${vni} is already in use by another network`, 409);
+    }
+  }
+
+  private storedOptions(options: NetworkOptions): Record<string, string> {
+    const out: Record<string, string> = { mode: options.mode };
+    if (options.vni !== undefined) out.vni = String(options.vni);
+    if (options.remote) out.remote = options.remote;
+    if (options.group) out.group = options.group;
+    if (options.mtu !== undefined) out.mtu = String(options.mtu);
+    return out;
+  }
+
+  /** The container name Docker passed to IPAM's RequestAddress, kept for `inspect`. */
+  private async endpointName(subnetCidr: string, ip: string): Promise<string | undefined> {
+    const key = keys.address(subnetKey(parseSubnet(subnetCidr)), ip);
+    const entry = await this.records.get(addressRecordSchema, key).catch(() => undefined);
+    return entry?.value.name;
+  }
+
+  private parseOptions(raw: Record<string, string>): NetworkOptions {
+    return this.parse(() => parseNetworkOptions(raw));
+  }
+
+  private parse<T>(fn: () => T): T {
+    try {
+      return fn();
+    } catch (err) {
+      throw new PluginError(errorMessage(err));
+    }
+  }
+}

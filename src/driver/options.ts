@@ -1,0 +1,85 @@
+import type { ResolutionMode } from '../dataplane/types';
+import { isIPv4 } from './subnet';
+
+/**
+ * The `-o key=value` options of `docker network create -d tsoverlay`, as they arrive in
+ * CreateNetwork's `com.docker.network.generic`. Unknown keys are refused so that a typo
+ * (`-o vin=300`) is an error rather than a silently different network.
+ */
+export interface NetworkOptions {
+  vni?: number;
+  mode: ResolutionMode;
+  remote?: string;
+  group?: string;
+  mtu?: number;
+  allowDefaultIpam: boolean;
+}
+
+export const MTU_OPTION = 'com.docker.network.driver.mtu';
+const KNOWN = new Set(['vni', 'mode', 'remote', 'group', MTU_OPTION, 'mtu', 'allow-default-ipam']);
+const MODES: readonly ResolutionMode[] = ['static', 'miss', 'p2p', 'multicast'];
+export const MAX_VNI = 0xffffff;
+export const FIRST_VNI = 256;
+
+function parseInteger(key: string, value: string, min: number, max: number): number {
+  if (!/^\d+$/.test(value)) throw new Error(`option ${key}="${value}" is not a whole number`);
+  const n = Number(value);
+  if (n < min || n > max) throw new Error(`option ${key}=${value} is out of range ${min}..${max}`);
+  return n;
+}
+
+function parseBoolean(key: string, value: string): boolean {
+  if (/^(1|true|yes)$/i.test(value)) return true;
+  if (/^(0|false|no)$/i.test(value)) return false;
+  throw new Error(`option ${key}="${value}" is not a boolean`);
+}
+
+export function parseNetworkOptions(raw: Record<string, string>): NetworkOptions {
+  const options: NetworkOptions = { mode: 'static', allowDefaultIpam: false };
+  for (const [key, value] of Object.entries(raw)) {
+    if (key.startsWith('com.docker.') && key !== MTU_OPTION) continue;
+    if (!KNOWN.has(key)) {
+      throw new Error(`unknown option "${key}" (known: vni, mode, remote, group, mtu, ${MTU_OPTION}, allow-default-ipam)`);
+    }
+    switch (key) {
+      case 'vni':
+        options.vni = parseInteger(key, value, 1, MAX_VNI);
+        break;
+      case 'mode':
+        if (!(MODES as readonly string[]).includes(value)) {
+          throw new Error(`option mode="${value}" is not one of ${MODES.join(', ')}`);
+        }
+        options.mode = value as ResolutionMode;
+        break;
+      case 'remote':
+        if (!isIPv4(value)) throw new Error(`option remote="${value}" is not an IPv4 address`);
+        options.remote = value;
+        break;
+      case 'group':
+        if (!isIPv4(value) || Number(value.split('.')[0]) < 224 || Number(value.split('.')[0]) > 239) {
+          throw new Error(`option group="${value}" is not an IPv4 multicast address`);
+        }
+        options.group = value;
+        break;
+      case MTU_OPTION:
+      case 'mtu':
+        options.mtu = parseInteger(key, value, 1280, 65535);
+        break;
+      case 'allow-default-ipam':
+        options.allowDefaultIpam = parseBoolean(key, value);
+        break;
+    }
+  }
+  if (options.mode === 'p2p' && !options.remote) throw new Error('mode=p2p needs -o remote=<IPv4 of the other host>');
+  if (options.mode === 'multicast' && !options.group) throw new Error('mode=multicast needs -o group=<239.x.x.x>');
+  if (options.remote && options.mode !== 'p2p') throw new Error('option remote is only valid with mode=p2p');
+  if (options.group && options.mode !== 'multicast') throw new Error('option group is only valid with mode=multicast');
+  return options;
+}
+
+/** VXLAN adds 50 bytes (outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8). */
+export const VXLAN_OVERHEAD = 50;
+
+export function overlayMtu(underlayMtu: number, override?: number): number {
+  return (override ?? underlayMtu) - VXLAN_OVERHEAD;
+}
