@@ -1,0 +1,83 @@
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import type { DockerHost } from './docker';
+import type { ManagedProcess } from './proc';
+import { waitFor } from './proc';
+
+export const PLUGIN_MAIN = path.resolve(__dirname, '../../src/cli/main.js');
+export const PLUGIN_SOCKET = '/run/docker/plugins/tsoverlay.sock';
+export const NETNS_DIR = '/run/tsoverlay/netns';
+
+export interface PluginOptions {
+  /** Default: an embedded store in the host's scratch directory. */
+  store?: string;
+  vtep?: string;
+  extraArgs?: readonly string[];
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface PluginProcess {
+  readonly process: ManagedProcess;
+  /** The socket as seen from the root mount namespace (through /proc/<dockerd>/root). */
+  readonly socketPath: string;
+  /** A raw request on the plugin socket, the way dockerd sends it (no Content-Type). */
+  call(method: string, body: string): Promise<{ status: number; contentType: string; body: unknown }>;
+  stop(): Promise<void>;
+}
+
+/**
+ * Runs `tsoverlay serve` inside a test Docker host's network and mount namespaces, so its
+ * socket lands in that host's private /run/docker/plugins and its overlay namespaces under
+ * that host's private /run/tsoverlay.
+ */
+export async function startPlugin(host: DockerHost, opts: PluginOptions = {}): Promise<PluginProcess> {
+  const argv = [
+    process.execPath,
+    PLUGIN_MAIN,
+    'serve',
+    '--store',
+    opts.store ?? `local://${host.dir}/tsoverlay-state`,
+    '--socket',
+    PLUGIN_SOCKET,
+    '--netns-dir',
+    NETNS_DIR,
+    '--host-name',
+    host.name,
+    '--log-level',
+    'debug',
+    ...(opts.vtep ? ['--vtep', opts.vtep] : []),
+    ...(opts.extraArgs ?? []),
+  ];
+  const proc = host.exec(argv, { background: true, name: 'tsoverlay', env: { ...process.env, ...(opts.env ?? {}) } });
+  const socketPath = `/proc/${host.pid}/root${PLUGIN_SOCKET}`;
+  await waitFor(() => fs.existsSync(socketPath) || !proc.running(), { timeoutMs: 15_000, what: 'plugin socket' });
+  if (!proc.running()) throw new Error(`tsoverlay exited at start:\n${proc.output()}`);
+  await proc.waitForOutput('tsoverlay serving', 15_000);
+  const call = (method: string, body: string) =>
+    new Promise<{ status: number; contentType: string; body: unknown }>((resolve, reject) => {
+      const req = http.request({ socketPath, path: method, method: 'POST' }, (res) => {
+        let data = '';
+        res.on('data', (c: Buffer) => (data += c.toString()));
+        res.on('end', () => {
+          let parsed: unknown = data;
+          try {
+            parsed = JSON.parse(data);
+          } catch {
+            // keep raw text: the assertion will show it
+          }
+          resolve({ status: res.statusCode ?? 0, contentType: String(res.headers['content-type']), body: parsed });
+        });
+      });
+      req.on('error', reject);
+      req.end(body);
+    });
+  return {
+    process: proc,
+    socketPath,
+    call,
+    async stop() {
+      await proc.stop();
+    },
+  };
+}
