@@ -1,0 +1,443 @@
+/**
+ * The kernel side of the driver: one network namespace per overlay network holding br0 (the
+ * gateway address) and vxlan0 (its UDP socket in the plugin's namespace), a veth pair per local
+ * endpoint, and the remote containers as neighbour/FDB entries.
+ *
+ * The dataplane keeps no state the kernel and the netns directory do not also hold: after a
+ * restart everything is found again by name. What is cached (namespace descriptors, netlink
+ * sockets, device indexes) is only a shortcut and is re-read when missing.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Logger } from '../log';
+import type { AttachedEndpoint, EndpointAttachment, OverlayInfo, OverlaySpec, Peer } from './types';
+import { IFF_UP, LinkInfo, formatMac, isMulticastIPv4, parseIPv4, parseIPv4Cidr, parseUnicastMac } from './encode';
+import { NlMessage, NlSocket, RTNLGRP_NEIGH } from './nlsock';
+import { createNetns, deleteNetns, ensureNetnsDir, isNetnsMounted, listNetns, openNetns, withNetns } from './netns';
+import {
+  VxlanSpec,
+  createVeth,
+  deleteLink,
+  ensureAddress,
+  ensureBridge,
+  ensureLoopbackUp,
+  ensureVxlan,
+  getLink,
+  listIPv4Addresses,
+  listLinks,
+  setLink,
+} from './links';
+import { Miss, PeerChangeResult, applyPeerDiff, listPeers as kernelPeers, parseMiss, setPeers as kernelSetPeers } from './peers';
+
+export const BRIDGE_NAME = 'br0';
+export const VXLAN_NAME = 'vxlan0';
+export const DEFAULT_NETNS_DIR = '/run/tsoverlay/netns';
+
+export interface DataplaneOptions {
+  netnsDir: string;
+  logger: Logger;
+}
+
+export interface OverlayListing {
+  networkIdPrefix: string;
+  netnsPath: string;
+  epoch: number;
+}
+
+/** Namespace file name prefix of a network: its first 10 characters, as in `<epoch>-<prefix>`. */
+export function networkPrefix(networkId: string): string {
+  if (typeof networkId !== 'string' || !/^[A-Za-z0-9_.-]+$/.test(networkId)) {
+    throw new Error(`invalid network id ${JSON.stringify(networkId)}`);
+  }
+  return networkId.slice(0, 10);
+}
+
+/** Deterministic veth names from the endpoint id: `vc…` (Join's SrcName) and `ve…` (br0 port). */
+export function vethNames(endpointId: string): AttachedEndpoint {
+  if (typeof endpointId !== 'string' || !/^[A-Za-z0-9_-]+$/.test(endpointId)) {
+    throw new Error(`invalid endpoint id ${JSON.stringify(endpointId)}`);
+  }
+  const id = endpointId.slice(0, 11);
+  return { srcName: `vc${id}`, bridgePortName: `ve${id}` };
+}
+
+const NETNS_NAME = /^([0-9]+)-(.+)$/;
+
+interface Overlay {
+  prefix: string;
+  netnsPath: string;
+  epoch: number;
+  nsFd: number;
+  sock: NlSocket;
+  watchers: Set<NlSocket>;
+}
+
+function validateMtu(mtu: number): void {
+  if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535) throw new Error(`invalid MTU ${mtu}`);
+}
+
+export class Dataplane {
+  private readonly netnsDir: string;
+  private readonly log: Logger;
+  private readonly overlays = new Map<string, Overlay>();
+  private readonly epochs = new Map<string, number>();
+  private readonly locks = new Map<string, Promise<void>>();
+  private hostSock: NlSocket | undefined;
+  private closed = false;
+
+  constructor(opts: DataplaneOptions) {
+    this.netnsDir = path.resolve(opts.netnsDir);
+    this.log = opts.logger;
+  }
+
+  // ------------------------------------------------------------ plumbing
+
+  /** A socket in the plugin's own namespace (the main thread is always back there between calls). */
+  private host(): NlSocket {
+    if (this.closed) throw new Error('dataplane closed');
+    if (!this.hostSock || this.hostSock.isClosed) this.hostSock = new NlSocket();
+    return this.hostSock;
+  }
+
+  /** Runs `fn` after every earlier operation on the same network has settled. */
+  private serial<T>(networkId: string, fn: () => Promise<T>): Promise<T> {
+    if (this.closed) return Promise.reject(new Error('dataplane closed'));
+    let key: string;
+    try {
+      key = networkPrefix(networkId);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const prev = this.locks.get(key) ?? Promise.resolve();
+    const run = prev.then(fn);
+    const tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.locks.set(key, tail);
+    void tail.then(() => {
+      if (this.locks.get(key) === tail) this.locks.delete(key);
+    });
+    return run;
+  }
+
+  private filesOf(prefix: string): OverlayListing[] {
+    return this.listOverlays().filter((o) => o.networkIdPrefix === prefix);
+  }
+
+  private openOverlay(prefix: string, netnsPath: string, epoch: number): Overlay {
+    const nsFd = openNetns(netnsPath);
+    try {
+      const sock = withNetns(nsFd, () => new NlSocket());
+      const o: Overlay = { prefix, netnsPath, epoch, nsFd, sock, watchers: new Set() };
+      this.overlays.set(prefix, o);
+      if (epoch > (this.epochs.get(prefix) ?? 0)) this.epochs.set(prefix, epoch);
+      return o;
+    } catch (e) {
+      fs.closeSync(nsFd);
+      throw e;
+    }
+  }
+
+  private dropOverlay(o: Overlay): void {
+    if (this.overlays.get(o.prefix) === o) this.overlays.delete(o.prefix);
+    for (const w of o.watchers) w.close();
+    o.watchers.clear();
+    o.sock.close();
+    try {
+      fs.closeSync(o.nsFd);
+    } catch {
+      // already closed
+    }
+  }
+
+  /** The cached overlay, or the one found in the netns directory; undefined if none is live. */
+  private existing(networkId: string): Overlay | undefined {
+    const prefix = networkPrefix(networkId);
+    const cached = this.overlays.get(prefix);
+    if (cached && isNetnsMounted(cached.netnsPath)) return cached;
+    if (cached) this.dropOverlay(cached);
+    const found = this.findOverlay(networkId);
+    return found ? this.openOverlay(prefix, found.netnsPath, found.epoch) : undefined;
+  }
+
+  private required(networkId: string): Overlay {
+    const o = this.existing(networkId);
+    if (!o) throw new Error(`no overlay namespace for network ${networkId}`);
+    return o;
+  }
+
+  /** Device indexes are looked up on each use (one round trip): a device replaced behind our back is then just found again. */
+  private async indexOf(o: Overlay, name: string): Promise<number> {
+    const l = await getLink(o.sock, name);
+    if (!l) throw new Error(`${name} missing in ${o.netnsPath}: ensureOverlay first`);
+    return l.index;
+  }
+
+  private async vxlanSpec(spec: OverlaySpec): Promise<VxlanSpec> {
+    const base = { name: VXLAN_NAME, vni: spec.vni, mtu: spec.mtu, learning: true };
+    const local = spec.vtep ? { local: spec.vtep } : {};
+    switch (spec.mode) {
+      case 'static':
+      case 'miss':
+        return { ...base, ...local, proxy: true };
+      case 'p2p': {
+        if (!spec.remote) throw new Error('p2p mode needs a remote address');
+        parseIPv4(spec.remote);
+        return { ...base, ...local, proxy: false, group: spec.remote };
+      }
+      case 'multicast': {
+        if (!spec.group || !isMulticastIPv4(parseIPv4(spec.group))) {
+          throw new Error(`multicast mode needs a multicast group, got ${JSON.stringify(spec.group)}`);
+        }
+        const v: VxlanSpec = { ...base, ...local, proxy: false, group: spec.group };
+        if (spec.vtep) {
+          const a = (await listIPv4Addresses(this.host())).find((x) => x.ip === spec.vtep);
+          if (a) v.underlayIndex = a.index;
+        }
+        return v;
+      }
+      default:
+        throw new Error(`unknown resolution mode ${JSON.stringify((spec as { mode: unknown }).mode)}`);
+    }
+  }
+
+  // ------------------------------------------------------------ overlays
+
+  /**
+   * The network's namespace with br0 (gateway address, MTU, up), vxlan0 (VNI, port 4789, mode
+   * options, enslaved, up) and lo up. Reuses whatever already matches; on failure undoes what this
+   * call created (the whole namespace if it made it).
+   */
+  ensureOverlay(spec: OverlaySpec): Promise<OverlayInfo> {
+    return this.serial(spec.networkId, async () => {
+      validateMtu(spec.mtu);
+      parseIPv4Cidr(spec.gatewayCidr);
+      if (spec.vtep) parseIPv4(spec.vtep);
+      const vx = await this.vxlanSpec(spec);
+      const prefix = networkPrefix(spec.networkId);
+      const started = process.hrtime.bigint();
+
+      let o = this.existing(spec.networkId);
+      let createdNs = false;
+      if (!o) {
+        ensureNetnsDir(this.netnsDir);
+        // A file left without a namespace (crash mid-create) is reused rather than leaked.
+        const leftover = this.filesOf(prefix).sort((a, b) => b.epoch - a.epoch)[0];
+        const epoch = leftover?.epoch ?? (this.epochs.get(prefix) ?? 0) + 1;
+        const netnsPath = leftover?.netnsPath ?? path.join(this.netnsDir, `${epoch}-${prefix}`);
+        createdNs = createNetns(netnsPath);
+        try {
+          o = this.openOverlay(prefix, netnsPath, epoch);
+        } catch (e) {
+          if (createdNs) deleteNetns(netnsPath);
+          throw e;
+        }
+      }
+      const created: LinkInfo[] = [];
+      try {
+        await ensureLoopbackUp(o.sock);
+        const br = await ensureBridge(o.sock, BRIDGE_NAME, spec.mtu);
+        if (br.created) created.push(br.link);
+        await ensureAddress(o.sock, br.link.index, spec.gatewayCidr);
+        const v = await ensureVxlan(this.host(), o.sock, o.nsFd, vx, br.link.index);
+        if (v.replaced) this.log.warn('replaced incompatible vxlan device', { network: spec.networkId, reason: v.replaced });
+        if (v.created) created.push(v.link);
+      } catch (e) {
+        this.log.error('ensureOverlay failed, rolling back', { network: spec.networkId, error: (e as Error).message });
+        if (createdNs) {
+          await this.destroy(o);
+        } else {
+          for (const l of created.reverse()) await deleteLink(o.sock, l.index).catch(() => undefined);
+        }
+        throw e;
+      }
+      const ms = Number(process.hrtime.bigint() - started) / 1e6;
+      this.log[createdNs ? 'info' : 'debug']('overlay ready', {
+        network: spec.networkId,
+        netns: o.netnsPath,
+        vni: spec.vni,
+        mode: spec.mode,
+        created: createdNs,
+        ms: Math.round(ms * 10) / 10,
+      });
+      return { netnsPath: o.netnsPath, epoch: o.epoch };
+    });
+  }
+
+  /** Deletes the devices in the namespace (so they are gone now, not when the kernel gets to it) and the namespace file. */
+  private async destroy(o: Overlay): Promise<void> {
+    try {
+      const links = await listLinks(o.sock);
+      // Bridge ports first, then vxlan0 and br0.
+      const order = (l: LinkInfo): number => (l.kind === 'veth' ? 0 : l.name === BRIDGE_NAME ? 2 : 1);
+      for (const l of links.filter((x) => x.name !== 'lo').sort((a, b) => order(a) - order(b))) {
+        await deleteLink(o.sock, l.index);
+      }
+    } finally {
+      this.dropOverlay(o);
+      deleteNetns(o.netnsPath);
+    }
+  }
+
+  /** Removes the network's namespace (every epoch of it) and its devices; nothing there is fine. */
+  removeOverlay(networkId: string): Promise<void> {
+    return this.serial(networkId, async () => {
+      const prefix = networkPrefix(networkId);
+      const cached = this.overlays.get(prefix);
+      if (cached) await this.destroy(cached);
+      for (const f of this.filesOf(prefix)) {
+        if (isNetnsMounted(f.netnsPath)) await this.destroy(this.openOverlay(prefix, f.netnsPath, f.epoch));
+        else deleteNetns(f.netnsPath);
+      }
+      this.log.info('overlay removed', { network: networkId });
+    });
+  }
+
+  /** The live namespace file of a network (highest epoch if several), found in the netns directory. */
+  findOverlay(networkId: string): OverlayInfo | undefined {
+    const live = this.filesOf(networkPrefix(networkId))
+      .filter((f) => isNetnsMounted(f.netnsPath))
+      .sort((a, b) => b.epoch - a.epoch)[0];
+    return live ? { netnsPath: live.netnsPath, epoch: live.epoch } : undefined;
+  }
+
+  listOverlays(): OverlayListing[] {
+    const out: OverlayListing[] = [];
+    for (const name of listNetns(this.netnsDir)) {
+      const m = NETNS_NAME.exec(name);
+      if (m) out.push({ networkIdPrefix: m[2]!, netnsPath: path.join(this.netnsDir, name), epoch: Number(m[1]) });
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------------ endpoints
+
+  /**
+   * The endpoint's veth pair: `vc…` in the plugin's namespace (MAC, MTU; Docker moves it into the
+   * container) and `ve…` in the overlay namespace as a br0 port, up. A pair that already exists is
+   * kept (and corrected); a host end already moved away by Docker is fine; a broken pair is rebuilt.
+   */
+  attachEndpoint(a: EndpointAttachment): Promise<AttachedEndpoint> {
+    return this.serial(a.networkId, async () => {
+      const names = vethNames(a.endpointId);
+      const mac = parseUnicastMac(a.mac);
+      validateMtu(a.mtu);
+      const o = this.required(a.networkId);
+      const host = this.host();
+      const master = await this.indexOf(o, BRIDGE_NAME);
+      const peer = await getLink(o.sock, names.bridgePortName);
+      const hostEnd = await getLink(host, names.srcName);
+
+      const paired =
+        peer?.kind === 'veth' &&
+        (!hostEnd || (hostEnd.kind === 'veth' && hostEnd.link === peer.index && peer.link === hostEnd.index));
+      if (peer && paired) {
+        if (hostEnd && (hostEnd.mac !== formatMac(mac) || hostEnd.mtu !== a.mtu)) {
+          await setLink(host, hostEnd.index, { mac, mtu: a.mtu });
+        }
+        if (peer.mtu !== a.mtu) await setLink(o.sock, peer.index, { mtu: a.mtu });
+        if (peer.master !== master) await setLink(o.sock, peer.index, { master });
+        if (!(peer.flags & IFF_UP)) await setLink(o.sock, peer.index, { up: true });
+        this.log.debug('endpoint already attached', { network: a.networkId, endpoint: a.endpointId, moved: !hostEnd });
+        return names;
+      }
+      if (peer) await deleteLink(o.sock, peer.index);
+      if (hostEnd) await deleteLink(host, hostEnd.index);
+      await createVeth(host, o.sock, o.nsFd, {
+        hostName: names.srcName,
+        peerName: names.bridgePortName,
+        mtu: a.mtu,
+        mac,
+        masterIndex: master,
+      });
+      this.log.info('endpoint attached', { network: a.networkId, endpoint: a.endpointId, ...names });
+      return names;
+    });
+  }
+
+  /** Deletes the endpoint's pair through whichever end still exists; none is fine. */
+  detachEndpoint(networkId: string, endpointId: string): Promise<void> {
+    return this.serial(networkId, async () => {
+      const names = vethNames(endpointId);
+      await deleteLink(this.host(), names.srcName);
+      const o = this.existing(networkId);
+      if (o) await deleteLink(o.sock, names.bridgePortName);
+      this.log.info('endpoint detached', { network: networkId, endpoint: endpointId });
+    });
+  }
+
+  /** How many veths are br0 ports in the network's namespace (0 if it has none). */
+  countAttachedEndpoints(networkId: string): Promise<number> {
+    return this.serial(networkId, async () => {
+      const o = this.existing(networkId);
+      if (!o) return 0;
+      const master = await this.indexOf(o, BRIDGE_NAME);
+      return (await listLinks(o.sock)).filter((l) => l.kind === 'veth' && l.master === master).length;
+    });
+  }
+
+  // ------------------------------------------------------------ peers
+
+  /** Removes `remove` then adds `add` (see peers.applyPeerDiff). */
+  applyPeers(networkId: string, add: Peer[], remove: Peer[]): Promise<PeerChangeResult> {
+    return this.serial(networkId, async () => {
+      const o = this.required(networkId);
+      return applyPeerDiff(o.sock, await this.indexOf(o, VXLAN_NAME), add, remove);
+    });
+  }
+
+  /** Makes the tables hold exactly `desired` (see peers.setPeers). */
+  setPeers(networkId: string, desired: Peer[]): Promise<PeerChangeResult> {
+    return this.serial(networkId, async () => {
+      const o = this.required(networkId);
+      return kernelSetPeers(o.sock, await this.indexOf(o, VXLAN_NAME), desired);
+    });
+  }
+
+  /** Remote containers as programmed: PERMANENT neighbours joined with their `self` FDB entries. */
+  listPeers(networkId: string): Promise<Peer[]> {
+    return this.serial(networkId, async () => {
+      const o = this.existing(networkId);
+      if (!o) return [];
+      return kernelPeers(o.sock, await this.indexOf(o, VXLAN_NAME));
+    });
+  }
+
+  /**
+   * `miss` mode: calls `onMiss` for every L2/L3 miss vxlan0 reports in the network's namespace,
+   * until the returned function is called (or the overlay is removed, or close()). The handler
+   * answers by programming peers (applyPeers); the kernel asks again on the next packet, so a
+   * miss lost to a receive-buffer overrun costs only a retry.
+   */
+  watchMisses(networkId: string, onMiss: (m: Miss) => void): Promise<() => void> {
+    return this.serial(networkId, async () => {
+      const o = this.required(networkId);
+      const vxlanIndex = await this.indexOf(o, VXLAN_NAME);
+      const sock = withNetns(o.nsFd, () => new NlSocket({ groups: [RTNLGRP_NEIGH] }));
+      sock.on('notification', (m: NlMessage) => {
+        const miss = parseMiss(m.type, m.data);
+        if (!miss || miss.ifindex !== vxlanIndex) return;
+        try {
+          onMiss(miss);
+        } catch (e) {
+          this.log.error('miss handler failed', { network: networkId, error: (e as Error).message });
+        }
+      });
+      sock.on('overrun', () => this.log.warn('miss notifications lost (receive buffer overrun)', { network: networkId }));
+      o.watchers.add(sock);
+      return () => {
+        o.watchers.delete(sock);
+        sock.close();
+      };
+    });
+  }
+
+  /** Closes sockets and descriptors. Namespaces and devices stay: they must outlive the process. */
+  close(): void {
+    this.closed = true;
+    for (const o of [...this.overlays.values()]) this.dropOverlay(o);
+    this.hostSock?.close();
+    this.hostSock = undefined;
+  }
+}

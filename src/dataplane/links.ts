@@ -1,0 +1,315 @@
+/**
+ * Devices: idempotent "ensure" helpers in the spirit of flannel's ensureLink — reuse a device
+ * that already matches, adjust what can be adjusted in place (MTU, master, up), and replace one
+ * that cannot (a vxlan0 with another VNI or port). Every multi-step creation undoes what it
+ * created when a later step fails.
+ */
+import { AttrStream, ifla } from 'netlink';
+import type { StreamData } from 'netlink';
+import {
+  AF_INET,
+  IFF_UP,
+  LinkInfo,
+  RTM_DELADDR,
+  RTM_DELLINK,
+  RTM_GETADDR,
+  RTM_GETLINK,
+  RTM_NEWADDR,
+  RTM_NEWLINK,
+  attr,
+  encodeIfInfo,
+  encodeVethLinkInfo,
+  formatIPv4,
+  parseAttrs,
+  parseIPv4,
+  parseIPv4Cidr,
+  parseLinkMessage,
+} from './encode';
+import { NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NlSocket, isNetlinkError } from './nlsock';
+
+export const VXLAN_PORT = 4789;
+
+function streamToBuffer(x: StreamData): Buffer {
+  const s = new AttrStream();
+  s.emit(x);
+  return Buffer.concat(s.bufs);
+}
+
+function linkPayload(index: number, attrs: ifla.LinkAttrs, flags = 0, change = 0): Buffer {
+  return Buffer.concat([encodeIfInfo({ index, flags, change }), streamToBuffer(ifla.formatLinkAttrs(attrs))]);
+}
+
+// ---------------------------------------------------------------- queries
+
+/** The device called `name` in the socket's namespace, or undefined. */
+export async function getLink(sock: NlSocket, name: string): Promise<LinkInfo | undefined> {
+  try {
+    const msgs = await sock.request(RTM_GETLINK, 0, linkPayload(0, { ifname: name }), `get link ${name}`);
+    const m = msgs.find((x) => x.type === RTM_NEWLINK);
+    return m ? parseLinkMessage(m.data) : undefined;
+  } catch (e) {
+    if (isNetlinkError(e, 'ENODEV')) return undefined;
+    throw e;
+  }
+}
+
+export async function listLinks(sock: NlSocket): Promise<LinkInfo[]> {
+  const msgs = await sock.dump(RTM_GETLINK, encodeIfInfo(), 'dump links');
+  return msgs.filter((m) => m.type === RTM_NEWLINK).map((m) => parseLinkMessage(m.data));
+}
+
+export interface AddressInfo {
+  index: number;
+  ip: string;
+  prefix: number;
+}
+
+export async function listIPv4Addresses(sock: NlSocket): Promise<AddressInfo[]> {
+  const req = Buffer.alloc(8);
+  req.writeUInt8(AF_INET, 0);
+  const msgs = await sock.dump(RTM_GETADDR, req, 'dump addresses');
+  const out: AddressInfo[] = [];
+  for (const m of msgs) {
+    if (m.type !== RTM_NEWADDR || m.data.readUInt8(0) !== AF_INET) continue;
+    const a = parseAttrs(m.data.subarray(8));
+    const local = a.get(2) ?? a.get(1);
+    if (local?.length === 4) out.push({ index: m.data.readUInt32LE(4), prefix: m.data.readUInt8(1), ip: formatIPv4(local) });
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- simple changes
+
+export interface LinkChange {
+  up?: boolean;
+  master?: number;
+  mtu?: number;
+  mac?: Buffer;
+}
+
+export async function setLink(sock: NlSocket, index: number, c: LinkChange): Promise<void> {
+  const attrs: ifla.LinkAttrs = {};
+  if (c.master !== undefined) attrs.master = c.master;
+  if (c.mtu !== undefined) attrs.mtu = c.mtu;
+  if (c.mac !== undefined) attrs.address = c.mac;
+  const change = c.up === undefined ? 0 : IFF_UP;
+  const flags = c.up ? IFF_UP : 0;
+  await sock.request(RTM_NEWLINK, 0, linkPayload(index, attrs, flags, change), `set link ${index}`);
+}
+
+/** Deletes a device by index or name; a device that is already gone is fine. */
+export async function deleteLink(sock: NlSocket, which: number | string): Promise<void> {
+  const payload = typeof which === 'number' ? linkPayload(which, {}) : linkPayload(0, { ifname: which });
+  try {
+    await sock.request(RTM_DELLINK, 0, payload, `delete link ${which}`);
+  } catch (e) {
+    if (!isNetlinkError(e, 'ENODEV', 'ENOENT')) throw e;
+  }
+}
+
+/** Brings `lo` up (a fresh namespace has it down). */
+export async function ensureLoopbackUp(sock: NlSocket): Promise<void> {
+  const lo = await getLink(sock, 'lo');
+  if (lo && !(lo.flags & IFF_UP)) await setLink(sock, lo.index, { up: true });
+}
+
+// ---------------------------------------------------------------- bridge
+
+export interface EnsureResult {
+  link: LinkInfo;
+  created: boolean;
+}
+
+async function mustGet(sock: NlSocket, name: string): Promise<LinkInfo> {
+  const l = await getLink(sock, name);
+  if (!l) throw new Error(`device ${name} vanished right after it was created`);
+  return l;
+}
+
+/** A bridge `name` at `mtu`, up. A non-bridge device of that name is replaced. */
+export async function ensureBridge(sock: NlSocket, name: string, mtu: number): Promise<EnsureResult> {
+  let link = await getLink(sock, name);
+  let created = false;
+  if (link && link.kind !== 'bridge') {
+    await deleteLink(sock, link.index);
+    link = undefined;
+  }
+  if (!link) {
+    const linkinfo = streamToBuffer(ifla.formatInfo({ kind: 'bridge' }));
+    await sock.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, linkPayload(0, { ifname: name, mtu, linkinfo }), `create bridge ${name}`);
+    created = true;
+    link = await mustGet(sock, name);
+  }
+  try {
+    if (link.mtu !== mtu || !(link.flags & IFF_UP)) await setLink(sock, link.index, { mtu, up: true });
+  } catch (e) {
+    if (created) await deleteLink(sock, link.index).catch(() => undefined);
+    throw e;
+  }
+  return { link: (await getLink(sock, name)) ?? link, created };
+}
+
+/** Exactly one IPv4 address on device `index`: `cidr` (others are removed). */
+export async function ensureAddress(sock: NlSocket, index: number, cidr: string): Promise<void> {
+  const { ip, prefix } = parseIPv4Cidr(cidr);
+  const want = formatIPv4(ip);
+  const current = (await listIPv4Addresses(sock)).filter((a) => a.index === index);
+  for (const a of current) {
+    if (a.ip === want && a.prefix === prefix) continue;
+    await sock.request(RTM_DELADDR, 0, ifaddr(index, parseIPv4(a.ip), a.prefix), `delete address ${a.ip}`).catch((e) => {
+      if (!isNetlinkError(e, 'EADDRNOTAVAIL', 'ENOENT')) throw e;
+    });
+  }
+  if (!current.some((a) => a.ip === want && a.prefix === prefix)) {
+    await sock.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, ifaddr(index, ip, prefix), `add address ${cidr}`);
+  }
+}
+
+function ifaddr(index: number, ip: Buffer, prefix: number): Buffer {
+  const h = Buffer.alloc(8);
+  h.writeUInt8(AF_INET, 0);
+  h.writeUInt8(prefix, 1);
+  h.writeUInt32LE(index, 4);
+  return Buffer.concat([h, attr(2, ip), attr(1, ip)]);
+}
+
+// ---------------------------------------------------------------- vxlan
+
+export interface VxlanSpec {
+  name: string;
+  vni: number;
+  mtu: number;
+  /** `local`: the underlay address the UDP socket binds to. */
+  local?: string;
+  /** p2p: the unicast remote; multicast: the group. */
+  group?: string;
+  /** multicast: the underlay device index (host namespace). */
+  underlayIndex?: number;
+  /** static/miss: answer ARP locally and report misses; off for p2p/multicast, which must flood. */
+  proxy: boolean;
+  learning: boolean;
+}
+
+/** The IFLA_INFO_DATA attributes for a vxlan spec (dstport is a big-endian u16). */
+export function vxlanAttributes(s: VxlanSpec): ifla.Vxlan {
+  if (!Number.isInteger(s.vni) || s.vni < 0) throw new Error(`invalid VNI ${s.vni}`);
+  const port = Buffer.alloc(2);
+  port.writeUInt16BE(VXLAN_PORT, 0);
+  const v: ifla.Vxlan = {
+    id: s.vni,
+    port,
+    learning: s.learning ? 1 : 0,
+    proxy: s.proxy ? 1 : 0,
+    l2miss: s.proxy ? 1 : 0,
+    l3miss: s.proxy ? 1 : 0,
+  };
+  if (s.local) v.local = parseIPv4(s.local);
+  if (s.group) v.group = parseIPv4(s.group);
+  if (s.underlayIndex !== undefined) v.link = s.underlayIndex;
+  return v;
+}
+
+/** Why an existing device cannot serve as the wanted vxlan (undefined = it can, perhaps after set MTU/master/up). */
+export function vxlanMismatch(l: LinkInfo, s: VxlanSpec): string | undefined {
+  if (l.kind !== 'vxlan' || !l.vxlan) return `kind ${l.kind ?? 'unknown'}`;
+  const v = l.vxlan;
+  if (v.id !== s.vni) return `vni ${v.id} != ${s.vni}`;
+  if (v.port !== VXLAN_PORT) return `dstport ${v.port}`;
+  if ((v.local ?? undefined) !== (s.local ?? undefined)) return `local ${v.local} != ${s.local}`;
+  if ((v.group ?? undefined) !== (s.group ?? undefined)) return `group ${v.group} != ${s.group}`;
+  if (s.underlayIndex !== undefined && v.link !== s.underlayIndex) return `link ${v.link} != ${s.underlayIndex}`;
+  if (!!v.proxy !== s.proxy || !!v.l2miss !== s.proxy || !!v.l3miss !== s.proxy) return 'proxy/l2miss/l3miss';
+  if (!!v.learning !== s.learning) return 'learning';
+  // Without a link netns id the device (and its UDP socket) lives in the overlay namespace itself.
+  if (l.linkNetnsid === undefined) return 'not created from the host namespace';
+  return undefined;
+}
+
+/**
+ * The vxlan device `spec.name` in the overlay namespace (socket `ns`), enslaved to `masterIndex`, up.
+ *
+ * It is created by an RTM_NEWLINK sent on a socket in the plugin's (host) namespace carrying
+ * IFLA_NET_NS_FD of the overlay namespace: the kernel builds the device directly in the overlay
+ * namespace but with the sender's namespace as its link namespace, so its UDP socket is bound in
+ * the host namespace (`ip -d link` shows link-netnsid) — what create-then-move achieves, in one
+ * atomic step and without a temporary name that could clash in the host namespace.
+ */
+export async function ensureVxlan(
+  host: NlSocket,
+  ns: NlSocket,
+  nsFd: number,
+  spec: VxlanSpec,
+  masterIndex: number,
+): Promise<EnsureResult & { replaced?: string }> {
+  let link = await getLink(ns, spec.name);
+  let replaced: string | undefined;
+  if (link) {
+    replaced = vxlanMismatch(link, spec);
+    if (replaced) {
+      await deleteLink(ns, link.index);
+      link = undefined;
+    }
+  }
+  let created = false;
+  if (!link) {
+    const data = streamToBuffer(ifla.formatVxlan(vxlanAttributes(spec)));
+    const linkinfo = streamToBuffer(ifla.formatInfo({ kind: 'vxlan', data }));
+    await host.request(
+      RTM_NEWLINK,
+      NLM_F_CREATE | NLM_F_EXCL,
+      linkPayload(0, { ifname: spec.name, mtu: spec.mtu, netNsFd: nsFd, linkinfo }),
+      `create vxlan ${spec.name} id ${spec.vni}`,
+    );
+    created = true;
+    link = await mustGet(ns, spec.name);
+  }
+  try {
+    if (link.mtu !== spec.mtu) await setLink(ns, link.index, { mtu: spec.mtu });
+    if (link.master !== masterIndex) await setLink(ns, link.index, { master: masterIndex });
+    if (!(link.flags & IFF_UP)) await setLink(ns, link.index, { up: true });
+  } catch (e) {
+    if (created) await deleteLink(ns, link.index).catch(() => undefined);
+    throw e;
+  }
+  const r: EnsureResult & { replaced?: string } = { link: (await getLink(ns, spec.name)) ?? link, created };
+  if (replaced) r.replaced = replaced;
+  return r;
+}
+
+// ---------------------------------------------------------------- veth
+
+export interface VethSpec {
+  /** End left in the host namespace (for Docker to move into the container). */
+  hostName: string;
+  /** End created in the overlay namespace as a bridge port. */
+  peerName: string;
+  mtu: number;
+  mac: Buffer;
+  masterIndex: number;
+}
+
+/**
+ * Creates the pair from the host namespace with the peer placed directly in the overlay
+ * namespace (IFLA_NET_NS_FD inside VETH_INFO_PEER), then enslaves the peer and brings it up.
+ * Deleting either end deletes both, so rollback is one delete.
+ */
+export async function createVeth(host: NlSocket, ns: NlSocket, nsFd: number, v: VethSpec): Promise<{ host: LinkInfo; peer: LinkInfo }> {
+  const linkinfo = encodeVethLinkInfo({ ifname: v.peerName, mtu: v.mtu, netNsFd: nsFd });
+  await host.request(
+    RTM_NEWLINK,
+    NLM_F_CREATE | NLM_F_EXCL,
+    linkPayload(0, { ifname: v.hostName, mtu: v.mtu, address: v.mac, linkinfo }),
+    `create veth ${v.hostName}/${v.peerName}`,
+  );
+  try {
+    const peer = await mustGet(ns, v.peerName);
+    await setLink(ns, peer.index, { master: v.masterIndex });
+    await setLink(ns, peer.index, { up: true });
+    const hostLink = await mustGet(host, v.hostName);
+    return { host: hostLink, peer: (await getLink(ns, v.peerName)) ?? peer };
+  } catch (e) {
+    await deleteLink(host, v.hostName).catch(() => undefined);
+    await deleteLink(ns, v.peerName).catch(() => undefined);
+    throw e;
+  }
+}

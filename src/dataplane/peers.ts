@@ -1,0 +1,401 @@
+/**
+ * Remote containers as kernel state in an overlay namespace: a PERMANENT neighbour entry
+ * (`<ip> dev vxlan0 lladdr <mac> PERMANENT`, so the vxlan device answers ARP itself) and a vxlan
+ * FDB entry (`<mac> dev vxlan0 dst <vtep> self permanent`, so frames for the MAC are tunnelled
+ * to its host). Messages are pre-encoded and sent many to a datagram (see NlSocket.batch): the
+ * per-request cost of an object API, not the kernel, is what limits peers per second.
+ */
+import type { Peer } from './types';
+import {
+  AF_BRIDGE,
+  AF_INET,
+  NDA_DST,
+  NDA_LLADDR,
+  NDMSG_LEN,
+  NTF_MASTER,
+  NTF_SELF,
+  NUD_NOARP,
+  NUD_PERMANENT,
+  RTM_DELNEIGH,
+  RTM_GETNEIGH,
+  RTM_NEWNEIGH,
+  formatIPv4,
+  formatMac,
+  ipv4ToNumber,
+  NLMSG_HDRLEN,
+  parseMac,
+  parseNeighMessage,
+} from './encode';
+import { NLM_F_CREATE, NLM_F_REPLACE, NetlinkError, NlSocket } from './nlsock';
+
+export interface NeighbourEntry {
+  ip: string;
+  mac?: string;
+  permanent: boolean;
+  state: number;
+}
+
+export interface FdbEntry {
+  mac: string;
+  /** `dst` of a vxlan (self) entry. */
+  vtep?: string;
+  /** Entry of the vxlan device itself (`self`). */
+  self: boolean;
+  /** Entry of the bridge the device is a port of (`master`, e.g. dynamically learned). */
+  master: boolean;
+  permanent: boolean;
+  /** Neither permanent nor static: learned from traffic (ages out). */
+  dynamic: boolean;
+}
+
+const ZERO_MAC = '00:00:00:00:00:00';
+
+interface ParsedPeer {
+  peer: Peer;
+  ip: number;
+  mac: Buffer;
+  vtep: number;
+  /** Canonical text forms, for comparisons with dumps (strict parsing makes the input canonical but for MAC case). */
+  ipText: string;
+  macText: string;
+  vtepText: string;
+}
+
+function parsePeer(p: Peer): ParsedPeer {
+  const ip = ipv4ToNumber(p.ip);
+  const mac = parseMac(p.mac);
+  const vtep = ipv4ToNumber(p.vtep);
+  let macText = p.mac.toLowerCase();
+  if (macText.charCodeAt(2) === 45) macText = macText.replace(/-/g, ':');
+  return { peer: p, ip, mac, vtep, ipText: p.ip, macText, vtepText: p.vtep };
+}
+
+// Fixed layouts of the five neighbour messages (16-byte header, 12-byte ndmsg, attributes), written
+// straight into one slab per batch: no per-message allocation, and the datagrams sent are views
+// of the slab. encodeNeighMessage builds the same bytes generically (the unit tests compare them).
+const NEIGH_ADD_LEN = 48;
+const FDB_ADD_LEN = 48;
+const NEIGH_DEL_LEN = 36;
+const FDB_SELF_DEL_LEN = 48;
+const FDB_MASTER_DEL_LEN = 40;
+
+class Slab {
+  private readonly buf: Buffer;
+  private off = 0;
+  readonly msgs: Buffer[] = [];
+
+  constructor(capacity: number) {
+    this.buf = Buffer.alloc(capacity);
+  }
+
+  private start(len: number, type: number, flags: number, family: number, ifindex: number, state: number, ndFlags: number): number {
+    const b = this.buf;
+    const o = this.off;
+    b.writeUInt32LE(len, o);
+    b.writeUInt16LE(type, o + 4);
+    b.writeUInt16LE(flags, o + 6);
+    b[o + 16] = family;
+    b.writeInt32LE(ifindex, o + 20);
+    b.writeUInt16LE(state, o + 24);
+    b[o + 26] = ndFlags;
+    this.msgs.push(b.subarray(o, o + len));
+    this.off += len;
+    return o + NLMSG_HDRLEN + NDMSG_LEN;
+  }
+
+  private ipAttr(o: number, ip: number): void {
+    this.buf.writeUInt16LE(8, o);
+    this.buf.writeUInt16LE(NDA_DST, o + 2);
+    this.buf.writeUInt32BE(ip, o + 4);
+  }
+
+  private macAttr(o: number, mac: Buffer): void {
+    this.buf.writeUInt16LE(10, o);
+    this.buf.writeUInt16LE(NDA_LLADDR, o + 2);
+    mac.copy(this.buf, o + 4, 0, 6);
+  }
+
+  /** `ip neigh replace <ip> lladdr <mac> dev vxlan0 nud permanent` */
+  neighAdd(ifindex: number, ip: number, mac: Buffer): void {
+    const o = this.start(NEIGH_ADD_LEN, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, AF_INET, ifindex, NUD_PERMANENT, 0);
+    this.ipAttr(o, ip);
+    this.macAttr(o + 8, mac);
+  }
+
+  /** `bridge fdb replace <mac> dev vxlan0 dst <vtep> self permanent` */
+  fdbAdd(ifindex: number, mac: Buffer, vtep: number): void {
+    const o = this.start(FDB_ADD_LEN, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, AF_BRIDGE, ifindex, NUD_PERMANENT, NTF_SELF);
+    this.macAttr(o, mac);
+    this.ipAttr(o + 12, vtep);
+  }
+
+  /** `ip neigh del <ip> dev vxlan0` */
+  neighDel(ifindex: number, ip: number): void {
+    this.ipAttr(this.start(NEIGH_DEL_LEN, RTM_DELNEIGH, 0, AF_INET, ifindex, 0, 0), ip);
+  }
+
+  /** `bridge fdb del <mac> dev vxlan0 dst <vtep> self` */
+  fdbSelfDel(ifindex: number, mac: Buffer, vtep: number): void {
+    const o = this.start(FDB_SELF_DEL_LEN, RTM_DELNEIGH, 0, AF_BRIDGE, ifindex, 0, NTF_SELF);
+    this.macAttr(o, mac);
+    this.ipAttr(o + 12, vtep);
+  }
+
+  /** `bridge fdb del <mac> dev vxlan0 master`: what the bridge learned behind the vxlan port. */
+  fdbMasterDel(ifindex: number, mac: Buffer): void {
+    this.macAttr(this.start(FDB_MASTER_DEL_LEN, RTM_DELNEIGH, 0, AF_BRIDGE, ifindex, 0, NTF_MASTER), mac);
+  }
+}
+
+/** The two messages that program one peer (idempotent: NLM_F_REPLACE). */
+export function encodePeerAdd(vxlanIndex: number, p: Peer): Buffer[] {
+  const q = parsePeer(p);
+  const s = new Slab(NEIGH_ADD_LEN + FDB_ADD_LEN);
+  s.neighAdd(vxlanIndex, q.ip, q.mac);
+  s.fdbAdd(vxlanIndex, q.mac, q.vtep);
+  return s.msgs;
+}
+
+/** The three messages that remove one peer (neighbour, vxlan FDB entry for its VTEP, learned bridge entry). */
+export function encodePeerRemove(vxlanIndex: number, p: Peer): Buffer[] {
+  const q = parsePeer(p);
+  const s = new Slab(NEIGH_DEL_LEN + FDB_SELF_DEL_LEN + FDB_MASTER_DEL_LEN);
+  s.neighDel(vxlanIndex, q.ip);
+  s.fdbSelfDel(vxlanIndex, q.mac, q.vtep);
+  s.fdbMasterDel(vxlanIndex, q.mac);
+  return s.msgs;
+}
+
+const REMOVE_MAX = NEIGH_DEL_LEN + FDB_SELF_DEL_LEN + FDB_MASTER_DEL_LEN;
+const ADD_LEN = NEIGH_ADD_LEN + FDB_ADD_LEN;
+
+function ndmsgRequest(family: number): Buffer {
+  const b = Buffer.alloc(NDMSG_LEN);
+  b.writeUInt8(family, 0);
+  return b;
+}
+
+/** IPv4 neighbour entries of device `ifindex`. */
+export async function listNeighbours(sock: NlSocket, ifindex: number): Promise<NeighbourEntry[]> {
+  const msgs = await sock.dump(RTM_GETNEIGH, ndmsgRequest(AF_INET), 'dump neighbours');
+  const out: NeighbourEntry[] = [];
+  for (const m of msgs) {
+    if (m.type !== RTM_NEWNEIGH) continue;
+    const e = parseNeighMessage(m.data);
+    if (e.family !== AF_INET || e.ifindex !== ifindex || e.dst?.length !== 4) continue;
+    const n: NeighbourEntry = { ip: formatIPv4(e.dst), permanent: (e.state & NUD_PERMANENT) !== 0, state: e.state };
+    if (e.lladdr?.length === 6) n.mac = formatMac(e.lladdr);
+    out.push(n);
+  }
+  return out;
+}
+
+/** Bridge-family FDB entries of device `ifindex` (its own `self` entries and its bridge's `master` ones). */
+export async function listFdb(sock: NlSocket, ifindex: number): Promise<FdbEntry[]> {
+  const msgs = await sock.dump(RTM_GETNEIGH, ndmsgRequest(AF_BRIDGE), 'dump fdb');
+  const out: FdbEntry[] = [];
+  for (const m of msgs) {
+    if (m.type !== RTM_NEWNEIGH) continue;
+    const e = parseNeighMessage(m.data);
+    if (e.family !== AF_BRIDGE || e.ifindex !== ifindex || e.lladdr?.length !== 6) continue;
+    const f: FdbEntry = {
+      mac: formatMac(e.lladdr),
+      self: (e.flags & NTF_SELF) !== 0,
+      // The bridge marks its entries with NDA_MASTER, not with NTF_MASTER.
+      master: e.master !== undefined || (e.flags & NTF_MASTER) !== 0,
+      permanent: (e.state & NUD_PERMANENT) !== 0,
+      dynamic: (e.state & (NUD_PERMANENT | NUD_NOARP)) === 0,
+    };
+    if (e.dst?.length === 4) f.vtep = formatIPv4(e.dst);
+    out.push(f);
+  }
+  return out;
+}
+
+/** Peers as the kernel has them: PERMANENT neighbours joined by MAC with permanent `self` FDB entries. */
+export function joinPeers(neighbours: NeighbourEntry[], fdb: FdbEntry[]): Peer[] {
+  const vtepByMac = new Map<string, string>();
+  for (const f of fdb) if (f.self && f.permanent && f.vtep && f.mac !== ZERO_MAC) vtepByMac.set(f.mac, f.vtep);
+  const out: Peer[] = [];
+  for (const n of neighbours) {
+    if (!n.permanent || !n.mac) continue;
+    const vtep = vtepByMac.get(n.mac);
+    if (vtep) out.push({ ip: n.ip, mac: n.mac, vtep });
+  }
+  return out;
+}
+
+export async function listPeers(sock: NlSocket, vxlanIndex: number): Promise<Peer[]> {
+  const [n, f] = await Promise.all([listNeighbours(sock, vxlanIndex), listFdb(sock, vxlanIndex)]);
+  return joinPeers(n, f);
+}
+
+export interface PeerChangeResult {
+  /** Peers (re)programmed. */
+  added: number;
+  /** Peers removed (setPeers: stale neighbours, plus FDB entries left without one). */
+  removed: number;
+}
+
+/** Thrown when some of a batch's messages were refused; the others did take effect. */
+export class PeerBatchError extends Error {
+  readonly failures: { peer: Peer; error: NetlinkError }[];
+  constructor(what: string, failures: { peer: Peer; error: NetlinkError }[]) {
+    const f = failures[0]!;
+    super(`${what}: ${failures.length} peer(s) failed, first ${f.peer.ip}/${f.peer.mac} via ${f.peer.vtep}: ${f.error.code}`);
+    this.name = 'PeerBatchError';
+    this.failures = failures;
+  }
+}
+
+const IGNORE_ON_DELETE = ['ENOENT', 'ESRCH', 'EADDRNOTAVAIL'];
+
+async function sendBatch(
+  sock: NlSocket,
+  what: string,
+  msgs: Buffer[],
+  owners: ParsedPeer[],
+  ignore: string[],
+): Promise<void> {
+  const { errors } = await sock.batch(msgs, what, { ignore });
+  if (errors.size) {
+    const failures = [...errors].sort((a, b) => a[0] - b[0]).map(([i, error]) => ({ peer: owners[i]!.peer, error }));
+    throw new PeerBatchError(what, failures);
+  }
+}
+
+/**
+ * Removes then adds peers. Removal deletes the neighbour only while it still maps the IP to the
+ * removed MAC (the IP may already belong to a newer container), the FDB entry only for the
+ * removed VTEP, and whatever the bridge learned for the MAC behind vxlan0. Missing entries are
+ * fine; adding an existing peer is a no-op replace. Input is validated before anything changes.
+ */
+export async function applyPeerDiff(sock: NlSocket, vxlanIndex: number, add: Peer[], remove: Peer[]): Promise<PeerChangeResult> {
+  const adds = add.map(parsePeer);
+  const removes = remove.map(parsePeer);
+  if (removes.length) {
+    const addIps = new Set(adds.map((p) => p.ipText));
+    const addMacVtep = new Set(adds.map((p) => `${p.macText}@${p.vtepText}`));
+    // Deleting only what exists avoids an error reply per missing entry (most learned entries are).
+    const [neigh, fdb] = await Promise.all([listNeighbours(sock, vxlanIndex), listFdb(sock, vxlanIndex)]);
+    const current = new Map(neigh.map((n) => [n.ip, n.mac]));
+    const selfEntries = new Set<string>();
+    const learned = new Set<string>();
+    for (const f of fdb) {
+      if (f.self && f.vtep) selfEntries.add(`${f.mac}@${f.vtep}`);
+      if (f.master && f.dynamic) learned.add(f.mac);
+    }
+    const slab = new Slab(removes.length * REMOVE_MAX);
+    const owners: ParsedPeer[] = [];
+    for (const p of removes) {
+      if (!addIps.has(p.ipText) && current.get(p.ipText) === p.macText) {
+        slab.neighDel(vxlanIndex, p.ip);
+        owners.push(p);
+      }
+      const key = `${p.macText}@${p.vtepText}`;
+      if (!addMacVtep.has(key) && selfEntries.has(key)) {
+        slab.fdbSelfDel(vxlanIndex, p.mac, p.vtep);
+        owners.push(p);
+      }
+      if (learned.has(p.macText)) {
+        slab.fdbMasterDel(vxlanIndex, p.mac);
+        owners.push(p);
+      }
+    }
+    await sendBatch(sock, 'remove peers', slab.msgs, owners, IGNORE_ON_DELETE);
+  }
+  if (adds.length) {
+    const slab = new Slab(adds.length * ADD_LEN);
+    const owners: ParsedPeer[] = [];
+    for (const p of adds) {
+      slab.neighAdd(vxlanIndex, p.ip, p.mac);
+      slab.fdbAdd(vxlanIndex, p.mac, p.vtep);
+      owners.push(p, p);
+    }
+    await sendBatch(sock, 'add peers', slab.msgs, owners, []);
+  }
+  return { added: adds.length, removed: removes.length };
+}
+
+/**
+ * Makes the kernel tables hold exactly `desired` (reconcile after a reconnect): adds what is
+ * missing or different, removes PERMANENT neighbours and `self` FDB entries nobody wants (the
+ * all-zeros default entry of p2p/multicast devices is left alone).
+ */
+export async function setPeers(sock: NlSocket, vxlanIndex: number, desired: Peer[]): Promise<PeerChangeResult> {
+  const want = desired.map(parsePeer);
+  const [neigh, fdb] = await Promise.all([listNeighbours(sock, vxlanIndex), listFdb(sock, vxlanIndex)]);
+  const wantIp = new Map(want.map((p) => [p.ipText, p]));
+  const wantMac = new Map(want.map((p) => [p.macText, p]));
+  const haveNeigh = new Map(neigh.filter((n) => n.permanent).map((n) => [n.ip, n.mac]));
+  const haveFdb = new Map<string, string[]>();
+  const learned = new Set(fdb.filter((f) => f.master && f.dynamic).map((f) => f.mac));
+  for (const f of fdb) {
+    if (!f.self || !f.vtep || f.mac === ZERO_MAC) continue;
+    haveFdb.set(f.mac, [...(haveFdb.get(f.mac) ?? []), f.vtep]);
+  }
+  const stale = new Slab((neigh.length + fdb.length) * REMOVE_MAX);
+  const owners: ParsedPeer[] = [];
+  const removedMacs = new Set<string>();
+  let removed = 0;
+  for (const n of neigh) {
+    if (n.permanent && !wantIp.has(n.ip)) {
+      const stub = parsePeer({ ip: n.ip, mac: n.mac ?? ZERO_MAC, vtep: '0.0.0.0' });
+      stale.neighDel(vxlanIndex, stub.ip);
+      owners.push(stub);
+      removed++;
+      if (n.mac) removedMacs.add(n.mac);
+    }
+  }
+  for (const [mac, vteps] of haveFdb) {
+    const w = wantMac.get(mac);
+    for (const vtep of vteps) {
+      if (w && w.vtepText === vtep) continue;
+      const stub = parsePeer({ ip: '0.0.0.0', mac, vtep });
+      stale.fdbSelfDel(vxlanIndex, stub.mac, stub.vtep);
+      owners.push(stub);
+      if (!w) {
+        if (learned.has(mac)) {
+          stale.fdbMasterDel(vxlanIndex, stub.mac);
+          owners.push(stub);
+        }
+        // An FDB entry left without its neighbour counts as a removed peer of its own.
+        if (!removedMacs.has(mac)) {
+          removedMacs.add(mac);
+          removed++;
+        }
+      }
+    }
+  }
+  await sendBatch(sock, 'remove stale peers', stale.msgs, owners, IGNORE_ON_DELETE);
+
+  const fresh = new Slab(want.length * ADD_LEN);
+  const addOwners: ParsedPeer[] = [];
+  for (const p of want) {
+    const vteps = haveFdb.get(p.macText);
+    if (haveNeigh.get(p.ipText) === p.macText && vteps?.length === 1 && vteps[0] === p.vtepText) continue;
+    fresh.neighAdd(vxlanIndex, p.ip, p.mac);
+    fresh.fdbAdd(vxlanIndex, p.mac, p.vtep);
+    addOwners.push(p, p);
+  }
+  await sendBatch(sock, 'add peers', fresh.msgs, addOwners, []);
+  return { added: fresh.msgs.length / 2, removed };
+}
+
+/** What the kernel asks for in `miss` mode: the MAC of an IP (L3 miss) or the VTEP of a MAC (L2 miss). */
+export type Miss = { kind: 'l3'; ip: string; ifindex: number } | { kind: 'l2'; mac: string; ifindex: number };
+
+/**
+ * Decodes a vxlan miss notification: RTM_GETNEIGH on RTNLGRP_NEIGH carrying either NDA_DST (l3miss:
+ * no neighbour for an ARP request the device proxies) or NDA_LLADDR (l2miss: no FDB entry for a
+ * destination MAC). The kernel sets family AF_INET on both for IPv4 devices, so the attribute
+ * present is what tells them apart. Anything else (RTM_NEWNEIGH events, IPv6) is not a miss.
+ */
+export function parseMiss(type: number, data: Buffer): Miss | undefined {
+  if (type !== RTM_GETNEIGH || data.length < NDMSG_LEN) return undefined;
+  const e = parseNeighMessage(data);
+  if (e.family !== AF_INET && e.family !== AF_BRIDGE) return undefined;
+  if (e.dst?.length === 4 && !e.lladdr) return { kind: 'l3', ip: formatIPv4(e.dst), ifindex: e.ifindex };
+  if (e.lladdr?.length === 6 && !e.dst) return { kind: 'l2', mac: formatMac(e.lladdr), ifindex: e.ifindex };
+  return undefined;
+}

@@ -1,0 +1,631 @@
+/**
+ * Consul backend (package `consul`), KV + sessions + transactions.
+ *
+ * - every key is stored as `<prefix><key>`; revision = the key's ModifyIndex (a Raft index,
+ *   so revisions are monotonic across keys);
+ * - all writes go through `/v1/txn` so that the new ModifyIndex comes back with the write:
+ *   put = `set`, create = `cas` index 0, compareAndSet = `cas` index=rev (rev 0 = absent),
+ *   compareAndDelete = `check-index` + `delete-cas`, deletePrefix = `delete-tree`;
+ *   with a lease, put = `lock` (acquire), create/CAS = `check-not-exists`/`check-index` + `lock`
+ *   (the KV endpoint ignores `cas` when `acquire` is present, a transaction does not);
+ * - leases = sessions (`behavior: delete`, TTL ≥ 10 s as Consul requires, lock-delay 0, no
+ *   health checks) renewed every TTL/2; `onLost` when Consul says the session is gone or
+ *   it could not be renewed for a whole TTL; `close()` stops renewing without destroying;
+ * - watch = blocking queries on the prefix (`recurse`, `index`, `wait`); consecutive results
+ *   are diffed into events; a first result, an index that goes backwards or is 0, or any
+ *   error restarts from index 0 and delivers onReset;
+ * - every call has a deadline (papi request timeout, raced as well); timeouts, connection
+ *   errors and 5xx answers surface as StoreUnavailableError.
+ *
+ * Known difference: a put without lease on a key currently held by a session keeps that
+ * session's hold (Consul has no "detach" verb short of knowing the session); etcd detaches.
+ */
+
+import { EventEmitter } from 'node:events';
+import Consul from 'consul';
+import { z } from 'zod';
+
+import type { Logger } from '../log';
+import { KVEntry, Lease, PutOptions, Store, StoreUnavailableError, Watch, WatchEvent, WatchListener } from './store';
+import {
+  Backoff,
+  DEFAULT_PREFIX,
+  DEFAULT_TIMEOUT_MS,
+  LostSignal,
+  SafeListener,
+  assertKey,
+  errorMessage,
+  sleep,
+  sortEntries,
+  toError,
+  withDeadline,
+} from './util';
+
+export interface ConsulStoreOptions {
+  host: string;
+  port: number;
+  /** HTTPS (system CA store; add a private CA with NODE_EXTRA_CA_CERTS). */
+  secure?: boolean;
+  /** ACL token; defaults to nothing (the agent's default token applies). */
+  token?: string;
+  prefix?: string;
+  /** Deadline for each call, default 5000 ms. */
+  timeoutMs?: number;
+  /** Blocking-query wait for watches, default 30 s. */
+  watchWaitSeconds?: number;
+  logger: Logger;
+}
+
+/** Consul refuses session TTLs below 10 s. */
+export const CONSUL_MIN_TTL_SECONDS = 10;
+
+// ---- the part of the `consul` client we use, typed precisely (its .d.ts is incomplete) ----
+
+interface ResponseContext extends EventEmitter {
+  includeResponse: true;
+}
+
+interface CallOptions {
+  timeout?: number;
+  ctx?: ResponseContext;
+  index?: string;
+  wait?: string;
+}
+
+type TxnVerb =
+  | 'set'
+  | 'cas'
+  | 'lock'
+  | 'delete'
+  | 'delete-cas'
+  | 'delete-tree'
+  | 'check-index'
+  | 'check-not-exists';
+
+interface TxnOp {
+  KV: { Verb: TxnVerb; Key: string; Value?: string; Index?: number; Session?: string };
+}
+
+interface ConsulApi {
+  kv: {
+    get(options: { key: string; recurse?: boolean } & CallOptions): Promise<unknown>;
+  };
+  transaction: {
+    create(operations: TxnOp[], options: CallOptions): Promise<unknown>;
+  };
+  session: {
+    create(
+      options: { name: string; ttl: string; behavior: 'delete'; lockdelay: string; checks: string[] } & CallOptions,
+    ): Promise<unknown>;
+    destroy(options: { id: string } & CallOptions): Promise<unknown>;
+    renew(options: { id: string } & CallOptions): Promise<unknown>;
+  };
+  destroy(): void;
+}
+
+const kvItemSchema = z.object({
+  Key: z.string(),
+  Value: z.string().nullable().optional(),
+  ModifyIndex: z.number(),
+});
+const kvListSchema = z.array(kvItemSchema);
+const txnResultSchema = z.object({
+  Results: z
+    .array(z.object({ KV: z.object({ Key: z.string(), ModifyIndex: z.number() }).optional() }).passthrough())
+    .nullable()
+    .optional(),
+});
+const txnErrorBodySchema = z.object({
+  Errors: z.array(z.object({ OpIndex: z.number(), What: z.string() })).nullable().optional(),
+});
+const sessionCreateSchema = z.object({ ID: z.string().min(1) });
+const errorShapeSchema = z
+  .object({
+    code: z.string().optional(),
+    isTimeout: z.boolean().optional(),
+    isAbort: z.boolean().optional(),
+    response: z.object({ statusCode: z.number().optional(), body: z.unknown().optional() }).passthrough().optional(),
+  })
+  .passthrough();
+
+type Failure =
+  | { kind: 'unavailable'; message: string }
+  | { kind: 'conflict'; message: string; errors: Array<{ OpIndex: number; What: string }> }
+  | { kind: 'notfound'; message: string }
+  | { kind: 'forbidden'; message: string }
+  | { kind: 'other'; message: string };
+
+const UNAVAILABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ETIMEDOUT',
+  'EAI_AGAIN',
+  'ENOTFOUND',
+  'EPIPE',
+  'ECONNABORTED',
+]);
+
+function classify(err: unknown): Failure {
+  const message = errorMessage(err);
+  const shape = errorShapeSchema.safeParse(err);
+  if (!shape.success) return { kind: 'other', message };
+  const { code, isTimeout, response } = shape.data;
+  const status = response?.statusCode;
+  if (isTimeout || (code && UNAVAILABLE_CODES.has(code))) return { kind: 'unavailable', message };
+  if (status !== undefined) {
+    if (status >= 500 || status === 429) return { kind: 'unavailable', message };
+    if (status === 409) {
+      const body = txnErrorBodySchema.safeParse(parseMaybeJson(response?.body));
+      return { kind: 'conflict', message, errors: (body.success && body.data.Errors) || [] };
+    }
+    if (status === 404) return { kind: 'notfound', message };
+    if (status === 401 || status === 403) return { kind: 'forbidden', message };
+  }
+  return { kind: 'other', message };
+}
+
+/** A response body papi did not decode (wrong content type) is still JSON text. */
+function parseMaybeJson(body: unknown): unknown {
+  const text = Buffer.isBuffer(body) ? body.toString('utf8') : typeof body === 'string' ? body : undefined;
+  if (text === undefined) return body;
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return body;
+  }
+}
+
+function b64(value: string): string {
+  return Buffer.from(value, 'utf8').toString('base64');
+}
+
+function makeContext(): ResponseContext {
+  return Object.assign(new EventEmitter(), { includeResponse: true as const });
+}
+
+/** `[res, body?]` from a call made with an includeResponse context. */
+function splitResponse(result: unknown): { index: number | undefined; body: unknown } {
+  if (!Array.isArray(result) || result.length === 0) return { index: undefined, body: undefined };
+  const head = z
+    .object({ headers: z.record(z.union([z.string(), z.array(z.string())]).optional()) })
+    .passthrough()
+    .safeParse(result[0]);
+  const raw = head.success ? head.data.headers['x-consul-index'] : undefined;
+  const text = Array.isArray(raw) ? raw[0] : raw;
+  const index = text !== undefined && /^\d+$/.test(text) ? Number(text) : undefined;
+  return { index, body: result[1] };
+}
+
+class ConsulNotFoundError extends Error {
+  override name = 'ConsulNotFoundError';
+}
+
+class ConsulConflictError extends Error {
+  override name = 'ConsulConflictError';
+  constructor(
+    message: string,
+    readonly errors: Array<{ OpIndex: number; What: string }>,
+  ) {
+    super(message);
+  }
+}
+
+class ConsulLease implements Lease {
+  readonly lost: LostSignal;
+  private timer: NodeJS.Timeout | undefined;
+  private lastRenew = Date.now();
+  private stopped = false;
+
+  constructor(
+    readonly store: ConsulStore,
+    readonly id: string,
+    readonly ttlSeconds: number,
+    private readonly logger: Logger,
+  ) {
+    this.lost = new LostSignal(logger, `${store.description} session ${id}`);
+    this.schedule((ttlSeconds * 1000) / 2);
+  }
+
+  get active(): boolean {
+    return !this.stopped;
+  }
+
+  onLost(listener: () => void): void {
+    this.lost.add(listener);
+  }
+
+  /** Stop renewing (close or loss); the session then ends after its TTL. */
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  markLost(reason: string): void {
+    this.stop();
+    this.store.forgetLease(this);
+    this.lost.fire(reason);
+  }
+
+  async revoke(): Promise<void> {
+    this.lost.disarm();
+    this.stop();
+    this.store.forgetLease(this);
+    await this.store.request(`destroy session ${this.id}`, (api, o) => api.session.destroy({ id: this.id, ...o }));
+  }
+
+  private schedule(ms: number): void {
+    if (this.stopped) return;
+    this.timer = setTimeout(() => void this.renew(), ms);
+  }
+
+  private async renew(): Promise<void> {
+    if (this.stopped) return;
+    try {
+      await this.store.request(`renew session ${this.id}`, (api, o) => api.session.renew({ id: this.id, ...o }));
+      this.lastRenew = Date.now();
+      this.schedule((this.ttlSeconds * 1000) / 2);
+    } catch (err) {
+      if (this.stopped) return;
+      if (err instanceof ConsulNotFoundError) {
+        this.markLost('Consul no longer knows the session (expired or destroyed)');
+        return;
+      }
+      const silentFor = Date.now() - this.lastRenew;
+      if (silentFor >= this.ttlSeconds * 1000) {
+        this.markLost(`could not renew the session for ${Math.round(silentFor / 1000)} s: ${errorMessage(err)}`);
+        return;
+      }
+      this.logger.warn('consul session renewal failed; retrying', { session: this.id, error: errorMessage(err) });
+      this.schedule(1000);
+    }
+  }
+}
+
+class ConsulWatch implements Watch {
+  private readonly abort = new AbortController();
+  private ctx: ResponseContext | undefined;
+  private readonly done: Promise<void>;
+
+  constructor(
+    private readonly store: ConsulStore,
+    private readonly relPrefix: string,
+    private readonly listener: SafeListener,
+    private readonly logger: Logger,
+  ) {
+    this.done = this.run();
+  }
+
+  async close(): Promise<void> {
+    this.abort.abort();
+    this.ctx?.emit('cancel');
+    await this.done;
+  }
+
+  private async run(): Promise<void> {
+    const signal = this.abort.signal;
+    const backoff = new Backoff(100, 5000);
+    const full = this.store.prefix + this.relPrefix;
+    const waitMs = this.store.watchWaitSeconds * 1000;
+    let index = 0;
+    let previous: Map<string, KVEntry> | undefined;
+    let lastQuery = 0;
+    while (!signal.aborted) {
+      // Never hammer Consul if it answers immediately without progress.
+      const since = Date.now() - lastQuery;
+      if (since < 50) await sleep(50 - since, signal);
+      if (signal.aborted) break;
+      lastQuery = Date.now();
+      try {
+        const ctx = makeContext();
+        this.ctx = ctx;
+        const blocking = index > 0 && previous !== undefined;
+        const result = await this.store.request(
+          `watch ${this.relPrefix || '(all)'}`,
+          (api, o) =>
+            api.kv.get({
+              key: full,
+              recurse: true,
+              ...o,
+              ctx,
+              ...(blocking ? { index: String(index), wait: `${this.store.watchWaitSeconds}s` } : {}),
+            }),
+          blocking ? waitMs + waitMs / 16 + this.store.timeoutMs : this.store.timeoutMs,
+        );
+        if (signal.aborted) break;
+        const split = splitResponse(result);
+        const entries = this.store.toEntries(split.body);
+        let newIndex = split.index ?? 0;
+        // A pristine KV table answers index 0: list it, then block on index 1 (Consul's advice)
+        // instead of polling with index 0.
+        if (previous === undefined && newIndex <= 0) newIndex = 1;
+        if (newIndex <= 0 || newIndex < index) {
+          // Index reset (snapshot restore, new cluster…): start over and deliver full state.
+          this.logger.info('consul watch index reset; re-listing', {
+            store: this.store.description,
+            prefix: full,
+            from: index,
+            to: newIndex,
+          });
+          index = 0;
+          previous = undefined;
+          continue;
+        }
+        backoff.reset();
+        const current = new Map(entries.map((e) => [e.key, e]));
+        if (previous === undefined) {
+          this.listener.reset(entries);
+        } else if (newIndex !== index) {
+          this.listener.events(diff(previous, current, newIndex));
+        }
+        previous = current;
+        index = newIndex;
+      } catch (err) {
+        if (signal.aborted) break;
+        const e = toError(err);
+        this.logger.warn('consul watch interrupted; will re-list', { store: this.store.description, prefix: full, error: e.message });
+        this.listener.error(e);
+        index = 0;
+        previous = undefined;
+        await sleep(backoff.next(), signal);
+      }
+    }
+  }
+}
+
+/** Events turning `before` into `after`, in index order (deletes carry the response index). */
+function diff(before: Map<string, KVEntry>, after: Map<string, KVEntry>, index: number): WatchEvent[] {
+  const events: WatchEvent[] = [];
+  for (const [key, e] of after) {
+    const old = before.get(key);
+    if (!old || old.revision !== e.revision || old.value !== e.value) {
+      events.push({ type: 'put', key, value: e.value, revision: e.revision });
+    }
+  }
+  for (const key of before.keys()) {
+    if (!after.has(key)) events.push({ type: 'delete', key, revision: index });
+  }
+  return events.sort((a, b) => a.revision - b.revision || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+}
+
+export class ConsulStore implements Store {
+  readonly distributed = true;
+  readonly description: string;
+  readonly prefix: string;
+  readonly timeoutMs: number;
+  readonly watchWaitSeconds: number;
+
+  private readonly api: ConsulApi;
+  private readonly logger: Logger;
+  private readonly leases = new Set<ConsulLease>();
+  private readonly watches = new Set<ConsulWatch>();
+  private closed = false;
+
+  constructor(options: ConsulStoreOptions) {
+    this.logger = options.logger;
+    this.prefix = options.prefix ?? DEFAULT_PREFIX;
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.watchWaitSeconds = options.watchWaitSeconds ?? 30;
+    if (this.prefix.startsWith('/')) throw new Error('consul store: the key prefix must not start with "/"');
+    const hostPart = options.host.includes(':') ? `[${options.host}]` : options.host;
+    this.description = `${options.secure ? 'consuls' : 'consul'}://${hostPart}:${options.port}`;
+    const client = new Consul({
+      host: options.host,
+      port: options.port,
+      secure: options.secure ?? false,
+      defaults: options.token ? { token: options.token } : undefined,
+    });
+    // The package's typings omit call options (timeout, ctx, index, wait) and the txn wire
+    // format; ConsulApi describes exactly the calls made here.
+    this.api = client as unknown as ConsulApi;
+  }
+
+  // ---- plumbing ----
+
+  /** @internal One Consul call under a deadline, with errors mapped. */
+  async request<T>(what: string, fn: (api: ConsulApi, options: { timeout: number }) => Promise<T>, timeoutMs?: number): Promise<T> {
+    if (this.closed) throw new Error(`${this.description}: store is closed`);
+    const ms = timeoutMs ?? this.timeoutMs;
+    try {
+      return await withDeadline(fn(this.api, { timeout: ms }), ms + 250, () => `${this.description}: ${what}`);
+    } catch (err) {
+      if (err instanceof StoreUnavailableError) throw err;
+      const f = classify(err);
+      switch (f.kind) {
+        case 'unavailable':
+          throw new StoreUnavailableError(`${this.description}: ${what} failed, Consul unreachable: ${f.message}`);
+        case 'conflict':
+          throw new ConsulConflictError(`${this.description}: ${what}: ${f.errors.map((e) => e.What).join('; ') || f.message}`, f.errors);
+        case 'notfound':
+          throw new ConsulNotFoundError(`${this.description}: ${what}: not found`);
+        case 'forbidden':
+          throw new Error(`${this.description}: ${what}: permission denied (check the Consul ACL token): ${f.message}`);
+        default:
+          throw new Error(`${this.description}: ${what} failed: ${f.message}`, { cause: err });
+      }
+    }
+  }
+
+  /** @internal */
+  toEntries(body: unknown): KVEntry[] {
+    if (body === undefined || body === null) return [];
+    const items = kvListSchema.parse(Array.isArray(body) ? body : [body]);
+    const out: KVEntry[] = [];
+    for (const it of items) {
+      if (!it.Key.startsWith(this.prefix)) continue;
+      out.push({ key: it.Key.slice(this.prefix.length), value: it.Value ?? '', revision: it.ModifyIndex });
+    }
+    return sortEntries(out);
+  }
+
+  /** @internal */
+  forgetLease(lease: ConsulLease): void {
+    this.leases.delete(lease);
+  }
+
+  private lease(options: PutOptions | undefined): ConsulLease | undefined {
+    const lease = options?.lease;
+    if (lease === undefined) return undefined;
+    if (!(lease instanceof ConsulLease) || lease.store !== this) {
+      throw new Error(`${this.description}: lease ${lease.id} was not granted by this store`);
+    }
+    if (!lease.active) throw new Error(`${this.description}: session ${lease.id} is no longer renewed (revoked, lost or closed)`);
+    return lease;
+  }
+
+  /**
+   * Runs a transaction. Returns the ModifyIndex of the written key, `undefined` when one of
+   * the `conditionOps` (by position) failed; any other failure throws.
+   */
+  private async txn(what: string, ops: TxnOp[], conditionOps: number[], lease?: ConsulLease): Promise<number | undefined | null> {
+    try {
+      const res = txnResultSchema.parse(await this.request(what, (api, o) => api.transaction.create(ops, o)));
+      const written = (res.Results ?? []).map((r) => r.KV?.ModifyIndex).filter((i): i is number => i !== undefined);
+      return written.length > 0 ? Math.max(...written) : null;
+    } catch (err) {
+      if (err instanceof ConsulConflictError) {
+        // Consul evaluates every op and reports each failure; a failed condition decides.
+        if (err.errors.some((e) => conditionOps.includes(e.OpIndex))) return undefined;
+        if (lease && err.errors.some((e) => /session/i.test(e.What))) lease.markLost(err.message);
+      }
+      throw err;
+    }
+  }
+
+  private writeOps(full: string, value: string, lease: ConsulLease | undefined, condition?: TxnOp): TxnOp[] {
+    const write: TxnOp = lease
+      ? { KV: { Verb: 'lock', Key: full, Value: b64(value), Session: lease.id } }
+      : { KV: { Verb: 'set', Key: full, Value: b64(value) } };
+    return condition ? [condition, write] : [write];
+  }
+
+  private static written(what: string, rev: number | undefined | null): number | undefined {
+    if (rev === null) throw new Error(`${what}: Consul returned no index for the write`);
+    return rev;
+  }
+
+  // ---- Store ----
+
+  async get(key: string): Promise<KVEntry | undefined> {
+    assertKey(key);
+    const body = await this.request(`get ${key}`, (api, o) => api.kv.get({ key: this.prefix + key, ...o }));
+    return this.toEntries(body)[0];
+  }
+
+  async list(prefix: string): Promise<KVEntry[]> {
+    const body = await this.request(`list ${prefix || '(all)'}`, (api, o) =>
+      api.kv.get({ key: this.prefix + prefix, recurse: true, ...o }),
+    );
+    return this.toEntries(body);
+  }
+
+  async put(key: string, value: string, options?: PutOptions): Promise<number> {
+    assertKey(key);
+    const lease = this.lease(options);
+    const what = `put ${key}`;
+    const rev = ConsulStore.written(what, await this.txn(what, this.writeOps(this.prefix + key, value, lease), [], lease));
+    if (rev === undefined) throw new Error(`${this.description}: ${what}: refused by Consul`);
+    return rev;
+  }
+
+  async create(key: string, value: string, options?: PutOptions): Promise<number | undefined> {
+    assertKey(key);
+    const lease = this.lease(options);
+    const full = this.prefix + key;
+    const what = `create ${key}`;
+    const ops = lease
+      ? this.writeOps(full, value, lease, { KV: { Verb: 'check-not-exists', Key: full } })
+      : [{ KV: { Verb: 'cas' as const, Key: full, Value: b64(value), Index: 0 } }];
+    return ConsulStore.written(what, await this.txn(what, ops, [0], lease));
+  }
+
+  async compareAndSet(key: string, value: string, revision: number, options?: PutOptions): Promise<number | undefined> {
+    assertKey(key);
+    const lease = this.lease(options);
+    const full = this.prefix + key;
+    const what = `compare-and-set ${key}@${revision}`;
+    let ops: TxnOp[];
+    if (!lease) {
+      ops = [{ KV: { Verb: 'cas', Key: full, Value: b64(value), Index: revision } }];
+    } else if (revision === 0) {
+      ops = this.writeOps(full, value, lease, { KV: { Verb: 'check-not-exists', Key: full } });
+    } else {
+      ops = this.writeOps(full, value, lease, { KV: { Verb: 'check-index', Key: full, Index: revision } });
+    }
+    return ConsulStore.written(what, await this.txn(what, ops, [0], lease));
+  }
+
+  async delete(key: string): Promise<void> {
+    assertKey(key);
+    await this.txn(`delete ${key}`, [{ KV: { Verb: 'delete', Key: this.prefix + key } }], []);
+  }
+
+  async compareAndDelete(key: string, revision: number): Promise<boolean> {
+    assertKey(key);
+    const full = this.prefix + key;
+    // delete-cas alone succeeds on a missing key; check-index makes "missing" a failure.
+    const res = await this.txn(
+      `compare-and-delete ${key}@${revision}`,
+      [
+        { KV: { Verb: 'check-index', Key: full, Index: revision } },
+        { KV: { Verb: 'delete-cas', Key: full, Index: revision } },
+      ],
+      [0, 1],
+    );
+    return res !== undefined;
+  }
+
+  async deletePrefix(prefix: string): Promise<void> {
+    await this.txn(`delete prefix ${prefix}`, [{ KV: { Verb: 'delete-tree', Key: this.prefix + prefix } }], []);
+  }
+
+  watch(prefix: string, listener: WatchListener): Watch {
+    if (this.closed) {
+      this.logger.warn('watch requested on a closed store', { store: this.description, prefix });
+      return { close: () => Promise.resolve() };
+    }
+    const w = new ConsulWatch(this, prefix, new SafeListener(listener, this.logger, `${this.description} ${prefix}`), this.logger);
+    this.watches.add(w);
+    return {
+      close: async () => {
+        this.watches.delete(w);
+        await w.close();
+      },
+    };
+  }
+
+  async grantLease(ttlSeconds: number): Promise<Lease> {
+    if (!(ttlSeconds > 0)) throw new RangeError(`lease TTL must be positive, got ${ttlSeconds}`);
+    const ttl = Math.max(CONSUL_MIN_TTL_SECONDS, Math.ceil(ttlSeconds));
+    if (ttl !== ttlSeconds) {
+      this.logger.debug('consul session TTL adjusted', { requested: ttlSeconds, ttl });
+    }
+    const res = await this.request(`create session (TTL ${ttl} s)`, (api, o) =>
+      api.session.create({ name: 'tsoverlay', ttl: `${ttl}s`, behavior: 'delete', lockdelay: '0s', checks: [], ...o }),
+    );
+    const lease = new ConsulLease(this, sessionCreateSchema.parse(res).ID, ttl, this.logger);
+    this.leases.add(lease);
+    return lease;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    const watches = [...this.watches];
+    this.watches.clear();
+    await Promise.all(watches.map((w) => w.close()));
+    this.closed = true;
+    // Stop renewing without destroying: like a crashed holder, its keys go after the TTL.
+    for (const lease of this.leases) {
+      lease.lost.disarm();
+      lease.stop();
+    }
+    this.leases.clear();
+    this.api.destroy();
+  }
+}
+
+export function openConsulStore(options: ConsulStoreOptions): ConsulStore {
+  return new ConsulStore(options);
+}

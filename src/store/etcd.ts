@@ -1,0 +1,453 @@
+/**
+ * etcd v3 backend (package `etcd3`).
+ *
+ * - every key is stored as `<prefix><key>`; revision = the key's mod_revision
+ *   (the store-wide revision of its last write, so revisions are globally monotonic);
+ * - create = txn `create_revision(key) == 0`, compareAndSet = txn `mod_revision(key) == rev`
+ *   (rev 0 therefore means "absent"), compareAndDelete likewise;
+ * - leases = etcd leases kept alive by the client (keepalive every TTL/3); `onLost` fires
+ *   when etcd reports the lease gone or it could not be renewed for 2×TTL; `close()` stops
+ *   renewing without revoking, so a closed/dead holder's keys vanish after the TTL;
+ * - watch = paginated range read at one revision → onReset, then a watch from revision+1;
+ *   on any stream error, disconnect or compaction the watch is dropped and the cycle repeats
+ *   (re-list → onReset), with backoff;
+ * - every unary call carries a gRPC deadline and is raced against the same deadline;
+ *   connectivity failures surface as StoreUnavailableError.
+ */
+
+import * as tls from 'node:tls';
+import {
+  Etcd3,
+  EtcdLeaseInvalidError,
+  GRPCDeadlineExceededError,
+  IKeyValue,
+  IOptions,
+  IWatchResponse,
+  Lease as Etcd3Lease,
+  Range,
+  Watcher,
+  isRecoverableError,
+} from 'etcd3';
+
+import type { Logger } from '../log';
+import { KVEntry, Lease, PutOptions, Store, StoreUnavailableError, Watch, WatchEvent, WatchListener } from './store';
+import {
+  Backoff,
+  DEFAULT_PREFIX,
+  DEFAULT_TIMEOUT_MS,
+  LostSignal,
+  SafeListener,
+  assertKey,
+  errorMessage,
+  sleep,
+  toError,
+  withDeadline,
+} from './util';
+
+export interface EtcdTlsOptions {
+  /** PEM CA bundle; system roots when omitted. */
+  ca?: Buffer;
+  /** PEM client certificate (with `key`) for mutual TLS. */
+  cert?: Buffer;
+  key?: Buffer;
+}
+
+export interface EtcdAuthOptions {
+  username: string;
+  password: string;
+}
+
+export interface EtcdStoreOptions {
+  /** `host:port` (or `http(s)://host:port`) of one or more cluster members. */
+  endpoints: string[];
+  /** Use TLS (implied when `tls` is given or an endpoint starts with https://). */
+  secure?: boolean;
+  tls?: EtcdTlsOptions;
+  auth?: EtcdAuthOptions;
+  /** Key prefix, default `tsoverlay/v1/`. */
+  prefix?: string;
+  /** Deadline for each call, default 5000 ms. */
+  timeoutMs?: number;
+  logger: Logger;
+}
+
+const PAGE_SIZE = 1000;
+
+function isUnavailable(err: Error): boolean {
+  return (
+    isRecoverableError(err) ||
+    err instanceof GRPCDeadlineExceededError ||
+    'isBrokenCircuitError' in err ||
+    /UNAVAILABLE|ECONNREFUSED|No connection established|deadline/i.test(err.message)
+  );
+}
+
+class EtcdLease implements Lease {
+  readonly lost: LostSignal;
+
+  constructor(
+    readonly store: EtcdStore,
+    readonly inner: Etcd3Lease,
+    readonly id: string,
+    readonly ttlSeconds: number,
+    logger: Logger,
+  ) {
+    this.lost = new LostSignal(logger, `${store.description} lease ${id}`);
+    inner.on('lost', (err) => {
+      store.forgetLease(this);
+      this.lost.fire(errorMessage(err));
+    });
+  }
+
+  onLost(listener: () => void): void {
+    this.lost.add(listener);
+  }
+
+  async revoke(): Promise<void> {
+    this.lost.disarm();
+    this.store.forgetLease(this);
+    // Stops the keepalive first; if etcd cannot be reached the keys still expire after the TTL.
+    await this.store.call(`revoke lease ${this.id}`, () => this.inner.revoke());
+  }
+}
+
+class EtcdWatch implements Watch {
+  private readonly abort = new AbortController();
+  private readonly done: Promise<void>;
+
+  constructor(
+    private readonly store: EtcdStore,
+    private readonly relPrefix: string,
+    private readonly listener: SafeListener,
+    private readonly logger: Logger,
+  ) {
+    this.done = this.run();
+  }
+
+  async close(): Promise<void> {
+    this.abort.abort();
+    await withDeadline(this.done, this.store.timeoutMs, () => 'closing etcd watch').catch(() => undefined);
+  }
+
+  private async run(): Promise<void> {
+    const signal = this.abort.signal;
+    const backoff = new Backoff(100, 5000);
+    const full = this.store.prefix + this.relPrefix;
+    while (!signal.aborted) {
+      let watcher: Watcher | undefined;
+      try {
+        const { entries, revision } = await this.store.rangeAll(this.relPrefix);
+        if (signal.aborted) break;
+        this.listener.reset(entries);
+
+        watcher = this.store.client
+          .watch()
+          .prefix(full)
+          .startRevision(String(revision + 1))
+          .watcher();
+        const w = watcher;
+        const ended = new Promise<Error | undefined>((resolve) => {
+          w.on('data', (res) => this.deliver(res));
+          w.on('disconnected', (err) => resolve(toError(err ?? new Error('watch stream disconnected'))));
+          w.on('error', (err) => resolve(toError(err)));
+          signal.addEventListener('abort', () => resolve(undefined), { once: true });
+        });
+        const connected = new Promise<'connected'>((resolve) => w.once('connected', () => resolve('connected')));
+        const first = await Promise.race([
+          connected,
+          ended,
+          sleep(this.store.timeoutMs).then(() => 'timeout' as const),
+        ]);
+        if (first === 'timeout') {
+          throw new StoreUnavailableError(`${this.store.description}: watch ${full} not established within ${this.store.timeoutMs} ms`);
+        }
+        if (first === 'connected') {
+          backoff.reset();
+          const reason = await ended;
+          if (reason === undefined) break; // closed
+          throw reason;
+        }
+        if (first !== undefined) throw first;
+        break; // closed before connecting
+      } catch (err) {
+        if (signal.aborted) break;
+        const e = toError(err);
+        this.logger.warn('etcd watch interrupted; will re-list', { store: this.store.description, prefix: full, error: e.message });
+        this.listener.error(e);
+        await this.cancel(watcher);
+        await sleep(backoff.next(), signal);
+        continue;
+      } finally {
+        if (signal.aborted) await this.cancel(watcher);
+      }
+    }
+  }
+
+  private async cancel(watcher: Watcher | undefined): Promise<void> {
+    if (!watcher) return;
+    watcher.removeAllListeners('data');
+    await withDeadline(watcher.cancel(), 1000, () => 'cancel etcd watcher').catch(() => undefined);
+  }
+
+  private deliver(res: IWatchResponse): void {
+    if (this.abort.signal.aborted) return;
+    const events: WatchEvent[] = [];
+    for (const ev of res.events) {
+      const key = this.store.relKey(ev.kv.key);
+      if (key === undefined) continue;
+      const revision = Number(ev.kv.mod_revision);
+      if (ev.type === 'Put') events.push({ type: 'put', key, value: ev.kv.value.toString('utf8'), revision });
+      else events.push({ type: 'delete', key, revision });
+    }
+    this.listener.events(events);
+  }
+}
+
+export class EtcdStore implements Store {
+  readonly distributed = true;
+  readonly description: string;
+  readonly prefix: string;
+  readonly timeoutMs: number;
+  /** @internal */
+  readonly client: Etcd3;
+
+  private readonly logger: Logger;
+  private readonly leases = new Set<EtcdLease>();
+  private readonly watches = new Set<EtcdWatch>();
+  private closed = false;
+
+  constructor(options: EtcdStoreOptions) {
+    if (options.endpoints.length === 0) throw new Error('etcd store: at least one endpoint is required');
+    this.logger = options.logger;
+    this.prefix = options.prefix ?? DEFAULT_PREFIX;
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const secure =
+      options.secure === true || options.tls !== undefined || options.endpoints.some((e) => e.startsWith('https://'));
+    const bare = options.endpoints.map((e) => e.replace(/^https?:\/\//, ''));
+    this.description = `${secure ? 'etcds' : 'etcd'}://${bare.join(',')}`;
+
+    const clientOptions: IOptions = {
+      hosts: bare.map((h) => `${secure ? 'https' : 'http'}://${h}`),
+      dialTimeout: this.timeoutMs,
+      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + this.timeoutMs }),
+    };
+    if (options.tls) {
+      const { ca, cert, key } = options.tls;
+      if ((cert === undefined) !== (key === undefined)) {
+        throw new Error('etcd store: a TLS client certificate and its key must be given together');
+      }
+      clientOptions.credentials = {
+        rootCertificate: ca ?? Buffer.from(tls.rootCertificates.join('\n')),
+        ...(cert && key ? { certChain: cert, privateKey: key } : {}),
+      };
+    }
+    if (options.auth) {
+      clientOptions.auth = {
+        username: options.auth.username,
+        password: options.auth.password,
+        callOptions: () => ({ deadline: Date.now() + this.timeoutMs }),
+      };
+    }
+    this.client = new Etcd3(clientOptions);
+  }
+
+  // ---- plumbing ----
+
+  /** @internal Runs one etcd call under the deadline, mapping connectivity errors. */
+  async call<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    if (this.closed) throw new Error(`${this.description}: store is closed`);
+    try {
+      return await withDeadline(fn(), this.timeoutMs, () => `${this.description}: ${what}`);
+    } catch (err) {
+      if (err instanceof StoreUnavailableError) throw err;
+      const e = toError(err);
+      if ('isBrokenCircuitError' in e) {
+        throw new StoreUnavailableError(
+          `${this.description}: ${what} not attempted: etcd unreachable (recent calls failed; the client backs off for 5 s)`,
+        );
+      }
+      if (isUnavailable(e)) {
+        throw new StoreUnavailableError(`${this.description}: ${what} failed, etcd unreachable: ${e.message}`);
+      }
+      throw new Error(`${this.description}: ${what} failed: ${e.message}`, { cause: e });
+    }
+  }
+
+  /** @internal Strips the store prefix; undefined for keys outside it. */
+  relKey(key: Buffer | string): string | undefined {
+    const s = typeof key === 'string' ? key : key.toString('utf8');
+    return s.startsWith(this.prefix) ? s.slice(this.prefix.length) : undefined;
+  }
+
+  private entry(kv: IKeyValue): KVEntry | undefined {
+    const key = this.relKey(kv.key);
+    return key === undefined ? undefined : { key, value: kv.value.toString('utf8'), revision: Number(kv.mod_revision) };
+  }
+
+  private leaseId(options: PutOptions | undefined): EtcdLease | undefined {
+    const lease = options?.lease;
+    if (lease === undefined) return undefined;
+    if (!(lease instanceof EtcdLease) || lease.store !== this) {
+      throw new Error(`${this.description}: lease ${lease.id} was not granted by this store`);
+    }
+    return lease;
+  }
+
+  private async withLease<T>(lease: EtcdLease | undefined, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (lease && err instanceof Error && err.cause instanceof EtcdLeaseInvalidError) {
+        this.forgetLease(lease);
+        lease.lost.fire('etcd: requested lease not found');
+      }
+      throw err;
+    }
+  }
+
+  /** @internal */
+  forgetLease(lease: EtcdLease): void {
+    this.leases.delete(lease);
+  }
+
+  /** @internal Consistent multi-page read of `<prefix><relPrefix>*` at one revision. */
+  async rangeAll(relPrefix: string): Promise<{ entries: KVEntry[]; revision: number }> {
+    const range = Range.prefix(this.prefix + relPrefix);
+    let start = range.start;
+    let revision: number | undefined;
+    const entries: KVEntry[] = [];
+    for (;;) {
+      const builder = this.client.getAll().inRange({ start, end: range.end }).limit(PAGE_SIZE);
+      if (revision !== undefined) builder.revision(revision);
+      const res = await this.call(`list ${relPrefix || '(all)'}`, () => builder.exec());
+      revision ??= Number(res.header.revision);
+      for (const kv of res.kvs) {
+        const e = this.entry(kv);
+        if (e) entries.push(e);
+      }
+      const last = res.kvs[res.kvs.length - 1];
+      if (!res.more || last === undefined) break;
+      start = Buffer.concat([last.key, Buffer.from([0])]);
+    }
+    return { entries, revision };
+  }
+
+  // ---- Store ----
+
+  async get(key: string): Promise<KVEntry | undefined> {
+    assertKey(key);
+    const res = await this.call(`get ${key}`, () => this.client.get(this.prefix + key).exec());
+    const kv = res.kvs[0];
+    return kv ? this.entry(kv) : undefined;
+  }
+
+  async list(prefix: string): Promise<KVEntry[]> {
+    return (await this.rangeAll(prefix)).entries;
+  }
+
+  async put(key: string, value: string, options?: PutOptions): Promise<number> {
+    assertKey(key);
+    const lease = this.leaseId(options);
+    return this.withLease(lease, async () => {
+      const b = this.client.put(this.prefix + key).value(value);
+      if (lease) b.lease(lease.id);
+      const res = await this.call(`put ${key}`, () => b.exec());
+      return Number(res.header.revision);
+    });
+  }
+
+  create(key: string, value: string, options?: PutOptions): Promise<number | undefined> {
+    return this.conditionalPut(`create ${key}`, key, value, 'Create', 0, options);
+  }
+
+  compareAndSet(key: string, value: string, revision: number, options?: PutOptions): Promise<number | undefined> {
+    return this.conditionalPut(`compare-and-set ${key}@${revision}`, key, value, 'Mod', revision, options);
+  }
+
+  private async conditionalPut(
+    what: string,
+    key: string,
+    value: string,
+    column: 'Create' | 'Mod',
+    revision: number,
+    options: PutOptions | undefined,
+  ): Promise<number | undefined> {
+    assertKey(key);
+    const lease = this.leaseId(options);
+    const full = this.prefix + key;
+    return this.withLease(lease, async () => {
+      const put = this.client.put(full).value(value);
+      if (lease) put.lease(lease.id);
+      const res = await this.call(what, () => this.client.if(full, column, '==', revision).then(put).commit());
+      return res.succeeded ? Number(res.header.revision) : undefined;
+    });
+  }
+
+  async delete(key: string): Promise<void> {
+    assertKey(key);
+    await this.call(`delete ${key}`, () => this.client.delete().key(this.prefix + key).exec());
+  }
+
+  async compareAndDelete(key: string, revision: number): Promise<boolean> {
+    assertKey(key);
+    const full = this.prefix + key;
+    const res = await this.call(`compare-and-delete ${key}@${revision}`, () =>
+      this.client.if(full, 'Mod', '==', revision).then(this.client.delete().key(full)).commit(),
+    );
+    return res.succeeded && (res.responses[0]?.response_delete_range?.deleted ?? '0') !== '0';
+  }
+
+  async deletePrefix(prefix: string): Promise<void> {
+    await this.call(`delete prefix ${prefix}`, () => this.client.delete().prefix(this.prefix + prefix).exec());
+  }
+
+  watch(prefix: string, listener: WatchListener): Watch {
+    if (this.closed) {
+      this.logger.warn('watch requested on a closed store', { store: this.description, prefix });
+      return { close: () => Promise.resolve() };
+    }
+    const w = new EtcdWatch(this, prefix, new SafeListener(listener, this.logger, `${this.description} ${prefix}`), this.logger);
+    this.watches.add(w);
+    return {
+      close: async () => {
+        this.watches.delete(w);
+        await w.close();
+      },
+    };
+  }
+
+  async grantLease(ttlSeconds: number): Promise<Lease> {
+    if (!(ttlSeconds >= 1)) throw new RangeError(`etcd lease TTL must be at least 1 s, got ${ttlSeconds}`);
+    if (this.closed) throw new Error(`${this.description}: store is closed`);
+    const ttl = Math.ceil(ttlSeconds);
+    const inner = this.client.lease(ttl);
+    let id: string;
+    try {
+      id = await this.call(`grant lease (TTL ${ttl} s)`, () => inner.grant());
+    } catch (err) {
+      inner.release(); // if the grant lands later, no keepalive starts and it expires on its own
+      throw err;
+    }
+    const lease = new EtcdLease(this, inner, id, ttl, this.logger);
+    this.leases.add(lease);
+    return lease;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all([...this.watches].map((w) => w.close()));
+    this.watches.clear();
+    // Stop renewing without revoking: like a crashed holder, its keys expire after the TTL.
+    for (const lease of this.leases) {
+      lease.lost.disarm();
+      lease.inner.release();
+    }
+    this.leases.clear();
+    this.client.close();
+  }
+}
+
+export function openEtcdStore(options: EtcdStoreOptions): EtcdStore {
+  return new EtcdStore(options);
+}

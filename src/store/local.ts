@@ -1,0 +1,561 @@
+/**
+ * Embedded single-host store: one JSON file (`<dir>/store.json`) loaded at open and
+ * rewritten atomically (temp file, fsync, rename, fsync dir) before every mutation
+ * resolves. Mutations are serialised in-process; one global revision counter (persisted)
+ * stamps every write, like etcd's store revision.
+ *
+ * Leases live in this process only: keys put with a lease are removed on revoke, and at
+ * the next open (a lease never survives its process, so every leased key found at open
+ * belongs to a dead holder). Only one process may open a store directory at a time,
+ * enforced by `<dir>/store.lock` (O_EXCL, holder pid + start time, stale-lock takeover).
+ */
+
+import { promises as fsp, readFileSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { z } from 'zod';
+
+import type { Logger } from '../log';
+import type { KVEntry, Lease, PutOptions, Store, Watch, WatchEvent, WatchListener } from './store';
+import { DEFAULT_PREFIX, SafeListener, assertKey, compareKeys, errorMessage } from './util';
+
+export const LOCAL_STORE_FILE = 'store.json';
+export const LOCAL_LOCK_FILE = 'store.lock';
+
+export interface LocalStoreOptions {
+  /** State directory; created (mode 0700) if missing. */
+  dir: string;
+  prefix?: string;
+  logger: Logger;
+}
+
+/** Thrown when another live process (or this one) already holds the store directory. */
+export class StoreLockedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StoreLockedError';
+  }
+}
+
+const storedEntrySchema = z.object({
+  value: z.string(),
+  revision: z.number().int().positive(),
+  createRevision: z.number().int().positive(),
+  lease: z.string().optional(),
+});
+type StoredEntry = z.infer<typeof storedEntrySchema>;
+
+const storeFileSchema = z.object({
+  format: z.literal('tsoverlay-local-store'),
+  version: z.literal(1),
+  revision: z.number().int().nonnegative(),
+  entries: z.record(storedEntrySchema),
+});
+type StoreFile = z.infer<typeof storeFileSchema>;
+
+const lockInfoSchema = z.object({
+  pid: z.number().int().positive(),
+  startTime: z.string().optional(),
+  hostname: z.string().optional(),
+});
+type LockInfo = z.infer<typeof lockInfoSchema>;
+
+type Op = { type: 'put'; key: string; value: string; lease?: string } | { type: 'delete'; key: string };
+
+interface Mutation<T> {
+  ops: Op[];
+  /** Called with the revision the ops were committed at (or the unchanged revision when ops is empty). */
+  result(revision: number): T;
+}
+
+/** Process start time from /proc (field 22), to tell a live lock holder from a reused pid. */
+function processStartTime(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return fields[19]; // field 22 overall; fields[0] is field 3 (state)
+  } catch {
+    return undefined;
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function errnoCode(err: unknown): string | undefined {
+  return typeof err === 'object' && err !== null && 'code' in err ? String((err as { code: unknown }).code) : undefined;
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const dh = await fsp.open(dir, 'r');
+  try {
+    await dh.sync();
+  } finally {
+    await dh.close();
+  }
+}
+
+class LockFile {
+  private constructor(
+    readonly path: string,
+    private readonly info: LockInfo,
+  ) {}
+
+  static async acquire(dir: string, logger: Logger): Promise<LockFile> {
+    const lockPath = path.join(dir, LOCAL_LOCK_FILE);
+    const info: LockInfo = { pid: process.pid, startTime: processStartTime(process.pid), hostname: os.hostname() };
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        const fh = await fsp.open(lockPath, 'wx', 0o644);
+        try {
+          await fh.writeFile(JSON.stringify(info) + '\n');
+          await fh.sync();
+        } finally {
+          await fh.close();
+        }
+        await fsyncDir(dir);
+        return new LockFile(lockPath, info);
+      } catch (err) {
+        if (errnoCode(err) !== 'EEXIST') throw err;
+      }
+      const verdict = await LockFile.inspect(lockPath);
+      if (verdict.kind === 'live') {
+        throw new StoreLockedError(
+          `local store ${dir} is already open in ${verdict.holder} (lock file ${lockPath}); ` +
+            'only one process may use a local store at a time — stop the other tsoverlay instance or use a different state directory',
+        );
+      }
+      if (verdict.kind === 'stale') {
+        logger.warn('removing stale local store lock', { lock: lockPath, reason: verdict.reason });
+        try {
+          await fsp.unlink(lockPath);
+        } catch (err) {
+          if (errnoCode(err) !== 'ENOENT') throw err;
+        }
+      }
+      // 'gone': the holder released it between our attempts; just retry.
+    }
+    throw new StoreLockedError(`local store ${dir}: could not acquire lock file ${lockPath} (kept changing hands)`);
+  }
+
+  private static async inspect(
+    lockPath: string,
+  ): Promise<{ kind: 'live'; holder: string } | { kind: 'stale'; reason: string } | { kind: 'gone' }> {
+    let text: string;
+    let mtimeMs: number;
+    try {
+      text = await fsp.readFile(lockPath, 'utf8');
+      mtimeMs = (await fsp.stat(lockPath)).mtimeMs;
+    } catch (err) {
+      if (errnoCode(err) === 'ENOENT') return { kind: 'gone' };
+      throw err;
+    }
+    let holder: LockInfo;
+    try {
+      holder = lockInfoSchema.parse(JSON.parse(text));
+    } catch {
+      // Empty or partial: either a holder is writing it right now, or it crashed mid-write.
+      if (Date.now() - mtimeMs > 10_000) return { kind: 'stale', reason: 'unreadable lock file older than 10 s' };
+      return { kind: 'live', holder: 'another process (lock file being written)' };
+    }
+    const desc = `process ${holder.pid}${holder.hostname ? ` on ${holder.hostname}` : ''}`;
+    if (holder.hostname && holder.hostname !== os.hostname()) {
+      // Cannot check a pid on another machine (shared state directory): never steal.
+      return { kind: 'live', holder: desc };
+    }
+    if (holder.pid === process.pid && holder.startTime === processStartTime(process.pid)) {
+      return { kind: 'live', holder: `this process (pid ${process.pid}); close the other LocalStore first` };
+    }
+    if (!pidAlive(holder.pid)) return { kind: 'stale', reason: `holder pid ${holder.pid} is not running` };
+    if (holder.startTime !== undefined) {
+      const current = processStartTime(holder.pid);
+      if (current !== undefined && current !== holder.startTime) {
+        return { kind: 'stale', reason: `pid ${holder.pid} was reused by another process` };
+      }
+    }
+    return { kind: 'live', holder: desc };
+  }
+
+  async release(): Promise<void> {
+    try {
+      const holder = lockInfoSchema.parse(JSON.parse(await fsp.readFile(this.path, 'utf8')));
+      if (holder.pid !== this.info.pid || holder.startTime !== this.info.startTime) return; // not ours any more
+      await fsp.unlink(this.path);
+    } catch {
+      // Missing or unreadable: nothing of ours to remove.
+    }
+  }
+}
+
+class LocalLease implements Lease {
+  readonly id: string;
+  constructor(
+    private readonly store: LocalStore,
+    readonly ttlSeconds: number,
+  ) {
+    this.id = `${process.pid}-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
+  }
+
+  /** The lease cannot be lost while this process lives; listeners are accepted and never fire. */
+  onLost(_listener: () => void): void {}
+
+  revoke(): Promise<void> {
+    return this.store.revokeLease(this);
+  }
+}
+
+class LocalWatch implements Watch {
+  private readonly pending: Array<() => void> = [];
+  private scheduled = false;
+  closed = false;
+
+  constructor(
+    readonly fullPrefix: string,
+    readonly listener: SafeListener,
+    private readonly onClose: (w: LocalWatch) => void,
+  ) {}
+
+  /** Deliveries run in order, in a microtask, never inside the mutation that caused them. */
+  enqueue(fn: () => void): void {
+    if (this.closed) return;
+    this.pending.push(fn);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      queueMicrotask(() => this.drain());
+    }
+  }
+
+  private drain(): void {
+    this.scheduled = false;
+    while (this.pending.length > 0 && !this.closed) {
+      const fn = this.pending.shift();
+      if (fn) fn();
+    }
+  }
+
+  close(): Promise<void> {
+    if (!this.closed) {
+      this.closed = true;
+      this.pending.length = 0;
+      this.onClose(this);
+    }
+    return Promise.resolve();
+  }
+}
+
+export class LocalStore implements Store {
+  readonly distributed = false;
+  readonly description: string;
+
+  private readonly file: string;
+  private readonly prefix: string;
+  private readonly logger: Logger;
+  private entries = new Map<string, StoredEntry>();
+  private revision = 0;
+  private queue: Promise<unknown> = Promise.resolve();
+  private readonly watches = new Set<LocalWatch>();
+  private readonly liveLeases = new Set<string>();
+  private closed = false;
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    readonly dir: string,
+    prefix: string,
+    logger: Logger,
+    private readonly lock: LockFile,
+  ) {
+    this.file = path.join(dir, LOCAL_STORE_FILE);
+    this.prefix = prefix;
+    this.logger = logger;
+    this.description = `local://${dir}`;
+  }
+
+  static async open(options: LocalStoreOptions): Promise<LocalStore> {
+    const dir = path.resolve(options.dir);
+    const prefix = options.prefix ?? DEFAULT_PREFIX;
+    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    const lock = await LockFile.acquire(dir, options.logger);
+    const store = new LocalStore(dir, prefix, options.logger, lock);
+    try {
+      await store.load();
+    } catch (err) {
+      await lock.release();
+      throw err;
+    }
+    return store;
+  }
+
+  private async load(): Promise<void> {
+    // Leftovers of a crash between write and rename are never the committed state.
+    for (const name of await fsp.readdir(this.dir)) {
+      if (name.startsWith(`${LOCAL_STORE_FILE}.tmp-`)) {
+        await fsp.rm(path.join(this.dir, name), { force: true });
+      }
+    }
+    let data: StoreFile | undefined;
+    try {
+      const text = await fsp.readFile(this.file, 'utf8');
+      try {
+        data = storeFileSchema.parse(JSON.parse(text));
+      } catch (err) {
+        throw new Error(
+          `local store file ${this.file} is corrupt or of an unknown format (${errorMessage(err).slice(0, 300)}); ` +
+            'refusing to start with empty state — move it aside to start over',
+        );
+      }
+    } catch (err) {
+      if (errnoCode(err) !== 'ENOENT') throw err;
+    }
+    if (data) {
+      this.revision = data.revision;
+      this.entries = new Map(Object.entries(data.entries));
+    }
+    // No lease survives its process: every leased key here belongs to a dead holder.
+    const orphaned = [...this.entries].filter(([, e]) => e.lease !== undefined).map(([k]) => k);
+    if (orphaned.length > 0) {
+      await this.mutate(() => ({ ops: orphaned.map((key) => ({ type: 'delete' as const, key })), result: () => undefined }));
+      this.logger.info('local store: removed keys whose lease ended with the previous process', {
+        count: orphaned.length,
+      });
+    }
+    this.logger.debug('local store opened', { file: this.file, revision: this.revision, keys: this.entries.size });
+  }
+
+  // ---- reads (served from the committed in-memory state) ----
+
+  get(key: string): Promise<KVEntry | undefined> {
+    return this.guard(() => {
+      assertKey(key);
+      const e = this.entries.get(this.prefix + key);
+      return e ? { key, value: e.value, revision: e.revision } : undefined;
+    });
+  }
+
+  list(prefix: string): Promise<KVEntry[]> {
+    return this.guard(() => this.snapshot(this.prefix + prefix));
+  }
+
+  private snapshot(fullPrefix: string): KVEntry[] {
+    const out: KVEntry[] = [];
+    for (const [k, e] of this.entries) {
+      if (k.startsWith(fullPrefix)) out.push({ key: k.slice(this.prefix.length), value: e.value, revision: e.revision });
+    }
+    return out.sort((a, b) => compareKeys(a.key, b.key));
+  }
+
+  // ---- writes ----
+
+  put(key: string, value: string, options?: PutOptions): Promise<number> {
+    return this.write(key, options, (full, lease) => ({
+      ops: [{ type: 'put', key: full, value, lease }],
+      result: (rev) => rev,
+    }));
+  }
+
+  create(key: string, value: string, options?: PutOptions): Promise<number | undefined> {
+    return this.write(key, options, (full, lease) =>
+      this.entries.has(full)
+        ? { ops: [], result: () => undefined }
+        : { ops: [{ type: 'put', key: full, value, lease }], result: (rev) => rev },
+    );
+  }
+
+  /** `revision` 0 means "only if absent" (as etcd mod_revision 0 and Consul cas=0). */
+  compareAndSet(key: string, value: string, revision: number, options?: PutOptions): Promise<number | undefined> {
+    return this.write(key, options, (full, lease) => {
+      const current = this.entries.get(full)?.revision ?? 0;
+      return current === revision
+        ? { ops: [{ type: 'put', key: full, value, lease }], result: (rev) => rev }
+        : { ops: [], result: () => undefined };
+    });
+  }
+
+  delete(key: string): Promise<void> {
+    assertKey(key);
+    const full = this.prefix + key;
+    return this.mutate(() => ({
+      ops: this.entries.has(full) ? [{ type: 'delete', key: full }] : [],
+      result: () => undefined,
+    }));
+  }
+
+  compareAndDelete(key: string, revision: number): Promise<boolean> {
+    assertKey(key);
+    const full = this.prefix + key;
+    return this.mutate(() => {
+      const e = this.entries.get(full);
+      return e !== undefined && e.revision === revision
+        ? { ops: [{ type: 'delete', key: full }], result: () => true }
+        : { ops: [], result: () => false };
+    });
+  }
+
+  deletePrefix(prefix: string): Promise<void> {
+    const full = this.prefix + prefix;
+    return this.mutate(() => ({
+      ops: [...this.entries.keys()].filter((k) => k.startsWith(full)).map((key) => ({ type: 'delete' as const, key })),
+      result: () => undefined,
+    }));
+  }
+
+  // ---- leases ----
+
+  grantLease(ttlSeconds: number): Promise<Lease> {
+    return this.guard(() => {
+      if (!(ttlSeconds > 0)) throw new RangeError(`lease TTL must be positive, got ${ttlSeconds}`);
+      const lease = new LocalLease(this, ttlSeconds);
+      this.liveLeases.add(lease.id);
+      return lease;
+    });
+  }
+
+  /** @internal used by LocalLease */
+  revokeLease(lease: LocalLease): Promise<void> {
+    return this.mutate(() => {
+      this.liveLeases.delete(lease.id);
+      return {
+        ops: [...this.entries].filter(([, e]) => e.lease === lease.id).map(([key]) => ({ type: 'delete' as const, key })),
+        result: () => undefined,
+      };
+    });
+  }
+
+  // ---- watches ----
+
+  watch(prefix: string, listener: WatchListener): Watch {
+    const full = this.prefix + prefix;
+    const w = new LocalWatch(full, new SafeListener(listener, this.logger, `${this.description} ${prefix}`), (x) =>
+      this.watches.delete(x),
+    );
+    if (this.closed) {
+      // Nothing will ever be delivered; keep the interface non-throwing like the network backends.
+      w.closed = true;
+      return w;
+    }
+    // Snapshot now (a commit boundary): every later commit is enqueued after this reset.
+    const initial = this.snapshot(full);
+    this.watches.add(w);
+    w.enqueue(() => w.listener.reset(initial));
+    return w;
+  }
+
+  // ---- lifecycle ----
+
+  close(): Promise<void> {
+    if (!this.closing) {
+      this.closing = (async () => {
+        this.closed = true;
+        await this.queue.catch(() => undefined); // let accepted mutations finish
+        for (const w of [...this.watches]) await w.close();
+        this.liveLeases.clear();
+        await this.lock.release();
+      })();
+    }
+    return this.closing;
+  }
+
+  // ---- internals ----
+
+  private guard<T>(fn: () => T): Promise<T> {
+    if (this.closed) return Promise.reject(new Error(`${this.description}: store is closed`));
+    try {
+      return Promise.resolve(fn());
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  private write<T>(
+    key: string,
+    options: PutOptions | undefined,
+    build: (fullKey: string, lease: string | undefined) => Mutation<T>,
+  ): Promise<T> {
+    try {
+      assertKey(key);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const lease = options?.lease;
+    return this.mutate(() => {
+      if (lease !== undefined && !(lease instanceof LocalLease && this.liveLeases.has(lease.id))) {
+        throw new Error(`${this.description}: lease ${lease.id} is not a live lease of this store`);
+      }
+      return build(this.prefix + key, lease?.id);
+    });
+  }
+
+  /**
+   * Serialises mutations: each one sees the state left by the previous, its changes are
+   * persisted (durably) before being applied in memory, then watchers are notified.
+   */
+  private mutate<T>(plan: () => Mutation<T>): Promise<T> {
+    if (this.closed) return Promise.reject(new Error(`${this.description}: store is closed`));
+    const run = async (): Promise<T> => {
+      const m = plan();
+      if (m.ops.length === 0) return m.result(this.revision);
+      const rev = this.revision + 1;
+      const next = new Map(this.entries);
+      const events: WatchEvent[] = [];
+      for (const op of m.ops) {
+        if (op.type === 'put') {
+          const prev = next.get(op.key);
+          const entry: StoredEntry = { value: op.value, revision: rev, createRevision: prev?.createRevision ?? rev };
+          if (op.lease !== undefined) entry.lease = op.lease;
+          next.set(op.key, entry);
+          events.push({ type: 'put', key: op.key, value: op.value, revision: rev });
+        } else if (next.delete(op.key)) {
+          events.push({ type: 'delete', key: op.key, revision: rev });
+        }
+      }
+      await this.persist(next, rev);
+      this.entries = next;
+      this.revision = rev;
+      this.notify(events);
+      return m.result(rev);
+    };
+    const p = this.queue.then(run, run);
+    this.queue = p.catch(() => undefined);
+    return p;
+  }
+
+  private notify(events: WatchEvent[]): void {
+    for (const w of this.watches) {
+      const mine: WatchEvent[] = [];
+      for (const ev of events) {
+        if (!ev.key.startsWith(w.fullPrefix)) continue;
+        mine.push({ ...ev, key: ev.key.slice(this.prefix.length) });
+      }
+      if (mine.length > 0) w.enqueue(() => w.listener.events(mine));
+    }
+  }
+
+  private async persist(entries: Map<string, StoredEntry>, revision: number): Promise<void> {
+    const data: StoreFile = {
+      format: 'tsoverlay-local-store',
+      version: 1,
+      revision,
+      entries: Object.fromEntries([...entries].sort(([a], [b]) => compareKeys(a, b))),
+    };
+    const tmp = `${this.file}.tmp-${process.pid}`;
+    const fh = await fsp.open(tmp, 'w', 0o600);
+    try {
+      await fh.writeFile(JSON.stringify(data, null, 1) + '\n');
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fsp.rename(tmp, this.file);
+    await fsyncDir(this.dir);
+  }
+}
+
+export function openLocalStore(options: LocalStoreOptions): Promise<LocalStore> {
+  return LocalStore.open(options);
+}

@@ -1,0 +1,170 @@
+/** Small helpers shared by the store backends (no backend-specific imports here). */
+
+import { KVEntry, StoreUnavailableError, WatchEvent, WatchListener } from './store';
+import type { Logger } from '../log';
+
+export const DEFAULT_PREFIX = 'tsoverlay/v1/';
+export const DEFAULT_TIMEOUT_MS = 5000;
+
+/** Byte-order-ish key comparison (UTF-16 code units; identical to etcd/Consul order for ASCII keys). */
+export function compareKeys(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+export function sortEntries(entries: KVEntry[]): KVEntry[] {
+  return entries.sort((x, y) => compareKeys(x.key, y.key));
+}
+
+export function assertKey(key: string): void {
+  if (typeof key !== 'string' || key.length === 0) {
+    throw new TypeError('store key must be a non-empty string');
+  }
+}
+
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+export function toError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+/**
+ * Race `work` against a timer. On expiry the promise rejects with StoreUnavailableError;
+ * the underlying request may still complete later (its outcome is then unknown to the caller).
+ */
+export function withDeadline<T>(work: Promise<T>, ms: number, what: () => string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      reject(new StoreUnavailableError(`${what()}: no answer within ${ms} ms (outcome unknown)`));
+    }, ms);
+    work.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (e: unknown) => {
+        clearTimeout(timer);
+        reject(e);
+      },
+    );
+  });
+}
+
+/** Resolves after `ms`, or early when `signal` aborts (never rejects). */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (signal?.aborted) {
+      resolve();
+      return;
+    }
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** Exponential backoff with jitter: 100 ms, 200 ms, … capped at `maxMs`. */
+export class Backoff {
+  private attempt = 0;
+  constructor(
+    private readonly baseMs = 100,
+    private readonly maxMs = 5000,
+  ) {}
+  next(): number {
+    const ms = Math.min(this.maxMs, this.baseMs * 2 ** this.attempt);
+    this.attempt = Math.min(this.attempt + 1, 30);
+    return Math.round(ms / 2 + Math.random() * (ms / 2));
+  }
+  reset(): void {
+    this.attempt = 0;
+  }
+}
+
+/**
+ * Calls a WatchListener defensively: a throwing listener is logged and does not break
+ * the backend's watch loop (or, for etcd, crash the process from inside an emitter).
+ */
+export class SafeListener {
+  constructor(
+    private readonly listener: WatchListener,
+    private readonly logger: Logger,
+    private readonly what: string,
+  ) {}
+
+  reset(entries: KVEntry[]): void {
+    try {
+      this.listener.onReset(entries);
+    } catch (err) {
+      this.logger.error('store watch listener onReset threw', { watch: this.what, error: errorMessage(err) });
+    }
+  }
+
+  events(events: WatchEvent[]): void {
+    if (events.length === 0) return;
+    try {
+      this.listener.onEvents(events);
+    } catch (err) {
+      this.logger.error('store watch listener onEvents threw', { watch: this.what, error: errorMessage(err) });
+    }
+  }
+
+  error(err: Error): void {
+    if (!this.listener.onError) return;
+    try {
+      this.listener.onError(err);
+    } catch (e) {
+      this.logger.error('store watch listener onError threw', { watch: this.what, error: errorMessage(e) });
+    }
+  }
+}
+
+/** Lease-lost listeners that fire at most once, including for late registrations. */
+export class LostSignal {
+  private readonly listeners: Array<() => void> = [];
+  private fired = false;
+  private disarmed = false;
+
+  constructor(
+    private readonly logger: Logger,
+    private readonly what: string,
+  ) {}
+
+  get isFired(): boolean {
+    return this.fired;
+  }
+
+  add(listener: () => void): void {
+    if (this.fired) {
+      queueMicrotask(() => this.invoke(listener));
+      return;
+    }
+    this.listeners.push(listener);
+  }
+
+  /** After revoke/close the lease ending is expected: never fire. */
+  disarm(): void {
+    this.disarmed = true;
+  }
+
+  fire(reason: string): void {
+    if (this.fired || this.disarmed) return;
+    this.fired = true;
+    this.logger.warn('store lease lost', { lease: this.what, reason });
+    for (const l of this.listeners.splice(0)) this.invoke(l);
+  }
+
+  private invoke(listener: () => void): void {
+    try {
+      listener();
+    } catch (err) {
+      this.logger.error('lease onLost listener threw', { lease: this.what, error: errorMessage(err) });
+    }
+  }
+}
