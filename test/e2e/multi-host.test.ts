@@ -1,0 +1,169 @@
+/**
+ * Issue "Multi-host": three Docker hosts in network namespaces on one underlay bridge, a real
+ * etcd on the underlay, one tsoverlay per host. Containers on different hosts share one
+ * VXLAN segment; peers are programmed from the store before any traffic; a stopped container
+ * and a dead host disappear from every other host's tables.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { after, before, test } from 'node:test';
+import { DOCKERD, runContainer, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
+import { startEtcd, type EtcdServer } from '../helpers/etcd';
+import { canBuildImage } from '../helpers/image';
+import { NETNS_DIR, startPlugin, type PluginProcess } from '../helpers/plugin';
+import { cleanupAfter, spawnTracked, waitFor } from '../helpers/proc';
+
+const skip =
+  process.getuid?.() !== 0
+    ? 'needs root'
+    : !fs.existsSync(DOCKERD)
+      ? `${DOCKERD} missing (apt-get install docker.io)`
+      : !fs.existsSync('/usr/bin/etcd')
+        ? '/usr/bin/etcd missing (apt-get install etcd-server)'
+        : !canBuildImage()
+          ? 'static /bin/busybox missing (apt-get install busybox-static)'
+          : false;
+
+cleanupAfter();
+
+const NET = 'demonet';
+const SUBNET = '192.168.0.0/24';
+const LEASE_TTL = 5;
+let cluster: Cluster;
+let etcd: EtcdServer;
+let hosts: DockerHost[];
+const plugins: PluginProcess[] = [];
+
+async function sh(host: DockerHost, script: string): Promise<string> {
+  const r = await host.exec(['sh', '-c', script], { allowFailure: true });
+  return r.stdout;
+}
+
+/** Runs `ip`/`bridge` inside the host's overlay namespace for the network (empty if none). */
+function overlay(host: DockerHost, cmd: string): Promise<string> {
+  return sh(host, `f=$(ls ${NETNS_DIR} 2>/dev/null | head -n1); [ -n "$f" ] && nsenter --net=${NETNS_DIR}/$f ${cmd}`);
+}
+
+async function startSleeper(host: DockerHost, name: string, ip?: string): Promise<void> {
+  const c = await host.docker.createContainer({
+    Image: cluster.image,
+    name,
+    Cmd: ['sleep', '3600'],
+    HostConfig: { NetworkMode: NET },
+    ...(ip ? { NetworkingConfig: { EndpointsConfig: { [NET]: { IPAMConfig: { IPv4Address: ip } } } } } : {}),
+  });
+  await c.start();
+}
+
+before(async () => {
+  if (skip) return;
+  cluster = await startCluster({ hosts: 3 });
+  hosts = [...cluster.hosts];
+  etcd = await startEtcd({ alsoListenOn: cluster.underlay.gateway });
+  const endpoint = etcd.endpoints.find((e) => e.startsWith(cluster.underlay.gateway))!;
+  for (const host of hosts) {
+    plugins.push(await startPlugin(host, { store: `etcd://${endpoint}`, extraArgs: ['--lease-ttl', String(LEASE_TTL)] }));
+  }
+});
+
+after(async () => {
+  if (skip) return;
+  await cluster?.teardown();
+  await etcd?.stop();
+});
+
+test('same network on every host: one VNI; C0 on A reachable from B; entries before traffic; VXLAN on the wire', { skip, timeout: 240_000 }, async (t) => {
+  for (const host of hosts) {
+    await host.docker.createNetwork({ Name: NET, Driver: 'tsoverlay', IPAM: { Driver: 'tsoverlay', Config: [{ Subnet: SUBNET }] } });
+  }
+  const [a, b, c] = hosts as [DockerHost, DockerHost, DockerHost];
+  // Local containers on B and C, so that their overlay namespaces exist; none sends traffic.
+  await startSleeper(b, 'b-idle');
+  await startSleeper(c, 'c-idle');
+  for (const host of [b, c]) assert.match(await overlay(host, 'ip -d link show vxlan0'), /vxlan id 256 /, `VNI on ${host.name}`);
+
+  const started = Date.now();
+  await startSleeper(a, 'C0', '192.168.0.100');
+  const runDone = Date.now();
+  const neighbour = /192\.168\.0\.100 lladdr 02:42:c0:a8:00:64 PERMANENT/;
+  await waitFor(async () => neighbour.test(await overlay(b, 'ip neigh show dev vxlan0')), { timeoutMs: 10_000, what: 'neighbour entry on B' });
+  const visible = Date.now();
+  t.diagnostic(`docker run on A took ${runDone - started} ms; entries on B ${visible - started} ms after the run started (${visible - runDone} ms after it returned)`);
+  for (const host of [b, c]) {
+    assert.match(await overlay(host, 'ip neigh show dev vxlan0'), neighbour, `neighbour on ${host.name}`);
+    assert.match(
+      await overlay(host, 'bridge fdb show dev vxlan0'),
+      // link-netnsid: vxlan0's UDP socket lives in the host namespace, as with Docker's overlay.
+      new RegExp(`02:42:c0:a8:00:64 dst ${a.underlay!.address.replace(/\./g, '\\.')}( link-netnsid \\d+)? self permanent`),
+      `fdb on ${host.name}`,
+    );
+  }
+
+  // Capture on the underlay bridge while B pings C0 on A.
+  const capture = spawnTracked(['tcpdump', '-l', '-n', '-v', '-i', cluster.underlay.bridge, '-c', '4', 'udp port 4789'], { name: 'tcpdump' });
+  await capture.waitForOutput(/listening on/, 10_000);
+  const ping = await runContainer(b.docker, cluster.image, ['ping', '-c', '3', '-W', '2', '192.168.0.100'], { network: NET });
+  assert.equal(ping.exitCode, 0, `B → C0: ${ping.stdout}${ping.stderr}`);
+  assert.match(ping.stdout, /3 packets received/);
+  await waitFor(() => !capture.running(), { timeoutMs: 10_000, what: 'tcpdump to see 4 packets' }).catch(() => capture.stop());
+  const wire = capture.output();
+  assert.match(wire, /VXLAN, flags \[I\] \(0x08\), vni 256/);
+  assert.match(wire, new RegExp(`${b.underlay!.address.replace(/\./g, '\\.')}\\.\\d+ > ${a.underlay!.address.replace(/\./g, '\\.')}\\.4789`));
+
+  // And the other way: A → a container on B.
+  const bIp = ((await b.docker.getContainer('b-idle').inspect()) as { NetworkSettings: { Networks: Record<string, { IPAddress: string }> } })
+    .NetworkSettings.Networks[NET]!.IPAddress;
+  const back = await runContainer(a.docker, cluster.image, ['ping', '-c', '2', '-W', '2', bIp], { network: NET });
+  assert.equal(back.exitCode, 0, `A → B: ${back.stdout}${back.stderr}`);
+});
+
+test('a stopped container disappears from every other host', { skip, timeout: 120_000 }, async (t) => {
+  const [a, b, c] = hosts as [DockerHost, DockerHost, DockerHost];
+  const started = Date.now();
+  await a.docker.getContainer('C0').stop({ t: 0 });
+  for (const host of [b, c]) {
+    await waitFor(async () => !/192\.168\.0\.100 /.test(await overlay(host, 'ip neigh show dev vxlan0')), { timeoutMs: 10_000, what: `neighbour gone on ${host.name}` });
+    await waitFor(async () => !/02:42:c0:a8:00:64/.test(await overlay(host, 'bridge fdb show')), { timeoutMs: 10_000, what: `fdb gone on ${host.name}` });
+  }
+  t.diagnostic(`entries removed on B and C ${Date.now() - started} ms after docker stop began`);
+  await a.docker.getContainer('C0').remove({ force: true });
+});
+
+test('3 hosts x 20 concurrent docker run: 60 distinct addresses, all reachable', { skip, timeout: 300_000 }, async (t) => {
+  const started = Date.now();
+  const ids = await Promise.all(
+    hosts.flatMap((host) =>
+      Array.from({ length: 20 }, async (_, i) => {
+        const c = await host.docker.createContainer({ Image: cluster.image, name: `${host.name}-w${i}`, Cmd: ['sleep', '3600'], HostConfig: { NetworkMode: NET } });
+        await c.start();
+        const info = (await c.inspect()) as { NetworkSettings: { Networks: Record<string, { IPAddress: string; MacAddress: string }> } };
+        return { host, ip: info.NetworkSettings.Networks[NET]!.IPAddress, mac: info.NetworkSettings.Networks[NET]!.MacAddress };
+      }),
+    ),
+  );
+  t.diagnostic(`60 concurrent docker run took ${Date.now() - started} ms`);
+  const ips = ids.map((x) => x.ip);
+  assert.equal(new Set(ips).size, 60, `distinct addresses: ${ips.join(' ')}`);
+  assert.equal(new Set(ids.map((x) => x.mac)).size, 60);
+  for (const host of hosts) {
+    const script = ips.map((ip) => `ping -c1 -W2 ${ip} >/dev/null || echo FAIL ${ip}`).join('; ');
+    const r = await runContainer(host.docker, cluster.image, ['sh', '-c', `${script}; echo done`], { network: NET, timeoutMs: 120_000 });
+    assert.equal(r.stdout.trim(), 'done', `unreachable from ${host.name}: ${r.stdout}`);
+  }
+});
+
+test('a host that dies without a goodbye is removed everywhere once its lease expires', { skip, timeout: 120_000 }, async (t) => {
+  const [a, b, c] = hosts as [DockerHost, DockerHost, DockerHost];
+  const aAddr = a.underlay!.address.replace(/\./g, '\\.');
+  const pointsAtA = new RegExp(`dst ${aAddr}( link-netnsid \\d+)? self permanent`);
+  assert.match(await overlay(b, 'bridge fdb show dev vxlan0'), pointsAtA, 'B has entries for A before');
+  const killedAt = Date.now();
+  process.kill(plugins[0]!.process.pid, 'SIGKILL');
+  process.kill(a.pid, 'SIGKILL');
+  for (const host of [b, c]) {
+    await waitFor(async () => !pointsAtA.test(await overlay(host, 'bridge fdb show dev vxlan0')), { timeoutMs: (LEASE_TTL + 10) * 1000, what: `A's entries gone on ${host.name}` });
+  }
+  const gone = Date.now() - killedAt;
+  t.diagnostic(`A's entries removed on B and C ${gone} ms after A died (lease TTL ${LEASE_TTL} s)`);
+  assert.ok(gone < 10_000, `removal took ${gone} ms, target < 10 s`);
+});
