@@ -117,6 +117,25 @@ test('same network on every host: one VNI; C0 on A reachable from B; entries bef
   assert.equal(back.exitCode, 0, `A → B: ${back.stdout}${back.stderr}`);
 });
 
+test('distributed store: default IPAM refused with a clear error; -o vni=N is one network on every host', { skip, timeout: 120_000 }, async () => {
+  const [a, , c] = hosts as [DockerHost, DockerHost, DockerHost];
+  await assert.rejects(
+    a.docker.createNetwork({ Name: 'dflt', Driver: 'tsoverlay', IPAM: { Config: [{ Subnet: '10.77.0.0/24' }] } }),
+    /--ipam-driver tsoverlay/,
+  );
+  for (const host of hosts) {
+    await host.docker.createNetwork({ Name: 'vnet', Driver: 'tsoverlay', Options: { vni: '5000' }, IPAM: { Driver: 'tsoverlay', Config: [{ Subnet: '10.78.0.0/24' }] } });
+  }
+  const target = await a.docker.createContainer({ Image: cluster.image, name: 'vtarget', Cmd: ['sleep', '3600'], HostConfig: { NetworkMode: 'vnet' } });
+  await target.start();
+  const ping = await runContainer(c.docker, cluster.image, ['sh', '-c', 'ping -c 2 -W 2 10.78.0.2'], { network: 'vnet' });
+  assert.equal(ping.exitCode, 0, `C → A on vni 5000: ${ping.stdout}${ping.stderr}`);
+  const devices = await sh(a, `for f in ${NETNS_DIR}/*; do nsenter --net=$f ip -d link show vxlan0; done`);
+  assert.match(devices, /vxlan id 5000 /);
+  await target.remove({ force: true });
+  for (const host of hosts) await host.docker.getNetwork('vnet').remove();
+});
+
 test('a stopped container disappears from every other host', { skip, timeout: 120_000 }, async (t) => {
   const [a, b, c] = hosts as [DockerHost, DockerHost, DockerHost];
   const started = Date.now();

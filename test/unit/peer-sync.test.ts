@@ -1,0 +1,121 @@
+/**
+ * Peer distribution's desired-state logic on the real embedded store: which remote endpoints
+ * become kernel entries, and when they go. The kernel side is a recorder here; the real
+ * kernel path is covered by test/e2e/multi-host.test.ts.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import type { Peer } from '../../src/dataplane/types';
+import { PeerSync, type PeerDataplane } from '../../src/driver/peer-sync';
+import { RecordStore } from '../../src/driver/record-store';
+import { keys, type EndpointRecord, type NetworkRecord } from '../../src/driver/records';
+import { silentLogger } from '../../src/log';
+import { openLocalStore } from '../../src/store/local';
+import type { Store } from '../../src/store/store';
+
+class KernelRecorder implements PeerDataplane {
+  readonly table = new Map<string, Peer>();
+  calls = 0;
+  async applyPeers(_networkId: string, add: Peer[], remove: Peer[]): Promise<unknown> {
+    this.calls++;
+    for (const p of remove) this.table.delete(p.ip);
+    for (const p of add) this.table.set(p.ip, p);
+    return {};
+  }
+  async listPeers(): Promise<Peer[]> {
+    return [...this.table.values()];
+  }
+}
+
+const cleanups: (() => Promise<void>)[] = [];
+after(async () => {
+  for (const c of cleanups.reverse()) await c();
+});
+
+async function setup(): Promise<{ store: Store; records: RecordStore; kernel: KernelRecorder; sync: PeerSync }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tso-peers-'));
+  const store = await openLocalStore({ dir, logger: silentLogger() });
+  const records = new RecordStore(store);
+  const kernel = new KernelRecorder();
+  const sync = new PeerSync(records, kernel, { hostName: 'b', vtep: '192.0.2.2', leaseTtlSeconds: 5, reconcileIntervalMs: 60_000 }, silentLogger());
+  cleanups.push(async () => {
+    await sync.close();
+    await store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  await sync.start();
+  return { store, records, kernel, sync };
+}
+
+const network: NetworkRecord = {
+  key: '10.9.0.0-24',
+  ids: ['n'.repeat(64)],
+  vni: 256,
+  subnet: '10.9.0.0/24',
+  gateway: '10.9.0.1',
+  mtu: 1450,
+  mode: 'static',
+  options: { mode: 'static' },
+  created: new Date().toISOString(),
+};
+
+function endpoint(id: string, ip: string, host: string, joined = true): EndpointRecord {
+  return { id, networkId: 'x'.repeat(64), ip, mac: `02:42:0a:09:00:${ip.split('.')[3]!.padStart(2, '0')}`, locator: '0.0.0.0', host, joined, created: '' };
+}
+
+async function settle(): Promise<void> {
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+}
+
+test('remote joined endpoints of live hosts become peers; own, unjoined and dead-host ones do not', async () => {
+  const { records, kernel, sync } = await setup();
+  await records.put(keys.host('a'), { name: 'a', vtep: '192.0.2.1', started: '' });
+  await records.put(keys.endpoint(network.key, 'e1'), endpoint('e1', '10.9.0.2', 'a'));
+  await records.put(keys.endpoint(network.key, 'e2'), endpoint('e2', '10.9.0.3', 'a', false));
+  await records.put(keys.endpoint(network.key, 'e3'), endpoint('e3', '10.9.0.4', 'b'));
+  await records.put(keys.endpoint(network.key, 'e4'), endpoint('e4', '10.9.0.5', 'ghost'));
+  await records.put(keys.endpoint('other-net', 'e5'), endpoint('e5', '10.8.0.5', 'a'));
+  await settle();
+  await sync.networkActive('n'.repeat(64), network);
+  // The VTEP comes from the host's registration, not from what the endpoint record claims.
+  assert.deepEqual([...kernel.table.values()], [{ ip: '10.9.0.2', mac: '02:42:0a:09:00:02', vtep: '192.0.2.1' }]);
+
+  // Joining and leaving on the remote host is followed.
+  await records.put(keys.endpoint(network.key, 'e2'), endpoint('e2', '10.9.0.3', 'a', true));
+  await settle();
+  assert.deepEqual([...kernel.table.keys()].sort(), ['10.9.0.2', '10.9.0.3']);
+  await records.delete(keys.endpoint(network.key, 'e1'));
+  await settle();
+  assert.deepEqual([...kernel.table.keys()], ['10.9.0.3']);
+
+  // A host that vanishes (lease expiry) takes its peers with it; it comes back, so do they.
+  await records.delete(keys.host('a'));
+  await settle();
+  assert.equal(kernel.table.size, 0);
+  await records.put(keys.host('a'), { name: 'a', vtep: '192.0.2.9', started: '' });
+  await settle();
+  assert.deepEqual([...kernel.table.values()], [{ ip: '10.9.0.3', mac: '02:42:0a:09:00:03', vtep: '192.0.2.9' }]);
+});
+
+test('an inactive network gets nothing; activation programs every existing peer at once', async () => {
+  const { records, kernel, sync } = await setup();
+  await records.put(keys.host('a'), { name: 'a', vtep: '192.0.2.1', started: '' });
+  for (let i = 2; i < 52; i++) await records.put(keys.endpoint(network.key, `e${i}`), endpoint(`e${i}`, `10.9.0.${i}`, 'a'));
+  await settle();
+  assert.equal(kernel.calls, 0);
+  await sync.networkActive('n'.repeat(64), network);
+  assert.equal(kernel.table.size, 50);
+  assert.equal(kernel.calls, 1, 'one batch');
+});
+
+test('registers this host under a lease and withdraws it on close', async () => {
+  const { store, sync } = await setup();
+  const me = await store.get(keys.host('b'));
+  assert.ok(me);
+  assert.equal(JSON.parse(me.value).vtep, '192.0.2.2');
+  await sync.close();
+  assert.equal(await store.get(keys.host('b')), undefined);
+});
