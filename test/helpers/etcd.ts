@@ -13,9 +13,10 @@ import * as https from 'node:https';
 import { mkdtemp } from 'node:fs/promises';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { runPrefix } from './proc';
 
-export const RUN_PREFIX = process.env.TSO_RUN_PREFIX ?? `t${randomBytes(2).toString('hex')}`;
+/** The run prefix shared by every helper (see proc.ts: TSO_TEST_PREFIX overrides it). */
+export const RUN_PREFIX: string = runPrefix();
 
 const ETCD_BIN = process.env.ETCD_BIN ?? '/usr/bin/etcd';
 const SETPRIV = '/usr/bin/setpriv';

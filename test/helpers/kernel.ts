@@ -6,11 +6,13 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { runPrefix } from './proc';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after } from 'node:test';
 
-export const RUN_PREFIX: string = process.env.TSO_RUN_PREFIX ?? `t${randomBytes(2).toString('hex')}`;
+/** The run prefix shared by every helper (see proc.ts: TSO_TEST_PREFIX overrides it). */
+export const RUN_PREFIX: string = runPrefix();
 export const TEST_ROOT = '/run/tsoverlay-test';
 export const RUN_DIR = path.join(TEST_ROOT, RUN_PREFIX);
 
