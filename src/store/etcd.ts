@@ -36,7 +36,7 @@ import {
   DEFAULT_PREFIX,
   DEFAULT_TIMEOUT_MS,
   LostSignal,
-  SafeListener,
+  SafeListener, openTrackedWatch,
   assertKey,
   errorMessage,
   sleep,
@@ -402,18 +402,8 @@ export class EtcdStore implements Store {
   }
 
   watch(prefix: string, listener: WatchListener): Watch {
-    if (this.closed) {
-      this.logger.warn('watch requested on a closed store', { store: this.description, prefix });
-      return { close: () => Promise.resolve() };
-    }
-    const w = new EtcdWatch(this, prefix, new SafeListener(listener, this.logger, `${this.description} ${prefix}`), this.logger);
-    this.watches.add(w);
-    return {
-      close: async () => {
-        this.watches.delete(w);
-        await w.close();
-      },
-    };
+    const { closed, description, logger, watches } = this;
+    return openTrackedWatch({ closed, description, prefix, listener, logger, watches }, (safe) => new EtcdWatch(this, prefix, safe, logger));
   }
 
   async grantLease(ttlSeconds: number): Promise<Lease> {

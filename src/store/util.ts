@@ -1,6 +1,6 @@
 /** Small helpers shared by the store backends (no backend-specific imports here). */
 
-import { KVEntry, StoreUnavailableError, WatchEvent, WatchListener } from './store';
+import { KVEntry, StoreUnavailableError, Watch, WatchEvent, WatchListener } from './store';
 import type { Logger } from '../log';
 
 export const DEFAULT_PREFIX = 'tsoverlay/v1/';
@@ -167,4 +167,33 @@ export class LostSignal {
       this.logger.error('lease onLost listener threw', { lease: this.what, error: errorMessage(err) });
     }
   }
+}
+
+export interface TrackedWatchOptions<W> {
+  closed: boolean;
+  description: string;
+  prefix: string;
+  listener: WatchListener;
+  logger: Logger;
+  /** The backend's live watches, closed with the store. */
+  watches: Set<W>;
+}
+
+/** Starts a backend watch behind a SafeListener and keeps it in the store's set until closed. */
+export function openTrackedWatch<W extends { close(): Promise<void> }>(
+  opts: TrackedWatchOptions<W>,
+  create: (listener: SafeListener) => W,
+): Watch {
+  if (opts.closed) {
+    opts.logger.warn('watch requested on a closed store', { store: opts.description, prefix: opts.prefix });
+    return { close: () => Promise.resolve() };
+  }
+  const w = create(new SafeListener(opts.listener, opts.logger, `${opts.description} ${opts.prefix}`));
+  opts.watches.add(w);
+  return {
+    close: async () => {
+      opts.watches.delete(w);
+      await w.close();
+    },
+  };
 }

@@ -10,24 +10,17 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
-  DOCKERD,
+  e2eSkipReason,
   findLeftovers,
   runContainer,
   startCluster,
   startSingleDockerHost,
   type Leftovers,
 } from '../helpers/docker';
-import { BUSYBOX_IMAGE, canBuildImage } from '../helpers/image';
+import { BUSYBOX_IMAGE } from '../helpers/image';
 import { cleanupAfter, runCleanups, runPrefix, sleepUnref, spawnTracked, waitFor } from '../helpers/proc';
 
-const skip =
-  process.getuid?.() !== 0
-    ? 'needs root'
-    : !fs.existsSync(DOCKERD)
-      ? `${DOCKERD} missing (apt-get install docker.io)`
-      : !canBuildImage()
-        ? 'static /bin/busybox missing (apt-get install busybox-static)'
-        : false;
+const skip = e2eSkipReason();
 
 cleanupAfter();
 

@@ -5,24 +5,13 @@
  * and a dead host disappear from every other host's tables.
  */
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import { after, before, test } from 'node:test';
-import { DOCKERD, runContainer, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
+import { e2eSkipReason, runContainer, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
 import { startEtcd, type EtcdServer } from '../helpers/etcd';
-import { canBuildImage } from '../helpers/image';
 import { NETNS_DIR, startPlugin, type PluginProcess } from '../helpers/plugin';
 import { cleanupAfter, spawnTracked, waitFor } from '../helpers/proc';
 
-const skip =
-  process.getuid?.() !== 0
-    ? 'needs root'
-    : !fs.existsSync(DOCKERD)
-      ? `${DOCKERD} missing (apt-get install docker.io)`
-      : !fs.existsSync('/usr/bin/etcd')
-        ? '/usr/bin/etcd missing (apt-get install etcd-server)'
-        : !canBuildImage()
-          ? 'static /bin/busybox missing (apt-get install busybox-static)'
-          : false;
+const skip = e2eSkipReason(['/usr/bin/etcd']);
 
 cleanupAfter();
 

@@ -8,19 +8,11 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, before, test } from 'node:test';
 import type Dockerode from 'dockerode';
-import { DOCKERD, runContainer, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
-import { canBuildImage } from '../helpers/image';
+import { e2eSkipReason, runContainer, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
 import { NETNS_DIR, startPlugin, type PluginProcess } from '../helpers/plugin';
 import { cleanupAfter } from '../helpers/proc';
 
-const skip =
-  process.getuid?.() !== 0
-    ? 'needs root'
-    : !fs.existsSync(DOCKERD)
-      ? `${DOCKERD} missing (apt-get install docker.io)`
-      : !canBuildImage()
-        ? 'static /bin/busybox missing (apt-get install busybox-static)'
-        : false;
+const skip = e2eSkipReason();
 
 cleanupAfter();
 

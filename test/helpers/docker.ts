@@ -25,7 +25,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import Dockerode from 'dockerode';
-import { BUSYBOX_IMAGE, importBusyboxImage } from './image';
+import { BUSYBOX_IMAGE, canBuildImage, importBusyboxImage } from './image';
 import { createUnderlay, listLinks, listNetns, type Underlay, type UnderlayHost, type UnderlayOptions } from './hosts';
 import {
   descendants,
@@ -60,6 +60,18 @@ import {
 /** The Docker 20.10 CLI from docker.io (/usr/local/bin/docker, first on PATH, is a 28.x client). */
 export const DOCKER_CLI = '/usr/bin/docker';
 export const DOCKERD = '/usr/sbin/dockerd';
+
+/**
+ * Why end-to-end tests cannot run here, or false: node:test's `skip` value for them, so a
+ * missing prerequisite shows up as a named skip rather than a failure or a silent pass.
+ * `binaries` lists further programs a test needs (e.g. /usr/bin/etcd).
+ */
+export function e2eSkipReason(binaries: readonly string[] = []): string | false {
+  if (process.getuid?.() !== 0) return 'needs root';
+  for (const bin of [DOCKERD, ...binaries]) if (!fs.existsSync(bin)) return `${bin} missing (.ci/run installs it)`;
+  if (!canBuildImage()) return 'static /bin/busybox missing (apt-get install busybox-static)';
+  return false;
+}
 export const DOCKER_INIT = '/usr/bin/docker-init';
 
 /** Directories that get a private tmpfs inside each host's mount namespace. */
