@@ -156,6 +156,9 @@ test('repeated Join/CreateEndpoint (Docker retries) create nothing twice', { ski
   assert.equal(first.status, 200, JSON.stringify(first.body));
   assert.deepEqual(first.body, { Interface: { MacAddress: '02:42:0a:18:00:32' } });
   assert.deepEqual((await plugin.call('/NetworkDriver.CreateEndpoint', create)).body, first.body);
+  const unknownEp = await plugin.call('/NetworkDriver.Join', JSON.stringify({ NetworkID: netId, EndpointID: 'f'.repeat(64), SandboxKey: '/x' }));
+  assert.equal(unknownEp.status, 404);
+  assert.match((unknownEp.body as { Err: string }).Err, /unknown endpoint f{64}/);
   const join = JSON.stringify({ NetworkID: netId, EndpointID: epId, SandboxKey: '/var/run/docker/netns/x' });
   const j1 = await plugin.call('/NetworkDriver.Join', join);
   const j2 = await plugin.call('/NetworkDriver.Join', join);
