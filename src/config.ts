@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
 import type { LogLevel } from './log';
@@ -17,6 +18,27 @@ export interface DaemonConfig {
   logLevel: LogLevel;
   leaseTtlSeconds: number;
   reconcileIntervalSeconds: number;
+  /** etcd TLS: CA, client certificate and key, each a PEM file path or the PEM text itself. */
+  etcdTls?: { ca?: string; cert?: string; key?: string };
+  /** etcd authentication (user name and password; never logged). */
+  etcdAuth?: { username: string; password: string };
+  /** Group (gid) the plugin socket is given to, mode 0660; undefined = root only, mode 0600. */
+  socketGroup?: number;
+  /** Also serve /metrics and /healthz over TCP here; undefined = only on the plugin socket. */
+  metricsAddress?: ListenAddress;
+}
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+/** `host:port` or `[v6]:port`; the host is required (no listener on every interface by accident). */
+export function parseListenAddress(text: string): ListenAddress {
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(text.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || !(port >= 1 && port <= 65535)) throw new Error(`invalid address "${text}": expected host:port, e.g. 127.0.0.1:9323`);
+  return { host: (m[1] ?? m[2])!, port };
 }
 
 interface OptionSpec {
@@ -38,9 +60,30 @@ export const OPTIONS = {
   'log-level': { env: 'TSOVERLAY_LOG_LEVEL', default: 'info', help: 'error, warn, info or debug' },
   'reconcile-interval': { env: 'TSOVERLAY_RECONCILE_INTERVAL', default: '10', help: 'seconds between full kernel-vs-store comparisons' },
   'lease-ttl': { env: 'TSOVERLAY_LEASE_TTL', default: '10', help: 'seconds after which a dead host’s entries are removed' },
+  'etcd-ca': { env: 'TSOVERLAY_ETCD_CA', help: 'etcd TLS: CA certificate (PEM file, or the PEM text itself)' },
+  'etcd-cert': { env: 'TSOVERLAY_ETCD_CERT', help: 'etcd TLS: client certificate (PEM file, or the PEM text itself)' },
+  'etcd-key': { env: 'TSOVERLAY_ETCD_KEY', help: 'etcd TLS: client key (PEM file, or the PEM text itself)' },
+  'etcd-user': { env: 'TSOVERLAY_ETCD_USER', help: 'etcd authentication: user name (with a password)' },
+  'etcd-password': { env: 'TSOVERLAY_ETCD_PASSWORD', help: 'etcd authentication: password (prefer the variable or --etcd-password-file: flags show in ps)' },
+  'etcd-password-file': { env: 'TSOVERLAY_ETCD_PASSWORD_FILE', help: 'etcd authentication: file holding the password' },
+  'socket-group': { env: 'TSOVERLAY_SOCKET_GROUP', help: 'group name or gid that may use the plugin socket (mode 0660; default: root only, 0600)' },
+  'metrics-address': { env: 'TSOVERLAY_METRICS_ADDRESS', help: 'host:port to serve /metrics and /healthz over TCP as well (default: off; the plugin socket always serves them)' },
 } satisfies Record<string, OptionSpec>;
 
 type OptionName = keyof typeof OPTIONS;
+
+/**
+ * Set (to "1") by the managed plugin's config.json. Then every option can also be given by its
+ * short name, the variable without `TSOVERLAY_` (`docker plugin set tsoverlay STORE=etcd://…`);
+ * an empty short value means "not set". Outside the plugin only `TSOVERLAY_*` is read, so
+ * that a stray `STORE` or `MTU` in someone's shell changes nothing.
+ */
+export const MANAGED_PLUGIN_ENV = 'TSOVERLAY_MANAGED';
+
+/** The managed plugin's setting name for an option: its variable without `TSOVERLAY_`. */
+export function pluginSettingName(envName: string): string {
+  return envName.replace(/^TSOVERLAY_/, '');
+}
 
 export function usage(): string {
   const rows = Object.entries(OPTIONS).map(([name, spec]) => {
@@ -60,7 +103,8 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfi
   const get = (name: OptionName): string | undefined => {
     const spec: OptionSpec = OPTIONS[name];
     const flag = values[name];
-    return (typeof flag === 'string' ? flag : undefined) ?? env[spec.env] ?? spec.default;
+    const short = env[MANAGED_PLUGIN_ENV] === '1' ? env[pluginSettingName(spec.env)] || undefined : undefined;
+    return (typeof flag === 'string' ? flag : undefined) ?? env[spec.env] ?? short ?? spec.default;
   };
   const logLevel = get('log-level');
   if (!['error', 'warn', 'info', 'debug'].includes(logLevel ?? '')) throw new Error(`invalid --log-level "${logLevel}"`);
@@ -79,6 +123,8 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfi
   if (!Number.isFinite(interval) || interval < 1 || interval > 3600) {
     throw new Error(`invalid --reconcile-interval "${get('reconcile-interval')}" (1..3600 seconds)`);
   }
+  const metricsText = get('metrics-address') || undefined;
+  const metricsAddress = metricsText ? parseListenAddress(metricsText) : undefined;
   const hostName = get('host-name') || os.hostname();
   if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(hostName)) throw new Error(`invalid --host-name "${hostName}"`);
   return {
@@ -93,5 +139,49 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfi
     logLevel: logLevel as LogLevel,
     leaseTtlSeconds: ttl,
     reconcileIntervalSeconds: interval,
+    ...etcdTls(get('etcd-ca'), get('etcd-cert'), get('etcd-key')),
+    ...etcdAuth(get('etcd-user'), get('etcd-password'), get('etcd-password-file')),
+    ...socketGroup(get('socket-group')),
+    ...(metricsAddress ? { metricsAddress } : {}),
   };
+}
+
+function etcdTls(ca?: string, cert?: string, key?: string): { etcdTls?: DaemonConfig['etcdTls'] } {
+  if (!ca && !cert && !key) return {};
+  if (!cert !== !key) throw new Error('--etcd-cert and --etcd-key go together');
+  return { etcdTls: { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) } };
+}
+
+function etcdAuth(user?: string, password?: string, passwordFile?: string): { etcdAuth?: DaemonConfig['etcdAuth'] } {
+  if (password && passwordFile) throw new Error('give --etcd-password or --etcd-password-file, not both');
+  let secret = password;
+  if (passwordFile) {
+    try {
+      secret = fs.readFileSync(passwordFile, 'utf8').replace(/\r?\n$/, '');
+    } catch (err) {
+      throw new Error(`--etcd-password-file ${passwordFile} cannot be read: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+    }
+  }
+  if (!user && !secret) return {};
+  // The message names what is missing, never the value given.
+  if (!user || !secret) throw new Error('etcd authentication needs both --etcd-user and a password (--etcd-password or --etcd-password-file)');
+  return { etcdAuth: { username: user, password: secret } };
+}
+
+/** `--socket-group`: a gid, or a group name looked up in /etc/group (no shell, no NSS). */
+export function socketGroup(text?: string, groupFile = '/etc/group'): { socketGroup?: number } {
+  if (!text) return {};
+  if (/^[0-9]{1,10}$/.test(text)) return { socketGroup: Number(text) };
+  if (!/^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$/.test(text)) throw new Error(`invalid --socket-group "${text}"`);
+  let lines: string[] = [];
+  try {
+    lines = fs.readFileSync(groupFile, 'utf8').split('\n');
+  } catch {
+    // no group file: only numeric groups work
+  }
+  for (const line of lines) {
+    const [name, , gid] = line.split(':');
+    if (name === text && gid !== undefined && /^[0-9]+$/.test(gid)) return { socketGroup: Number(gid) };
+  }
+  throw new Error(`--socket-group "${text}": no such group in ${groupFile} (give a gid instead)`);
 }

@@ -2,6 +2,7 @@
 import { parseConfig, usage } from '../config';
 import { startDaemon } from '../daemon';
 import { createLogger } from '../log';
+import { inspectUsage, runInspect } from './inspect';
 
 const VERSION = '0.1.0';
 
@@ -33,6 +34,12 @@ async function main(): Promise<void> {
   switch (command) {
     case 'serve':
       return serve(rest);
+    case 'inspect': {
+      const { output, exitCode } = await runInspect(rest, process.env);
+      // Exit explicitly (store/Docker clients may keep sockets open), once stdout is flushed.
+      await new Promise<void>((resolve) => process.stdout.write(output, () => resolve()));
+      process.exit(exitCode);
+    }
     case 'version':
     case '--version':
       process.stdout.write(`tsoverlay ${VERSION}\n`);
@@ -41,7 +48,7 @@ async function main(): Promise<void> {
     case 'help':
     case '--help':
     case '-h':
-      process.stdout.write(`tsoverlay ${VERSION}: Docker VXLAN overlay network plugin\n\ncommands:\n  serve     run the plugin daemon\n  version   print the version\n\n${usage()}\n`);
+      process.stdout.write(`tsoverlay ${VERSION}: Docker VXLAN overlay network plugin\n\ncommands:\n  serve     run the plugin daemon\n  inspect   show (and --check) what this host holds for each network\n  version   print the version\n\n${usage()}\n\n${inspectUsage()}\n`);
       return;
     default:
       process.stderr.write(`tsoverlay: unknown command "${command}"\n\n${usage()}\n`);

@@ -10,7 +10,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from '../log';
-import type { AttachedEndpoint, EndpointAttachment, OverlayInfo, OverlaySpec, Peer } from './types';
+import type { AttachedEndpoint, EndpointAttachment, OrphanReport, OverlayInfo, OverlaySpec, Peer } from './types';
 import { IFF_UP, LinkInfo, formatMac, isMulticastIPv4, parseIPv4, parseIPv4Cidr, parseUnicastMac } from './encode';
 import { NlMessage, NlSocket, RTNLGRP_NEIGH } from './nlsock';
 import { createNetns, deleteNetns, ensureNetnsDir, isNetnsMounted, listNetns, openNetns, withNetns } from './netns';
@@ -27,7 +27,18 @@ import {
   listLinks,
   setLink,
 } from './links';
-import { Miss, PeerChangeResult, applyPeerDiff, listPeers as kernelPeers, parseMiss, setPeers as kernelSetPeers } from './peers';
+import {
+  FdbEntry,
+  Miss,
+  NeighbourEntry,
+  PeerChangeResult,
+  applyPeerDiff,
+  listFdb,
+  listNeighbours,
+  listPeers as kernelPeers,
+  parseMiss,
+  setPeers as kernelSetPeers,
+} from './peers';
 
 export const BRIDGE_NAME = 'br0';
 export const VXLAN_NAME = 'vxlan0';
@@ -61,7 +72,23 @@ export function vethNames(endpointId: string): AttachedEndpoint {
   return { srcName: `vc${id}`, bridgePortName: `ve${id}` };
 }
 
+/** A network's namespace as `tsoverlay inspect` shows it (read-only; see inspectOverlay). */
+export interface OverlayView {
+  netnsPath: string;
+  epoch: number;
+  /** Every device in the namespace (lo, br0, vxlan0, the veth bridge ports). */
+  links: LinkInfo[];
+  addresses: { index: number; ip: string; prefix: number }[];
+  /** vxlan0's IPv4 neighbour table (`ip neigh show dev vxlan0`); empty without vxlan0. */
+  neighbours: NeighbourEntry[];
+  /** vxlan0's FDB, its own and its bridge's entries (`bridge fdb show dev vxlan0`). */
+  fdb: FdbEntry[];
+}
+
 const NETNS_NAME = /^([0-9]+)-(.+)$/;
+/** Our veth ends, as vethNames() makes them from a Docker endpoint id (alphanumeric, ≥ 12 chars). */
+const HOST_VETH_NAME = /^vc[A-Za-z0-9]{11}$/;
+const PORT_VETH_NAME = /^ve[A-Za-z0-9]{11}$/;
 
 interface Overlay {
   prefix: string;
@@ -209,7 +236,19 @@ export class Dataplane {
    * options, enslaved, up) and lo up. Reuses whatever already matches; on failure undoes what this
    * call created (the whole namespace if it made it).
    */
-  ensureOverlay(spec: OverlaySpec): Promise<OverlayInfo> {
+  async ensureOverlay(spec: OverlaySpec): Promise<OverlayInfo> {
+    return (await this.ensure(spec)).info;
+  }
+
+  /**
+   * ensureOverlay for the periodic drift repair: whether anything had to be created or fixed
+   * (the namespace, br0, vxlan0, a port's master), so that the caller re-programs the peers.
+   */
+  async repairOverlay(spec: OverlaySpec): Promise<boolean> {
+    return (await this.ensure(spec)).changed;
+  }
+
+  private ensure(spec: OverlaySpec): Promise<{ info: OverlayInfo; changed: boolean }> {
     return this.serial(spec.networkId, async () => {
       validateMtu(spec.mtu);
       parseIPv4Cidr(spec.gatewayCidr);
@@ -235,6 +274,7 @@ export class Dataplane {
         }
       }
       const created: LinkInfo[] = [];
+      let repairedPorts = 0;
       try {
         await ensureLoopbackUp(o.sock);
         const br = await ensureBridge(o.sock, BRIDGE_NAME, spec.mtu);
@@ -243,6 +283,8 @@ export class Dataplane {
         const v = await ensureVxlan(this.host(), o.sock, o.nsFd, vx, br.link.index);
         if (v.replaced) this.log.warn('replaced incompatible vxlan device', { network: spec.networkId, reason: v.replaced });
         if (v.created) created.push(v.link);
+        // A br0 deleted (or a port released) by hand leaves the containers' ports without a master.
+        if (!createdNs) repairedPorts = await this.reattachPorts(o, br.link.index);
       } catch (e) {
         this.log.error('ensureOverlay failed, rolling back', { network: spec.networkId, error: (e as Error).message });
         if (createdNs) {
@@ -261,8 +303,26 @@ export class Dataplane {
         created: createdNs,
         ms: Math.round(ms * 10) / 10,
       });
-      return { netnsPath: o.netnsPath, epoch: o.epoch };
+      const changed = createdNs || created.length > 0 || repairedPorts > 0;
+      if (changed && !createdNs) {
+        this.log.warn('overlay repaired', { network: spec.networkId, recreated: created.map((l) => l.name), ports: repairedPorts });
+      }
+      return { info: { netnsPath: o.netnsPath, epoch: o.epoch }, changed };
     });
+  }
+
+  /** Enslaves to br0 (and brings up) every endpoint port in the namespace that lost its master. */
+  private async reattachPorts(o: Overlay, brIndex: number): Promise<number> {
+    let n = 0;
+    for (const l of await listLinks(o.sock)) {
+      if (l.kind !== 'veth' || !PORT_VETH_NAME.test(l.name)) continue;
+      if (l.master !== brIndex) {
+        await setLink(o.sock, l.index, { master: brIndex });
+        n++;
+      }
+      if (!(l.flags & IFF_UP)) await setLink(o.sock, l.index, { up: true });
+    }
+    return n;
   }
 
   /** Deletes the devices in the namespace (so they are gone now, not when the kernel gets to it) and the namespace file. */
@@ -377,6 +437,68 @@ export class Dataplane {
     });
   }
 
+  /** Names of the endpoint ports (`ve…`) in the network's namespace (empty if it has none). */
+  bridgePorts(networkId: string): Promise<string[]> {
+    return this.serial(networkId, async () => {
+      const o = this.existing(networkId);
+      if (!o) return [];
+      return (await listLinks(o.sock)).filter((l) => l.kind === 'veth' && PORT_VETH_NAME.test(l.name)).map((l) => l.name);
+    });
+  }
+
+  /**
+   * Start-up sweep after a crash: removes every kernel object of ours that no endpoint or network
+   * in `keep` accounts for — `vc…` veths left in the plugin's namespace (a crash between creating
+   * a pair and Docker taking its end), `ve…` ports in overlay namespaces, the namespaces of
+   * networks not in `keep.networkIds` (and older epochs of kept ones), and namespace files with
+   * nothing mounted on them. Must run before requests are served (nothing is being built).
+   */
+  async removeOrphans(keep: { endpointIds: Iterable<string>; networkIds: Iterable<string> }): Promise<OrphanReport> {
+    const keepHost = new Set<string>();
+    const keepPorts = new Set<string>();
+    for (const id of keep.endpointIds) {
+      const n = vethNames(id);
+      keepHost.add(n.srcName);
+      keepPorts.add(n.bridgePortName);
+    }
+    const keepNets = new Set([...keep.networkIds].map(networkPrefix));
+    const report: OrphanReport = { hostVeths: [], ports: [], namespaces: [] };
+    const host = this.host();
+    for (const l of await listLinks(host)) {
+      if (l.kind !== 'veth' || !HOST_VETH_NAME.test(l.name) || keepHost.has(l.name)) continue;
+      await deleteLink(host, l.index);
+      report.hostVeths.push(l.name);
+    }
+    const newest = new Map<string, number>();
+    for (const f of this.listOverlays()) {
+      if (isNetnsMounted(f.netnsPath)) newest.set(f.networkIdPrefix, Math.max(newest.get(f.networkIdPrefix) ?? 0, f.epoch));
+    }
+    for (const f of this.listOverlays()) {
+      const prefix = f.networkIdPrefix;
+      if (!/^[A-Za-z0-9_.-]+$/.test(prefix)) continue; // not a file of ours
+      await this.serial(prefix, async () => {
+        if (!isNetnsMounted(f.netnsPath)) {
+          deleteNetns(f.netnsPath);
+          report.namespaces.push(path.basename(f.netnsPath));
+          return;
+        }
+        const cached = this.overlays.get(prefix);
+        const o = cached && cached.netnsPath === f.netnsPath ? cached : this.openOverlay(prefix, f.netnsPath, f.epoch);
+        if (!keepNets.has(prefix) || newest.get(prefix) !== f.epoch) {
+          await this.destroy(o);
+          report.namespaces.push(path.basename(f.netnsPath));
+          return;
+        }
+        for (const l of await listLinks(o.sock)) {
+          if (l.kind !== 'veth' || !PORT_VETH_NAME.test(l.name) || keepPorts.has(l.name)) continue;
+          await deleteLink(o.sock, l.index);
+          report.ports.push(l.name);
+        }
+      });
+    }
+    return report;
+  }
+
   // ------------------------------------------------------------ peers
 
   /** Removes `remove` then adds `add` (see peers.applyPeerDiff). */
@@ -401,6 +523,18 @@ export class Dataplane {
       const o = this.existing(networkId);
       if (!o) return [];
       return kernelPeers(o.sock, await this.indexOf(o, VXLAN_NAME));
+    });
+  }
+
+  /** Devices, addresses and vxlan0's tables of a network's namespace; undefined when it has none. */
+  inspectOverlay(networkId: string): Promise<OverlayView | undefined> {
+    return this.serial(networkId, async () => {
+      const o = this.existing(networkId);
+      if (!o) return undefined;
+      const [links, addresses] = await Promise.all([listLinks(o.sock), listIPv4Addresses(o.sock)]);
+      const vx = links.find((l) => l.name === VXLAN_NAME);
+      const [neighbours, fdb] = vx ? await Promise.all([listNeighbours(o.sock, vx.index), listFdb(o.sock, vx.index)]) : [[], []];
+      return { netnsPath: o.netnsPath, epoch: o.epoch, links, addresses, neighbours, fdb };
     });
   }
 

@@ -26,7 +26,7 @@ import {
   parseMac,
   parseNeighMessage,
 } from './encode';
-import { NLM_F_CREATE, NLM_F_REPLACE, NetlinkError, NlSocket } from './nlsock';
+import { NLM_F_CREATE, NLM_F_REPLACE, NetlinkError, NlSocket, isNetlinkError } from './nlsock';
 
 export interface NeighbourEntry {
   ip: string;
@@ -190,6 +190,27 @@ export async function listNeighbours(sock: NlSocket, ifindex: number): Promise<N
   return out;
 }
 
+/** The MAC of device `ifindex`'s neighbour entry for one address (a single RTM_GETNEIGH), undefined when there is none. */
+async function neighbourMac(sock: NlSocket, ifindex: number, ip: number): Promise<string | undefined> {
+  const req = Buffer.alloc(NDMSG_LEN + 8);
+  req[0] = AF_INET;
+  req.writeInt32LE(ifindex, 4);
+  req.writeUInt16LE(8, NDMSG_LEN);
+  req.writeUInt16LE(NDA_DST, NDMSG_LEN + 2);
+  req.writeUInt32BE(ip, NDMSG_LEN + 4);
+  try {
+    for (const m of await sock.request(RTM_GETNEIGH, 0, req, 'get neighbour')) {
+      if (m.type !== RTM_NEWNEIGH) continue;
+      const e = parseNeighMessage(m.data);
+      if (e.lladdr?.length === 6) return formatMac(e.lladdr);
+    }
+    return undefined;
+  } catch (e) {
+    if (isNetlinkError(e, 'ENOENT')) return undefined;
+    throw e;
+  }
+}
+
 /** Bridge-family FDB entries of device `ifindex` (its own `self` entries and its bridge's `master` ones). */
 export async function listFdb(sock: NlSocket, ifindex: number): Promise<FdbEntry[]> {
   const msgs = await sock.dump(RTM_GETNEIGH, ndmsgRequest(AF_BRIDGE), 'dump fdb');
@@ -249,6 +270,8 @@ export class PeerBatchError extends Error {
 }
 
 const IGNORE_ON_DELETE = ['ENOENT', 'ESRCH', 'EADDRNOTAVAIL'];
+/** Removals up to this many look their neighbours up one by one rather than dumping the tables. */
+const FEW_REMOVALS = 32;
 
 async function sendBatch(
   sock: NlSocket,
@@ -276,30 +299,48 @@ export async function applyPeerDiff(sock: NlSocket, vxlanIndex: number, add: Pee
   if (removes.length) {
     const addIps = new Set(adds.map((p) => p.ipText));
     const addMacVtep = new Set(adds.map((p) => `${p.macText}@${p.vtepText}`));
-    // Deleting only what exists avoids an error reply per missing entry (most learned entries are).
-    const [neigh, fdb] = await Promise.all([listNeighbours(sock, vxlanIndex), listFdb(sock, vxlanIndex)]);
-    const current = new Map(neigh.map((n) => [n.ip, n.mac]));
-    const selfEntries = new Set<string>();
-    const learned = new Set<string>();
-    for (const f of fdb) {
-      if (f.self && f.vtep) selfEntries.add(`${f.mac}@${f.vtep}`);
-      if (f.master && f.dynamic) learned.add(f.mac);
-    }
     const slab = new Slab(removes.length * REMOVE_MAX);
     const owners: ParsedPeer[] = [];
-    for (const p of removes) {
-      if (!addIps.has(p.ipText) && current.get(p.ipText) === p.macText) {
-        slab.neighDel(vxlanIndex, p.ip);
-        owners.push(p);
-      }
-      const key = `${p.macText}@${p.vtepText}`;
-      if (!addMacVtep.has(key) && selfEntries.has(key)) {
-        slab.fdbSelfDel(vxlanIndex, p.mac, p.vtep);
-        owners.push(p);
-      }
-      if (learned.has(p.macText)) {
+    if (removes.length <= FEW_REMOVALS) {
+      // A few (the event path: a container left): one lookup per neighbour rather than dumping both
+      // whole tables; the FDB deletes go out as they are (a missing entry answers ENOENT, ignored).
+      const macs = await Promise.all(removes.map((p) => (addIps.has(p.ipText) ? undefined : neighbourMac(sock, vxlanIndex, p.ip))));
+      removes.forEach((p, i) => {
+        if (macs[i] === p.macText) {
+          slab.neighDel(vxlanIndex, p.ip);
+          owners.push(p);
+        }
+        if (!addMacVtep.has(`${p.macText}@${p.vtepText}`)) {
+          slab.fdbSelfDel(vxlanIndex, p.mac, p.vtep);
+          owners.push(p);
+        }
         slab.fdbMasterDel(vxlanIndex, p.mac);
         owners.push(p);
+      });
+    } else {
+      // Deleting only what exists avoids an error reply per missing entry (most learned entries are).
+      const [neigh, fdb] = await Promise.all([listNeighbours(sock, vxlanIndex), listFdb(sock, vxlanIndex)]);
+      const current = new Map(neigh.map((n) => [n.ip, n.mac]));
+      const selfEntries = new Set<string>();
+      const learned = new Set<string>();
+      for (const f of fdb) {
+        if (f.self && f.vtep) selfEntries.add(`${f.mac}@${f.vtep}`);
+        if (f.master && f.dynamic) learned.add(f.mac);
+      }
+      for (const p of removes) {
+        if (!addIps.has(p.ipText) && current.get(p.ipText) === p.macText) {
+          slab.neighDel(vxlanIndex, p.ip);
+          owners.push(p);
+        }
+        const key = `${p.macText}@${p.vtepText}`;
+        if (!addMacVtep.has(key) && selfEntries.has(key)) {
+          slab.fdbSelfDel(vxlanIndex, p.mac, p.vtep);
+          owners.push(p);
+        }
+        if (learned.has(p.macText)) {
+          slab.fdbMasterDel(vxlanIndex, p.mac);
+          owners.push(p);
+        }
       }
     }
     await sendBatch(sock, 'remove peers', slab.msgs, owners, IGNORE_ON_DELETE);

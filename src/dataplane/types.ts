@@ -48,3 +48,13 @@ export interface Peer {
   /** Underlay address of the host running the container. */
   vtep: string;
 }
+
+/** What the dataplane's start-up sweep (removeOrphans) found and removed. */
+export interface OrphanReport {
+  /** `vc…` veths in the plugin's namespace. */
+  hostVeths: string[];
+  /** `ve…` bridge ports inside overlay namespaces. */
+  ports: string[];
+  /** Namespace files (live ones of unused networks, or empty leftovers). */
+  namespaces: string[];
+}

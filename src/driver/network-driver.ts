@@ -1,4 +1,4 @@
-import type { AttachedEndpoint, EndpointAttachment, OverlayInfo, OverlaySpec, Peer } from '../dataplane/types';
+import type { AttachedEndpoint, EndpointAttachment, OrphanReport, OverlayInfo, OverlaySpec, Peer } from '../dataplane/types';
 import type { Logger } from '../log';
 import { PluginError, errorMessage } from '../util/errors';
 import { KeyedMutex } from '../util/keyed-mutex';
@@ -22,17 +22,25 @@ import { contains, intToIp, parseAddressCidr, parseSubnet, subnetKey } from './s
 /** The part of the dataplane the driver uses; the kernel implementation lives in src/dataplane. */
 export interface OverlayDataplane {
   ensureOverlay(spec: OverlaySpec): Promise<OverlayInfo>;
+  /** ensureOverlay that says whether anything had to be rebuilt (periodic drift repair). */
+  repairOverlay(spec: OverlaySpec): Promise<boolean>;
   removeOverlay(networkId: string): Promise<void>;
   findOverlay(networkId: string): OverlayInfo | undefined;
   attachEndpoint(attachment: EndpointAttachment): Promise<AttachedEndpoint>;
   detachEndpoint(networkId: string, endpointId: string): Promise<void>;
   applyPeers(networkId: string, add: Peer[], remove: Peer[]): Promise<unknown>;
+  /** Endpoint port names (`ve…`) in the network's namespace. */
+  bridgePorts(networkId: string): Promise<string[]>;
+  /** Start-up sweep: removes our kernel objects that nothing in `keep` accounts for. */
+  removeOrphans(keep: { endpointIds: Iterable<string>; networkIds: Iterable<string> }): Promise<OrphanReport>;
 }
 
 /** Tells the peer distribution which networks have local containers (src/driver/peer-sync). */
 export interface PeerSyncHooks {
   networkActive(networkId: string, network: NetworkRecord): Promise<void>;
   networkInactive(networkId: string): Promise<void>;
+  /** The overlay's devices were rebuilt (kernel drift): re-program its peers now. */
+  resync?(networkId: string, reason: string): Promise<void>;
 }
 
 export interface HostIdentity {
@@ -70,6 +78,8 @@ export interface CreateEndpointInput {
  */
 export class NetworkDriver {
   private readonly networkLocks = new KeyedMutex();
+  /** Spec of every overlay this host has up, for the periodic repair (works without the store). */
+  private readonly overlaySpecs = new Map<string, OverlaySpec>();
 
   constructor(
     private readonly records: RecordStore,
@@ -96,6 +106,9 @@ export class NetworkDriver {
     const gateway = v4.gateway ? this.parse(() => parseAddressCidr(v4.gateway!)).ip : intToIp(subnet.network + 1);
     if (!contains(subnet, gateway)) throw new PluginError(`gateway ${gateway} is not inside ${subnet.cidr}`);
     const networkKey = options.vni !== undefined ? `vni-${options.vni}` : subnetKey(subnet);
+    if (options.remote && options.remote === this.host.vtep) {
+      throw new PluginError(`-o remote=${options.remote} is this host's own address: name the other host of the p2p link`);
+    }
 
     await this.networkLocks.run(input.networkId, async () => {
       const known = await this.records.get(networkIdRecordSchema, keys.networkId(input.networkId));
@@ -104,7 +117,12 @@ export class NetworkDriver {
       }
       const network = await this.joinOrCreateNetworkRecord(networkKey, input.networkId, subnet.cidr, gateway, options);
       await this.refuseSecondLocalNetwork(network, input.networkId);
-      await this.records.put(keys.networkId(input.networkId), { networkKey, host: this.host.name, created: nowIso() });
+      await this.records.put(keys.networkId(input.networkId), {
+        networkKey,
+        host: this.host.name,
+        ...(options.remote ? { remote: options.remote } : {}),
+        created: nowIso(),
+      });
       this.logger.info('network created', { networkId: input.networkId, networkKey, vni: network.vni, subnet: network.subnet });
     });
   }
@@ -114,24 +132,35 @@ export class NetworkDriver {
       const mapping = await this.records.get(networkIdRecordSchema, keys.networkId(networkId));
       if (this.dataplane.findOverlay(networkId)) {
         await this.peerSync?.networkInactive(networkId);
+        this.overlaySpecs.delete(networkId);
         await this.dataplane.removeOverlay(networkId);
       }
       if (!mapping) return;
-      await this.records.delete(keys.networkId(networkId));
+      if (await this.isSwarmNetwork(networkId, mapping.value.networkKey)) {
+        // Swarm: every node has the same network id, and the network lives until the managers
+        // free it (FreeNetwork). A node dropping its copy (its last task or attachment left)
+        // only withdraws its own endpoints.
+        await this.removeHostEndpoints(networkId, mapping.value.networkKey);
+        this.logger.info('swarm network left by this host', { networkId, networkKey: mapping.value.networkKey });
+        return;
+      }
+      // The mapping goes last: a crash half-way leaves it, so Docker's retry finds the network
+      // again and finishes (otherwise the network record and its VNI would stay for ever).
       const networkKey = mapping.value.networkKey;
-      let vniToFree: number | undefined;
+      let lastHost = false;
       await this.records.update(networkRecordSchema, keys.network(networkKey), (current) => {
+        lastHost = !current || current.ids.every((id) => id === networkId);
         if (!current) return undefined;
-        const ids = current.ids.filter((id) => id !== networkId);
-        if (ids.length > 0) return { ...current, ids };
-        vniToFree = current.vni;
-        return null;
+        return lastHost ? null : current.ids.includes(networkId) ? { ...current, ids: current.ids.filter((id) => id !== networkId) } : undefined;
       });
-      if (vniToFree !== undefined) {
-        await this.records.delete(keys.vni(vniToFree));
+      if (lastHost) {
+        for (const entry of await this.records.list(vniRecordSchema, keys.vnis())) {
+          if (entry.value.networkKey === networkKey) await this.records.store.compareAndDelete(entry.key, entry.revision);
+        }
         await this.records.store.deletePrefix(keys.endpoints(networkKey));
       }
-      this.logger.info('network deleted', { networkId, networkKey, lastHost: vniToFree !== undefined });
+      await this.records.delete(keys.networkId(networkId));
+      this.logger.info('network deleted', { networkId, networkKey, lastHost });
     });
   }
 
@@ -203,7 +232,11 @@ export class NetworkDriver {
       const hadOverlay = this.dataplane.findOverlay(networkId) !== undefined;
       let attached: AttachedEndpoint | undefined;
       try {
-        await this.dataplane.ensureOverlay(this.overlaySpec(networkId, network.value));
+        // p2p: the remote is per host (each names the other), kept with this host's network id.
+        const mapping = await this.records.get(networkIdRecordSchema, keys.networkId(networkId));
+        const spec = this.overlaySpec(networkId, network.value, mapping?.value.remote);
+        await this.dataplane.ensureOverlay(spec);
+        this.overlaySpecs.set(networkId, spec);
         attached = await this.dataplane.attachEndpoint({ networkId, endpointId, mac: endpoint.value.mac, mtu: network.value.mtu });
         if (!endpoint.value.joined) {
           await this.records.put(endpoint.key, { ...endpoint.value, joined: true, locator: this.host.vtep });
@@ -215,6 +248,7 @@ export class NetworkDriver {
         await this.dataplane.detachEndpoint(networkId, endpointId).catch(() => undefined);
         if (!hadOverlay) {
           await this.peerSync?.networkInactive(networkId).catch(() => undefined);
+          this.overlaySpecs.delete(networkId);
           await this.dataplane.removeOverlay(networkId).catch(() => undefined);
         }
         throw err;
@@ -240,15 +274,55 @@ export class NetworkDriver {
    */
   async allocateNetwork(networkId: string, rawOptions: Record<string, string>): Promise<Record<string, string>> {
     const options = this.parseOptions(rawOptions);
-    if (options.vni !== undefined) return { ...rawOptions };
-    const vni = await this.allocateVni(`swarm-${networkId}`);
-    this.logger.info('network allocated', { networkId, vni });
+    const swarmKey = `swarm-${networkId}`;
+    if (options.vni !== undefined) {
+      // Claimed for this swarm network, so that every node knows the network as a swarm one.
+      if (!(await this.records.create(keys.vni(options.vni), { networkKey: swarmKey, created: nowIso() }))) {
+        const holder = await this.records.get(vniRecordSchema, keys.vni(options.vni));
+        if (holder && holder.value.networkKey !== swarmKey) throw new PluginError(`VNI ${options.vni} is already in use by another network`, 409);
+      }
+      return { ...rawOptions };
+    }
+    // Idempotent: a repeated AllocateNetwork (manager restart, new leader) gets the same VNI.
+    const held = (await this.records.list(vniRecordSchema, keys.vnis())).find((e) => e.value.networkKey === swarmKey);
+    const vni = held ? Number(held.key.slice(keys.vnis().length)) : await this.allocateVni(swarmKey);
+    this.logger.info('network allocated', { networkId, vni, again: held !== undefined });
     return { ...rawOptions, vni: String(vni) };
   }
 
+  /** Swarm managers: the network is gone from the swarm; its cluster-wide records go too. */
   async freeNetwork(networkId: string): Promise<void> {
-    for (const entry of await this.records.list(vniRecordSchema, keys.vnis())) {
-      if (entry.value.networkKey === `swarm-${networkId}`) await this.records.store.compareAndDelete(entry.key, entry.revision);
+    await this.networkLocks.run(networkId, async () => {
+      for (const entry of await this.records.list(vniRecordSchema, keys.vnis())) {
+        if (entry.value.networkKey === `swarm-${networkId}`) await this.records.store.compareAndDelete(entry.key, entry.revision);
+      }
+      const mapping = await this.records.get(networkIdRecordSchema, keys.networkId(networkId));
+      if (!mapping) return;
+      await this.records.delete(keys.networkId(networkId));
+      let gone = false;
+      await this.records.update(networkRecordSchema, keys.network(mapping.value.networkKey), (current) => {
+        if (!current) return undefined;
+        const ids = current.ids.filter((id) => id !== networkId);
+        if (ids.length > 0) return { ...current, ids };
+        gone = true;
+        return null;
+      });
+      if (gone) await this.records.store.deletePrefix(keys.endpoints(mapping.value.networkKey));
+      this.logger.info('network freed', { networkId, networkKey: mapping.value.networkKey });
+    });
+  }
+
+  /** A network allocated by swarm managers: its VNI is held for `swarm-<network id>`. */
+  private async isSwarmNetwork(networkId: string, networkKey: string): Promise<boolean> {
+    const network = await this.records.get(networkRecordSchema, keys.network(networkKey));
+    if (!network) return false;
+    const vni = await this.records.get(vniRecordSchema, keys.vni(network.value.vni));
+    return vni?.value.networkKey === `swarm-${networkId}`;
+  }
+
+  private async removeHostEndpoints(networkId: string, networkKey: string): Promise<void> {
+    for (const ep of await this.records.list(endpointRecordSchema, keys.endpoints(networkKey))) {
+      if (ep.value.host === this.host.name && ep.value.networkId === networkId) await this.records.store.compareAndDelete(ep.key, ep.revision);
     }
   }
 
@@ -263,7 +337,15 @@ export class NetworkDriver {
       const network = await this.records.get(networkRecordSchema, keys.network(mapping.value.networkKey));
       if (!network) continue;
       const hasOverlay = this.dataplane.findOverlay(networkId) !== undefined;
-      if (hasOverlay) await this.peerSync?.networkActive(networkId, network.value);
+      if (hasOverlay) {
+        // Whatever drifted while no plugin was running is put right before peers are programmed.
+        const spec = this.overlaySpec(networkId, network.value, mapping.value.remote);
+        await this.networkLocks.run(networkId, async () => {
+          await this.dataplane.ensureOverlay(spec);
+          this.overlaySpecs.set(networkId, spec);
+        });
+        await this.peerSync?.networkActive(networkId, network.value);
+      }
       for (const ep of await this.records.list(endpointRecordSchema, keys.endpoints(network.value.key))) {
         if (ep.value.host !== this.host.name || ep.value.networkId !== networkId) continue;
         if (ep.value.joined && !hasOverlay) {
@@ -276,8 +358,67 @@ export class NetworkDriver {
     }
   }
 
-  overlaySpec(networkId: string, network: NetworkRecord): OverlaySpec {
+  /**
+   * Start-up, before this host registers (so that no peer is ever shown state a crash left
+   * behind): any step of a Join, Leave or DeleteEndpoint may have been cut short. Endpoints the
+   * store calls joined whose port is gone (the container died meanwhile, the host rebooted) are
+   * withdrawn; then every kernel object of ours that no endpoint record of this host accounts
+   * for is removed, and so are the namespaces of networks with no joined local endpoint.
+   */
+  async recoverAfterCrash(): Promise<OrphanReport> {
+    const mine = (await this.records.list(endpointRecordSchema, keys.allEndpoints())).filter((e) => e.value.host === this.host.name);
+    const byNetwork = new Map<string, Versioned<EndpointRecord>[]>();
+    for (const ep of mine) byNetwork.set(ep.value.networkId, [...(byNetwork.get(ep.value.networkId) ?? []), ep]);
+    const keepNetworks: string[] = [];
+    for (const [networkId, endpoints] of byNetwork) {
+      let ports: Set<string>;
+      try {
+        ports = new Set(await this.dataplane.bridgePorts(networkId));
+      } catch (err) {
+        this.logger.warn('cannot list the ports of an overlay', { networkId, error: errorMessage(err) });
+        continue;
+      }
+      let joined = 0;
+      for (const ep of endpoints) {
+        if (!ep.value.joined) continue;
+        if (ports.has(`ve${ep.value.id.slice(0, 11)}`)) {
+          joined++;
+          continue;
+        }
+        await this.records.store.compareAndSet(ep.key, encodeRecord({ ...ep.value, joined: false }), ep.revision);
+        this.logger.info('withdrew endpoint whose port is gone', { networkId, endpointId: ep.value.id });
+      }
+      if (joined > 0) keepNetworks.push(networkId);
+    }
+    const report = await this.dataplane.removeOrphans({ endpointIds: mine.map((e) => e.value.id), networkIds: keepNetworks });
+    if (report.hostVeths.length + report.ports.length + report.namespaces.length > 0) {
+      this.logger.warn('removed what a previous run left behind', { ...report });
+    }
+    return report;
+  }
+
+  /**
+   * Periodic repair of kernel drift: re-asserts every local overlay (br0, vxlan0, the ports'
+   * master) from the spec of its last Join, so a device deleted by hand comes back; if anything
+   * had to be rebuilt, its peers are re-programmed at once. Needs no store.
+   */
+  async repairOverlays(): Promise<string[]> {
+    const repaired: string[] = [];
+    for (const networkId of [...this.overlaySpecs.keys()]) {
+      await this.networkLocks.run(networkId, async () => {
+        const spec = this.overlaySpecs.get(networkId);
+        if (!spec || !this.dataplane.findOverlay(networkId)) return; // removed meanwhile: nothing to repair
+        if (!(await this.dataplane.repairOverlay(spec))) return;
+        repaired.push(networkId);
+        await this.peerSync?.resync?.(networkId, 'overlay repaired');
+      });
+    }
+    return repaired;
+  }
+
+  overlaySpec(networkId: string, network: NetworkRecord, localRemote?: string): OverlaySpec {
     const options = parseNetworkOptions(network.options);
+    const remote = localRemote ?? options.remote;
     const prefix = parseSubnet(network.subnet).prefixLength;
     return {
       networkId,
@@ -286,7 +427,7 @@ export class NetworkDriver {
       gatewayCidr: `${network.gateway}/${prefix}`,
       vtep: this.host.vtep,
       mode: network.mode,
-      ...(options.remote ? { remote: options.remote } : {}),
+      ...(remote ? { remote } : {}),
       ...(options.group ? { group: options.group } : {}),
     };
   }
@@ -315,6 +456,7 @@ export class NetworkDriver {
     const stillJoined = endpoints.some((e) => e.value.host === this.host.name && e.value.networkId === networkId && e.value.joined);
     if (stillJoined) return;
     await this.peerSync?.networkInactive(networkId);
+    this.overlaySpecs.delete(networkId);
     await this.dataplane.removeOverlay(networkId);
     this.logger.info('overlay removed: no local container left', { networkId });
   }
@@ -343,8 +485,11 @@ export class NetworkDriver {
         created: nowIso(),
       };
       if (await this.records.create(key, record)) return record;
-      // Another host created it first: give our VNI back and adopt theirs.
-      if (options.vni === undefined) await this.records.delete(keys.vni(vni));
+      // Another host created it first: give our VNI back and adopt theirs (unless it is the same one).
+      if (options.vni === undefined) {
+        const winner = await this.records.get(networkRecordSchema, key);
+        if (winner?.value.vni !== vni) await this.records.delete(keys.vni(vni));
+      }
     }
     const joined = await this.records.update(networkRecordSchema, key, (current) => {
       if (!current) throw new PluginError('the network record vanished while it was being created; try again', 503);
@@ -360,6 +505,9 @@ export class NetworkDriver {
     }
     if (current.mode !== options.mode) {
       throw new PluginError(`network on ${subnet} already exists in the cluster with mode=${current.mode}`, 409);
+    }
+    if (current.mode === 'multicast' && current.options.group !== options.group) {
+      throw new PluginError(`network on ${subnet} already exists in the cluster with group=${current.options.group}`, 409);
     }
   }
 
@@ -379,6 +527,11 @@ export class NetworkDriver {
 
   private async allocateVni(networkKey: string): Promise<number> {
     for (let attempt = 0; attempt < 64; attempt++) {
+      const entries = await this.records.list(vniRecordSchema, keys.vnis());
+      // Only called while no network record exists for the key: a VNI already held for it was
+      // allocated by a create that crashed (or is racing us on another host); take that one.
+      const held = entries.find((e) => e.value.networkKey === networkKey);
+      if (held) return Number(held.key.slice(keys.vnis().length));
       const used = new Set((await this.records.store.list(keys.vnis())).map((e) => Number(e.key.slice(keys.vnis().length))));
       let vni = FIRST_VNI;
       while (used.has(vni)) vni++;

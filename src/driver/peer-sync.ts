@@ -1,8 +1,14 @@
+import type { Miss } from '../dataplane/peers';
 import type { Peer } from '../dataplane/types';
 import type { Logger } from '../log';
 import type { KVEntry, Lease, Watch, WatchEvent } from '../store/store';
 import { errorMessage } from '../util/errors';
 import { KeyedMutex } from '../util/keyed-mutex';
+
+function sleepUnref(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+import { MissResponder, indexPeers, lookupMiss, missSubject, type MissOutcome, type PeerIndex } from './miss-responder';
 import type { RecordStore } from './record-store';
 import { nowIso } from './record-store';
 import {
@@ -20,6 +26,28 @@ import type { PeerSyncHooks } from './network-driver';
 export interface PeerDataplane {
   applyPeers(networkId: string, add: Peer[], remove: Peer[]): Promise<unknown>;
   listPeers(networkId: string): Promise<Peer[]>;
+  /** `miss` mode: L2/L3 miss notifications of the network's vxlan0 (absent: miss mode unsupported). */
+  watchMisses?(networkId: string, onMiss: (m: Miss) => void): Promise<() => void>;
+  /**
+   * Makes the tables hold exactly `desired`, half entries included (a neighbour without its FDB
+   * entry, an FDB entry added by hand), which listPeers cannot pair up. Used by reconcile when present.
+   */
+  setPeers?(networkId: string, desired: Peer[]): Promise<{ added: number; removed: number }>;
+}
+
+export type WatchName = 'endpoints' | 'hosts';
+
+/** What peer distribution reports as it works (the daemon's metrics implement it). */
+export interface PeerSyncObserver {
+  /** Peers now programmed in a network's namespace (0 when it goes inactive). */
+  peersProgrammed(networkId: string, count: number): void;
+  peersChanged(added: number, removed: number): void;
+  /** One kernel-vs-store comparison of one network; `repairs` = entries added or removed by it. */
+  reconciled(trigger: string, repairs: number): void;
+  /** A watch delivered the full state: on start (`reconnect` false) or after a reconnect/compaction. */
+  watchReset(watch: WatchName, reconnect: boolean): void;
+  watchError(watch: WatchName): void;
+  miss(kind: Miss['kind'], outcome: MissOutcome): void;
 }
 
 export interface PeerSyncOptions {
@@ -38,6 +66,21 @@ interface ActiveNetwork {
 const peerId = (p: Peer) => `${p.ip}|${p.mac}|${p.vtep}`;
 
 /**
+ * The peers one host should hold for one network: every joined endpoint of another host that
+ * is live (has a `hosts/<name>` record), at that host's registered VTEP. Shared by peer-sync
+ * and `tsoverlay inspect --check`.
+ */
+export function desiredPeersOf(endpoints: Iterable<EndpointRecord>, hosts: ReadonlyMap<string, HostRecord>, self: string): Peer[] {
+  const peers: Peer[] = [];
+  for (const ep of endpoints) {
+    if (!ep.joined || ep.host === self) continue;
+    const host = hosts.get(ep.host);
+    if (host) peers.push({ ip: ep.ip, mac: ep.mac, vtep: host.vtep });
+  }
+  return peers;
+}
+
+/**
  * Peer distribution: the role Serf gossip played for Docker's classic overlay.
  *
  * Desired state is the store: every joined endpoint of another live host on a network that
@@ -46,15 +89,35 @@ const peerId = (p: Peer) => `${p.ip}|${p.mac}|${p.vtep}`;
  * and periodically. A host is live while its `hosts/<name>` key exists; that key hangs on the
  * host's lease, so a host that dies without a goodbye drops out when the lease expires and
  * all its peers are removed everywhere, even though its endpoint records are still there.
+ *
+ * Resolution modes: `static` programs every desired peer; `miss` programs only what the
+ * kernel asks for (miss-responder.ts) and withdraws those entries when their peer leaves;
+ * `p2p` and `multicast` rely on the VXLAN device's default destination and learning, so no
+ * peer is programmed for them.
  */
 export class PeerSync implements PeerSyncHooks {
-  private readonly endpoints = new Map<string, EndpointRecord>();
+  /** Endpoint records by network key, then store key: a network's peers are computed from its own endpoints only. */
+  private readonly endpoints = new Map<string, Map<string, EndpointRecord>>();
   private readonly hosts = new Map<string, HostRecord>();
   private readonly active = new Map<string, ActiveNetwork>();
   /** What we believe is programmed per network id, so that events cost a diff, not a dump. */
   private readonly programmed = new Map<string, Map<string, Peer>>();
   private readonly locks = new KeyedMutex();
+  /** Desired peers per network key, indexed for miss lookups; dropped on every store change. */
+  private readonly indexes = new Map<string, PeerIndex>();
+  private readonly misses?: MissResponder;
+  private readonly resets: Record<WatchName, number> = { endpoints: 0, hosts: 0 };
+  private readonly watchTrouble: Partial<Record<WatchName, string>> = {};
   private watches: Watch[] = [];
+  /**
+   * Both watches have delivered a full state at least once. Before that the desired peer set is
+   * unknown, and reconciling against it would wipe the kernel tables of overlays that survived a
+   * restart (running containers would lose their remote peers until the store answered).
+   */
+  private synced = false;
+  private readonly resetSeen = new Set<WatchName>();
+  private markSynced: () => void = () => undefined;
+  private readonly whenSynced = new Promise<void>((resolve) => (this.markSynced = resolve));
   private lease?: Lease;
   private timer?: NodeJS.Timeout;
   private closed = false;
@@ -64,57 +127,97 @@ export class PeerSync implements PeerSyncHooks {
     private readonly dataplane: PeerDataplane,
     private readonly options: PeerSyncOptions,
     private readonly logger: Logger,
-  ) {}
+    private readonly observer?: PeerSyncObserver,
+  ) {
+    const dp = this.dataplane;
+    if (dp.watchMisses) {
+      const watchMisses = dp.watchMisses.bind(dp);
+      this.misses = new MissResponder({ watchMisses }, (networkId, miss) => this.answerMiss(networkId, miss), logger);
+    }
+  }
+
+  /** Store watches currently in trouble (empty when healthy), for /healthz. */
+  health(): { registered: boolean; watchTrouble: Partial<Record<WatchName, string>> } {
+    return { registered: this.lease !== undefined && !this.closed, watchTrouble: { ...this.watchTrouble } };
+  }
 
   async start(): Promise<void> {
     await this.register();
     this.watches = [
       this.records.store.watch(keys.allEndpoints(), {
-        onReset: (entries) => this.resetEndpoints(entries),
+        onReset: (entries) => {
+          this.watchResetSeen('endpoints');
+          this.resetEndpoints(entries);
+        },
         onEvents: (events) => this.endpointEvents(events),
-        onError: (err) => this.logger.warn('endpoint watch trouble', { error: err.message }),
+        onError: (err) => {
+          this.watchErrorSeen('endpoints', err);
+          this.logger.warn('endpoint watch trouble', { error: err.message });
+        },
       }),
       this.records.store.watch(keys.hosts(), {
-        onReset: (entries) => this.resetHosts(entries),
+        onReset: (entries) => {
+          this.watchResetSeen('hosts');
+          this.resetHosts(entries);
+        },
         onEvents: (events) => this.hostEvents(events),
-        onError: (err) => this.logger.warn('host watch trouble', { error: err.message }),
+        onError: (err) => {
+          this.watchErrorSeen('hosts', err);
+          this.logger.warn('host watch trouble', { error: err.message });
+        },
       }),
     ];
     this.timer = setInterval(() => this.reconcileAll('periodic'), this.options.reconcileIntervalMs);
     this.timer.unref();
+    const waitMs = Math.max(5_000, this.options.leaseTtlSeconds * 1000);
+    const timedOut = await Promise.race([this.whenSynced.then(() => false), sleepUnref(waitMs).then(() => true)]);
+    if (timedOut) this.logger.warn('store watches not synced yet: peers are programmed once they are', { waitedMs: waitMs });
   }
 
-  async close(): Promise<void> {
+  /** Re-programs a network's peers against what the kernel holds (its devices were rebuilt, say). */
+  async resync(networkId: string, reason: string): Promise<void> {
+    this.programmed.delete(networkId);
+    // A rebuilt vxlan0 has a new index: the miss listener (which filters on it) starts over.
+    if (this.active.get(networkId)?.mode === 'miss') this.misses?.unwatch(networkId);
+    await this.reconcile(networkId, reason);
+  }
+
+  /**
+   * `revokeLease` (default true) announces our departure at once: peers drop our containers'
+   * entries. The daemon stopping on SIGTERM passes false: that is a plugin restart (docker
+   * plugin disable/enable, upgrade, systemctl restart) while the containers and their overlay
+   * namespaces stay, and peers must keep reaching them; if this host does not come back, its
+   * lease expires after the TTL as after a crash.
+   */
+  async close(revokeLease = true): Promise<void> {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
+    this.misses?.close();
     await Promise.all(this.watches.map((w) => w.close()));
-    // Revoking announces our departure at once; peers drop our containers' entries.
-    await this.lease?.revoke().catch(() => undefined);
+    if (revokeLease) await this.lease?.revoke().catch(() => undefined);
   }
 
   /** For Join: the network has a local container now, so its namespace wants every peer. */
   async networkActive(networkId: string, network: NetworkRecord): Promise<void> {
     const already = this.active.get(networkId);
     this.active.set(networkId, { networkKey: network.key, mode: network.mode });
+    if (network.mode === 'miss') {
+      if (!this.misses) throw new Error('mode=miss needs a dataplane that reports vxlan misses');
+      await this.misses.watch(networkId);
+    }
     if (!already) await this.reconcile(networkId, 'network active');
   }
 
   async networkInactive(networkId: string): Promise<void> {
     this.active.delete(networkId);
     this.programmed.delete(networkId);
+    this.misses?.unwatch(networkId);
+    this.observer?.peersProgrammed(networkId, 0);
   }
 
   /** Peers the store wants programmed in a network's namespace. */
   desiredPeers(networkKey: string): Peer[] {
-    const prefix = keys.endpoints(networkKey);
-    const peers: Peer[] = [];
-    for (const [key, ep] of this.endpoints) {
-      if (!key.startsWith(prefix) || !ep.joined || ep.host === this.options.hostName) continue;
-      const host = this.hosts.get(ep.host);
-      if (!host) continue;
-      peers.push({ ip: ep.ip, mac: ep.mac, vtep: host.vtep });
-    }
-    return peers;
+    return desiredPeersOf(this.endpoints.get(networkKey)?.values() ?? [], this.hosts, this.options.hostName);
   }
 
   private async register(): Promise<void> {
@@ -122,12 +225,113 @@ export class PeerSync implements PeerSyncHooks {
     lease.onLost(() => {
       if (this.closed) return;
       this.logger.warn('store lease lost: registering this host again');
-      this.register().catch((err) => this.logger.error('host registration failed', { error: errorMessage(err) }));
+      this.registerUntilDone();
     });
     const record: HostRecord = { name: this.options.hostName, vtep: this.options.vtep, started: nowIso() };
-    await this.records.put(keys.host(this.options.hostName), record, lease);
+    try {
+      await this.records.put(keys.host(this.options.hostName), record, lease);
+    } catch (err) {
+      await lease.revoke().catch(() => undefined);
+      throw err;
+    }
     this.lease = lease;
     this.logger.info('host registered', { host: record.name, vtep: record.vtep, ttl: lease.ttlSeconds });
+  }
+
+  /**
+   * After a lost lease (e.g. the store was unreachable for longer than the TTL): register again,
+   * retrying with backoff until the store answers. Giving up would leave this host's key to
+   * expire, and every other host would drop this host's running containers.
+   */
+  private registerUntilDone(delayMs = 200): void {
+    if (this.closed) return;
+    this.register().catch((err: unknown) => {
+      if (this.closed) return;
+      this.logger.warn('host registration failed; retrying', { error: errorMessage(err), retryInMs: delayMs });
+      // Capped well below the TTL: the old lease (refreshed when etcd restarts) must not expire first.
+      const cap = Math.min(5_000, (this.options.leaseTtlSeconds * 1000) / 4);
+      const t = setTimeout(() => this.registerUntilDone(Math.min(delayMs * 2, cap)), delayMs);
+      t.unref();
+    });
+  }
+
+  private noteReset(watch: WatchName): void {
+    this.resetSeen.add(watch);
+    if (!this.synced && this.resetSeen.size === 2) {
+      this.synced = true;
+      this.markSynced();
+    }
+  }
+
+  private watchResetSeen(watch: WatchName): void {
+    delete this.watchTrouble[watch];
+    this.observer?.watchReset(watch, this.resets[watch]++ > 0);
+  }
+
+  private watchErrorSeen(watch: WatchName, err: Error): void {
+    this.watchTrouble[watch] = err.message;
+    this.observer?.watchError(watch);
+  }
+
+  /** Desired peers of a network, indexed by IP and MAC (cached until the next store change). */
+  private peerIndex(networkKey: string): PeerIndex {
+    let index = this.indexes.get(networkKey);
+    if (!index) {
+      index = indexPeers(this.desiredPeers(networkKey));
+      this.indexes.set(networkKey, index);
+    }
+    return index;
+  }
+
+  /**
+   * `miss` mode: the kernel asks for one IP's MAC (L3) or one MAC's VTEP (L2). Both are answered
+   * with the peer's neighbour + FDB pair, so an answered ARP needs no second round for the frame.
+   */
+  private answerMiss(networkId: string, miss: Miss): Promise<MissOutcome> {
+    return this.locks.run(networkId, async () => {
+      const net = this.active.get(networkId);
+      if (!net || net.mode !== 'miss') return 'unknown';
+      const peer = lookupMiss(this.peerIndex(net.networkKey), miss);
+      if (!peer) {
+        this.logger.debug('vxlan miss for an address the store does not know', { networkId, miss: missSubject(miss) });
+        this.observer?.miss(miss.kind, 'unknown');
+        return 'unknown';
+      }
+      const programmed = new Map(this.programmed.get(networkId) ?? []);
+      // Whatever held the same IP or MAC before (a container that left) goes first.
+      const replaced = [...programmed.values()].filter((p) => peerId(p) !== peerId(peer) && (p.ip === peer.ip || p.mac === peer.mac));
+      for (const p of replaced) programmed.delete(peerId(p));
+      try {
+        await this.dataplane.applyPeers(networkId, [peer], replaced);
+      } catch (err) {
+        this.observer?.miss(miss.kind, 'failed');
+        throw err;
+      }
+      programmed.set(peerId(peer), peer);
+      this.programmed.set(networkId, programmed);
+      this.observer?.peersChanged(1, replaced.length);
+      this.observer?.peersProgrammed(networkId, programmed.size);
+      this.observer?.miss(miss.kind, 'answered');
+      this.logger.debug('vxlan miss answered', { networkId, miss: missSubject(miss), ip: peer.ip, mac: peer.mac, vtep: peer.vtep });
+      return 'answered';
+    });
+  }
+
+  /**
+   * What the kernel should hold for a network given what it holds (or what we programmed):
+   * static mode wants every desired peer; miss mode keeps only entries asked for before that
+   * the store still wants (updated when the peer moved), never adds unasked ones.
+   */
+  private target(net: ActiveNetwork, current: Iterable<Peer>): Peer[] | undefined {
+    if (net.mode === 'static') return this.desiredPeers(net.networkKey);
+    if (net.mode !== 'miss') return undefined;
+    const index = this.peerIndex(net.networkKey);
+    const keep = new Map<string, Peer>();
+    for (const p of current) {
+      const now = index.byIp.get(p.ip) ?? index.byMac.get(p.mac.toLowerCase());
+      if (now) keep.set(peerId(now), now);
+    }
+    return [...keep.values()];
   }
 
   private decode<T>(schemaName: string, decode: () => T): T | undefined {
@@ -139,17 +343,32 @@ export class PeerSync implements PeerSyncHooks {
     }
   }
 
+  private setEndpoint(key: string, ep: EndpointRecord | undefined): void {
+    const networkKey = key.split('/')[1] ?? '';
+    let records = this.endpoints.get(networkKey);
+    if (ep) {
+      if (!records) this.endpoints.set(networkKey, (records = new Map()));
+      records.set(key, ep);
+    } else if (records?.delete(key) && records.size === 0) {
+      this.endpoints.delete(networkKey);
+    }
+  }
+
   private resetEndpoints(entries: KVEntry[]): void {
+    this.noteReset('endpoints');
     this.endpoints.clear();
+    this.indexes.clear();
     for (const e of entries) {
       const ep = this.decode('endpoint', () => decodeRecord(endpointRecordSchema, e.value, e.key));
-      if (ep) this.endpoints.set(e.key, ep);
+      if (ep) this.setEndpoint(e.key, ep);
     }
     this.reconcileAll('endpoint watch reset');
   }
 
   private resetHosts(entries: KVEntry[]): void {
+    this.noteReset('hosts');
     this.hosts.clear();
+    this.indexes.clear();
     for (const e of entries) {
       const host = this.decode('host', () => decodeRecord(hostRecordSchema, e.value, e.key));
       if (host) this.hosts.set(host.name, host);
@@ -159,15 +378,14 @@ export class PeerSync implements PeerSyncHooks {
 
   private endpointEvents(events: WatchEvent[]): void {
     const touched = new Set<string>();
+    this.indexes.clear();
     for (const ev of events) {
       const networkKey = ev.key.split('/')[1];
       if (networkKey) touched.add(networkKey);
       if (ev.type === 'delete') {
-        this.endpoints.delete(ev.key);
+        this.setEndpoint(ev.key, undefined);
       } else {
-        const ep = this.decode('endpoint', () => decodeRecord(endpointRecordSchema, ev.value, ev.key));
-        if (ep) this.endpoints.set(ev.key, ep);
-        else this.endpoints.delete(ev.key);
+        this.setEndpoint(ev.key, this.decode('endpoint', () => decodeRecord(endpointRecordSchema, ev.value, ev.key)));
       }
     }
     for (const [networkId, net] of this.active) {
@@ -176,6 +394,7 @@ export class PeerSync implements PeerSyncHooks {
   }
 
   private hostEvents(events: WatchEvent[]): void {
+    this.indexes.clear();
     for (const ev of events) {
       const name = ev.key.slice(keys.hosts().length);
       if (ev.type === 'delete') {
@@ -197,9 +416,10 @@ export class PeerSync implements PeerSyncHooks {
   private project(networkId: string): Promise<void> {
     return this.locks.run(networkId, async () => {
       const net = this.active.get(networkId);
-      if (!net || net.mode !== 'static') return;
+      if (!net || !this.synced) return;
       const programmed = this.programmed.get(networkId) ?? new Map<string, Peer>();
-      await this.applyDiff(networkId, programmed, this.desiredPeers(net.networkKey));
+      const target = this.target(net, programmed.values());
+      if (target) await this.applyDiff(networkId, programmed, target);
     });
   }
 
@@ -207,18 +427,44 @@ export class PeerSync implements PeerSyncHooks {
   private reconcile(networkId: string, reason: string): Promise<void> {
     return this.locks.run(networkId, async () => {
       const net = this.active.get(networkId);
-      if (!net || net.mode !== 'static') return;
-      let actual: Peer[];
+      if (!net || !this.synced || (net.mode !== 'static' && net.mode !== 'miss')) return;
+      if (net.mode === 'miss' && this.misses && !this.misses.watching(networkId)) {
+        // The listener could not be started earlier (e.g. after a restart): try again.
+        await this.misses.watch(networkId).catch((err: unknown) => {
+          this.logger.warn('cannot listen for vxlan misses', { networkId, error: errorMessage(err) });
+        });
+      }
+      // Static mode with setPeers (which reads the tables itself) needs no listing of its own.
+      let actual: Peer[] = [];
       try {
-        actual = await this.dataplane.listPeers(networkId);
+        if (net.mode !== 'static' || !this.dataplane.setPeers) actual = await this.dataplane.listPeers(networkId);
       } catch (err) {
         this.logger.warn('cannot read peers from the kernel', { networkId, error: errorMessage(err) });
         return;
       }
-      const kernel = new Map(actual.map((p) => [peerId(p), p]));
-      const changed = await this.applyDiff(networkId, kernel, this.desiredPeers(net.networkKey));
+      const target = this.target(net, actual) ?? [];
+      const changed = this.dataplane.setPeers
+        ? await this.setExactly(networkId, target)
+        : await this.applyDiff(networkId, new Map(actual.map((p) => [peerId(p), p])), target);
+      this.observer?.reconciled(reason, changed);
       if (changed > 0) this.logger.info('peers reconciled', { networkId, reason, changed });
     });
+  }
+
+  /** Reconcile with the dataplane's setPeers: exact tables, stale half entries removed too. */
+  private async setExactly(networkId: string, target: Peer[]): Promise<number> {
+    const want = new Map(target.map((p) => [peerId(p), p]));
+    try {
+      const r = await this.dataplane.setPeers!(networkId, target);
+      this.programmed.set(networkId, want);
+      this.observer?.peersChanged(r.added, r.removed);
+      this.observer?.peersProgrammed(networkId, want.size);
+      return r.added + r.removed;
+    } catch (err) {
+      this.programmed.delete(networkId);
+      this.logger.warn('reconciling peers failed; will retry on the next reconcile', { networkId, error: errorMessage(err) });
+      return 0;
+    }
   }
 
   private async applyDiff(networkId: string, current: Map<string, Peer>, desired: Peer[]): Promise<number> {
@@ -227,11 +473,14 @@ export class PeerSync implements PeerSyncHooks {
     const remove = [...current].filter(([id]) => !want.has(id)).map(([, p]) => p);
     if (add.length === 0 && remove.length === 0) {
       this.programmed.set(networkId, want);
+      this.observer?.peersProgrammed(networkId, want.size);
       return 0;
     }
     try {
       await this.dataplane.applyPeers(networkId, add, remove);
       this.programmed.set(networkId, want);
+      this.observer?.peersChanged(add.length, remove.length);
+      this.observer?.peersProgrammed(networkId, want.size);
       this.logger.debug('peers applied', { networkId, added: add.length, removed: remove.length });
     } catch (err) {
       // Forget what we think is programmed: the next reconcile compares against the kernel itself.

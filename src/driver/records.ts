@@ -27,6 +27,8 @@ export const networkIdRecordSchema = z.object({
   networkKey: z.string(),
   /** Host that created this Docker network id (in swarm every host shares one id). */
   host: z.string(),
+  /** p2p: this host's `-o remote=` (each of the two hosts names the other one). */
+  remote: z.string().optional(),
   created: z.string(),
 });
 export type NetworkIdRecord = z.infer<typeof networkIdRecordSchema>;
@@ -66,6 +68,8 @@ export const addressRecordSchema = z.object({
   host: z.string(),
   kind: z.enum(['gateway', 'endpoint', 'reserved']),
   name: z.string().optional(),
+  /** The plugin's id of the request that allocated it: a replay of that request gets the same address. */
+  request: z.string().optional(),
   created: z.string(),
 });
 export type AddressRecord = z.infer<typeof addressRecordSchema>;

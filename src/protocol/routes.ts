@@ -70,11 +70,11 @@ export function pluginRoutes({ network, ipam, scope, logger }: RouteDeps): Recor
       return {};
     }),
     'NetworkDriver.DiscoverNew': route(s.discoveryRequest, async (r) => {
-      logger.info('discovery: new', { type: r.DiscoveryType, data: r.DiscoveryData });
+      logger.info('discovery: new', { type: r.DiscoveryType, ...discoverySummary(r.DiscoveryData) });
       return {};
     }),
     'NetworkDriver.DiscoverDelete': route(s.discoveryRequest, async (r) => {
-      logger.info('discovery: delete', { type: r.DiscoveryType, data: r.DiscoveryData });
+      logger.info('discovery: delete', { type: r.DiscoveryType, ...discoverySummary(r.DiscoveryData) });
       return {};
     }),
     'NetworkDriver.ProgramExternalConnectivity': route(s.programConnectivityRequest, ok),
@@ -108,4 +108,21 @@ export function pluginRoutes({ network, ipam, scope, logger }: RouteDeps): Recor
       return {};
     }),
   };
+}
+
+/**
+ * The fields of DiscoveryData worth logging, checked and bounded. Never the raw value: it is
+ * arbitrary JSON (a deeply nested one makes the JSON logger overflow its stack; a huge one
+ * floods the log).
+ */
+function discoverySummary(data: unknown): Record<string, string | boolean> {
+  if (typeof data !== 'object' || data === null || Array.isArray(data)) return {};
+  const out: Record<string, string | boolean> = {};
+  for (const field of ['Address', 'BindAddress'] as const) {
+    const v: unknown = (data as Record<string, unknown>)[field];
+    if (typeof v === 'string') out[field] = v.slice(0, 64);
+  }
+  const self: unknown = (data as Record<string, unknown>).Self;
+  if (typeof self === 'boolean') out.Self = self;
+  return out;
 }

@@ -9,7 +9,8 @@ import { z } from 'zod';
 
 const networkId = z.string().regex(/^[A-Za-z0-9]{10,64}$/, 'must be 10-64 letters or digits (a Docker network id)');
 const endpointId = z.string().regex(/^[A-Za-z0-9]{12,64}$/, 'must be 12-64 letters or digits (a Docker endpoint id)');
-const optionalString = z.string().nullish().transform((v) => v ?? undefined);
+/** Addresses, CIDRs, MACs, pool ids: short by nature; bounded so that errors quoting them stay short. */
+const optionalString = z.string().max(256).nullish().transform((v) => v ?? undefined);
 const stringMap = z
   .record(z.union([z.string(), z.number(), z.boolean()]).transform(String))
   .nullish()
@@ -18,7 +19,7 @@ const anyMap = z.record(z.unknown()).nullish().transform((v) => v ?? {});
 
 const ipamData = z.object({
   AddressSpace: z.string().nullish().transform((v) => v ?? ''),
-  Pool: z.string(),
+  Pool: z.string().max(256),
   Gateway: optionalString,
   AuxAddresses: z.record(z.string()).nullish(),
 });

@@ -4,6 +4,7 @@ import net from 'node:net';
 import path from 'node:path';
 import type { z } from 'zod';
 import type { Logger } from '../log';
+import { StoreUnavailableError } from '../store/store';
 import { PluginError, errorMessage } from '../util/errors';
 
 export const PLUGIN_CONTENT_TYPE = 'application/vnd.docker.plugins.v1+json';
@@ -39,37 +40,69 @@ function parseBody(raw: unknown): unknown {
   }
 }
 
+/** A plain GET endpoint served beside the plugin methods (`/metrics`, `/healthz`). */
+export type GetHandler = () => Promise<{ status?: number; contentType: string; body: string }>;
+
+/** Optional extras of the plugin server; the plugin protocol itself does not depend on them. */
+export interface AppOptions {
+  /** Called once for every plugin method answered (status 200 or the error's), e.g. for metrics. */
+  onRequest?(method: string, status: number, seconds: number): void;
+  /** GET endpoints by path. */
+  get?: Record<string, GetHandler>;
+}
+
+/** Error texts may quote the request: bounded, so that a hostile request cannot flood logs or replies. */
+export const MAX_ERROR_CHARS = 1024;
+
+function clip(message: string): string {
+  return message.length <= MAX_ERROR_CHARS ? message : `${message.slice(0, MAX_ERROR_CHARS)}… (${message.length} characters)`;
+}
+
 function reply(res: Response, status: number, body: unknown): void {
   res.status(status).type(PLUGIN_CONTENT_TYPE).send(JSON.stringify(body));
 }
 
-export function createApp(routes: Record<string, Route>, logger: Logger): express.Express {
+export function createApp(routes: Record<string, Route>, logger: Logger, options: AppOptions = {}): express.Express {
   const app = express();
   app.disable('x-powered-by');
+  for (const [getPath, handler] of Object.entries(options.get ?? {})) {
+    app.get(getPath, (_req: Request, res: Response) => {
+      handler().then(
+        (r) => res.status(r.status ?? 200).type(r.contentType).send(r.body),
+        (err: unknown) => res.status(500).type('text/plain').send(`${errorMessage(err)}\n`),
+      );
+    });
+  }
   app.use(express.text({ type: () => true, limit: MAX_BODY_BYTES }));
   app.post('/:method', (req: Request, res: Response, next: NextFunction) => {
     const method = String(req.params.method);
     const target = Object.hasOwn(routes, method) ? routes[method] : undefined;
     if (!target) return next();
     const started = process.hrtime.bigint();
+    let answered = 200;
     Promise.resolve()
       .then(() => target.run(parseBody(req.body)))
       .then((result) => reply(res, 200, result ?? {}))
       .catch((err: unknown) => {
-        const status = err instanceof PluginError ? err.status : 500;
+        // The store being down is worth its own status: the request itself was fine, try again later.
+        const status = err instanceof PluginError ? err.status : err instanceof StoreUnavailableError ? 503 : 500;
+        answered = status;
         const level = status >= 500 ? 'error' : 'warn';
-        logger.log(level, 'request failed', { method, status, error: errorMessage(err) });
-        reply(res, status, { Err: errorMessage(err) });
+        const message = clip(errorMessage(err));
+        logger.log(level, 'request failed', { method, status, error: message });
+        reply(res, status, { Err: message });
       })
       .finally(() => {
-        logger.debug('request', { method, ms: Number(process.hrtime.bigint() - started) / 1e6 });
+        const ms = Number(process.hrtime.bigint() - started) / 1e6;
+        logger.debug('request', { method, ms });
+        options.onRequest?.(method, answered, ms / 1000);
       });
   });
-  app.use((req: Request, res: Response) => reply(res, 404, { Err: `unknown plugin method ${req.method} ${req.path}` }));
+  app.use((req: Request, res: Response) => reply(res, 404, { Err: clip(`unknown plugin method ${req.method} ${req.path}`) }));
   // Body-parser failures (too large, bad encoding) arrive here with their own status.
   app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
     const status = typeof err === 'object' && err !== null && 'status' in err && typeof err.status === 'number' ? err.status : 400;
-    const message = status === 413 ? `request body larger than ${MAX_BODY_BYTES} bytes` : `bad request: ${errorMessage(err)}`;
+    const message = status === 413 ? `request body larger than ${MAX_BODY_BYTES} bytes` : clip(`bad request: ${errorMessage(err)}`);
     reply(res, status, { Err: message });
   });
   return app;
@@ -91,8 +124,9 @@ function socketInUse(socketPath: string): Promise<boolean> {
  * Listens on the Unix socket Docker discovers plugins by. A stale socket file from a crashed
  * run is replaced; a live one is an error (two plugins would fight over every network).
  * The socket is root-only: whoever can write to it can rewire every container's network.
+ * With `group` (a gid) it is given to that group with mode 0660 (`--socket-group`).
  */
-export async function listenUnix(app: express.Express, socketPath: string, mode = 0o600): Promise<net.Server> {
+export async function listenUnix(app: express.Express, socketPath: string, mode = 0o600, group?: number): Promise<net.Server> {
   fs.mkdirSync(path.dirname(socketPath), { recursive: true });
   if (fs.existsSync(socketPath)) {
     if (await socketInUse(socketPath)) throw new Error(`another process is already serving ${socketPath}`);
@@ -105,7 +139,8 @@ export async function listenUnix(app: express.Express, socketPath: string, mode 
       const s = app.listen(socketPath, () => resolve(s as unknown as net.Server));
       s.once('error', reject);
     });
-    fs.chmodSync(socketPath, mode);
+    if (group !== undefined) fs.chownSync(socketPath, process.getuid?.() ?? 0, group);
+    fs.chmodSync(socketPath, group !== undefined ? (mode | 0o060) & 0o660 : mode);
     return httpServer;
   } finally {
     process.umask(previousUmask);

@@ -16,6 +16,7 @@
  */
 
 import * as tls from 'node:tls';
+import { noop } from 'cockatiel';
 import {
   Etcd3,
   EtcdLeaseInvalidError,
@@ -230,6 +231,14 @@ export class EtcdStore implements Store {
       hosts: bare.map((h) => `${secure ? 'https' : 'http'}://${h}`),
       dialTimeout: this.timeoutMs,
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + this.timeoutMs }),
+      // gRPC's default reconnect backoff grows to 120 s: after an outage of tens of seconds the
+      // channel would stay down long after etcd is back. Retry the connection at least every 2 s.
+      grpcOptions: { 'grpc.initial_reconnect_backoff_ms': 250, 'grpc.max_reconnect_backoff_ms': 2000 },
+      // No circuit breaker: etcd3's default one refuses every call for 5 s after three failures,
+      // which delays recovery after an outage by up to 5 s (as long as a short lease TTL: a host
+      // could miss re-registering before its old lease expires). Without it every call still
+      // ends within its deadline, and fails at once while the connection is refused.
+      faultHandling: { host: () => noop },
     };
     if (options.tls) {
       const { ca, cert, key } = options.tls;

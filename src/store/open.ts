@@ -16,7 +16,7 @@ import { EtcdStore, EtcdTlsOptions } from './etcd';
 import { LocalStore } from './local';
 
 export interface EtcdConnectOptions {
-  /** PEM files for TLS; giving any of them implies TLS. */
+  /** PEM files for TLS (or the PEM text itself); giving any of them implies TLS. */
   caFile?: string;
   certFile?: string;
   keyFile?: string;
@@ -133,6 +133,8 @@ export function parseStoreUrl(url: string, env: NodeJS.ProcessEnv = process.env)
 
 async function readPem(what: string, file: string | undefined): Promise<Buffer | undefined> {
   if (file === undefined) return undefined;
+  // The PEM text itself (e.g. `docker plugin set tsoverlay ETCD_CA="$(cat ca.pem)"`).
+  if (file.trimStart().startsWith('-----BEGIN ')) return Buffer.from(file.trim() + '\n');
   try {
     return await fsp.readFile(file);
   } catch (err) {

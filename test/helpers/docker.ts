@@ -139,6 +139,8 @@ export interface DockerHost {
   readonly dockerHost: string;
   /** dockerd's PID. */
   readonly pid: number;
+  /** A live process in the host's namespaces: dockerd, or while it is down (restartDaemon) a placeholder. */
+  nsPid(): number;
   /** dockerode client for this daemon. */
   readonly docker: Dockerode;
   /** The underlay host when started in one. */
@@ -168,6 +170,23 @@ export interface DockerHost {
   /** Tail of dockerd's log. */
   logs(maxChars?: number): string;
   running(): boolean;
+  /**
+   * Stops dockerd (SIGTERM, letting it stop its containers; `{kill: true}`: SIGKILL, a crash)
+   * and, unless `{start: false}`, starts it again in the same namespaces with the same
+   * arguments and data, as a service manager restarting Docker would. Background exec
+   * processes (the plugin) keep running, and exec() keeps working while dockerd is down.
+   * Resolves when the new daemon's API answers (or once the old one is gone).
+   */
+  restartDaemon(opts?: { kill?: boolean; start?: boolean }): Promise<void>;
+  /** Starts dockerd again after restartDaemon({start: false}) or crash(). */
+  startDaemon(): Promise<void>;
+  /**
+   * A power loss: SIGKILL to every process of the host (dockerd, containerd, shims, containers,
+   * background exec processes such as the plugin), then what a reboot does to /run: every mount
+   * below the exec-root and the private tmpfs directories goes and they are emptied. The network
+   * namespace (the machine's NIC) and Docker's data root survive; startDaemon() boots it again.
+   */
+  crash(): Promise<void>;
   /**
    * Removes all containers and non-default networks (while plugins still answer), stops
    * dockerd (SIGTERM, then SIGKILL), stops background exec processes, kills anything
@@ -448,14 +467,19 @@ export async function startDockerHost(opts: DockerHostOptions): Promise<DockerHo
   timings.startMs = Date.now() - started;
   if (!mountNs || mountNs === rootMnt) return fail('dockerd is not in a private mount namespace');
   if (netnsPath !== undefined && netNs !== nsIdOfFile(netnsPath, 'net')) return fail(`dockerd is not in ${netnsPath}`);
-  const dockerdPid = (dockerdRef as PidRef).pid;
+  let dockerdPid = (dockerdRef as PidRef).pid;
+  /** Keeps the host's namespaces enterable while dockerd is down (restartDaemon). */
+  let anchor: ManagedProcess | undefined;
+  const nsTarget = (): number | undefined =>
+    dockerdRef && isAlive(dockerdRef) ? dockerdRef.pid : anchor?.running() ? anchor.pid : undefined;
 
   let bgCount = 0;
   function exec(argv2: readonly string[], o?: HostExecOptions): Promise<RunResult>;
   function exec(argv2: readonly string[], o: BackgroundExecOptions): ManagedProcess;
   function exec(argv2: readonly string[], o?: HostExecOptions | BackgroundExecOptions): Promise<RunResult> | ManagedProcess {
-    if (stopped || !dockerdRef || !isAlive(dockerdRef)) throw new Error(`host ${name} is not running`);
-    const full = ['nsenter', '-t', String(dockerdPid), '-n', '-m', '--', ...argv2];
+    const target = stopped ? undefined : nsTarget();
+    if (target === undefined) throw new Error(`host ${name} is not running`);
+    const full = ['nsenter', '-t', String(target), '-n', '-m', '--', ...argv2];
     if (o && o.background) {
       const pname = o.name ?? path.basename(argv2[0] ?? 'proc');
       const p = spawnTracked(full, {
@@ -479,7 +503,10 @@ export async function startDockerHost(opts: DockerHostOptions): Promise<DockerHo
     prefix,
     socketPath,
     dockerHost: `unix://${socketPath}`,
-    pid: dockerdPid,
+    get pid() {
+      return dockerdPid;
+    },
+    nsPid: () => nsTarget() ?? dockerdPid,
     docker,
     underlay,
     netnsPath,
@@ -495,7 +522,65 @@ export async function startDockerHost(opts: DockerHostOptions): Promise<DockerHo
     cli: (args, o) => run([DOCKER_CLI, '-H', `unix://${socketPath}`, ...args], o),
     logs: (max = 8000) => tail(launcher.output(), max),
     running: () => !stopped && dockerdRef !== undefined && isAlive(dockerdRef),
+    restartDaemon: async (ro = {}) => {
+      if (stopped || !dockerdRef) throw new Error(`host ${name} is not running`);
+      if (!anchor?.running()) anchor = exec(['sleep', '2147483647'], { background: true, name: 'ns-anchor', stopTimeoutMs: 1000 });
+      if (isAlive(dockerdRef)) {
+        await killPids([dockerdRef], { signal: ro.kill ? 'SIGKILL' : 'SIGTERM', timeoutMs: 20_000 });
+      }
+      if (ro.start !== false) await startAgain();
+    },
+    startDaemon: () => startAgain(),
+    crash: async () => {
+      if (stopped || !dockerdRef) throw new Error(`host ${name} is not running`);
+      if (!anchor?.running()) anchor = exec(['sleep', '2147483647'], { background: true, name: 'ns-anchor', stopTimeoutMs: 1000 });
+      const keep = anchor.pid;
+      for (let round = 0; round < 5; round++) {
+        const victims = strayProcesses().filter((p) => p.pid !== keep);
+        if (victims.length === 0) break;
+        await killPids(victims, { signal: 'SIGKILL', timeoutMs: 3000 });
+      }
+      const dirs = [execRoot, ...tmpfs];
+      const pattern = dirs.map((d) => `${d}/`).join('|').replace(/\./g, '\\.');
+      const wipe = [
+        `awk '{print $5}' /proc/self/mountinfo | grep -E '^(${pattern})' | sort -r | while read -r m; do umount -l "$m" || true; done`,
+        ...dirs.map((d) => `rm -rf ${shQuote(d)}/* 2>/dev/null || true`),
+      ].join('\n');
+      await exec(['sh', '-c', wipe], { allowFailure: true });
+    },
     stop: stopAsync,
+  };
+
+  /** dockerd again, inside the anchor's namespaces, with the original arguments. */
+  const startAgain = async (): Promise<void> => {
+    if (stopped || !anchor?.running()) throw new Error(`host ${name}: restartDaemon() first`);
+    if (dockerdRef && isAlive(dockerdRef)) return;
+    const previous = dockerdRef?.pid;
+    const relaunch = spawnTracked(
+      ['nsenter', '-t', String(anchor.pid), '-n', '-m', '--', ...(useInit ? [DOCKER_INIT, '-s', '-p', 'SIGTERM', '--'] : []), ...dockerdArgs],
+      { name: `dockerd-${name}`, logFile, env: { ...process.env, ...(opts.env ?? {}) }, registerCleanup: false, keepChars: 64 * 1024 },
+    );
+    background.push(relaunch);
+    recordResource({ kind: 'pid', pid: relaunch.pid, startTime: relaunch.startTime });
+    const until = Date.now() + (opts.startTimeoutMs ?? 60_000);
+    for (;;) {
+      if (!relaunch.running()) throw new Error(`dockerd ${name} exited at restart:\n${tail(relaunch.output(), 4000)}`);
+      if (Date.now() > until) throw new Error(`dockerd ${name} did not answer after restart`);
+      const pid = fs.existsSync(pidFile) ? Number(fs.readFileSync(pidFile, 'utf8').trim()) : 0;
+      const info = pid > 0 && pid !== previous ? readProc(pid) : undefined;
+      if (info && info.comm === 'dockerd') {
+        dockerdRef = { pid, startTime: info.startTime };
+        dockerdPid = pid;
+        recordResource({ kind: 'pid', pid, startTime: info.startTime });
+        try {
+          await withTimeout(docker.ping(), 2000, 'ping');
+          return;
+        } catch {
+          /* not yet */
+        }
+      }
+      await sleep(50);
+    }
   };
 
   if (opts.importImage) {

@@ -135,11 +135,12 @@ async function openssl(...args: string[]): Promise<void> {
   await runFile('openssl', args);
 }
 
-/** A throw-away CA, a server certificate for 127.0.0.1 and a client certificate. */
-async function makePki(dir: string): Promise<EtcdPki> {
+/** A throw-away CA, a server certificate for 127.0.0.1 (and `extraIp`) and a client certificate. */
+async function makePki(dir: string, extraIp?: string): Promise<EtcdPki> {
   mkdirSync(dir, { recursive: true });
   const f = (n: string): string => path.join(dir, n);
-  writeFileSync(f('server.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n');
+  const san = `IP:127.0.0.1,DNS:localhost${extraIp ? `,IP:${extraIp}` : ''}`;
+  writeFileSync(f('server.ext'), `subjectAltName=${san}\nextendedKeyUsage=serverAuth,clientAuth\n`);
   writeFileSync(f('client.ext'), 'extendedKeyUsage=clientAuth\n');
   await openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=tso-test-ca',
     '-keyout', f('ca.key'), '-out', f('ca.crt'));
@@ -185,7 +186,7 @@ export async function startEtcd(options: StartEtcdOptions = {}): Promise<EtcdSer
     if (clientPort === peerPort) continue;
     const dataDir = await mkdtemp(path.join(runDir, `etcd-${clientPort}-`));
     try {
-      const pki = options.tls ? await makePki(path.join(dataDir, 'pki')) : undefined;
+      const pki = options.tls ? await makePki(path.join(dataDir, 'pki'), options.alsoListenOn) : undefined;
       return await launch(prefix, dataDir, clientPort, peerPort, options.startTimeoutMs ?? 20_000, pki, options.rootPassword, options.alsoListenOn);
     } catch (err) {
       lastError = err as Error;

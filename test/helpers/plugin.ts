@@ -50,13 +50,14 @@ export async function startPlugin(host: DockerHost, opts: PluginOptions = {}): P
     ...(opts.extraArgs ?? []),
   ];
   const proc = host.exec(argv, { background: true, name: 'tsoverlay', env: { ...process.env, ...(opts.env ?? {}) } });
-  const socketPath = `/proc/${host.pid}/root${PLUGIN_SOCKET}`;
+  // Through a process in the host's mount namespace (dockerd, or a placeholder while it is down).
+  const socketPath = `/proc/${host.nsPid()}/root${PLUGIN_SOCKET}`;
   await waitFor(() => fs.existsSync(socketPath) || !proc.running(), { timeoutMs: 15_000, what: 'plugin socket' });
   if (!proc.running()) throw new Error(`tsoverlay exited at start:\n${proc.output()}`);
   await proc.waitForOutput('tsoverlay serving', 15_000);
   const call = (method: string, body: string) =>
     new Promise<{ status: number; contentType: string; body: unknown }>((resolve, reject) => {
-      const req = http.request({ socketPath, path: method, method: 'POST' }, (res) => {
+      const req = http.request({ socketPath: `/proc/${host.nsPid()}/root${PLUGIN_SOCKET}`, path: method, method: 'POST' }, (res) => {
         let data = '';
         res.on('data', (c: Buffer) => (data += c.toString()));
         res.on('end', () => {

@@ -104,3 +104,30 @@ test(`${N} peers: add, repeat, list, reconcile, remove`, async (t) => {
     await dp.removeOverlay(networkId);
   }
 });
+
+test('removing a few peers (one lookup each, no table dump): only their entries go', async () => {
+  const vni = 0x100000 + Math.floor(Math.random() * 0xfffff);
+  const networkId = testId('f');
+  const info = await dp.ensureOverlay({ networkId, vni, mtu: 1450, gatewayCidr: '10.250.9.1/24', mode: 'static' });
+  const peer = (i: number, vtep = 1): Peer => ({ ip: `10.250.9.${i}`, mac: `02:42:0a:fa:09:${i.toString(16).padStart(2, '0')}`, vtep: `192.0.2.${vtep}` });
+  try {
+    await dp.applyPeers(networkId, [peer(10), peer(11), peer(12)], []);
+    // What the bridge learned behind vxlan0 for a leaving MAC goes too.
+    bridgeIn(info.netnsPath, 'fdb', 'add', peer(11).mac, 'dev', 'vxlan0', 'master', 'dynamic');
+    await dp.applyPeers(networkId, [], [peer(11)]);
+    assert.deepEqual((await dp.listPeers(networkId)).map((p) => p.ip).sort(), ['10.250.9.10', '10.250.9.12']);
+    assert.doesNotMatch(bridgeIn(info.netnsPath, 'fdb', 'show', 'dev', 'vxlan0'), new RegExp(peer(11).mac));
+    // The address now belongs to another MAC: removing the old peer leaves the new neighbour alone.
+    const newer: Peer = { ip: '10.250.9.10', mac: '02:42:aa:bb:cc:dd', vtep: '192.0.2.7' };
+    await dp.applyPeers(networkId, [newer], []);
+    await dp.applyPeers(networkId, [], [peer(10)]);
+    assert.match(ipIn(info.netnsPath, 'neigh', 'show', 'dev', 'vxlan0'), /10\.250\.9\.10 lladdr 02:42:aa:bb:cc:dd PERMANENT/);
+    assert.doesNotMatch(bridgeIn(info.netnsPath, 'fdb', 'show', 'dev', 'vxlan0'), new RegExp(peer(10).mac));
+    // Absent peers are fine; a peer that moved host keeps its neighbour entry.
+    await dp.applyPeers(networkId, [], [peer(99)]);
+    await dp.applyPeers(networkId, [peer(12, 9)], [peer(12, 1)]);
+    assert.deepEqual((await dp.listPeers(networkId)).find((p) => p.ip === '10.250.9.12'), peer(12, 9));
+  } finally {
+    await dp.removeOverlay(networkId);
+  }
+});

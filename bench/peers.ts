@@ -1,0 +1,161 @@
+/**
+ * Benchmark 2 — peer programming rate: install N remote peers (a PERMANENT neighbour entry and a
+ * `dst <vtep> self permanent` FDB entry each) into an overlay namespace made by tsoverlay's
+ * dataplane, then remove them again, three ways:
+ *
+ *  - tsoverlay: `Dataplane.applyPeers(network, peers, [])` / `applyPeers(network, [], peers)`,
+ *    the code path of the plugin (pre-encoded messages, many to a datagram);
+ *  - `ip -batch` + `bridge -batch`: the same entries as one `ip` and one `bridge` process
+ *    reading commands from stdin (`neigh replace … nud permanent`, `fdb replace … self permanent`);
+ *  - one process per entry: `ip neigh replace …` and `bridge fdb replace …` per peer from a shell
+ *    inside the namespace, on a sample of `--sample` peers, the rate extrapolated to N.
+ *
+ * Every method gets a fresh overlay namespace per repetition; the methods are interleaved in a
+ * random order per repetition, and the result of each run is checked by listing the tables.
+ * The command runs in a network and mount namespace of its own (see lib/isolate.ts).
+ *
+ *   node dist/bench/peers.js [--peers 10000] [--reps 5] [--sample 500] [--json FILE]
+ */
+import * as path from 'node:path';
+import { Dataplane } from '../src/dataplane/dataplane';
+import type { Peer } from '../src/dataplane/types';
+import { silentLogger } from '../src/log';
+import { registerCleanup, removeTree, run, runDir } from '../test/helpers/proc';
+import { runIsolated } from './lib/isolate';
+import { runBench } from './lib/main';
+import { target } from './lib/report';
+import { fmt, fmtInt, fmtRatio, median, ratio, shuffled } from './lib/stats';
+
+type Method = 'tsoverlay' | 'batch' | 'perProcess';
+const LABEL: Record<Method, string> = {
+  tsoverlay: 'tsoverlay dataplane (`Dataplane.applyPeers`)',
+  batch: '`ip -batch` + `bridge -batch`',
+  perProcess: 'one `ip`/`bridge` process per entry (sampled, extrapolated)',
+};
+
+function peerList(n: number): Peer[] {
+  const out: Peer[] = [];
+  for (let i = 0; i < n; i++) {
+    const b1 = 64 + ((i >> 16) & 0x3f);
+    const b2 = (i >> 8) & 0xff;
+    const b3 = i & 0xff;
+    const hex = (x: number) => x.toString(16).padStart(2, '0');
+    out.push({ ip: `10.${b1}.${b2}.${b3}`, mac: `02:42:0a:${hex(b1)}:${hex(b2)}:${hex(b3)}`, vtep: `192.0.2.${1 + (i % 50)}` });
+  }
+  return out;
+}
+
+const addIp = (p: Peer) => `neigh replace ${p.ip} lladdr ${p.mac} dev vxlan0 nud permanent`;
+const addFdb = (p: Peer) => `fdb replace ${p.mac} dev vxlan0 dst ${p.vtep} self permanent`;
+const delIp = (p: Peer) => `neigh del ${p.ip} dev vxlan0`;
+const delFdb = (p: Peer) => `fdb del ${p.mac} dev vxlan0 dst ${p.vtep} self`;
+
+if (runIsolated()) {
+  runBench(
+    {
+      name: 'peers',
+      title: '2. Peer programming rate: neighbour + FDB entries into an overlay namespace',
+      description: "tsoverlay's dataplane vs ip -batch/bridge -batch vs one ip process per entry.",
+      options: {
+        peers: { full: 10_000, smoke: 200, help: 'remote peers installed and removed per run' },
+        reps: { full: 5, smoke: 1, help: 'repetitions of every method' },
+        sample: { full: 500, smoke: 50, help: 'peers run through the one-process-per-entry baseline' },
+      },
+    },
+    async (p, ctx) => {
+      const n = Math.round(p.peers);
+      const sampleN = Math.min(n, Math.round(p.sample));
+      const dir = runDir();
+      const netnsDir = path.join(dir, 'netns');
+      const dp = new Dataplane({ netnsDir, logger: silentLogger() });
+      registerCleanup('peers bench dataplane', async () => {
+        for (const o of dp.listOverlays()) await dp.removeOverlay(o.networkIdPrefix).catch(() => undefined);
+        dp.close();
+        removeTree(netnsDir);
+      });
+      await run(['ip', 'link', 'set', 'lo', 'up']);
+      const peers = peerList(n);
+      const sample = peers.slice(0, sampleN);
+      const batchAdd = { ip: `${peers.map(addIp).join('\n')}\n`, bridge: `${peers.map(addFdb).join('\n')}\n` };
+      const batchDel = { ip: `${peers.map(delIp).join('\n')}\n`, bridge: `${peers.map(delFdb).join('\n')}\n` };
+      const shAdd = `${sample.map((x) => `ip ${addIp(x)}\nbridge ${addFdb(x)}`).join('\n')}\n`;
+      const shDel = `${sample.map((x) => `ip ${delIp(x)}\nbridge ${delFdb(x)}`).join('\n')}\n`;
+
+      let serial = 0;
+      const fresh = async () => {
+        serial++;
+        const networkId = `benchpeers${String(serial).padStart(4, '0')}`;
+        const info = await dp.ensureOverlay({ networkId, vni: 4000 + serial, mtu: 1450, gatewayCidr: '10.63.255.254/10', mode: 'static' });
+        return { networkId, netns: info.netnsPath };
+      };
+      const check = async (networkId: string, want: number, what: string) => {
+        const have = (await dp.listPeers(networkId)).length;
+        if (have !== want) throw new Error(`${what}: ${have} peers in the kernel, expected ${want}`);
+      };
+      const seconds = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e9;
+
+      const rates: Record<Method, { add: number[]; remove: number[] }> = {
+        tsoverlay: { add: [], remove: [] },
+        batch: { add: [], remove: [] },
+        perProcess: { add: [], remove: [] },
+      };
+      const reps = Math.max(1, Math.round(p.reps));
+      for (let r = 1; r <= reps; r++) {
+        for (const m of shuffled<Method>(['tsoverlay', 'batch', 'perProcess'])) {
+          const { networkId, netns } = await fresh();
+          const count = m === 'perProcess' ? sampleN : n;
+          const ns = (argv: string[], input: string) => run(['nsenter', `--net=${netns}`, '--', ...argv], { input, timeoutMs: 600_000 });
+          let t0 = process.hrtime.bigint();
+          if (m === 'tsoverlay') await dp.applyPeers(networkId, peers, []);
+          else if (m === 'batch') {
+            await ns(['ip', '-batch', '-'], batchAdd.ip);
+            await ns(['bridge', '-batch', '-'], batchAdd.bridge);
+          } else await ns(['sh', '-s'], shAdd);
+          const addS = seconds(t0);
+          await check(networkId, count, `${m} add`);
+          t0 = process.hrtime.bigint();
+          if (m === 'tsoverlay') await dp.applyPeers(networkId, [], peers);
+          else if (m === 'batch') {
+            await ns(['ip', '-batch', '-'], batchDel.ip);
+            await ns(['bridge', '-batch', '-'], batchDel.bridge);
+          } else await ns(['sh', '-s'], shDel);
+          const removeS = seconds(t0);
+          await check(networkId, 0, `${m} remove`);
+          await dp.removeOverlay(networkId);
+          rates[m].add.push(count / addS);
+          rates[m].remove.push(count / removeS);
+          ctx.log(`rep ${r}/${reps} ${m}: add ${count} in ${addS.toFixed(3)} s, remove in ${removeS.toFixed(3)} s`);
+        }
+      }
+
+      const med = (m: Method, k: 'add' | 'remove') => median(rates[m][k]);
+      const rows = (['tsoverlay', 'batch', 'perProcess'] as Method[]).map((m) => [
+        LABEL[m],
+        fmtInt(med(m, 'add')),
+        fmt(n / med(m, 'add'), 3),
+        fmtRatio(ratio(med(m, 'add'), med('batch', 'add'))),
+        fmtInt(med(m, 'remove')),
+        fmt(n / med(m, 'remove'), 3),
+        fmtRatio(ratio(med(m, 'remove'), med('batch', 'remove'))),
+      ]);
+      return {
+        tables: [
+          {
+            title: `${fmtInt(n)} peers (neighbour + FDB entry each), median of ${reps} run(s)`,
+            columns: ['method', 'add: peers/s', `add: s for ${fmtInt(n)}`, 'add vs ip -batch', 'remove: peers/s', `remove: s for ${fmtInt(n)}`, 'remove vs ip -batch'],
+            rows,
+          },
+        ],
+        targets: [
+          target('add rate, tsoverlay / ip -batch', ratio(med('tsoverlay', 'add'), med('batch', 'add')), '>=', 1.0),
+        ],
+        notes: [
+          `Each run starts from a fresh overlay namespace (br0 + vxlan0, made by tsoverlay's \`Dataplane.ensureOverlay\`), inside a network and mount namespace private to the benchmark; the methods run in a random order per repetition; every run is checked by listing the tables (${fmtInt(n)} peers after adding, none after removing).`,
+          "tsoverlay's time covers `applyPeers` from the peer list (parsing, encoding, netlink I/O, the acknowledgements); removal includes its two table dumps (it deletes only what exists). The `ip`/`bridge` times cover the processes (`nsenter … ip -batch -`, then `bridge -batch -`), their parsing of the command text and the kernel work; the text is generated beforehand.",
+          `One process per entry: ${fmtInt(sampleN)} peers (${fmtInt(2 * sampleN)} processes, \`ip neigh replace\` and \`bridge fdb replace\` each, run by one \`sh\` in the namespace); the "s for ${fmtInt(n)}" column extrapolates that rate to ${fmtInt(n)} peers.`,
+        ],
+        complete: true,
+      };
+    },
+  );
+}

@@ -1,0 +1,97 @@
+/**
+ * Requests in flight, kept on disk so that Docker's retry after a plugin crash can succeed.
+ *
+ * Docker's plugin client (moby pkg/plugins, callWithRetry) retries a call whose connection
+ * failed for up to 30 s, but builds every attempt from the same request-body reader: when the
+ * first attempt reached the plugin and the plugin died before answering, the body was already
+ * read, and the retry arrives with an empty body ("NetworkID: Required"), so the operation
+ * fails although the restarted plugin is ready to do it.
+ *
+ * Every stateful request is therefore written to a small file before it runs and removed once
+ * it is answered. A restarted plugin reads what the previous process left (requests that were
+ * cut off) and, when an empty-bodied request for a method arrives within Docker's retry window
+ * and exactly one cut-off request of that method exists, runs that one instead: it is the call
+ * Docker is retrying. With several candidates the request fails as before (no guessing).
+ * Every handler is idempotent, so running a request that had in fact completed is harmless.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Logger } from '../log';
+import { errorMessage } from '../util/errors';
+
+/** Docker gives up retrying after 30 s; a little slack for the restart itself. */
+export const REPLAY_WINDOW_MS = 40_000;
+
+interface CutOff {
+  method: string;
+  body: unknown;
+  at: number;
+}
+
+export class InflightJournal {
+  private seq = 0;
+  private enabled = true;
+  private cutOff: CutOff[] = [];
+
+  constructor(
+    private readonly dir: string,
+    private readonly logger: Logger,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Takes over what a previous process left behind (call once, before serving). */
+  recover(): number {
+    try {
+      fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    } catch (err) {
+      this.enabled = false;
+      this.logger.warn('in-flight request journal disabled', { dir: this.dir, error: errorMessage(err) });
+      return 0;
+    }
+    for (const name of fs.readdirSync(this.dir)) {
+      const file = path.join(this.dir, name);
+      const m = /^([A-Za-z]+\.[A-Za-z]+)\.\d+\.\d+\.json$/.exec(name);
+      try {
+        if (m) {
+          const at = fs.statSync(file).mtimeMs;
+          if (this.now() - at < REPLAY_WINDOW_MS) this.cutOff.push({ method: m[1]!, body: JSON.parse(fs.readFileSync(file, 'utf8')) as unknown, at });
+        }
+      } catch {
+        // unreadable or half-written: nothing to replay
+      }
+      fs.rmSync(file, { force: true });
+    }
+    if (this.cutOff.length > 0) {
+      this.logger.warn('requests cut off by the previous run', { requests: this.cutOff.map((c) => c.method) });
+    }
+    return this.cutOff.length;
+  }
+
+  /** Notes a request before it runs; the returned function forgets it once answered. */
+  begin(method: string, body: unknown): () => void {
+    if (!this.enabled) return () => undefined;
+    const file = path.join(this.dir, `${method}.${process.pid}.${++this.seq}.json`);
+    try {
+      fs.writeFileSync(file, JSON.stringify(body), { mode: 0o600 });
+    } catch (err) {
+      this.logger.debug('cannot journal request', { method, error: errorMessage(err) });
+      return () => undefined;
+    }
+    // Synchronously, before the reply is written: a request still journaled at a crash is one
+    // whose answer Docker has not received (and will retry).
+    return () => fs.rmSync(file, { force: true });
+  }
+
+  /**
+   * The body Docker lost for an empty-bodied `method` request: the one cut-off request of that
+   * method from the last crash, if there is exactly one and it is recent; it is used up.
+   */
+  lostBody(method: string): unknown {
+    const now = this.now();
+    this.cutOff = this.cutOff.filter((c) => now - c.at < REPLAY_WINDOW_MS);
+    const candidates = this.cutOff.filter((c) => c.method === method);
+    if (candidates.length !== 1) return undefined;
+    this.cutOff = this.cutOff.filter((c) => c !== candidates[0]);
+    return candidates[0]!.body;
+  }
+}

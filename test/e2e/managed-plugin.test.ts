@@ -1,0 +1,235 @@
+/**
+ * Issue "Ship it the way Docker plugins ship": the managed plugin built by plugin/build.sh
+ * (from a locally made stand-in for node:20: no registry is reachable here), pushed to a real
+ * registry (Debian's docker-registry on the underlay), installed from it on two Docker hosts
+ * with settings, a cross-host ping, then `docker plugin disable -f` + `enable` on one host while
+ * a ping runs between the hosts: the overlay namespaces outlive the plugin's container, so
+ * (almost) no packet is lost and nothing is duplicated afterwards.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { after, before, test } from 'node:test';
+import { DOCKERD, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
+import { startEtcd, type EtcdServer } from '../helpers/etcd';
+import { canBuildImage } from '../helpers/image';
+import {
+  INSECURE_REGISTRY_ARGS,
+  MANAGED_NETNS_DIR,
+  PLUGIN_DRIVER,
+  REGISTRY_BIN,
+  buildPlugin,
+  installPlugin,
+  pluginLog,
+  removePlugin,
+  startBuildHost,
+  startRegistry,
+  type BuildHost,
+  type BuiltPlugin,
+  type Registry,
+} from '../helpers/managed-plugin';
+import { cleanupAfter, sleep, waitFor } from '../helpers/proc';
+
+const skip =
+  process.getuid?.() !== 0
+    ? 'needs root'
+    : !fs.existsSync(DOCKERD)
+      ? `${DOCKERD} missing (apt-get install docker.io)`
+      : !fs.existsSync('/usr/bin/etcd')
+        ? '/usr/bin/etcd missing (apt-get install etcd-server)'
+        : !fs.existsSync(REGISTRY_BIN)
+          ? `${REGISTRY_BIN} missing (apt-get install docker-registry)`
+          : !canBuildImage()
+            ? 'static /bin/busybox missing (apt-get install busybox-static)'
+            : false;
+
+cleanupAfter();
+
+const NET = 'mnet';
+const SUBNET = '192.168.60.0/24';
+let cluster: Cluster;
+let build: BuildHost;
+let etcd: EtcdServer;
+let registry: Registry;
+let plugin: BuiltPlugin;
+let hosts: [DockerHost, DockerHost];
+let targetIp = '';
+
+interface PingStats {
+  transmitted: number;
+  received: number;
+  lost: number;
+}
+
+function pingStats(output: string): PingStats {
+  const m = /(\d+) packets transmitted, (\d+) packets received/.exec(output);
+  if (!m) throw new Error(`no ping statistics in: ${output.slice(-2000)}`);
+  const transmitted = Number(m[1]);
+  const received = Number(m[2]);
+  return { transmitted, received, lost: transmitted - received };
+}
+
+async function sh(host: DockerHost, script: string): Promise<string> {
+  return (await host.exec(['sh', '-c', script], { allowFailure: true })).stdout;
+}
+
+async function containerIp(host: DockerHost, name: string): Promise<string> {
+  const info = (await host.docker.getContainer(name).inspect()) as {
+    NetworkSettings: { Networks: Record<string, { IPAddress: string }> };
+  };
+  return info.NetworkSettings.Networks[NET]!.IPAddress;
+}
+
+async function startSleeper(host: DockerHost, name: string): Promise<string> {
+  await host.cli(['run', '-d', '--name', name, '--net', NET, cluster.image, 'sleep', '3600']);
+  return containerIp(host, name);
+}
+
+/** What exists in the kernel of one host for tsoverlay: namespace files and their contents. */
+interface KernelView {
+  namespaces: string[];
+  /**
+   * Distinct namespaces mounted under /run/tsoverlay/netns on the host. (The same namespace
+   * shows twice in mountinfo: the plugin's self-bind of netns/ is a peer of the shared
+   * /run/tsoverlay, so each file mount propagates to both, as with `ip netns` on /run/netns.)
+   */
+  nsMounts: number;
+  mountLines: string[];
+  links: string[];
+  fdb: string[];
+  neigh: string[];
+  hostVeths: string[];
+}
+
+async function kernelView(host: DockerHost): Promise<KernelView> {
+  const namespaces = (await sh(host, `ls ${MANAGED_NETNS_DIR} 2>/dev/null`)).split('\n').filter(Boolean);
+  const mountinfo = fs.readFileSync(`/proc/${host.pid}/mountinfo`, 'utf8');
+  const mountLines = mountinfo.split('\n').filter((l) => l.split(' ')[4]?.startsWith(`${MANAGED_NETNS_DIR}/`));
+  const nsMounts = new Set(mountLines.map((l) => l.split(' ')[3])).size;
+  const view: KernelView = { namespaces, nsMounts, mountLines, links: [], fdb: [], neigh: [], hostVeths: [] };
+  for (const ns of namespaces) {
+    const inNs = (cmd: string) => sh(host, `nsenter --net=${MANAGED_NETNS_DIR}/${ns} ${cmd}`);
+    view.links.push(...(await inNs('ip -o link show')).split('\n').filter(Boolean).map((l) => `${ns}: ${l.split(':')[1]!.trim().split('@')[0]}`));
+    view.fdb.push(...(await inNs('bridge fdb show dev vxlan0')).split('\n').filter((l) => l.includes(' dst ')).map((l) => `${ns}: ${l.trim()}`));
+    view.neigh.push(...(await inNs('ip neigh show dev vxlan0')).split('\n').filter(Boolean).map((l) => `${ns}: ${l.trim()}`));
+  }
+  view.hostVeths = (await sh(host, 'ip -o link show')).split('\n').filter(Boolean).map((l) => l.split(':')[1]!.trim().split('@')[0]!).filter((n) => /^v[ce][0-9a-f]{11}$/.test(n));
+  return view;
+}
+
+function duplicates(list: readonly string[]): string[] {
+  const seen = new Set<string>();
+  return list.filter((x) => (seen.has(x) ? true : (seen.add(x), false)));
+}
+
+before(async () => {
+  if (skip) return;
+  const t0 = Date.now();
+  [cluster, build] = await Promise.all([
+    startCluster({ hosts: 2, docker: { extraArgs: INSECURE_REGISTRY_ARGS } }),
+    startBuildHost(),
+  ]);
+  hosts = [cluster.hosts[0]!, cluster.hosts[1]!];
+  etcd = await startEtcd({ alsoListenOn: cluster.underlay.gateway });
+  registry = await startRegistry(cluster.underlay.gateway);
+  const t1 = Date.now();
+  plugin = await buildPlugin(build.host, `${registry.address}/tsoverlay:e2e`);
+  process.stderr.write(
+    `[managed-plugin] hosts+etcd+registry ${t1 - t0} ms; local base ${plugin.baseMs} ms; build.sh (${build.storageDriver}) + push ${plugin.buildMs} ms\n`,
+  );
+});
+
+after(async () => {
+  if (skip) return;
+  // Containers and networks go while the plugins still answer; then the plugins; then the
+  // hosts and the rest (registered cleanups, newest first).
+  await Promise.all([...(hosts ?? []), ...(build ? [build.host] : [])].map((h) => removePlugin(h).catch(() => undefined)));
+});
+
+test('installed from the registry on both hosts with settings; cross-host ping', { skip, timeout: 300_000 }, async (t) => {
+  const endpoint = etcd.endpoints.find((e) => e.startsWith(cluster.underlay.gateway))!;
+  const t0 = Date.now();
+  await Promise.all(
+    hosts.map((h) =>
+      installPlugin(h, plugin.ref, { STORE: `etcd://${endpoint}`, HOST_NAME: h.name, LOG_LEVEL: 'debug', LEASE_TTL: '5' }),
+    ),
+  );
+  t.diagnostic(`docker plugin install on 2 hosts: ${Date.now() - t0} ms (build: ${plugin.buildMs} ms, ${build.storageDriver})`);
+  for (const h of hosts) {
+    const ls = (await h.cli(['plugin', 'ls', '--format', '{{.Name}} {{.Enabled}}'])).stdout;
+    assert.match(ls, /^tsoverlay:latest true$/m, `plugin ls on ${h.name}: ${ls}`);
+    const env = (await h.cli(['plugin', 'inspect', '--format', '{{json .Settings.Env}}', PLUGIN_DRIVER])).stdout;
+    assert.match(env, new RegExp(`"HOST_NAME=${h.name}"`));
+    assert.match(env, /"STORE=etcd:\/\//);
+  }
+  for (const h of hosts) {
+    await h.cli(['network', 'create', '-d', PLUGIN_DRIVER, '--ipam-driver', PLUGIN_DRIVER, '--subnet', SUBNET, NET]);
+  }
+  const [a, b] = hosts;
+  targetIp = await startSleeper(b, 'target');
+  await startSleeper(a, 'idle-a');
+  const ping = await a.cli(['run', '--rm', '--net', NET, cluster.image, 'ping', '-c', '3', '-W', '2', targetIp], { allowFailure: true });
+  assert.equal(ping.code, 0, `h1 → ${targetIp}: ${ping.stdout}${ping.stderr}\n${pluginLog(a)}`);
+  assert.match(ping.stdout, /3 packets received/);
+  // The namespace files are on the host (/run/tsoverlay/netns), not inside the plugin.
+  for (const h of hosts) {
+    const v = await kernelView(h);
+    assert.equal(v.namespaces.length, 1, `${h.name}: ${v.namespaces.join(' ')}`);
+    assert.equal(v.nsMounts, 1, `${h.name}: namespaces mounted on the host: ${v.mountLines.join('\n')}`);
+  }
+});
+
+test('docker plugin disable -f && enable on one host while a ping runs between hosts', { skip, timeout: 240_000 }, async (t) => {
+  assert.ok(targetIp, 'the first test set up the network');
+  const [a, b] = hosts;
+  const before = await kernelView(a);
+  await a.cli(['run', '-d', '--name', 'pinger', '--net', NET, cluster.image, 'ping', '-i', '0.1', targetIp]);
+  await waitFor(async () => /bytes from/.test((await a.cli(['logs', 'pinger'])).stdout), { timeoutMs: 10_000, what: 'pinger running' });
+  await sleep(1000);
+  const t0 = Date.now();
+  await a.cli(['plugin', 'disable', '-f', PLUGIN_DRIVER], { timeoutMs: 60_000 });
+  const disabledMs = Date.now() - t0;
+  // A new flow while h1's plugin is down, between containers that existed before (a container
+  // started meanwhile cannot be reached: h1's plugin is not there to program it): h2 still holds
+  // h1's entries, since a stopping plugin keeps its host registration.
+  const idleA = await containerIp(a, 'idle-a');
+  const during = await b.cli(['exec', 'target', 'ping', '-c', '1', '-W', '2', idleA], { allowFailure: true });
+  assert.equal(during.code, 0, `new flow h2 → h1 while h1's plugin is disabled: ${during.stdout}${during.stderr}`);
+  const t1 = Date.now();
+  await a.cli(['plugin', 'enable', PLUGIN_DRIVER], { timeoutMs: 60_000 });
+  const enabledMs = Date.now() - t1;
+  await sleep(3000);
+  await a.cli(['kill', '-s', 'INT', 'pinger']);
+  await waitFor(async () => /packets transmitted/.test((await a.cli(['logs', 'pinger'])).stdout), { timeoutMs: 10_000, what: 'ping statistics' });
+  const stats = pingStats((await a.cli(['logs', 'pinger'])).stdout);
+  t.diagnostic(
+    `ping every 100 ms across disable -f (${disabledMs} ms) + a new h2 → h1 flow while disabled + enable (${enabledMs} ms): ` +
+      `${stats.transmitted} sent, ${stats.received} received, ${stats.lost} lost`,
+  );
+  assert.ok(stats.transmitted >= 30, `too few pings: ${JSON.stringify(stats)}`);
+  assert.ok(stats.lost <= 3, `lost ${stats.lost} pings during the plugin restart\n${pluginLog(a)}`);
+
+  // The re-enabled plugin works: a new container on h1 reaches h2 and vice versa.
+  const fresh = await startSleeper(a, 'after-enable');
+  const back = await b.cli(['run', '--rm', '--net', NET, cluster.image, 'ping', '-c', '2', '-W', '2', fresh], { allowFailure: true });
+  assert.equal(back.code, 0, `h2 → new container on h1: ${back.stdout}${back.stderr}\n${pluginLog(a)}`);
+  await sleep(500);
+
+  // No duplicated kernel objects on either host.
+  for (const h of hosts) {
+    const v = await kernelView(h);
+    const where = `${h.name}: ${JSON.stringify(v, null, 1)}`;
+    assert.equal(v.namespaces.length, 1, `one namespace per network: ${where}`);
+    assert.equal(v.nsMounts, 1, `one namespace mount: ${where}`);
+    assert.equal(v.links.filter((l) => l.endsWith(': vxlan0')).length, 1, `one vxlan0: ${where}`);
+    assert.equal(v.links.filter((l) => l.endsWith(': br0')).length, 1, `one br0: ${where}`);
+    const running = (await h.cli(['ps', '-q', '--filter', `network=${NET}`])).stdout.split('\n').filter(Boolean).length;
+    assert.equal(v.links.filter((l) => / ve/.test(l)).length, running, `one veth per container (${running}): ${where}`);
+    assert.deepEqual(v.hostVeths, [], `no veth ends left in the host namespace: ${where}`);
+    assert.deepEqual(duplicates(v.fdb), [], `duplicate FDB entries: ${where}`);
+    assert.deepEqual(duplicates(v.neigh), [], `duplicate neighbour entries: ${where}`);
+    assert.deepEqual(duplicates(v.neigh.map((l) => l.split(' ')[1])), [], `one neighbour entry per address: ${where}`);
+  }
+  const afterView = await kernelView(a);
+  assert.deepEqual(afterView.namespaces, before.namespaces, 'the same namespace file before and after the restart');
+  assert.deepEqual(afterView.mountLines.map((l) => l.split(' ').slice(3, 5).join(' ')), before.mountLines.map((l) => l.split(' ').slice(3, 5).join(' ')), 'no namespace mounted again');
+});

@@ -1,0 +1,236 @@
+/**
+ * The managed plugin in end-to-end tests, built and shipped the way users get it:
+ *
+ * - startBuildHost(): a dockerd in the root network namespace (so that `docker build
+ *   --network host` reaches the npm registry), with overlay2 when this kernel and /tmp allow
+ *   it (the classic builder on vfs copies the whole rootfs per step: ~3 min instead of ~1),
+ *   else vfs.
+ * - buildPlugin(): plugin/local-base.sh makes the stand-in for node:20 from this machine's
+ *   node + npm (no registry reachable here), then plugin/build.sh — the script users run with
+ *   the official base — builds the Dockerfile, assembles config.json + rootfs/, runs
+ *   `docker plugin create` and `docker plugin push`.
+ * - startRegistry(): Debian's docker-registry (`docker-registry serve CONFIG`) listening on
+ *   the underlay gateway address, storage under the run directory; every test dockerd is
+ *   started with `--insecure-registry 10.251.0.0/16` (plain HTTP, see INSECURE_REGISTRY_ARGS).
+ * - installPlugin(): `docker plugin install --grant-all-permissions --alias tsoverlay REF K=V…`.
+ *
+ * Every piece registers its own cleanup (plugins `docker plugin rm -f`, the registry killed by
+ * PID, directories removed).
+ */
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { startSingleDockerHost, type DockerHost } from './docker';
+import { registerCleanup, run, runDir, spawnTracked, waitFor, type ManagedProcess } from './proc';
+
+export const REPO_ROOT = path.resolve(__dirname, '../../..');
+export const BUILD_SCRIPT = path.join(REPO_ROOT, 'plugin/build.sh');
+export const LOCAL_BASE_SCRIPT = path.join(REPO_ROOT, 'plugin/local-base.sh');
+export const LOCAL_BASE_IMAGE = 'tsoverlay-node-base:local';
+export const REGISTRY_BIN = '/usr/bin/docker-registry';
+/** The test underlays are 10.251.X.0/24: their registries speak plain HTTP. */
+export const INSECURE_REGISTRY_ARGS: readonly string[] = ['--insecure-registry', '10.251.0.0/16'];
+/** Alias every test installs the plugin under; Docker resolves managed drivers by name:tag. */
+export const PLUGIN_ALIAS = 'tsoverlay';
+export const PLUGIN_DRIVER = 'tsoverlay:latest';
+/** The host /run/tsoverlay/netns, where the managed plugin keeps its namespace files. */
+export const MANAGED_NETNS_DIR = '/run/tsoverlay/netns';
+
+function overlayUsable(dir: string): boolean {
+  try {
+    if (!fs.readFileSync('/proc/filesystems', 'utf8').split('\n').some((l) => l.trim().endsWith('overlay'))) return false;
+    // overlay2 refuses upper dirs on overlayfs / tmpfs-less setups; ext4 and xfs are fine.
+    const r = fs.statfsSync(dir);
+    const OVERLAYFS_MAGIC = 0x794c7630;
+    const TMPFS_MAGIC = 0x01021994;
+    return r.type !== OVERLAYFS_MAGIC && r.type !== TMPFS_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
+export interface BuildHost {
+  host: DockerHost;
+  storageDriver: string;
+}
+
+/** A dockerd in the root network namespace for `docker build` (overlay2 if possible, else vfs). */
+export async function startBuildHost(): Promise<BuildHost> {
+  const extra = [...INSECURE_REGISTRY_ARGS];
+  if (overlayUsable(runDir())) {
+    try {
+      const host = await startSingleDockerHost({ name: 'build', extraArgs: [...extra, '--storage-driver', 'overlay2'] });
+      return { host, storageDriver: 'overlay2' };
+    } catch {
+      // fall through to vfs (the directory of the failed attempt is removed by its stop())
+    }
+  }
+  const host = await startSingleDockerHost({ name: 'buildvfs', extraArgs: extra });
+  return { host, storageDriver: 'vfs' };
+}
+
+export interface BuiltPlugin {
+  /** Full reference, e.g. 10.251.7.1:5000/tsoverlay:e2e. */
+  ref: string;
+  /** config.json + rootfs/ as made by plugin/build.sh. */
+  dir: string;
+  baseMs: number;
+  buildMs: number;
+  /** build.sh output (docker build steps …). */
+  log: string;
+}
+
+/**
+ * plugin/local-base.sh, then plugin/build.sh REF with PUSH=1 against the build host.
+ * TSO_PLUGIN_DIR (a directory from an earlier build.sh run) skips the docker build, for
+ * iterating on tests only: the plugin is then created from it and pushed.
+ */
+export async function buildPlugin(build: DockerHost, ref: string): Promise<BuiltPlugin> {
+  const env = { ...process.env, DOCKER: '/usr/bin/docker', DOCKER_HOST: build.dockerHost };
+  const prebuilt = process.env.TSO_PLUGIN_DIR;
+  if (prebuilt) {
+    const t = Date.now();
+    await build.cli(['plugin', 'create', ref, prebuilt], { timeoutMs: 180_000 });
+    await build.cli(['plugin', 'push', ref], { timeoutMs: 180_000 });
+    return { ref, dir: prebuilt, baseMs: 0, buildMs: Date.now() - t, log: `prebuilt ${prebuilt}` };
+  }
+  let t = Date.now();
+  await run([LOCAL_BASE_SCRIPT, LOCAL_BASE_IMAGE], { env, timeoutMs: 180_000 });
+  const baseMs = Date.now() - t;
+  t = Date.now();
+  const dir = path.join(runDir(), 'plugin-dir');
+  const proc: ManagedProcess = spawnTracked([BUILD_SCRIPT, ref], {
+    name: 'build.sh',
+    env: { ...env, BASE_IMAGE: LOCAL_BASE_IMAGE, BUILD_ARGS: '--network host', PLUGIN_DIR: dir, PUSH: '1' },
+    logFile: path.join(runDir(), 'build.log'),
+    keepChars: 200_000,
+  });
+  const exit = await Promise.race([
+    proc.exited,
+    new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 480_000).unref()),
+  ]);
+  if (!exit) await proc.stop();
+  if (!exit || exit.code !== 0) throw new Error(`plugin/build.sh failed (${JSON.stringify(exit)}):\n${proc.output().slice(-6000)}`);
+  return { ref, dir, baseMs, buildMs: Date.now() - t, log: proc.output() };
+}
+
+export interface Registry {
+  /** host:port */
+  address: string;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+function freePortOn(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, host, () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Debian's docker-registry on `host` (a free port), storage in the run directory. */
+export async function startRegistry(host: string): Promise<Registry> {
+  if (!fs.existsSync(REGISTRY_BIN)) throw new Error(`${REGISTRY_BIN} missing (apt-get install docker-registry)`);
+  const port = await freePortOn(host);
+  const dir = path.join(runDir(), `registry-${port}`);
+  fs.mkdirSync(path.join(dir, 'data'), { recursive: true });
+  const config = path.join(dir, 'config.yml');
+  fs.writeFileSync(
+    config,
+    [
+      'version: 0.1',
+      'log:',
+      '  level: warn',
+      '  accesslog:',
+      '    disabled: true',
+      'storage:',
+      '  filesystem:',
+      `    rootdirectory: ${path.join(dir, 'data')}`,
+      '  delete:',
+      '    enabled: true',
+      'http:',
+      `  addr: ${host}:${port}`,
+      '',
+    ].join('\n'),
+  );
+  const proc = spawnTracked([REGISTRY_BIN, 'serve', config], { name: 'docker-registry', logFile: path.join(dir, 'registry.log') });
+  const address = `${host}:${port}`;
+  const stop = async (): Promise<void> => {
+    await proc.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  const unregister = registerCleanup(`registry ${address}`, stop);
+  try {
+    await waitFor(
+      async () => {
+        if (!proc.running()) throw new Error(`docker-registry exited: ${proc.output()}`);
+        const r = await fetch(`http://${address}/v2/`).catch(() => undefined);
+        return r?.status === 200;
+      },
+      { timeoutMs: 15_000, what: `registry on ${address}` },
+    );
+  } catch (err) {
+    unregister();
+    await stop();
+    throw err;
+  }
+  return {
+    address,
+    pid: proc.pid,
+    async stop() {
+      unregister();
+      await stop();
+    },
+  };
+}
+
+/**
+ * What a test host needs before the plugin is enabled: its /run/tsoverlay (a private tmpfs
+ * in the harness) made a shared mount, as /run is on a systemd host, so that the namespace
+ * files the plugin mounts under its /host/run/tsoverlay/netns propagate to the host and
+ * outlive the plugin's container.
+ */
+export async function prepareHost(host: DockerHost): Promise<void> {
+  await host.exec(['mount', '--make-shared', '/run/tsoverlay']);
+}
+
+/** `docker plugin install --grant-all-permissions --alias tsoverlay REF K=V…`; removed (rm -f) at cleanup. */
+export async function installPlugin(host: DockerHost, ref: string, settings: Record<string, string>): Promise<void> {
+  await prepareHost(host);
+  const args = ['plugin', 'install', '--grant-all-permissions', '--alias', PLUGIN_ALIAS, ref];
+  for (const [k, v] of Object.entries(settings)) args.push(`${k}=${v}`);
+  registerCleanup(`plugin rm ${host.name}`, () => removePlugin(host));
+  await host.cli(args, { timeoutMs: 180_000 });
+}
+
+/** Removes every container and network, then every plugin (before dockerd stops). Best effort. */
+export async function removePlugin(host: DockerHost): Promise<void> {
+  if (!host.running()) return;
+  const ids = (await host.cli(['ps', '-aq'], { allowFailure: true })).stdout.split('\n').filter(Boolean);
+  if (ids.length > 0) await host.cli(['rm', '-f', ...ids], { allowFailure: true, timeoutMs: 60_000 });
+  const nets = (await host.cli(['network', 'ls', '--format', '{{.Name}}'], { allowFailure: true })).stdout
+    .split('\n')
+    .filter((n) => n && !['bridge', 'host', 'none', 'docker_gwbridge', 'ingress'].includes(n));
+  for (const n of nets) await host.cli(['network', 'rm', n], { allowFailure: true, timeoutMs: 30_000 });
+  const plugins = (await host.cli(['plugin', 'ls', '-q'], { allowFailure: true })).stdout.split('\n').filter(Boolean);
+  for (const p of plugins) await host.cli(['plugin', 'rm', '-f', p], { allowFailure: true, timeoutMs: 60_000 });
+}
+
+/** The plugin's log lines (dockerd logs plugin stdout/stderr with plugin=<id>). */
+export function pluginLog(host: DockerHost, max = 6000): string {
+  let text = '';
+  try {
+    text = fs.readFileSync(host.logFile, 'utf8');
+  } catch {
+    text = host.logs(400_000);
+  }
+  return text
+    .split('\n')
+    .filter((l) => l.includes('plugin='))
+    .join('\n')
+    .slice(-max);
+}
