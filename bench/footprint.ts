@@ -310,6 +310,7 @@ if (runIsolated()) {
       }
       const maxRss = Math.max(...phases.map((ph) => ph.rssMaxMB));
       return {
+        ...(semi > 0 ? { title: `5b. Footprint as 5, the plugin run with node's --max-semi-space-size=${semi} (a deployment option, not the default)` } : {}),
         tables,
         targets: [target(`RSS with ${fmtInt(nPeers)} peers, idle and under churn (max sample)`, maxRss, '<', 100, 'MB')],
         notes,

@@ -51,8 +51,8 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     logger,
     metrics,
   );
-  const network = new NetworkDriver(records, dataplane, host, logger, peerSync);
   const ipam = new IpamService(records, config.hostName, logger);
+  const network = new NetworkDriver(records, dataplane, host, logger, peerSync, ipam);
   const health = (): HealthReport => {
     const h = peerSync.health();
     const problems = [
@@ -263,6 +263,9 @@ function answerOnceReady(routes: Record<string, Route>, { startup, journal, logg
               if (lost !== undefined) {
                 logger.warn('empty request body after a crash: running the request the previous run was cut off in', { method });
                 effective = lost;
+              } else {
+                // Most likely Docker's retry of a request the previous run died before reading.
+                logger.warn('empty request body and nothing to replay: the request is lost', { method });
               }
             }
             if (method === 'IpamDriver.RequestAddress') effective = withRequestId(effective);

@@ -24,6 +24,8 @@ export interface BenchSpec<O extends Record<string, NumberOption>> {
 }
 
 export interface BenchBody {
+  /** Replaces the spec's title (a variant run, e.g. with other options). */
+  title?: string;
   tables: BenchTable[];
   targets: TargetResult[];
   notes: string[];
@@ -94,16 +96,17 @@ export function runBench<O extends Record<string, NumberOption>>(
     try {
       log(`start (load ${loadBefore.join(' ')}): ${JSON.stringify(params)}`);
       const result = await body(params as Params<O>, { smoke, log });
+      const { title, ...rest } = result;
       const report: BenchReport = {
         bench: spec.name,
-        title: spec.title,
+        title: title ?? spec.title,
         command,
         params: { ...params, smoke },
         startedAt,
         durationS: (Date.now() - started) / 1000,
         loadBefore,
         loadAfter: loadAverage(),
-        ...result,
+        ...rest,
       };
       writeReport(report, typeof values.json === 'string' ? values.json : undefined);
     } catch (err) {

@@ -13,8 +13,10 @@ import {
   keys,
   networkIdRecordSchema,
   networkRecordSchema,
+  poolRecordSchema,
   vniRecordSchema,
   type EndpointRecord,
+  type NetworkIdRecord,
   type NetworkRecord,
 } from './records';
 import { contains, intToIp, parseAddressCidr, parseSubnet, subnetKey } from './subnet';
@@ -33,6 +35,15 @@ export interface OverlayDataplane {
   bridgePorts(networkId: string): Promise<string[]>;
   /** Start-up sweep: removes our kernel objects that nothing in `keep` accounts for. */
   removeOrphans(keep: { endpointIds: Iterable<string>; networkIds: Iterable<string> }): Promise<OrphanReport>;
+}
+
+/**
+ * This host's side of the IPAM (src/driver/ipam), for when Docker's release calls are lost: Docker
+ * retries a call whose connection broke with an empty body (see protocol/inflight.ts), and when
+ * the plugin died before reading it, the release never happens. Releasing twice is harmless.
+ */
+export interface AddressReleaser {
+  releasePool(poolId: string): Promise<void>;
 }
 
 /** Tells the peer distribution which networks have local containers (src/driver/peer-sync). */
@@ -87,6 +98,7 @@ export class NetworkDriver {
     private readonly host: HostIdentity,
     private readonly logger: Logger,
     private readonly peerSync?: PeerSyncHooks,
+    private readonly ipam?: AddressReleaser,
   ) {}
 
   async createNetwork(input: CreateNetworkInput): Promise<void> {
@@ -121,6 +133,7 @@ export class NetworkDriver {
         networkKey,
         host: this.host.name,
         ...(options.remote ? { remote: options.remote } : {}),
+        ...(v4.addressSpace === LOCAL_ADDRESS_SPACE ? { pool: subnet.cidr } : {}),
         created: nowIso(),
       });
       this.logger.info('network created', { networkId: input.networkId, networkKey, vni: network.vni, subnet: network.subnet });
@@ -144,24 +157,39 @@ export class NetworkDriver {
         this.logger.info('swarm network left by this host', { networkId, networkKey: mapping.value.networkKey });
         return;
       }
-      // The mapping goes last: a crash half-way leaves it, so Docker's retry finds the network
-      // again and finishes (otherwise the network record and its VNI would stay for ever).
-      const networkKey = mapping.value.networkKey;
-      let lastHost = false;
-      await this.records.update(networkRecordSchema, keys.network(networkKey), (current) => {
-        lastHost = !current || current.ids.every((id) => id === networkId);
-        if (!current) return undefined;
-        return lastHost ? null : current.ids.includes(networkId) ? { ...current, ids: current.ids.filter((id) => id !== networkId) } : undefined;
-      });
-      if (lastHost) {
-        for (const entry of await this.records.list(vniRecordSchema, keys.vnis())) {
-          if (entry.value.networkKey === networkKey) await this.records.store.compareAndDelete(entry.key, entry.revision);
-        }
-        await this.records.store.deletePrefix(keys.endpoints(networkKey));
-      }
-      await this.records.delete(keys.networkId(networkId));
-      this.logger.info('network deleted', { networkId, networkKey, lastHost });
+      await this.forgetNetwork(networkId, mapping.value);
     });
+  }
+
+  /** The store side of DeleteNetwork (the overlay is already gone). Idempotent. */
+  private async forgetNetwork(networkId: string, mapping: NetworkIdRecord): Promise<void> {
+    // The mapping goes last: a crash half-way leaves it, so Docker's retry finds the network
+    // again and finishes (otherwise the network record and its VNI would stay for ever).
+    const networkKey = mapping.networkKey;
+    let lastHost = false;
+    await this.records.update(networkRecordSchema, keys.network(networkKey), (current) => {
+      lastHost = !current || current.ids.every((id) => id === networkId);
+      if (!current) return undefined;
+      return lastHost ? null : current.ids.includes(networkId) ? { ...current, ids: current.ids.filter((id) => id !== networkId) } : undefined;
+    });
+    if (lastHost) {
+      for (const entry of await this.records.list(vniRecordSchema, keys.vnis())) {
+        if (entry.value.networkKey === networkKey) await this.records.store.compareAndDelete(entry.key, entry.revision);
+      }
+      await this.records.store.deletePrefix(keys.endpoints(networkKey));
+    }
+    // Docker releases the pool just before (20.10) or after DeleteNetwork; if that release
+    // was lost, the pool would stay held by this host for ever. Releasing twice is harmless.
+    if (mapping.pool && this.ipam && !(await this.otherLocalNetworkOnPool(networkId, mapping.pool))) {
+      await this.ipam.releasePool(mapping.pool);
+    }
+    await this.records.delete(keys.networkId(networkId));
+    this.logger.info('network deleted', { networkId, networkKey, lastHost });
+  }
+
+  private async otherLocalNetworkOnPool(networkId: string, pool: string): Promise<boolean> {
+    const mine = await this.records.list(networkIdRecordSchema, keys.networkIds());
+    return mine.some((m) => m.key !== keys.networkId(networkId) && m.value.host === this.host.name && m.value.pool === pool);
   }
 
   async createEndpoint(input: CreateEndpointInput): Promise<{ macAddress?: string }> {
@@ -366,6 +394,25 @@ export class NetworkDriver {
    * for is removed, and so are the namespaces of networks with no joined local endpoint.
    */
   async recoverAfterCrash(): Promise<OrphanReport> {
+    // A network whose pool this host no longer holds was being deleted (Docker releases the pool
+    // first) and its DeleteNetwork was lost: finish it.
+    for (const m of await this.records.list(networkIdRecordSchema, keys.networkIds())) {
+      if (m.value.host !== this.host.name || !m.value.pool) continue;
+      let poolKey: string;
+      try {
+        poolKey = keys.pool(subnetKey(parseSubnet(m.value.pool)));
+      } catch {
+        continue; // not written by us
+      }
+      const pool = await this.records.get(poolRecordSchema, poolKey);
+      if (pool?.value.holders.includes(this.host.name)) continue;
+      const networkId = m.key.slice(keys.networkIds().length);
+      this.logger.warn('finishing the deletion of a network whose DeleteNetwork was lost', { networkId, pool: m.value.pool });
+      await this.networkLocks.run(networkId, async () => {
+        if (this.dataplane.findOverlay(networkId)) await this.dataplane.removeOverlay(networkId);
+        await this.forgetNetwork(networkId, m.value);
+      });
+    }
     const mine = (await this.records.list(endpointRecordSchema, keys.allEndpoints())).filter((e) => e.value.host === this.host.name);
     const byNetwork = new Map<string, Versioned<EndpointRecord>[]>();
     for (const ep of mine) byNetwork.set(ep.value.networkId, [...(byNetwork.get(ep.value.networkId) ?? []), ep]);
@@ -395,6 +442,32 @@ export class NetworkDriver {
       this.logger.warn('removed what a previous run left behind', { ...report });
     }
     return report;
+  }
+
+  /**
+   * Docker is releasing an address (call before the IPAM frees it, so that no new endpoint can
+   * hold it yet): an endpoint of this host that still has it and is not joined is one whose
+   * DeleteEndpoint was lost (Docker calls ReleaseAddress right after it), or one Docker is rolling
+   * back; it is deleted now, with its veth.
+   */
+  async addressReleased(poolId: string, address: string): Promise<void> {
+    if (/^(swarm|node):/.test(poolId)) return;
+    let subnet: string;
+    let ip: string;
+    try {
+      subnet = parseSubnet(poolId.split('@')[0]!).cidr;
+      ip = parseAddressCidr(address).ip;
+    } catch {
+      return;
+    }
+    for (const ep of await this.records.list(endpointRecordSchema, keys.allEndpoints())) {
+      if (ep.value.host !== this.host.name || ep.value.ip !== ip || ep.value.joined) continue;
+      const network = await this.findNetwork(ep.value.networkId);
+      if (network && network.value.subnet !== subnet) continue;
+      this.logger.warn('deleting an endpoint whose DeleteEndpoint never arrived', { networkId: ep.value.networkId, endpointId: ep.value.id, ip });
+      if (network) await this.deleteEndpoint(ep.value.networkId, ep.value.id);
+      else await this.records.delete(ep.key);
+    }
   }
 
   /**

@@ -29,6 +29,8 @@ export const networkIdRecordSchema = z.object({
   host: z.string(),
   /** p2p: this host's `-o remote=` (each of the two hosts names the other one). */
   remote: z.string().optional(),
+  /** The subnet of tsoverlay's IPAM pool this host requested for the network (absent with Docker's IPAM or in swarm). */
+  pool: z.string().optional(),
   created: z.string(),
 });
 export type NetworkIdRecord = z.infer<typeof networkIdRecordSchema>;

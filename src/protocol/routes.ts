@@ -104,6 +104,8 @@ export function pluginRoutes({ network, ipam, scope, logger }: RouteDeps): Recor
       return { Address: address, Data: {} };
     }),
     'IpamDriver.ReleaseAddress': route(s.releaseAddressRequest, async (r) => {
+      // First: an endpoint still holding the address lost its DeleteEndpoint (see NetworkDriver).
+      await network.addressReleased(r.PoolID, r.Address);
       await ipam.releaseAddress(r.PoolID, r.Address);
       return {};
     }),
