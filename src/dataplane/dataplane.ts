@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import type { Logger } from '../log';
 import type { AttachedEndpoint, EndpointAttachment, OrphanReport, OverlayInfo, OverlaySpec, Peer } from './types';
 import { IFF_UP, LinkInfo, formatMac, isMulticastIPv4, parseIPv4, parseIPv4Cidr, parseUnicastMac } from './encode';
-import { NlMessage, NlSocket, RTNLGRP_NEIGH } from './nlsock';
+import { NlMessage, NlSocket, RTNLGRP_NEIGH, isNetlinkError } from './nlsock';
 import { createNetns, deleteNetns, ensureNetnsDir, isNetnsMounted, listNetns, openNetns, withNetns } from './netns';
 import {
   VxlanSpec,
@@ -386,6 +386,15 @@ export class Dataplane {
       const o = this.required(a.networkId);
       const host = this.host();
       const master = await this.indexOf(o, BRIDGE_NAME);
+      const veth = { hostName: names.srcName, peerName: names.bridgePortName, mtu: a.mtu, mac, masterIndex: master };
+      // The common case first (nothing there yet); EEXIST means a retried Join or a leftover pair.
+      try {
+        await createVeth(host, o.sock, o.nsFd, veth);
+        this.log.info('endpoint attached', { network: a.networkId, endpoint: a.endpointId, ...names });
+        return names;
+      } catch (e) {
+        if (!isNetlinkError(e, 'EEXIST')) throw e;
+      }
       const peer = await getLink(o.sock, names.bridgePortName);
       const hostEnd = await getLink(host, names.srcName);
 
@@ -404,13 +413,7 @@ export class Dataplane {
       }
       if (peer) await deleteLink(o.sock, peer.index);
       if (hostEnd) await deleteLink(host, hostEnd.index);
-      await createVeth(host, o.sock, o.nsFd, {
-        hostName: names.srcName,
-        peerName: names.bridgePortName,
-        mtu: a.mtu,
-        mac,
-        masterIndex: master,
-      });
+      await createVeth(host, o.sock, o.nsFd, veth);
       this.log.info('endpoint attached', { network: a.networkId, endpoint: a.endpointId, ...names });
       return names;
     });

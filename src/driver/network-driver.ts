@@ -1,3 +1,5 @@
+import { isDeepStrictEqual } from 'node:util';
+
 import type { AttachedEndpoint, EndpointAttachment, OrphanReport, OverlayInfo, OverlaySpec, Peer } from '../dataplane/types';
 import type { Logger } from '../log';
 import { PluginError, errorMessage } from '../util/errors';
@@ -263,9 +265,24 @@ export class NetworkDriver {
         // p2p: the remote is per host (each names the other), kept with this host's network id.
         const mapping = await this.records.get(networkIdRecordSchema, keys.networkId(networkId));
         const spec = this.overlaySpec(networkId, network.value, mapping?.value.remote);
-        await this.dataplane.ensureOverlay(spec);
-        this.overlaySpecs.set(networkId, spec);
-        attached = await this.dataplane.attachEndpoint({ networkId, endpointId, mac: endpoint.value.mac, mtu: network.value.mtu });
+        const attachment = { networkId, endpointId, mac: endpoint.value.mac, mtu: network.value.mtu };
+        // An overlay this process already built or checked for the same spec is not re-checked
+        // (about ten netlink round trips per Join): drift is the periodic reconcile's job, and an
+        // attach that fails on a damaged overlay repairs it and tries once more.
+        const known = this.overlaySpecs.get(networkId);
+        const verified = hadOverlay && known !== undefined && isDeepStrictEqual(known, spec);
+        if (!verified) {
+          await this.dataplane.ensureOverlay(spec);
+          this.overlaySpecs.set(networkId, spec);
+        }
+        try {
+          attached = await this.dataplane.attachEndpoint(attachment);
+        } catch (err) {
+          if (!verified) throw err;
+          this.logger.warn('attach failed on a verified overlay; repairing it', { networkId, endpointId, error: errorMessage(err) });
+          await this.dataplane.ensureOverlay(spec);
+          attached = await this.dataplane.attachEndpoint(attachment);
+        }
         if (!endpoint.value.joined) {
           await this.records.put(endpoint.key, { ...endpoint.value, joined: true, locator: this.host.vtep });
         }

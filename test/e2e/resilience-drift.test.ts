@@ -91,3 +91,18 @@ test('the bridge deleted by hand comes back, with its ports and gateway', { skip
   await breakAndWait(t, 'br0 bridge', 'ip link del br0', bridgeOk);
   t.diagnostic(`repair times: ${repairs.join('; ')}`);
 });
+
+test('a container started right after the bridge was deleted by hand joins and is reachable', { skip, timeout: 90_000 }, async () => {
+  // Join trusts an overlay this process has already checked; when attaching fails on the broken
+  // one it repairs the overlay itself instead of waiting for the periodic reconcile.
+  assert.match(await inOverlay(b, netIdB, `sh -c 'ip link del br0 && echo BROKEN'`), /BROKEN/);
+  const c = await b.docker.createContainer({ Image: cluster.image, name: `${b.name}-late`, Cmd: ['sleep', '100000'], HostConfig: { NetworkMode: NET } });
+  await c.start();
+  try {
+    assert.ok((await pingFrom(b.docker, `${b.name}-late`, aIp, 2, 2)) >= 1, 'A reachable from the new container');
+    const ports = await inOverlay(b, netIdB, 'ip -o link show master br0');
+    assert.equal(ports.match(/ ve[0-9a-f]+@/g)?.length, 2, `both containers' ports on br0:\n${ports}`);
+  } finally {
+    await c.remove({ force: true });
+  }
+});

@@ -553,6 +553,17 @@ export async function startDockerHost(opts: DockerHostOptions): Promise<DockerHo
 
   /** dockerd again, inside the anchor's namespaces, with the original arguments. */
   const startAgain = async (): Promise<void> => {
+    try {
+      await startOnce();
+    } catch (err) {
+      // After a SIGKILL the old managed containerd may still be winding down; dockerd gives up
+      // when it cannot dial it in time. One more try, as a service manager would.
+      process.stderr.write(`[tso-harness] dockerd ${name} did not come back (${String(err).slice(0, 200)}); starting it once more\n`);
+      await sleep(1000);
+      await startOnce();
+    }
+  };
+  const startOnce = async (): Promise<void> => {
     if (stopped || !anchor?.running()) throw new Error(`host ${name}: restartDaemon() first`);
     if (dockerdRef && isAlive(dockerdRef)) return;
     const previous = dockerdRef?.pid;
