@@ -97,6 +97,11 @@ interface Overlay {
   nsFd: number;
   sock: NlSocket;
   watchers: Set<NlSocket>;
+  /**
+   * br0's index as last ensured. Interface indexes are not reused within a namespace, so a
+   * stale one (br0 deleted by hand) fails the enslave instead of hitting another device.
+   */
+  bridgeIndex?: number;
 }
 
 function validateMtu(mtu: number): void {
@@ -278,6 +283,7 @@ export class Dataplane {
       try {
         await ensureLoopbackUp(o.sock);
         const br = await ensureBridge(o.sock, BRIDGE_NAME, spec.mtu);
+        o.bridgeIndex = br.link.index;
         if (br.created) created.push(br.link);
         await ensureAddress(o.sock, br.link.index, spec.gatewayCidr);
         const v = await ensureVxlan(this.host(), o.sock, o.nsFd, vx, br.link.index);
@@ -385,7 +391,7 @@ export class Dataplane {
       validateMtu(a.mtu);
       const o = this.required(a.networkId);
       const host = this.host();
-      const master = await this.indexOf(o, BRIDGE_NAME);
+      const master = o.bridgeIndex ?? (await this.indexOf(o, BRIDGE_NAME));
       const veth = { hostName: names.srcName, peerName: names.bridgePortName, mtu: a.mtu, mac, masterIndex: master };
       // The common case first (nothing there yet); EEXIST means a retried Join or a leftover pair.
       try {
