@@ -112,7 +112,7 @@ async function readStore(url: string, prefix: string): Promise<StoreView> {
   let description: string;
   const loc = parseStoreUrl(url);
   if (loc.kind === 'local') {
-    // The daemon holds the local store's lock: read its committed file instead.
+    // The daemon holds the local store's lock: read its committed snapshot and log instead.
     const all = await readLocalStoreSnapshot(loc.dir, prefix);
     list = async (p) => all.filter((e) => e.key.startsWith(p));
     description = `local://${loc.dir}`;

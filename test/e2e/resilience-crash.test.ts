@@ -12,12 +12,12 @@
  *    (SIGKILL): the network and cross-host reachability come back.
  */
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import { after, before, test } from 'node:test';
 import { e2eSkipReason, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
 import { startEtcd, type EtcdServer } from '../helpers/etcd';
 import { NETNS_DIR, type PluginOptions, type PluginProcess } from '../helpers/plugin';
 import { cleanupAfter, sleep, waitFor } from '../helpers/proc';
+import { readLocalStoreSnapshot } from '../../src/store/local';
 import {
   FULL,
   STORE_PREFIX,
@@ -93,12 +93,13 @@ async function runSleeper(host: DockerHost, name: string, network: string, resta
   await ctr.start();
 }
 
-/** The embedded store's file, as the etcd dump shows etcd: relative keys, JSON values. */
-function localDump(host: DockerHost): Promise<Map<string, Record<string, unknown>>> {
-  const file = JSON.parse(fs.readFileSync(`${host.dir}/tsoverlay-state/store.json`, 'utf8')) as { entries: Record<string, { value: string }> };
+/** The embedded store's committed state (snapshot + log), as the etcd dump shows etcd: relative keys, JSON values. */
+async function localDump(host: DockerHost): Promise<Map<string, Record<string, unknown>>> {
   const out = new Map<string, Record<string, unknown>>();
-  for (const [k, e] of Object.entries(file.entries)) out.set(k.slice(STORE_PREFIX.length), JSON.parse(e.value) as Record<string, unknown>);
-  return Promise.resolve(out);
+  for (const e of await readLocalStoreSnapshot(`${host.dir}/tsoverlay-state`, STORE_PREFIX)) {
+    out.set(e.key, JSON.parse(e.value) as Record<string, unknown>);
+  }
+  return out;
 }
 
 before(async () => {

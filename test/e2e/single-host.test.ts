@@ -5,12 +5,12 @@
  * a clear Err while the daemon keeps serving.
  */
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import { after, before, test } from 'node:test';
 import type Dockerode from 'dockerode';
 import { e2eSkipReason, runContainer, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
 import { NETNS_DIR, startPlugin, type PluginProcess } from '../helpers/plugin';
 import { cleanupAfter } from '../helpers/proc';
+import { readLocalStoreSnapshot } from '../../src/store/local';
 
 const skip = e2eSkipReason();
 
@@ -39,9 +39,10 @@ async function overlayFiles(): Promise<string[]> {
   return (await inHost(['sh', '-c', `ls ${NETNS_DIR} 2>/dev/null || true`])).split('\n').filter(Boolean);
 }
 
+/** The embedded store's committed state (snapshot + log, as `tsoverlay inspect` reads it), by full key. */
 async function storeFile(): Promise<Record<string, unknown>> {
-  const text = fs.readFileSync(`${host.dir}/tsoverlay-state/store.json`, 'utf8');
-  return (JSON.parse(text) as { entries: Record<string, unknown> }).entries;
+  const entries = await readLocalStoreSnapshot(`${host.dir}/tsoverlay-state`, '');
+  return Object.fromEntries(entries.map((e) => [e.key, e.value]));
 }
 
 before(async () => {
