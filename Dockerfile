@@ -26,4 +26,5 @@ COPY --from=build /src/dist/src ./dist/src
 # The native parts (netlink's and koffi's prebuilt binaries) must load in this rootfs.
 RUN node -e "require('netlink'); require('koffi').load('libc.so.6'); require('./dist/src/dataplane/index')" \
  && node dist/src/cli/main.js version
-ENTRYPOINT ["/usr/local/bin/node", "/opt/tsoverlay/dist/src/cli/main.js", "serve"]
+# Node flags: see src/node-flags.ts (the same in plugin/config.json and the systemd unit).
+ENTRYPOINT ["/usr/local/bin/node", "--max-semi-space-size=1", "/opt/tsoverlay/dist/src/cli/main.js", "serve"]

@@ -11,10 +11,13 @@
  * RSS (VmRSS) and CPU time (utime + stime) are read from /proc every 500 ms. The command runs
  * in network and mount namespaces of its own (etcd and the plugin too; see lib/isolate.ts).
  *
- *   node dist/bench/footprint.js [--peers 10000] [--networks 10] [--churn-rate 100] [--churn-seconds 30] [--idle-seconds 20] [--profile 0|1] [--json FILE]
+ * The plugin runs with the node flags it is deployed with (src/node-flags.ts) unless told otherwise.
+ *
+ *   node dist/bench/footprint.js [--peers 10000] [--networks 10] [--churn-rate 100] [--churn-seconds 30] [--idle-seconds 20] [--semi-space N] [--node-defaults 1] [--profile 0|1|2] [--json FILE]
  */
 import { Etcd3 } from 'etcd3';
 import { parseSubnet, subnetKey } from '../src/driver/subnet';
+import { NODE_FLAGS } from '../src/node-flags';
 import { startEtcd } from '../test/helpers/etcd';
 import { registerCleanup, run, runDir, sleep } from '../test/helpers/proc';
 import { inclusiveTop, newestFile, newestProfile, summarizeHeapProfile, summarizeProfile } from './lib/cpuprofile';
@@ -79,6 +82,13 @@ async function sample(client: PluginClient, pid: number, name: string, seconds: 
   };
 }
 
+/** The plugin's node flags: as deployed, with another young-generation size, or node's defaults. */
+function pluginNodeArgs(semiSpaceMB: number, nodeDefaults: boolean): readonly string[] {
+  if (nodeDefaults) return [];
+  if (semiSpaceMB <= 0) return NODE_FLAGS;
+  return [...NODE_FLAGS.filter((f) => !f.startsWith('--max-semi-space-size=')), `--max-semi-space-size=${semiSpaceMB}`];
+}
+
 interface RemoteEndpoint {
   key: string;
   record: { id: string; networkId: string; ip: string; mac: string; locator: string; host: string; joined: boolean; created: string };
@@ -98,7 +108,8 @@ if (runIsolated()) {
         'idle-seconds': { full: 20, smoke: 3, help: 'length of each idle measurement' },
         'churn-rate': { full: 100, smoke: 50, help: 'remote joins/leaves per second' },
         'churn-seconds': { full: 30, smoke: 3, help: 'length of the churn measurement' },
-        'semi-space': { full: 0, smoke: 0, help: "MB: run the plugin with node's --max-semi-space-size (0: node's default)" },
+        'semi-space': { full: 0, smoke: 0, help: 'MB: run the plugin with --max-semi-space-size=N instead of the deployed value (0: as deployed, src/node-flags.ts)' },
+        'node-defaults': { full: 0, smoke: 0, help: "1: run the plugin with node's default flags instead of the deployed ones (what they buy)" },
         profile: { full: 0, smoke: 0, help: '1: run the plugin under --cpu-prof, 2: under --heap-prof (sampled allocations), and summarise the profile' },
       },
     },
@@ -111,13 +122,14 @@ if (runIsolated()) {
       const etcd = await startEtcd();
       registerCleanup('etcd', () => etcd.stop());
       const endpoint = etcd.endpoints[0]!;
-      const semi = Math.round(p['semi-space']);
+      const nodeArgs = pluginNodeArgs(Math.round(p['semi-space']), p['node-defaults'] === 1);
+      const deployed = nodeArgs.join(' ') === NODE_FLAGS.join(' ');
       const plugin = await startBenchPlugin({
         name: 'fp',
         vtep,
         store: `etcd://${endpoint}`,
         profile: p.profile === 1 ? true : p.profile === 2 ? 'heap' : false,
-        ...(semi > 0 ? { nodeArgs: [`--max-semi-space-size=${semi}`] } : {}),
+        nodeArgs,
       });
       const pid = plugin.process.pid;
       const client = new PluginClient(plugin.socketPath);
@@ -262,7 +274,7 @@ if (runIsolated()) {
       const base = phases[0]!;
       const tables: BenchTable[] = [
         {
-          title: `tsoverlay serve (etcd store${semi > 0 ? `, node --max-semi-space-size=${semi}` : ''}): resident memory and CPU, ${fmtInt(nPeers)} remote peers over ${nNets} networks from ${nHosts} fake hosts`,
+          title: `tsoverlay serve (etcd store, ${nodeArgs.length ? `node ${nodeArgs.join(' ')}` : "node's default flags"}): resident memory and CPU, ${fmtInt(nPeers)} remote peers over ${nNets} networks from ${nHosts} fake hosts`,
           columns: ['phase', 'seconds', 'RSS median MB', 'RSS max MB', 'RSS vs baseline', 'private (RssAnon) median MB', 'CPU % of one core', 'V8 heap used / total MB (end)', 'external MB (end)'],
           rows: phases.map((ph) => [
             ph.name,
@@ -310,7 +322,7 @@ if (runIsolated()) {
       }
       const maxRss = Math.max(...phases.map((ph) => ph.rssMaxMB));
       return {
-        ...(semi > 0 ? { title: `5b. Footprint as 5, the plugin run with node's --max-semi-space-size=${semi} (a deployment option, not the default)` } : {}),
+        ...(deployed ? {} : { title: `5b. Footprint as 5, the plugin run with ${nodeArgs.length ? `node ${nodeArgs.join(' ')}` : "node's default flags"} instead of the deployed ${NODE_FLAGS.join(' ')}` }),
         tables,
         targets: [target(`RSS with ${fmtInt(nPeers)} peers, idle and under churn (max sample)`, maxRss, '<', 100, 'MB')],
         notes,

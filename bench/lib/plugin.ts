@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
+import { NODE_FLAGS } from '../../src/node-flags';
 import { PLUGIN_MAIN } from '../../test/helpers/plugin';
 import { readProc, run, runDir, spawnTracked, waitFor, type ManagedProcess } from '../../test/helpers/proc';
 import { isolated } from './isolate';
@@ -24,7 +25,7 @@ export interface BenchPluginOptions {
   store?: string;
   vtep: string;
   extraArgs?: readonly string[];
-  /** Extra node flags for the plugin process (e.g. --max-semi-space-size=1). */
+  /** Node flags for the plugin process; default NODE_FLAGS, as the plugin is deployed. */
   nodeArgs?: readonly string[];
   /** Run node with --cpu-prof, or --heap-prof (sampled allocations), written when the plugin exits. */
   profile?: boolean | 'heap';
@@ -52,7 +53,7 @@ export async function startBenchPlugin(opts: BenchPluginOptions): Promise<BenchP
   if (isolated()) await run(['mount', '-t', 'tmpfs', '-o', 'mode=0755', 'none', runTmp]);
   const argv = [
     process.execPath,
-    ...(opts.nodeArgs ?? []),
+    ...(opts.nodeArgs ?? NODE_FLAGS),
     ...(profileDir ? (opts.profile === 'heap' ? ['--heap-prof', '--heap-prof-dir', profileDir] : ['--cpu-prof', '--cpu-prof-dir', profileDir]) : []),
     PLUGIN_MAIN,
     'serve',

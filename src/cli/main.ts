@@ -1,14 +1,16 @@
 #!/usr/bin/env node
 import { parseConfig, usage } from '../config';
-import { startDaemon } from '../daemon';
 import { createLogger } from '../log';
-import { inspectUsage, runInspect } from './inspect';
+// The daemon and `inspect` are loaded by the command that needs them: a long-running `serve`
+// keeps every module it loaded resident, so it should not carry inspect's (local store snapshot
+// reader, Docker client) and vice versa.
 
 const VERSION = '0.1.0';
 
 async function serve(argv: string[]): Promise<void> {
   const config = parseConfig(argv, process.env);
   const logger = createLogger(config.logLevel);
+  const { startDaemon } = await import('../daemon');
   const daemon = await startDaemon(config, logger);
   let stopping = false;
   const stop = (signal: string) => {
@@ -35,6 +37,7 @@ async function main(): Promise<void> {
     case 'serve':
       return serve(rest);
     case 'inspect': {
+      const { runInspect } = await import('./inspect');
       const { output, exitCode } = await runInspect(rest, process.env);
       // Exit explicitly (store/Docker clients may keep sockets open), once stdout is flushed.
       await new Promise<void>((resolve) => process.stdout.write(output, () => resolve()));
@@ -47,9 +50,11 @@ async function main(): Promise<void> {
     case undefined:
     case 'help':
     case '--help':
-    case '-h':
+    case '-h': {
+      const { inspectUsage } = await import('./inspect');
       process.stdout.write(`tsoverlay ${VERSION}: Docker VXLAN overlay network plugin\n\ncommands:\n  serve     run the plugin daemon\n  inspect   show (and --check) what this host holds for each network\n  version   print the version\n\n${usage()}\n\n${inspectUsage()}\n`);
       return;
+    }
     default:
       process.stderr.write(`tsoverlay: unknown command "${command}"\n\n${usage()}\n`);
       process.exitCode = 2;

@@ -23,6 +23,7 @@ import {
   ensureLoopbackUp,
   ensureVxlan,
   getLink,
+  linkIndex,
   listIPv4Addresses,
   listLinks,
   setLink,
@@ -201,9 +202,9 @@ export class Dataplane {
 
   /** Device indexes are looked up on each use (one round trip): a device replaced behind our back is then just found again. */
   private async indexOf(o: Overlay, name: string): Promise<number> {
-    const l = await getLink(o.sock, name);
-    if (!l) throw new Error(`${name} missing in ${o.netnsPath}: ensureOverlay first`);
-    return l.index;
+    const index = await linkIndex(o.sock, name);
+    if (index === undefined) throw new Error(`${name} missing in ${o.netnsPath}: ensureOverlay first`);
+    return index;
   }
 
   private async vxlanSpec(spec: OverlaySpec): Promise<VxlanSpec> {

@@ -66,17 +66,34 @@ function hexDigit(c: number): number {
 
 /** `02:42:0a:14:00:05` (or with `-`) → 6 bytes. Throws on anything else. */
 export function parseMac(s: string): Buffer {
+  const b = Buffer.allocUnsafe(6);
+  b.writeUIntBE(macToNumber(s), 0, 6);
+  return b;
+}
+
+/**
+ * `02:42:0a:14:00:05` (or with `-`) → the address as a 48-bit number (exact in a double), without
+ * allocating: peer reconciles compare thousands of them. Throws on anything else.
+ */
+export function macToNumber(s: string): number {
   const bad = (): Error => new Error(`invalid MAC address: ${JSON.stringify(s)}`);
   if (typeof s !== 'string' || s.length !== 17) throw bad();
-  const b = Buffer.allocUnsafe(6);
   const sep = s.charCodeAt(2);
   if (sep !== 58 && sep !== 45) throw bad();
+  let n = 0;
   for (let i = 0; i < 6; i++) {
     const hi = hexDigit(s.charCodeAt(i * 3));
     const lo = hexDigit(s.charCodeAt(i * 3 + 1));
     if (hi < 0 || lo < 0 || (i < 5 && s.charCodeAt(i * 3 + 2) !== sep)) throw bad();
-    b[i] = (hi << 4) | lo;
+    n = n * 256 + ((hi << 4) | lo);
   }
+  return n;
+}
+
+/** A 48-bit number (macToNumber) → its 6 bytes. */
+export function macFromNumber(n: number): Buffer {
+  const b = Buffer.allocUnsafe(6);
+  b.writeUIntBE(n, 0, 6);
   return b;
 }
 
@@ -129,6 +146,11 @@ export function parseIPv4(s: string): Buffer {
 
 export function formatIPv4(b: Uint8Array): string {
   return `${b[0]}.${b[1]}.${b[2]}.${b[3]}`;
+}
+
+/** The inverse of ipv4ToNumber. */
+export function formatIPv4Number(n: number): string {
+  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
 }
 
 export function parseIPv4Cidr(s: string): { ip: Buffer; prefix: number } {
@@ -330,6 +352,45 @@ export interface NeighEntry extends NdMsg {
   dst?: Buffer;
   lladdr?: Buffer;
   master?: number;
+}
+
+/**
+ * The fields of one RTM_NEWNEIGH payload as numbers, read in place into one reused object: the
+ * periodic reconcile reads every network's whole tables, and per-entry objects, buffer views and
+ * strings (parseNeighMessage) were most of what it allocated.
+ */
+export class NeighFields {
+  family = 0;
+  ifindex = 0;
+  state = 0;
+  flags = 0;
+  /** NDA_DST as an IPv4 number; -1 when absent or not 4 bytes. */
+  dst4 = -1;
+  /** NDA_LLADDR as a 48-bit number; -1 when absent or not 6 bytes. */
+  mac = -1;
+  /** NDA_MASTER present (an entry of the bridge the device is a port of). */
+  master = false;
+
+  read(data: Buffer): this {
+    this.family = data[0]!;
+    this.ifindex = data.readInt32LE(4);
+    this.state = data.readUInt16LE(8);
+    this.flags = data[10]!;
+    this.dst4 = -1;
+    this.mac = -1;
+    this.master = false;
+    let off = NDMSG_LEN;
+    while (off + 4 <= data.length) {
+      const len = data.readUInt16LE(off);
+      if (len < 4 || off + len > data.length) break;
+      const type = data.readUInt16LE(off + 2) & 0x3fff;
+      if (type === NDA_DST && len === 8) this.dst4 = data.readUInt32BE(off + 4);
+      else if (type === NDA_LLADDR && len === 10) this.mac = data.readUIntBE(off + 4, 6);
+      else if (type === NDA_MASTER && len === 8) this.master = true;
+      off += rtaAlign(len);
+    }
+    return this;
+  }
 }
 
 /** Decodes an RTM_NEWNEIGH payload (ndmsg + attributes); a plain loop, as dumps bring thousands. */

@@ -9,6 +9,7 @@ import type { StreamData } from 'netlink';
 import {
   AF_INET,
   IFF_UP,
+  IFLA_IFNAME,
   LinkInfo,
   RTM_DELADDR,
   RTM_DELLINK,
@@ -17,6 +18,7 @@ import {
   RTM_NEWADDR,
   RTM_NEWLINK,
   attr,
+  cstring,
   encodeIfInfo,
   encodeVethLinkInfo,
   formatIPv4,
@@ -47,6 +49,22 @@ export async function getLink(sock: NlSocket, name: string): Promise<LinkInfo | 
     const msgs = await sock.request(RTM_GETLINK, 0, linkPayload(0, { ifname: name }), `get link ${name}`);
     const m = msgs.find((x) => x.type === RTM_NEWLINK);
     return m ? parseLinkMessage(m.data) : undefined;
+  } catch (e) {
+    if (isNetlinkError(e, 'ENODEV')) return undefined;
+    throw e;
+  }
+}
+
+/**
+ * The index of the device called `name`, or undefined. The peer paths look vxlan0 up on every
+ * call (it may have been rebuilt) and need nothing else of it: the request is built by hand and
+ * only the reply's header is read, where getLink decodes every attribute.
+ */
+export async function linkIndex(sock: NlSocket, name: string): Promise<number | undefined> {
+  try {
+    const msgs = await sock.request(RTM_GETLINK, 0, Buffer.concat([encodeIfInfo(), attr(IFLA_IFNAME, cstring(name))]), `get link ${name}`);
+    const m = msgs.find((x) => x.type === RTM_NEWLINK);
+    return m ? m.data.readInt32LE(4) : undefined;
   } catch (e) {
     if (isNetlinkError(e, 'ENODEV')) return undefined;
     throw e;

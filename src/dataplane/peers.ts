@@ -19,9 +19,13 @@ import {
   RTM_DELNEIGH,
   RTM_GETNEIGH,
   RTM_NEWNEIGH,
+  NeighFields,
   formatIPv4,
+  formatIPv4Number,
   formatMac,
   ipv4ToNumber,
+  macFromNumber,
+  macToNumber,
   NLMSG_HDRLEN,
   parseMac,
   parseNeighMessage,
@@ -61,13 +65,17 @@ interface ParsedPeer {
   vtepText: string;
 }
 
+/** Lowercase, colon-separated: the form dumps give. */
+function canonicalMac(mac: string): string {
+  const lower = mac.toLowerCase();
+  return lower.charCodeAt(2) === 45 ? lower.replace(/-/g, ':') : lower;
+}
+
 function parsePeer(p: Peer): ParsedPeer {
   const ip = ipv4ToNumber(p.ip);
   const mac = parseMac(p.mac);
   const vtep = ipv4ToNumber(p.vtep);
-  let macText = p.mac.toLowerCase();
-  if (macText.charCodeAt(2) === 45) macText = macText.replace(/-/g, ':');
-  return { peer: p, ip, mac, vtep, ipText: p.ip, macText, vtepText: p.vtep };
+  return { peer: p, ip, mac, vtep, ipText: p.ip, macText: canonicalMac(p.mac), vtepText: p.vtep };
 }
 
 // Fixed layouts of the five neighbour messages (16-byte header, 12-byte ndmsg, attributes), written
@@ -362,65 +370,125 @@ export async function applyPeerDiff(sock: NlSocket, vxlanIndex: number, add: Pee
  * Makes the kernel tables hold exactly `desired` (reconcile after a reconnect): adds what is
  * missing or different, removes PERMANENT neighbours and `self` FDB entries nobody wants (the
  * all-zeros default entry of p2p/multicast devices is left alone).
+ *
+ * It runs for every network on each periodic reconcile, nearly always with nothing to change, so
+ * it compares addresses as numbers (no object or string per table entry or desired peer), parses
+ * into bytes only the peers it must (re)program, and sizes each message slab to what it sends.
+ * Every desired peer is validated before anything is sent.
  */
 export async function setPeers(sock: NlSocket, vxlanIndex: number, desired: Peer[]): Promise<PeerChangeResult> {
-  const want = desired.map(parsePeer);
-  const [neigh, fdb] = await Promise.all([listNeighbours(sock, vxlanIndex), listFdb(sock, vxlanIndex)]);
-  const wantIp = new Map(want.map((p) => [p.ipText, p]));
-  const wantMac = new Map(want.map((p) => [p.macText, p]));
-  const haveNeigh = new Map(neigh.filter((n) => n.permanent).map((n) => [n.ip, n.mac]));
-  const haveFdb = new Map<string, string[]>();
-  const learned = new Set(fdb.filter((f) => f.master && f.dynamic).map((f) => f.mac));
-  for (const f of fdb) {
-    if (!f.self || !f.vtep || f.mac === ZERO_MAC) continue;
-    haveFdb.set(f.mac, [...(haveFdb.get(f.mac) ?? []), f.vtep]);
+  const wantIps = new Set<number>();
+  const wantVtepByMac = new Map<number, number>();
+  for (const p of desired) {
+    wantIps.add(ipv4ToNumber(p.ip));
+    wantVtepByMac.set(macToNumber(p.mac), ipv4ToNumber(p.vtep));
   }
-  const stale = new Slab((neigh.length + fdb.length) * REMOVE_MAX);
-  const owners: ParsedPeer[] = [];
-  const removedMacs = new Set<string>();
-  let removed = 0;
-  for (const n of neigh) {
-    if (n.permanent && !wantIp.has(n.ip)) {
-      const stub = parsePeer({ ip: n.ip, mac: n.mac ?? ZERO_MAC, vtep: '0.0.0.0' });
-      stale.neighDel(vxlanIndex, stub.ip);
-      owners.push(stub);
-      removed++;
-      if (n.mac) removedMacs.add(n.mac);
-    }
+  const have = await readTables(sock, vxlanIndex);
+  const stale = staleEntries(have, wantIps, wantVtepByMac);
+  const missing: ParsedPeer[] = [];
+  for (const p of desired) {
+    const mac = macToNumber(p.mac);
+    const present = have.neigh.get(ipv4ToNumber(p.ip)) === mac && have.vtep.get(mac) === ipv4ToNumber(p.vtep) && !have.moreVteps.has(mac);
+    if (!present) missing.push(parsePeer(p));
   }
-  for (const [mac, vteps] of haveFdb) {
-    const w = wantMac.get(mac);
-    for (const vtep of vteps) {
-      if (w && w.vtepText === vtep) continue;
-      const stub = parsePeer({ ip: '0.0.0.0', mac, vtep });
-      stale.fdbSelfDel(vxlanIndex, stub.mac, stub.vtep);
-      owners.push(stub);
-      if (!w) {
-        if (learned.has(mac)) {
-          stale.fdbMasterDel(vxlanIndex, stub.mac);
-          owners.push(stub);
-        }
-        // An FDB entry left without its neighbour counts as a removed peer of its own.
-        if (!removedMacs.has(mac)) {
-          removedMacs.add(mac);
-          removed++;
-        }
-      }
-    }
-  }
-  await sendBatch(sock, 'remove stale peers', stale.msgs, owners, IGNORE_ON_DELETE);
 
-  const fresh = new Slab(want.length * ADD_LEN);
+  const slab = new Slab(stale.neigh.length * NEIGH_DEL_LEN + stale.self.length * FDB_SELF_DEL_LEN + stale.master.length * FDB_MASTER_DEL_LEN);
+  for (const p of stale.neigh) slab.neighDel(vxlanIndex, p.ip);
+  for (const p of stale.self) slab.fdbSelfDel(vxlanIndex, p.mac, p.vtep);
+  for (const p of stale.master) slab.fdbMasterDel(vxlanIndex, p.mac);
+  await sendBatch(sock, 'remove stale peers', slab.msgs, [...stale.neigh, ...stale.self, ...stale.master], IGNORE_ON_DELETE);
+
+  const fresh = new Slab(missing.length * ADD_LEN);
   const addOwners: ParsedPeer[] = [];
-  for (const p of want) {
-    const vteps = haveFdb.get(p.macText);
-    if (haveNeigh.get(p.ipText) === p.macText && vteps?.length === 1 && vteps[0] === p.vtepText) continue;
+  for (const p of missing) {
     fresh.neighAdd(vxlanIndex, p.ip, p.mac);
     fresh.fdbAdd(vxlanIndex, p.mac, p.vtep);
     addOwners.push(p, p);
   }
   await sendBatch(sock, 'add peers', fresh.msgs, addOwners, []);
-  return { added: fresh.msgs.length / 2, removed };
+  return { added: missing.length, removed: stale.removed };
+}
+
+/** What setPeers needs of a vxlan device's tables, as numbers (IPv4 addresses, 48-bit MACs). */
+interface KernelTables {
+  /** PERMANENT neighbours: address → MAC (-1: none). */
+  neigh: Map<number, number>;
+  /** `self` FDB entries with a destination (all-zeros MAC left out): MAC → its first VTEP… */
+  vtep: Map<number, number>;
+  /** …and further VTEPs of the same MAC (an entry per VTEP, e.g. added by hand). */
+  moreVteps: Map<number, number[]>;
+  /** MACs the bridge learned behind the device (`master`, neither permanent nor static). */
+  learned: Set<number>;
+}
+
+async function readTables(sock: NlSocket, ifindex: number): Promise<KernelTables> {
+  const [neighMsgs, fdbMsgs] = await Promise.all([
+    sock.dump(RTM_GETNEIGH, ndmsgRequest(AF_INET), 'dump neighbours'),
+    sock.dump(RTM_GETNEIGH, ndmsgRequest(AF_BRIDGE), 'dump fdb'),
+  ]);
+  const t: KernelTables = { neigh: new Map(), vtep: new Map(), moreVteps: new Map(), learned: new Set() };
+  const e = new NeighFields();
+  for (const m of neighMsgs) {
+    if (m.type !== RTM_NEWNEIGH) continue;
+    e.read(m.data);
+    if (e.family === AF_INET && e.ifindex === ifindex && e.dst4 >= 0 && (e.state & NUD_PERMANENT) !== 0) t.neigh.set(e.dst4, e.mac);
+  }
+  for (const m of fdbMsgs) {
+    if (m.type !== RTM_NEWNEIGH) continue;
+    e.read(m.data);
+    if (e.family !== AF_BRIDGE || e.ifindex !== ifindex || e.mac < 0) continue;
+    // The bridge marks its entries with NDA_MASTER, not with NTF_MASTER.
+    const master = e.master || (e.flags & NTF_MASTER) !== 0;
+    if (master && (e.state & (NUD_PERMANENT | NUD_NOARP)) === 0) t.learned.add(e.mac);
+    if ((e.flags & NTF_SELF) === 0 || e.dst4 < 0 || e.mac === 0) continue;
+    if (!t.vtep.has(e.mac)) t.vtep.set(e.mac, e.dst4);
+    else t.moreVteps.set(e.mac, [...(t.moreVteps.get(e.mac) ?? []), e.dst4]);
+  }
+  return t;
+}
+
+interface StaleEntries {
+  /** PERMANENT neighbours of addresses nobody wants. */
+  neigh: ParsedPeer[];
+  /** `self` FDB entries for a MAC nobody wants, or pointing at another VTEP than wanted. */
+  self: ParsedPeer[];
+  /** Bridge-learned entries of MACs nobody wants any more. */
+  master: ParsedPeer[];
+  /** Peers this removes: neighbours, plus FDB entries left without one. */
+  removed: number;
+}
+
+/** A table entry to delete, in the form the message writers and error reports take. */
+function stub(ip: number, mac: number, vtep: number): ParsedPeer {
+  return parsePeer({ ip: formatIPv4Number(ip), mac: formatMac(macFromNumber(mac)), vtep: formatIPv4Number(vtep) });
+}
+
+function staleEntries(have: KernelTables, wantIps: ReadonlySet<number>, wantVtepByMac: ReadonlyMap<number, number>): StaleEntries {
+  const out: StaleEntries = { neigh: [], self: [], master: [], removed: 0 };
+  const removedMacs = new Set<number>();
+  // forEach: for…of over a map's entries allocates an array per entry.
+  have.neigh.forEach((mac, ip) => {
+    if (wantIps.has(ip)) return;
+    out.neigh.push(stub(ip, Math.max(mac, 0), 0));
+    out.removed++;
+    if (mac >= 0) removedMacs.add(mac);
+  });
+  const selfEntry = (mac: number, vtep: number): void => {
+    const wantVtep = wantVtepByMac.get(mac);
+    if (wantVtep === vtep) return;
+    const entry = stub(0, mac, vtep);
+    out.self.push(entry);
+    if (wantVtep !== undefined) return;
+    if (have.learned.has(mac)) out.master.push(entry);
+    // An FDB entry left without its neighbour counts as a removed peer of its own.
+    if (!removedMacs.has(mac)) {
+      removedMacs.add(mac);
+      out.removed++;
+    }
+  };
+  have.vtep.forEach((vtep, mac) => selfEntry(mac, vtep));
+  have.moreVteps.forEach((vteps, mac) => vteps.forEach((vtep) => selfEntry(mac, vtep)));
+  return out;
 }
 
 /** What the kernel asks for in `miss` mode: the MAC of an IP (L3 miss) or the VTEP of a MAC (L2 miss). */

@@ -63,14 +63,19 @@ interface ActiveNetwork {
   mode: NetworkRecord['mode'];
 }
 
-const peerId = (p: Peer) => `${p.ip}|${p.mac}|${p.vtep}`;
+// join() builds one flat string; a template literal leaves a tree of parts beside the flattened
+// copy once the id is hashed (~65 bytes more per peer, kept twice for 10,000 peers).
+const peerId = (p: Peer) => [p.ip, p.mac, p.vtep].join('|');
+
+/** The fields of an endpoint record that decide whether and how it is a peer. */
+export type PeerEndpoint = Pick<EndpointRecord, 'ip' | 'mac' | 'host' | 'joined'>;
 
 /**
  * The peers one host should hold for one network: every joined endpoint of another host that
  * is live (has a `hosts/<name>` record), at that host's registered VTEP. Shared by peer-sync
  * and `tsoverlay inspect --check`.
  */
-export function desiredPeersOf(endpoints: Iterable<EndpointRecord>, hosts: ReadonlyMap<string, HostRecord>, self: string): Peer[] {
+export function desiredPeersOf(endpoints: Iterable<PeerEndpoint>, hosts: ReadonlyMap<string, HostRecord>, self: string): Peer[] {
   const peers: Peer[] = [];
   for (const ep of endpoints) {
     if (!ep.joined || ep.host === self) continue;
@@ -78,6 +83,31 @@ export function desiredPeersOf(endpoints: Iterable<EndpointRecord>, hosts: Reado
     if (host) peers.push({ ip: ep.ip, mac: ep.mac, vtep: host.vtep });
   }
   return peers;
+}
+
+/**
+ * A network's desired peers by peer id, kept up to date endpoint by endpoint so that a watch
+ * event costs a lookup, not a rebuild of the whole set. Two endpoint records can map to the same
+ * peer (a stale duplicate): the peer stays wanted until the last of them goes.
+ */
+class DesiredPeers {
+  readonly peers = new Map<string, Peer>();
+  /** Records beyond the first per peer id (almost always empty). */
+  private readonly extra = new Map<string, number>();
+
+  add(peer: Peer): void {
+    const id = peerId(peer);
+    if (this.peers.has(id)) this.extra.set(id, (this.extra.get(id) ?? 0) + 1);
+    else this.peers.set(id, peer);
+  }
+
+  remove(peer: Peer): void {
+    const id = peerId(peer);
+    const n = this.extra.get(id);
+    if (n === undefined) this.peers.delete(id);
+    else if (n > 1) this.extra.set(id, n - 1);
+    else this.extra.delete(id);
+  }
 }
 
 /**
@@ -96,8 +126,15 @@ export function desiredPeersOf(endpoints: Iterable<EndpointRecord>, hosts: Reado
  * peer is programmed for them.
  */
 export class PeerSync implements PeerSyncHooks {
-  /** Endpoint records by network key, then store key: a network's peers are computed from its own endpoints only. */
-  private readonly endpoints = new Map<string, Map<string, EndpointRecord>>();
+  /**
+   * By network key, then store key: the endpoints that can be peers (joined, of another host),
+   * reduced to what programming needs. 10,000 remote containers are held here, so not the
+   * whole record (ids, timestamps) and nothing else of the store.
+   */
+  private readonly endpoints = new Map<string, Map<string, PeerEndpoint>>();
+  /** Desired peers per network key, built on first use; dropped when any host changes. */
+  private readonly desired = new Map<string, DesiredPeers>();
+  private reconciling = false;
   private readonly hosts = new Map<string, HostRecord>();
   private readonly active = new Map<string, ActiveNetwork>();
   /** What we believe is programmed per network id, so that events cost a diff, not a dump. */
@@ -167,7 +204,7 @@ export class PeerSync implements PeerSyncHooks {
         },
       }),
     ];
-    this.timer = setInterval(() => this.reconcileAll('periodic'), this.options.reconcileIntervalMs);
+    this.timer = setInterval(() => void this.reconcileInTurn('periodic'), this.options.reconcileIntervalMs);
     this.timer.unref();
     const waitMs = Math.max(5_000, this.options.leaseTtlSeconds * 1000);
     const timedOut = await Promise.race([this.whenSynced.then(() => false), sleepUnref(waitMs).then(() => true)]);
@@ -218,6 +255,17 @@ export class PeerSync implements PeerSyncHooks {
   /** Peers the store wants programmed in a network's namespace. */
   desiredPeers(networkKey: string): Peer[] {
     return desiredPeersOf(this.endpoints.get(networkKey)?.values() ?? [], this.hosts, this.options.hostName);
+  }
+
+  /** The same peers by id, maintained incrementally (do not modify; it changes with the store). */
+  private desiredSet(networkKey: string): DesiredPeers {
+    let set = this.desired.get(networkKey);
+    if (!set) {
+      set = new DesiredPeers();
+      for (const p of this.desiredPeers(networkKey)) set.add(p);
+      this.desired.set(networkKey, set);
+    }
+    return set;
   }
 
   private async register(): Promise<void> {
@@ -322,8 +370,8 @@ export class PeerSync implements PeerSyncHooks {
    * static mode wants every desired peer; miss mode keeps only entries asked for before that
    * the store still wants (updated when the peer moved), never adds unasked ones.
    */
-  private target(net: ActiveNetwork, current: Iterable<Peer>): Peer[] | undefined {
-    if (net.mode === 'static') return this.desiredPeers(net.networkKey);
+  private target(net: ActiveNetwork, current: Iterable<Peer>): ReadonlyMap<string, Peer> | undefined {
+    if (net.mode === 'static') return this.desiredSet(net.networkKey).peers;
     if (net.mode !== 'miss') return undefined;
     const index = this.peerIndex(net.networkKey);
     const keep = new Map<string, Peer>();
@@ -331,7 +379,7 @@ export class PeerSync implements PeerSyncHooks {
       const now = index.byIp.get(p.ip) ?? index.byMac.get(p.mac.toLowerCase());
       if (now) keep.set(peerId(now), now);
     }
-    return [...keep.values()];
+    return keep;
   }
 
   private decode<T>(schemaName: string, decode: () => T): T | undefined {
@@ -343,20 +391,44 @@ export class PeerSync implements PeerSyncHooks {
     }
   }
 
+  /** The host record's copy of a host name when there is one: one string per host, not per endpoint. */
+  private hostName(name: string): string {
+    const known = this.hosts.get(name)?.name;
+    return known === name ? known : name;
+  }
+
+  /** The peer an endpoint is while its host is live. */
+  private peerOf(ep: PeerEndpoint): Peer | undefined {
+    const host = this.hosts.get(ep.host);
+    return host ? { ip: ep.ip, mac: ep.mac, vtep: host.vtep } : undefined;
+  }
+
+  /** Records (or, with undefined, forgets) one endpoint, and updates its network's desired set if built. */
   private setEndpoint(key: string, ep: EndpointRecord | undefined): void {
     const networkKey = key.split('/')[1] ?? '';
+    const kept: PeerEndpoint | undefined =
+      ep?.joined && ep.host !== this.options.hostName ? { ip: ep.ip, mac: ep.mac, host: this.hostName(ep.host), joined: true } : undefined;
     let records = this.endpoints.get(networkKey);
-    if (ep) {
+    const old = records?.get(key);
+    if (kept) {
       if (!records) this.endpoints.set(networkKey, (records = new Map()));
-      records.set(key, ep);
+      records.set(key, kept);
     } else if (records?.delete(key) && records.size === 0) {
       this.endpoints.delete(networkKey);
     }
+    const desired = this.desired.get(networkKey);
+    if (!desired) return;
+    // Hosts are unchanged since the set was built (a host change drops it): same VTEPs as then.
+    const before = old && this.peerOf(old);
+    const after = kept && this.peerOf(kept);
+    if (before) desired.remove(before);
+    if (after) desired.add(after);
   }
 
   private resetEndpoints(entries: KVEntry[]): void {
     this.noteReset('endpoints');
     this.endpoints.clear();
+    this.desired.clear();
     this.indexes.clear();
     for (const e of entries) {
       const ep = this.decode('endpoint', () => decodeRecord(endpointRecordSchema, e.value, e.key));
@@ -368,6 +440,7 @@ export class PeerSync implements PeerSyncHooks {
   private resetHosts(entries: KVEntry[]): void {
     this.noteReset('hosts');
     this.hosts.clear();
+    this.desired.clear();
     this.indexes.clear();
     for (const e of entries) {
       const host = this.decode('host', () => decodeRecord(hostRecordSchema, e.value, e.key));
@@ -394,6 +467,7 @@ export class PeerSync implements PeerSyncHooks {
   }
 
   private hostEvents(events: WatchEvent[]): void {
+    this.desired.clear();
     this.indexes.clear();
     for (const ev of events) {
       const name = ev.key.slice(keys.hosts().length);
@@ -410,6 +484,26 @@ export class PeerSync implements PeerSyncHooks {
 
   private reconcileAll(reason: string): void {
     for (const networkId of this.active.keys()) void this.reconcile(networkId, reason);
+  }
+
+  /**
+   * The periodic comparison, one network after the other: each reads its namespace's whole
+   * tables, and doing them all at once would hold every network's dump in memory together.
+   * A round still running when the next is due is not doubled.
+   */
+  private async reconcileInTurn(reason: string): Promise<void> {
+    if (this.reconciling) return;
+    this.reconciling = true;
+    try {
+      for (const networkId of [...this.active.keys()]) {
+        if (this.closed) return;
+        await this.reconcile(networkId, reason).catch((err: unknown) => {
+          this.logger.warn('reconciling peers failed; will retry on the next reconcile', { networkId, error: errorMessage(err) });
+        });
+      }
+    } finally {
+      this.reconciling = false;
+    }
   }
 
   /** Event path: diff desired against what we programmed last. */
@@ -442,7 +536,7 @@ export class PeerSync implements PeerSyncHooks {
         this.logger.warn('cannot read peers from the kernel', { networkId, error: errorMessage(err) });
         return;
       }
-      const target = this.target(net, actual) ?? [];
+      const target = this.target(net, actual) ?? new Map<string, Peer>();
       const changed = this.dataplane.setPeers
         ? await this.setExactly(networkId, target)
         : await this.applyDiff(networkId, new Map(actual.map((p) => [peerId(p), p])), target);
@@ -452,10 +546,11 @@ export class PeerSync implements PeerSyncHooks {
   }
 
   /** Reconcile with the dataplane's setPeers: exact tables, stale half entries removed too. */
-  private async setExactly(networkId: string, target: Peer[]): Promise<number> {
-    const want = new Map(target.map((p) => [peerId(p), p]));
+  private async setExactly(networkId: string, target: ReadonlyMap<string, Peer>): Promise<number> {
+    // A copy: `target` may be the live desired set, which events change while setPeers runs.
+    const want = new Map(target);
     try {
-      const r = await this.dataplane.setPeers!(networkId, target);
+      const r = await this.dataplane.setPeers!(networkId, [...want.values()]);
       this.programmed.set(networkId, want);
       this.observer?.peersChanged(r.added, r.removed);
       this.observer?.peersProgrammed(networkId, want.size);
@@ -467,20 +562,40 @@ export class PeerSync implements PeerSyncHooks {
     }
   }
 
-  private async applyDiff(networkId: string, current: Map<string, Peer>, desired: Peer[]): Promise<number> {
-    const want = new Map(desired.map((p) => [peerId(p), p]));
-    const add = [...want].filter(([id]) => !current.has(id)).map(([, p]) => p);
-    const remove = [...current].filter(([id]) => !want.has(id)).map(([, p]) => p);
+  /**
+   * Programs the difference between `current` (what the kernel holds) and `want`, then updates
+   * `current` in place to what was applied and keeps it as the network's programmed set. Only
+   * the difference is allocated: an event costs two passes over the maps, not copies of them
+   * (forEach, as `for (const [id, p] of map)` allocates an entry array per element).
+   */
+  private async applyDiff(networkId: string, current: Map<string, Peer>, want: ReadonlyMap<string, Peer>): Promise<number> {
+    const add: Peer[] = [];
+    const addIds: string[] = [];
+    want.forEach((p, id) => {
+      if (current.has(id)) return;
+      add.push(p);
+      addIds.push(id);
+    });
+    const remove: Peer[] = [];
+    const removeIds: string[] = [];
+    current.forEach((p, id) => {
+      if (want.has(id)) return;
+      remove.push(p);
+      removeIds.push(id);
+    });
     if (add.length === 0 && remove.length === 0) {
-      this.programmed.set(networkId, want);
-      this.observer?.peersProgrammed(networkId, want.size);
+      this.programmed.set(networkId, current);
+      this.observer?.peersProgrammed(networkId, current.size);
       return 0;
     }
     try {
       await this.dataplane.applyPeers(networkId, add, remove);
-      this.programmed.set(networkId, want);
+      // `want` may have changed meanwhile (its events queue their own diff): record what was applied.
+      for (const id of removeIds) current.delete(id);
+      addIds.forEach((id, i) => current.set(id, add[i]!));
+      this.programmed.set(networkId, current);
       this.observer?.peersChanged(add.length, remove.length);
-      this.observer?.peersProgrammed(networkId, want.size);
+      this.observer?.peersProgrammed(networkId, current.size);
       this.logger.debug('peers applied', { networkId, added: add.length, removed: remove.length });
     } catch (err) {
       // Forget what we think is programmed: the next reconcile compares against the kernel itself.

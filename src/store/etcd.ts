@@ -208,6 +208,7 @@ export class EtcdStore implements Store {
   readonly distributed = true;
   readonly description: string;
   readonly prefix: string;
+  private readonly prefixBytes: Buffer;
   readonly timeoutMs: number;
   /** @internal */
   readonly client: Etcd3;
@@ -221,6 +222,7 @@ export class EtcdStore implements Store {
     if (options.endpoints.length === 0) throw new Error('etcd store: at least one endpoint is required');
     this.logger = options.logger;
     this.prefix = options.prefix ?? DEFAULT_PREFIX;
+    this.prefixBytes = Buffer.from(this.prefix);
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const secure =
       options.secure === true || options.tls !== undefined || options.endpoints.some((e) => e.startsWith('https://'));
@@ -284,8 +286,11 @@ export class EtcdStore implements Store {
 
   /** @internal Strips the store prefix; undefined for keys outside it. */
   relKey(key: Buffer | string): string | undefined {
-    const s = typeof key === 'string' ? key : key.toString('utf8');
-    return s.startsWith(this.prefix) ? s.slice(this.prefix.length) : undefined;
+    if (typeof key === 'string') return key.startsWith(this.prefix) ? key.slice(this.prefix.length) : undefined;
+    // Decoded from behind the prefix: a slice of the whole decoded key would keep the whole key
+    // alive for as long as the relative key is held (peer-sync holds one per remote endpoint).
+    const n = this.prefixBytes.length;
+    return key.length >= n && key.compare(this.prefixBytes, 0, n, 0, n) === 0 ? key.toString('utf8', n) : undefined;
   }
 
   private entry(kv: IKeyValue): KVEntry | undefined {

@@ -11,9 +11,9 @@ import { promises as fsp } from 'node:fs';
 
 import type { Logger } from '../log';
 import type { Store } from './store';
-import { ConsulStore } from './consul';
-import { EtcdStore, EtcdTlsOptions } from './etcd';
-import { LocalStore } from './local';
+// Only types here: each backend (etcd3 with gRPC is ~9 MB of resident memory, Consul's client ~1 MB)
+// is loaded when a store URL asks for it, so a host pays only for the store it uses.
+import type { EtcdTlsOptions } from './etcd';
 
 export interface EtcdConnectOptions {
   /** PEM files for TLS (or the PEM text itself); giving any of them implies TLS. */
@@ -161,9 +161,11 @@ export async function openStore(url: string, opts: OpenStoreOptions): Promise<St
   const loc = parseStoreUrl(url, env);
   let store: Store;
   switch (loc.kind) {
-    case 'local':
+    case 'local': {
+      const { LocalStore } = await import('./local');
       store = await LocalStore.open({ dir: loc.dir, prefix: opts.prefix, logger: opts.logger });
       break;
+    }
     case 'etcd': {
       const e = opts.etcd ?? {};
       const [ca, cert, key] = await Promise.all([
@@ -178,6 +180,7 @@ export async function openStore(url: string, opts: OpenStoreOptions): Promise<St
       if ((username === undefined) !== (password === undefined)) {
         throw new Error('etcd authentication needs both a user name and a password');
       }
+      const { EtcdStore } = await import('./etcd');
       store = new EtcdStore({
         endpoints: loc.endpoints.map(formatHostPort),
         secure: loc.secure || tls !== undefined,
@@ -189,7 +192,8 @@ export async function openStore(url: string, opts: OpenStoreOptions): Promise<St
       });
       break;
     }
-    case 'consul':
+    case 'consul': {
+      const { ConsulStore } = await import('./consul');
       store = new ConsulStore({
         host: loc.host,
         port: loc.port,
@@ -200,6 +204,7 @@ export async function openStore(url: string, opts: OpenStoreOptions): Promise<St
         logger: opts.logger,
       });
       break;
+    }
   }
   opts.logger.info('store opened', { store: store.description, distributed: store.distributed });
   return store;

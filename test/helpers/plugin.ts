@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
+import { NODE_FLAGS } from '../../src/node-flags';
 import type { DockerHost } from './docker';
 import type { ManagedProcess } from './proc';
 import { waitFor } from './proc';
@@ -34,6 +35,7 @@ export interface PluginProcess {
 export async function startPlugin(host: DockerHost, opts: PluginOptions = {}): Promise<PluginProcess> {
   const argv = [
     process.execPath,
+    ...NODE_FLAGS, // as deployed
     PLUGIN_MAIN,
     'serve',
     '--store',

@@ -4,6 +4,7 @@
  * and what one test host holds of ours in the kernel (veths, overlay namespaces, mounts).
  */
 import type Dockerode from 'dockerode';
+import { NODE_FLAGS } from '../../src/node-flags';
 import { demuxDockerStream, type DockerHost } from './docker';
 import type { EtcdServer } from './etcd';
 import { NETNS_DIR, PLUGIN_MAIN, PLUGIN_SOCKET, startPlugin, type PluginOptions, type PluginProcess } from './plugin';
@@ -182,7 +183,7 @@ export async function startPluginTimed(host: DockerHost, opts: PluginOptions): P
 /** The plugin as startPlugin() runs it, without waiting for anything (to kill it mid-start). */
 export function spawnPlugin(host: DockerHost, store: string, extraArgs: readonly string[] = []): ManagedProcess {
   const argv = [
-    process.execPath, PLUGIN_MAIN, 'serve', '--store', store, '--socket', PLUGIN_SOCKET, '--netns-dir', NETNS_DIR,
+    process.execPath, ...NODE_FLAGS, PLUGIN_MAIN, 'serve', '--store', store, '--socket', PLUGIN_SOCKET, '--netns-dir', NETNS_DIR,
     '--host-name', host.name, '--log-level', 'debug', ...extraArgs,
   ];
   return host.exec(argv, { background: true, name: 'tsoverlay' });

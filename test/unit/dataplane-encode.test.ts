@@ -11,6 +11,7 @@ import {
   IFLA_NET_NS_FD,
   NDA_DST,
   NDA_LLADDR,
+  NDA_MASTER,
   NTF_MASTER,
   NTF_SELF,
   NUD_PERMANENT,
@@ -23,9 +24,13 @@ import {
   encodeIfInfo,
   encodeNeighMessage,
   encodeVethLinkInfo,
+  NeighFields,
   formatIPv4,
+  formatIPv4Number,
   formatMac,
   ipv4ToNumber,
+  macFromNumber,
+  macToNumber,
   parseAttrs,
   parseIPv4,
   parseIPv4Cidr,
@@ -206,6 +211,21 @@ describe('neighbour messages', () => {
     assert.equal(e.state, NUD_PERMANENT);
     assert.deepEqual(e.dst, ip);
     assert.deepEqual(e.lladdr, mac);
+  });
+
+  test('NeighFields reads the same message as numbers, and resets what a message lacks', () => {
+    const m = encodeNeighMessage(RTM_NEWNEIGH, 0, { family: AF_INET, ifindex: 3, state: NUD_PERMANENT, flags: NTF_SELF }, [
+      [NDA_DST, parseIPv4('10.20.0.5')],
+      [NDA_LLADDR, parseMac('02:42:0a:14:00:ff')],
+      [NDA_MASTER, u32(9)],
+    ]);
+    const e = new NeighFields().read(m.subarray(16));
+    assert.deepEqual({ ...e }, { family: AF_INET, ifindex: 3, state: NUD_PERMANENT, flags: NTF_SELF, dst4: ipv4ToNumber('10.20.0.5'), mac: macToNumber('02:42:0a:14:00:ff'), master: true });
+    const bare = encodeNeighMessage(RTM_NEWNEIGH, 0, { family: AF_INET, ifindex: 4, state: 0, flags: 0 }, []);
+    assert.deepEqual({ ...e.read(bare.subarray(16)) }, { family: AF_INET, ifindex: 4, state: 0, flags: 0, dst4: -1, mac: -1, master: false });
+    assert.equal(formatIPv4Number(ipv4ToNumber('255.0.10.1')), '255.0.10.1');
+    assert.equal(formatMac(macFromNumber(macToNumber('FF-42-0a-14-00-05'))), 'ff:42:0a:14:00:05');
+    assert.throws(() => macToNumber('02:42:0a:14:00'), /invalid MAC/);
   });
 
   test('peer add = neighbour replace + self FDB replace, byte for byte', () => {

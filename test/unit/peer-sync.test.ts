@@ -119,3 +119,52 @@ test('registers this host under a lease and withdraws it on close', async () => 
   await sync.close();
   assert.equal(await store.get(keys.host('b')), undefined);
 });
+
+/** Keeps peers by ip|mac|vtep (not by IP): shows duplicates and conflicts as they are. */
+class ExactRecorder implements PeerDataplane {
+  readonly table = new Map<string, Peer>();
+  async applyPeers(_networkId: string, add: Peer[], remove: Peer[]): Promise<unknown> {
+    for (const p of remove) this.table.delete(`${p.ip}|${p.mac}|${p.vtep}`);
+    for (const p of add) this.table.set(`${p.ip}|${p.mac}|${p.vtep}`, p);
+    return {};
+  }
+  async listPeers(): Promise<Peer[]> {
+    return [...this.table.values()];
+  }
+}
+
+test('events update the programmed peers incrementally to exactly what a full recomputation gives', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tso-peers-'));
+  const store = await openLocalStore({ dir, logger: silentLogger() });
+  const records = new RecordStore(store);
+  const kernel = new ExactRecorder();
+  const sync = new PeerSync(records, kernel, { hostName: 'b', vtep: '192.0.2.2', leaseTtlSeconds: 5, reconcileIntervalMs: 60_000 }, silentLogger());
+  cleanups.push(async () => {
+    await sync.close();
+    await store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  await sync.start();
+  const hosts = ['a', 'b', 'c'];
+  for (const h of hosts) await records.put(keys.host(h), { name: h, vtep: `192.0.2.${hosts.indexOf(h) + 1}`, started: '' });
+  await sync.networkActive('n'.repeat(64), network);
+  // A small id and address space, so that duplicates (two records, one peer) and re-used keys are frequent.
+  let seed = 7;
+  const rand = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 16) % n;
+  const expected = () => new Set(sync.desiredPeers(network.key).map((p) => `${p.ip}|${p.mac}|${p.vtep}`));
+  for (let step = 0; step < 300; step++) {
+    const r = rand(20);
+    const id = `e${rand(12)}`;
+    const remote = rand(2) === 0 ? 'a' : 'c';
+    if (r < 11) await records.put(keys.endpoint(network.key, id), endpoint(id, `10.9.0.${2 + rand(3)}`, hosts[rand(3)]!, rand(5) > 0));
+    else if (r < 18) await records.delete(keys.endpoint(network.key, id));
+    else if (r === 18) await records.delete(keys.host(remote));
+    else await records.put(keys.host(remote), { name: remote, vtep: `192.0.2.${remote === 'a' ? 1 : 3 + rand(2) * 10}`, started: '' });
+    if (step % 10 === 9) {
+      await settle();
+      assert.deepEqual(new Set(kernel.table.keys()), expected(), `after step ${step}`);
+    }
+  }
+  await settle();
+  assert.deepEqual(new Set(kernel.table.keys()), expected());
+});
