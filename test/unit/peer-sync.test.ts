@@ -36,10 +36,13 @@ after(async () => {
 });
 
 async function setup(): Promise<{ store: Store; records: RecordStore; kernel: KernelRecorder; sync: PeerSync }> {
+  return setupWith(new KernelRecorder());
+}
+
+async function setupWith<K extends PeerDataplane>(kernel: K): Promise<{ store: Store; records: RecordStore; kernel: K; sync: PeerSync }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tso-peers-'));
   const store = await openLocalStore({ dir, logger: silentLogger() });
   const records = new RecordStore(store);
-  const kernel = new KernelRecorder();
   const sync = new PeerSync(records, kernel, { hostName: 'b', vtep: '192.0.2.2', leaseTtlSeconds: 5, reconcileIntervalMs: 60_000 }, silentLogger());
   cleanups.push(async () => {
     await sync.close();
@@ -134,17 +137,7 @@ class ExactRecorder implements PeerDataplane {
 }
 
 test('events update the programmed peers incrementally to exactly what a full recomputation gives', async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tso-peers-'));
-  const store = await openLocalStore({ dir, logger: silentLogger() });
-  const records = new RecordStore(store);
-  const kernel = new ExactRecorder();
-  const sync = new PeerSync(records, kernel, { hostName: 'b', vtep: '192.0.2.2', leaseTtlSeconds: 5, reconcileIntervalMs: 60_000 }, silentLogger());
-  cleanups.push(async () => {
-    await sync.close();
-    await store.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  await sync.start();
+  const { records, kernel, sync } = await setupWith(new ExactRecorder());
   const hosts = ['a', 'b', 'c'];
   for (const h of hosts) await records.put(keys.host(h), { name: h, vtep: `192.0.2.${hosts.indexOf(h) + 1}`, started: '' });
   await sync.networkActive('n'.repeat(64), network);
