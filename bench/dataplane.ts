@@ -117,6 +117,7 @@ runBench(
       runs: { full: 5, smoke: 1, help: 'runs per variant' },
       omit: { full: 1, smoke: 0, help: 'seconds of each test not counted (-O, TCP slow start)' },
       warmup: { full: 1, smoke: 0, help: '1: one short uncounted test per variant first' },
+      pin: { full: 0, smoke: 0, help: "1: iperf3 -A 0,1 (client on CPU 0, server on CPU 1) for every variant, so that the scheduler's placement is the same for all" },
     },
   },
   async (p, ctx) => {
@@ -128,7 +129,8 @@ runBench(
     const vxNat = await handBuiltVxlan(a, b, 2, true);
     const secs = Math.max(1, Math.round(p.seconds));
     const omit = Math.round(p.omit);
-    const clientArgs = (ip: string, port = 5201) => ['iperf3', '-c', ip, '-p', String(port), '-t', String(secs), '-O', String(omit), '-J'];
+    const pin = Math.round(p.pin) === 1 ? ['-A', '0,1'] : [];
+    const clientArgs = (ip: string, port = 5201) => ['iperf3', '-c', ip, '-p', String(port), '-t', String(secs), '-O', String(omit), ...pin, '-J'];
     const timeoutMs = (secs + omit + 60) * 1000;
 
     // Servers, one per variant, each serving one test at a time.
@@ -228,7 +230,7 @@ runBench(
     return {
       tables: [
         {
-          title: `iperf3 TCP, 1 stream, ${secs} s per run (first ${omit} s omitted), median of ${runs}`,
+          title: `iperf3 TCP, 1 stream, ${secs} s per run (first ${omit} s omitted), median of ${runs}${pin.length > 0 ? ", client pinned to CPU 0 and server to CPU 1 (iperf3 -A 0,1)" : ""}`,
           columns: ['path', 'Gbit/s (median)', 'runs, Gbit/s', 'vs hand-built VXLAN', 'vs hand-built VXLAN with Docker NAT', 'vs underlay', 'retransmits (median)'],
           rows,
         },
