@@ -14,7 +14,7 @@
  *   node dist/bench/api-latency.js [--iterations 300] [--per-client 10] [--cold 50] [--profile 0|1] [--json FILE]
  */
 import { removeTree } from '../test/helpers/proc';
-import { inclusiveTop, newestProfile, summarizeProfile } from './lib/cpuprofile';
+import { cpuProfileTables, newestProfile } from './lib/cpuprofile';
 import { runIsolated } from './lib/isolate';
 import { runBench } from './lib/main';
 import { dockerId, fakeUnderlay, PluginClient, startBenchPlugin } from './lib/plugin';
@@ -162,17 +162,7 @@ if (runIsolated()) {
       if (plugin.profileDir) {
         const file = newestProfile(plugin.profileDir);
         if (file) {
-          const s = summarizeProfile(file, 15);
-          tables.push({
-            title: `CPU profile of the plugin over the whole run (${fmt(s.durationS, 0)} s, busy ${fmt(s.busyPct, 1)}%): top frames by self time`,
-            columns: ['frame', 'self %', 'total %'],
-            rows: s.top.map((f) => [f.frame, fmt(f.selfPct, 1), fmt(f.totalPct, 1)]),
-          });
-          tables.push({
-            title: 'CPU profile: tsoverlay functions by total time',
-            columns: ['frame', 'total %'],
-            rows: inclusiveTop(file, /\((dist\/)?src\//, 15).map((f) => [f.frame, fmt(f.totalPct, 1)]),
-          });
+          tables.push(...cpuProfileTables(file));
           removeTree(plugin.profileDir);
         }
       }

@@ -20,7 +20,7 @@ import { parseSubnet, subnetKey } from '../src/driver/subnet';
 import { NODE_FLAGS } from '../src/node-flags';
 import { startEtcd } from '../test/helpers/etcd';
 import { registerCleanup, run, runDir, sleep } from '../test/helpers/proc';
-import { inclusiveTop, newestFile, newestProfile, summarizeHeapProfile, summarizeProfile } from './lib/cpuprofile';
+import { cpuProfileTables, newestFile, newestProfile, summarizeHeapProfile } from './lib/cpuprofile';
 import { runIsolated } from './lib/isolate';
 import { runBench } from './lib/main';
 import { cpuSecondsOf, dockerId, fakeUnderlay, memoryOf, PluginClient, startBenchPlugin } from './lib/plugin';
@@ -307,17 +307,7 @@ if (runIsolated()) {
       if (plugin.profileDir) {
         const file = newestProfile(plugin.profileDir);
         if (file) {
-          const s = summarizeProfile(file, 15);
-          tables.push({
-            title: `CPU profile of the plugin over the whole run (${fmt(s.durationS, 0)} s, busy ${fmt(s.busyPct, 1)}%): top frames by self time`,
-            columns: ['frame', 'self %', 'total %'],
-            rows: s.top.map((f) => [f.frame, fmt(f.selfPct, 1), fmt(f.totalPct, 1)]),
-          });
-          tables.push({
-            title: 'CPU profile: tsoverlay functions by total time',
-            columns: ['frame', 'total %'],
-            rows: inclusiveTop(file, /\((dist\/)?src\//, 15).map((f) => [f.frame, fmt(f.totalPct, 1)]),
-          });
+          tables.push(...cpuProfileTables(file));
         }
       }
       const maxRss = Math.max(...phases.map((ph) => ph.rssMaxMB));

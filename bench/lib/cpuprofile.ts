@@ -5,6 +5,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import type { BenchTable } from './report';
+import { fmt } from './stats';
 
 interface CallFrame {
   functionName: string;
@@ -175,4 +177,21 @@ export function newestFile(dir: string, ext: string): string | undefined {
     .filter((f) => f.endsWith(ext))
     .map((f) => path.join(dir, f))
     .sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs)[0];
+}
+
+/** The two tables every benchmark with `--profile 1` reports: top frames by self time, and tsoverlay's own functions. */
+export function cpuProfileTables(file: string): BenchTable[] {
+  const s = summarizeProfile(file, 15);
+  return [
+    {
+      title: `CPU profile of the plugin over the whole run (${fmt(s.durationS, 0)} s, busy ${fmt(s.busyPct, 1)}%): top frames by self time`,
+      columns: ['frame', 'self %', 'total %'],
+      rows: s.top.map((f) => [f.frame, fmt(f.selfPct, 1), fmt(f.totalPct, 1)]),
+    },
+    {
+      title: 'CPU profile: tsoverlay functions by total time',
+      columns: ['frame', 'total %'],
+      rows: inclusiveTop(file, /\((dist\/)?src\//, 15).map((f) => [f.frame, fmt(f.totalPct, 1)]),
+    },
+  ];
 }

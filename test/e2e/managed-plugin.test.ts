@@ -9,9 +9,8 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, before, test } from 'node:test';
-import { DOCKERD, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
+import { e2eSkipReason, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
 import { startEtcd, type EtcdServer } from '../helpers/etcd';
-import { canBuildImage } from '../helpers/image';
 import {
   INSECURE_REGISTRY_ARGS,
   MANAGED_NETNS_DIR,
@@ -29,18 +28,7 @@ import {
 } from '../helpers/managed-plugin';
 import { cleanupAfter, sleep, waitFor } from '../helpers/proc';
 
-const skip =
-  process.getuid?.() !== 0
-    ? 'needs root'
-    : !fs.existsSync(DOCKERD)
-      ? `${DOCKERD} missing (apt-get install docker.io)`
-      : !fs.existsSync('/usr/bin/etcd')
-        ? '/usr/bin/etcd missing (apt-get install etcd-server)'
-        : !fs.existsSync(REGISTRY_BIN)
-          ? `${REGISTRY_BIN} missing (apt-get install docker-registry)`
-          : !canBuildImage()
-            ? 'static /bin/busybox missing (apt-get install busybox-static)'
-            : false;
+const skip = e2eSkipReason(['/usr/bin/etcd', REGISTRY_BIN]);
 
 cleanupAfter();
 

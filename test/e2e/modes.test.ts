@@ -11,27 +11,16 @@
  *   and on --metrics-address.
  */
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import http from 'node:http';
 import { after, before, test } from 'node:test';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import type { InspectReport } from '../../src/cli/inspect-model';
-import { DOCKERD, runContainer, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
+import { e2eSkipReason, runContainer, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
 import { startEtcd, type EtcdServer } from '../helpers/etcd';
-import { canBuildImage } from '../helpers/image';
 import { NETNS_DIR, PLUGIN_MAIN, startPlugin, type PluginProcess } from '../helpers/plugin';
 import { cleanupAfter, spawnTracked, waitFor } from '../helpers/proc';
 
-const skip =
-  process.getuid?.() !== 0
-    ? 'needs root'
-    : !fs.existsSync(DOCKERD)
-      ? `${DOCKERD} missing (apt-get install docker.io)`
-      : !fs.existsSync('/usr/bin/etcd')
-        ? '/usr/bin/etcd missing (apt-get install etcd-server)'
-        : !canBuildImage()
-          ? 'static /bin/busybox missing (apt-get install busybox-static)'
-          : false;
+const skip = e2eSkipReason(['/usr/bin/etcd']);
 
 cleanupAfter();
 
