@@ -397,7 +397,7 @@ export class Dataplane {
       // The common case first (nothing there yet); EEXIST means a retried Join or a leftover pair.
       try {
         await createVeth(host, o.sock, o.nsFd, veth);
-        this.log.info('endpoint attached', { network: a.networkId, endpoint: a.endpointId, ...names });
+        this.log.debug('endpoint attached', { network: a.networkId, endpoint: a.endpointId, ...names });
         return names;
       } catch (e) {
         if (!isNetlinkError(e, 'EEXIST')) throw e;
@@ -421,7 +421,7 @@ export class Dataplane {
       if (peer) await deleteLink(o.sock, peer.index);
       if (hostEnd) await deleteLink(host, hostEnd.index);
       await createVeth(host, o.sock, o.nsFd, veth);
-      this.log.info('endpoint attached', { network: a.networkId, endpoint: a.endpointId, ...names });
+      this.log.debug('endpoint attached', { network: a.networkId, endpoint: a.endpointId, ...names });
       return names;
     });
   }
@@ -433,7 +433,7 @@ export class Dataplane {
       await deleteLink(this.host(), names.srcName);
       const o = this.existing(networkId);
       if (o) await deleteLink(o.sock, names.bridgePortName);
-      this.log.info('endpoint detached', { network: networkId, endpoint: endpointId });
+      this.log.debug('endpoint detached', { network: networkId, endpoint: endpointId });
     });
   }
 

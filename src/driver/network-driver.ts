@@ -93,6 +93,11 @@ export class NetworkDriver {
   private readonly networkLocks = new KeyedMutex();
   /** Spec of every overlay this host has up, for the periodic repair (works without the store). */
   private readonly overlaySpecs = new Map<string, OverlaySpec>();
+  /**
+   * Veth pairs made by CreateEndpoint for a Join to come, with the epoch of the overlay
+   * namespace their bridge end went into (a namespace rebuilt since then took that end with it).
+   */
+  private readonly preparedPorts = new Map<string, { epoch: number; attached: AttachedEndpoint }>();
 
   constructor(
     private readonly records: RecordStore,
@@ -224,9 +229,21 @@ export class NetworkDriver {
           joined: false,
           created: nowIso(),
         };
-        await this.records.put(key, record);
+        // Docker sends Join right after CreateEndpoint: the kernel work of the veth pair runs
+        // while the record is being made durable, instead of after it in Join. The write is
+        // issued first (its disk wait is the longer one; the netlink calls block this thread).
+        const writing = this.records.put(key, record);
+        const preparing = this.preparePort(input.networkId, network.value, input.endpointId, mac);
+        try {
+          await writing;
+        } catch (err) {
+          await preparing;
+          await this.dropPreparedPort(input.networkId, input.endpointId);
+          throw err;
+        }
+        await preparing;
       }
-      this.logger.info('endpoint created', { networkId: input.networkId, endpointId: input.endpointId, ip, mac });
+      this.logger.info('endpoint created', { networkId: input.networkId, endpointId: input.endpointId, ip, mac, portReady: this.preparedPorts.has(input.endpointId) });
       // Docker fails the call with "driver modified interface" if we echo a field it set.
       return givenMac ? {} : { macAddress: mac };
     });
@@ -235,6 +252,7 @@ export class NetworkDriver {
   async deleteEndpoint(networkId: string, endpointId: string): Promise<void> {
     await this.networkLocks.run(networkId, async () => {
       const network = await this.findNetwork(networkId);
+      this.preparedPorts.delete(endpointId);
       await this.dataplane.detachEndpoint(networkId, endpointId);
       if (!network) return;
       await this.records.delete(keys.endpoint(network.value.key, endpointId));
@@ -259,7 +277,10 @@ export class NetworkDriver {
     return this.networkLocks.run(networkId, async () => {
       const network = await this.requireNetwork(networkId);
       const endpoint = await this.requireEndpoint(network.value, endpointId);
-      const hadOverlay = this.dataplane.findOverlay(networkId) !== undefined;
+      const overlay = this.dataplane.findOverlay(networkId);
+      const hadOverlay = overlay !== undefined;
+      const prepared = this.preparedPorts.get(endpointId);
+      this.preparedPorts.delete(endpointId);
       let attached: AttachedEndpoint | undefined;
       try {
         // p2p: the remote is per host (each names the other), kept with this host's network id.
@@ -275,13 +296,12 @@ export class NetworkDriver {
           await this.dataplane.ensureOverlay(spec);
           this.overlaySpecs.set(networkId, spec);
         }
-        try {
-          attached = await this.dataplane.attachEndpoint(attachment);
-        } catch (err) {
-          if (!verified) throw err;
-          this.logger.warn('attach failed on a verified overlay; repairing it', { networkId, endpointId, error: errorMessage(err) });
-          await this.dataplane.ensureOverlay(spec);
-          attached = await this.dataplane.attachEndpoint(attachment);
+        if (verified && prepared && prepared.epoch === overlay?.epoch) {
+          // Made by CreateEndpoint in this very namespace. A port damaged since is the periodic
+          // reconcile's to repair, as one damaged right after a Join would be.
+          attached = prepared.attached;
+        } else {
+          attached = await this.attachOrRepair(attachment, spec, verified);
         }
         if (!endpoint.value.joined) {
           await this.records.put(endpoint.key, { ...endpoint.value, joined: true, locator: this.host.vtep });
@@ -538,6 +558,41 @@ export class NetworkDriver {
     const endpoint = await this.records.get(endpointRecordSchema, keys.endpoint(network.key, endpointId));
     if (!endpoint || endpoint.value.host !== this.host.name) throw new PluginError(`unknown endpoint ${endpointId}`, 404);
     return endpoint;
+  }
+
+  /** The endpoint's veth pair; on an overlay that was not re-checked (`verified`), a failure repairs the overlay and tries once more. */
+  private async attachOrRepair(attachment: EndpointAttachment, spec: OverlaySpec, verified: boolean): Promise<AttachedEndpoint> {
+    try {
+      return await this.dataplane.attachEndpoint(attachment);
+    } catch (err) {
+      if (!verified) throw err;
+      this.logger.warn('attach failed on a verified overlay; repairing it', { networkId: attachment.networkId, endpointId: attachment.endpointId, error: errorMessage(err) });
+      await this.dataplane.ensureOverlay(spec);
+      return this.dataplane.attachEndpoint(attachment);
+    }
+  }
+
+  /**
+   * The endpoint's veth pair, made now if its network's overlay is up and was built or checked
+   * by this process (a cold network's Join builds the namespace first). Never fails: without a
+   * prepared pair, Join makes it as usual.
+   */
+  private async preparePort(networkId: string, network: NetworkRecord, endpointId: string, mac: string): Promise<void> {
+    const overlay = this.dataplane.findOverlay(networkId);
+    if (!overlay || !this.overlaySpecs.has(networkId)) return;
+    try {
+      const attached = await this.dataplane.attachEndpoint({ networkId, endpointId, mac, mtu: network.mtu });
+      this.preparedPorts.set(endpointId, { epoch: overlay.epoch, attached });
+    } catch (err) {
+      this.logger.debug('veth pair not prepared; Join will make it', { networkId, endpointId, error: errorMessage(err) });
+    }
+  }
+
+  private async dropPreparedPort(networkId: string, endpointId: string): Promise<void> {
+    if (!this.preparedPorts.delete(endpointId)) return;
+    await this.dataplane.detachEndpoint(networkId, endpointId).catch((err: unknown) =>
+      this.logger.warn('cannot remove the veth pair of an endpoint that was not created', { networkId, endpointId, error: errorMessage(err) }),
+    );
   }
 
   private async removeOverlayIfUnused(networkId: string, network: NetworkRecord): Promise<void> {

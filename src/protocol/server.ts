@@ -65,6 +65,8 @@ function reply(res: Response, status: number, body: unknown): void {
 export function createApp(routes: Record<string, Route>, logger: Logger, options: AppOptions = {}): express.Express {
   const app = express();
   app.disable('x-powered-by');
+  // Plugin answers are never cached: no SHA-1 of every body for an ETag.
+  app.set('etag', false);
   for (const [getPath, handler] of Object.entries(options.get ?? {})) {
     app.get(getPath, (_req: Request, res: Response) => {
       handler().then(

@@ -1,0 +1,165 @@
+/**
+ * CreateEndpoint makes the veth pair while the endpoint record is written (when the network's
+ * overlay is up), and Join then uses it — unless the overlay namespace was rebuilt meanwhile.
+ * The driver runs over the real embedded store; the dataplane is a recording stand-in (the
+ * kernel side of attach/detach is covered by the integration tests).
+ */
+import { after, beforeEach, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { RecordStore } from '../../src/driver/record-store';
+import { NetworkDriver, type OverlayDataplane } from '../../src/driver/network-driver';
+import type { AttachedEndpoint, EndpointAttachment, OverlayInfo, OverlaySpec } from '../../src/dataplane/types';
+import { silentLogger } from '../../src/log';
+import { LOCAL_ADDRESS_SPACE } from '../../src/driver/ipam';
+import { openStore } from '../../src/store/open';
+import type { Store } from '../../src/store/store';
+
+class RecordingDataplane implements OverlayDataplane {
+  calls: string[] = [];
+  overlays = new Map<string, OverlayInfo>();
+  epoch = 0;
+  failAttach = false;
+
+  async ensureOverlay(spec: OverlaySpec): Promise<OverlayInfo> {
+    this.calls.push('ensureOverlay');
+    let o = this.overlays.get(spec.networkId);
+    if (!o) {
+      o = { netnsPath: `/run/test/${++this.epoch}`, epoch: this.epoch };
+      this.overlays.set(spec.networkId, o);
+    }
+    return o;
+  }
+  async repairOverlay(): Promise<boolean> {
+    return false;
+  }
+  async removeOverlay(networkId: string): Promise<void> {
+    this.calls.push('removeOverlay');
+    this.overlays.delete(networkId);
+  }
+  findOverlay(networkId: string): OverlayInfo | undefined {
+    return this.overlays.get(networkId);
+  }
+  async attachEndpoint(a: EndpointAttachment): Promise<AttachedEndpoint> {
+    this.calls.push(`attach ${a.endpointId}`);
+    if (this.failAttach) throw new Error('netlink: no buffer space');
+    return { srcName: `vc${a.endpointId.slice(0, 11)}`, bridgePortName: `ve${a.endpointId.slice(0, 11)}` };
+  }
+  async detachEndpoint(_networkId: string, endpointId: string): Promise<void> {
+    this.calls.push(`detach ${endpointId}`);
+  }
+  async applyPeers(): Promise<unknown> {
+    return undefined;
+  }
+  async bridgePorts(): Promise<string[]> {
+    return [];
+  }
+  async removeOrphans() {
+    return { hostVeths: [], ports: [], namespaces: [] };
+  }
+}
+
+const NET = 'n'.repeat(64);
+const id = (c: string) => c.repeat(64);
+
+describe('NetworkDriver: veth pair prepared by CreateEndpoint', () => {
+  const dirs: string[] = [];
+  let store: Store;
+  let dp: RecordingDataplane;
+  let driver: NetworkDriver;
+  const stores: Store[] = [];
+  after(async () => {
+    for (const s of stores) await s.close();
+  });
+
+  beforeEach(async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tso-prepare-'));
+    dirs.push(dir);
+    store = await openStore(`local://${dir}`, { logger: silentLogger() });
+    stores.push(store);
+    dp = new RecordingDataplane();
+    driver = new NetworkDriver(new RecordStore(store), dp, { name: 'h1', vtep: '10.0.0.1', underlayMtu: 1500 }, silentLogger());
+    await driver.createNetwork({
+      networkId: NET,
+      genericOptions: {},
+      ipv4: [{ addressSpace: LOCAL_ADDRESS_SPACE, pool: '10.9.0.0/24', gateway: '10.9.0.1/24' }],
+      ipv6: [],
+    });
+  });
+  after(async () => {
+    for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+  });
+
+  const createAndJoin = async (ep: string, ip: string) => {
+    await driver.createEndpoint({ networkId: NET, endpointId: ep, address: `${ip}/24` });
+    return driver.join(NET, ep);
+  };
+
+  test('the first endpoint (no overlay yet): Join builds the overlay and the pair', async () => {
+    const r = await createAndJoin(id('a'), '10.9.0.2');
+    assert.equal(r.srcName, `vc${'a'.repeat(11)}`);
+    assert.deepEqual(dp.calls, ['ensureOverlay', `attach ${id('a')}`]);
+  });
+
+  test('on a warm overlay CreateEndpoint makes the pair and Join does no kernel work', async () => {
+    await createAndJoin(id('a'), '10.9.0.2');
+    dp.calls = [];
+    await driver.createEndpoint({ networkId: NET, endpointId: id('b'), address: '10.9.0.3/24' });
+    assert.deepEqual(dp.calls, [`attach ${id('b')}`]);
+    const r = await driver.join(NET, id('b'));
+    assert.equal(r.srcName, `vc${'b'.repeat(11)}`);
+    assert.deepEqual(dp.calls, [`attach ${id('b')}`], 'Join attached again');
+    const record = (await store.list('')).find((e) => e.key.endsWith(`/${id('b')}`));
+    assert.ok(record, 'no endpoint record');
+    assert.equal((JSON.parse(record.value) as { joined: boolean }).joined, true);
+  });
+
+  test('an overlay rebuilt between CreateEndpoint and Join (new epoch): Join attaches again', async () => {
+    await createAndJoin(id('a'), '10.9.0.2');
+    await driver.createEndpoint({ networkId: NET, endpointId: id('b'), address: '10.9.0.3/24' });
+    // The namespace went and came back (another Leave removed it, a Join rebuilt it).
+    dp.overlays.set(NET, { netnsPath: '/run/test/99', epoch: 99 });
+    dp.calls = [];
+    await driver.join(NET, id('b'));
+    assert.ok(dp.calls.includes(`attach ${id('b')}`), `calls: ${dp.calls.join(', ')}`);
+  });
+
+  test('a pair that could not be prepared is made by Join', async () => {
+    await createAndJoin(id('a'), '10.9.0.2');
+    dp.failAttach = true;
+    await driver.createEndpoint({ networkId: NET, endpointId: id('b'), address: '10.9.0.3/24' });
+    dp.failAttach = false;
+    dp.calls = [];
+    await driver.join(NET, id('b'));
+    assert.deepEqual(dp.calls, [`attach ${id('b')}`]);
+  });
+
+  test('DeleteEndpoint of a prepared, never joined endpoint removes its pair; a later Join of the same id attaches anew', async () => {
+    await createAndJoin(id('a'), '10.9.0.2');
+    await driver.createEndpoint({ networkId: NET, endpointId: id('b'), address: '10.9.0.3/24' });
+    await driver.deleteEndpoint(NET, id('b'));
+    assert.ok(dp.calls.includes(`detach ${id('b')}`));
+    dp.calls = [];
+    await driver.createEndpoint({ networkId: NET, endpointId: id('b'), address: '10.9.0.3/24' });
+    dp.overlays.set(NET, { netnsPath: '/run/test/7', epoch: 7 });
+    await driver.join(NET, id('b'));
+    assert.equal(dp.calls.filter((c) => c === `attach ${id('b')}`).length, 2);
+  });
+
+  test('a failed record write removes the prepared pair', async () => {
+    await createAndJoin(id('a'), '10.9.0.2');
+    dp.calls = [];
+    const put = store.put.bind(store);
+    store.put = async () => {
+      throw new Error('disk full');
+    };
+    try {
+      await assert.rejects(driver.createEndpoint({ networkId: NET, endpointId: id('c'), address: '10.9.0.4/24' }), /disk full/);
+    } finally {
+      store.put = put;
+    }
+    assert.deepEqual(dp.calls, [`attach ${id('c')}`, `detach ${id('c')}`]);
+  });
+});
