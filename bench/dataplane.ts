@@ -83,16 +83,18 @@ async function handBuiltVxlan(a: DockerHost, b: DockerHost, n: number, ends: Han
   registerCleanup(`hand-built vxlan ${n}`, remove, { sync: remove });
   const macA = `02:42:0a:${(202 + n).toString(16)}:00:01`;
   const macB = `02:42:0a:${(202 + n).toString(16)}:00:02`;
-  const endNs = (epName: string, pid: number | undefined): string => (pid === undefined ? `/run/netns/${epName}` : `/proc/${pid}/ns/net`);
+  /** An end's namespace as `ip … netns` takes it (a name, or the PID of a process in it) and as a path. */
+  const end = (ownName: string, pid: number | undefined) =>
+    pid === undefined ? { own: ownName, ipArg: ownName, path: `/run/netns/${ownName}` } : { own: undefined, ipArg: String(pid), path: `/proc/${pid}/ns/net` };
   const hosts = [
-    { host: a, br: names.brA, ep: endNs(names.epA, ends.kind === 'containers' ? ends.pidA : undefined), ip: `${net}.1`, mac: macA, peer: b, peerIp: `${net}.2`, peerMac: macB },
-    { host: b, br: names.brB, ep: endNs(names.epB, ends.kind === 'containers' ? ends.pidB : undefined), ip: `${net}.2`, mac: macB, peer: a, peerIp: `${net}.1`, peerMac: macA },
+    { host: a, br: names.brA, ep: end(names.epA, ends.kind === 'containers' ? ends.pidA : undefined), ip: `${net}.1`, mac: macA, peer: b, peerIp: `${net}.2`, peerMac: macB },
+    { host: b, br: names.brB, ep: end(names.epB, ends.kind === 'containers' ? ends.pidB : undefined), ip: `${net}.2`, mac: macB, peer: a, peerIp: `${net}.1`, peerMac: macA },
   ];
   // Inside a container the interface needs a name its own eth0 does not have.
   const dev = ownNamespaces ? 'eth0' : `hv${n}`;
   for (const h of hosts) {
-    for (const ns of ownNamespaces ? [h.br, h.ep] : [h.br]) {
-      const name = ns.startsWith('/run/netns/') ? ns.slice('/run/netns/'.length) : ns;
+    for (const name of [h.br, h.ep.own]) {
+      if (name === undefined) continue;
       recordResource({ kind: 'netns', name });
       await run(['ip', 'netns', 'add', name]);
     }
@@ -100,18 +102,16 @@ async function handBuiltVxlan(a: DockerHost, b: DockerHost, n: number, ends: Han
     // The VXLAN device is made in the host namespace (its UDP socket stays there), then moved.
     await underlay.exec(['ip', 'link', 'add', 'hvx0', 'mtu', '1450', 'type', 'vxlan', 'id', vni, 'dstport', '4789', 'local', underlay.address, 'proxy']);
     await underlay.exec(['ip', 'link', 'set', 'hvx0', 'netns', h.br]);
-    // ip takes a namespace by name or by the PID of a process in it (a container's init).
-    const peerNs = ends.kind === 'namespaces' ? h.ep.slice('/run/netns/'.length) : h.ep.split('/')[2]!;
     const br = ['link set lo up', 'link add br0 mtu 1450 type bridge', 'link set hvx0 master br0', 'link set hvx0 up', 'link set br0 up',
       // Both ends at 1450: a veth peer left at 1500 would let that endpoint's TCP use a larger MSS than the containers'.
-      `link add hve0 mtu 1450 type veth peer name ${dev} mtu 1450 netns ${peerNs}`, 'link set hve0 master br0', 'link set hve0 up',
+      `link add hve0 mtu 1450 type veth peer name ${dev} mtu 1450 netns ${h.ep.ipArg}`, 'link set hve0 master br0', 'link set hve0 up',
       `neigh add ${h.peerIp} lladdr ${h.peerMac} dev hvx0 nud permanent`, ''].join('\n');
     await run(['nsenter', `--net=/run/netns/${h.br}`, '--', 'ip', '-batch', '-'], { input: br });
     await run(['nsenter', `--net=/run/netns/${h.br}`, '--', 'bridge', 'fdb', 'add', h.peerMac, 'dev', 'hvx0', 'dst', h.peer.underlay!.address, 'self', 'permanent']);
     const ep = ['link set lo up', `link set ${dev} address ${h.mac}`, `addr add ${h.ip}/24 dev ${dev}`, `link set ${dev} up`, ''].join('\n');
-    await run(['nsenter', `--net=${h.ep}`, '--', 'ip', '-batch', '-'], { input: ep });
+    await run(['nsenter', `--net=${h.ep.path}`, '--', 'ip', '-batch', '-'], { input: ep });
   }
-  return { serverNs: hosts[1]!.ep, clientNs: hosts[0]!.ep, serverIp: `${net}.2` };
+  return { serverNs: hosts[1]!.ep.path, clientNs: hosts[0]!.ep.path, serverIp: `${net}.2` };
 }
 
 runBench(
