@@ -17,6 +17,7 @@ export interface DaemonConfig {
   scope: 'local' | 'global';
   logLevel: LogLevel;
   leaseTtlSeconds: number;
+  storeTimeoutSeconds: number;
   reconcileIntervalSeconds: number;
   /** etcd TLS: CA, client certificate and key, each a PEM file path or the PEM text itself. */
   etcdTls?: { ca?: string; cert?: string; key?: string };
@@ -59,6 +60,7 @@ export const OPTIONS = {
   scope: { env: 'TSOVERLAY_SCOPE', default: 'local', help: 'scope reported to Docker: local, or global (swarm, managed plugin)' },
   'log-level': { env: 'TSOVERLAY_LOG_LEVEL', default: 'info', help: 'error, warn, info or debug' },
   'reconcile-interval': { env: 'TSOVERLAY_RECONCILE_INTERVAL', default: '10', help: 'seconds between full kernel-vs-store comparisons' },
+  'store-timeout': { env: 'TSOVERLAY_STORE_TIMEOUT', default: '10', help: 'seconds a store call may take before the request fails (above etcd’s own 7 s request timeout)' },
   'lease-ttl': { env: 'TSOVERLAY_LEASE_TTL', default: '10', help: 'seconds after which a dead host’s entries are removed' },
   'etcd-ca': { env: 'TSOVERLAY_ETCD_CA', help: 'etcd TLS: CA certificate (PEM file, or the PEM text itself)' },
   'etcd-cert': { env: 'TSOVERLAY_ETCD_CERT', help: 'etcd TLS: client certificate (PEM file, or the PEM text itself)' },
@@ -119,6 +121,10 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfi
   }
   const ttl = Number(get('lease-ttl'));
   if (!Number.isInteger(ttl) || ttl < 2 || ttl > 3600) throw new Error(`invalid --lease-ttl "${get('lease-ttl')}" (2..3600 seconds)`);
+  const storeTimeout = Number(get('store-timeout'));
+  if (!Number.isFinite(storeTimeout) || storeTimeout < 1 || storeTimeout > 120) {
+    throw new Error(`invalid --store-timeout "${get('store-timeout')}" (1..120 seconds)`);
+  }
   const interval = Number(get('reconcile-interval'));
   if (!Number.isFinite(interval) || interval < 1 || interval > 3600) {
     throw new Error(`invalid --reconcile-interval "${get('reconcile-interval')}" (1..3600 seconds)`);
@@ -138,6 +144,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfi
     scope,
     logLevel: logLevel as LogLevel,
     leaseTtlSeconds: ttl,
+    storeTimeoutSeconds: storeTimeout,
     reconcileIntervalSeconds: interval,
     ...etcdTls(get('etcd-ca'), get('etcd-cert'), get('etcd-key')),
     ...etcdAuth(get('etcd-user'), get('etcd-password'), get('etcd-password-file')),

@@ -33,7 +33,12 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   const auth = config.etcdAuth;
   const etcd =
     tls || auth ? { ...(tls ? { caFile: tls.ca, certFile: tls.cert, keyFile: tls.key } : {}), ...(auth ?? {}) } : undefined;
-  const store = await openStore(config.store, { prefix: config.storePrefix, logger, ...(etcd ? { etcd } : {}) });
+  const store = await openStore(config.store, {
+    prefix: config.storePrefix,
+    logger,
+    timeoutMs: config.storeTimeoutSeconds * 1000,
+    ...(etcd ? { etcd } : {}),
+  });
   const dataplane = new Dataplane({ netnsDir: config.netnsDir, logger });
   const records = new RecordStore(store);
   const metrics = new Metrics();

@@ -31,6 +31,7 @@ import {
   Backoff,
   DEFAULT_PREFIX,
   DEFAULT_TIMEOUT_MS,
+  logIfSlow,
   LostSignal,
   SafeListener, openTrackedWatch,
   assertKey,
@@ -49,7 +50,7 @@ export interface ConsulStoreOptions {
   /** ACL token; defaults to nothing (the agent's default token applies). */
   token?: string;
   prefix?: string;
-  /** Deadline for each call, default 5000 ms. */
+  /** Deadline for each call, default DEFAULT_TIMEOUT_MS (10 s). */
   timeoutMs?: number;
   /** Blocking-query wait for watches, default 30 s. */
   watchWaitSeconds?: number;
@@ -428,6 +429,7 @@ export class ConsulStore implements Store {
   async request<T>(what: string, fn: (api: ConsulApi, options: { timeout: number }) => Promise<T>, timeoutMs?: number): Promise<T> {
     if (this.closed) throw new Error(`${this.description}: store is closed`);
     const ms = timeoutMs ?? this.timeoutMs;
+    const started = performance.now();
     try {
       return await withDeadline(fn(this.api, { timeout: ms }), ms + 250, () => `${this.description}: ${what}`);
     } catch (err) {
@@ -445,6 +447,9 @@ export class ConsulStore implements Store {
         default:
           throw new Error(`${this.description}: ${what} failed: ${f.message}`, { cause: err });
       }
+    } finally {
+      // A blocking query (its own timeoutMs) waits on purpose.
+      if (timeoutMs === undefined) logIfSlow(this.logger, this.description, what, started);
     }
   }
 

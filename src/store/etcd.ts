@@ -36,6 +36,7 @@ import {
   Backoff,
   DEFAULT_PREFIX,
   DEFAULT_TIMEOUT_MS,
+  logIfSlow,
   LostSignal,
   SafeListener, openTrackedWatch,
   assertKey,
@@ -67,7 +68,7 @@ export interface EtcdStoreOptions {
   auth?: EtcdAuthOptions;
   /** Key prefix, default `tsoverlay/v1/`. */
   prefix?: string;
-  /** Deadline for each call, default 5000 ms. */
+  /** Deadline for each call, default DEFAULT_TIMEOUT_MS (10 s). */
   timeoutMs?: number;
   logger: Logger;
 }
@@ -232,7 +233,8 @@ export class EtcdStore implements Store {
     const clientOptions: IOptions = {
       hosts: bare.map((h) => `${secure ? 'https' : 'http'}://${h}`),
       dialTimeout: this.timeoutMs,
-      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + this.timeoutMs }),
+      // gRPC's own deadline only ends calls that our deadline (in call()) has already given up on.
+      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + this.timeoutMs + 1000 }),
       // gRPC's default reconnect backoff grows to 120 s: after an outage of tens of seconds the
       // channel would stay down long after etcd is back. Retry the connection at least every 2 s.
       grpcOptions: { 'grpc.initial_reconnect_backoff_ms': 250, 'grpc.max_reconnect_backoff_ms': 2000 },
@@ -267,6 +269,7 @@ export class EtcdStore implements Store {
   /** @internal Runs one etcd call under the deadline, mapping connectivity errors. */
   async call<T>(what: string, fn: () => Promise<T>): Promise<T> {
     if (this.closed) throw new Error(`${this.description}: store is closed`);
+    const started = performance.now();
     try {
       return await withDeadline(fn(), this.timeoutMs, () => `${this.description}: ${what}`);
     } catch (err) {
@@ -281,6 +284,8 @@ export class EtcdStore implements Store {
         throw new StoreUnavailableError(`${this.description}: ${what} failed, etcd unreachable: ${e.message}`);
       }
       throw new Error(`${this.description}: ${what} failed: ${e.message}`, { cause: e });
+    } finally {
+      logIfSlow(this.logger, this.description, what, started);
     }
   }
 

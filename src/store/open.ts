@@ -31,7 +31,7 @@ export interface OpenStoreOptions {
   etcd?: EtcdConnectOptions;
   /** Consul ACL token; default CONSUL_HTTP_TOKEN (or the file named by CONSUL_HTTP_TOKEN_FILE). */
   consulToken?: string;
-  /** Per-call deadline for etcd/Consul, default 5000 ms. */
+  /** Per-call deadline for etcd/Consul, default DEFAULT_TIMEOUT_MS (10 s). */
   timeoutMs?: number;
   /** Environment to read CONSUL_* from (tests); default process.env. */
   env?: NodeJS.ProcessEnv;

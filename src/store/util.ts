@@ -4,7 +4,12 @@ import { KVEntry, StoreUnavailableError, Watch, WatchEvent, WatchListener } from
 import type { Logger } from '../log';
 
 export const DEFAULT_PREFIX = 'tsoverlay/v1/';
-export const DEFAULT_TIMEOUT_MS = 5000;
+/**
+ * Longer than etcd's own request timeout (5 s + 2 election timeouts = 7 s by default): a
+ * store that is slow but working answers, with its result or its own error, before we give up
+ * and leave the outcome unknown. An unreachable store fails at once, not after this.
+ */
+export const DEFAULT_TIMEOUT_MS = 10_000;
 
 /** Byte-order-ish key comparison (UTF-16 code units; identical to etcd/Consul order for ASCII keys). */
 export function compareKeys(a: string, b: string): number {
@@ -36,7 +41,9 @@ export function toError(err: unknown): Error {
 export function withDeadline<T>(work: Promise<T>, ms: number, what: () => string): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const timer = setTimeout(() => {
-      reject(new StoreUnavailableError(`${what()}: no answer within ${ms} ms (outcome unknown)`));
+      // Node runs expired timers before it reads sockets: after the process was starved of CPU
+      // an answer may already be waiting. setImmediate runs after that read, so the answer wins.
+      setImmediate(() => reject(new StoreUnavailableError(`${what()}: no answer within ${ms} ms (outcome unknown)`)));
     }, ms);
     work.then(
       (v) => {
@@ -49,6 +56,14 @@ export function withDeadline<T>(work: Promise<T>, ms: number, what: () => string
       },
     );
   });
+}
+
+/** A store call this slow is logged: a request that then fails or lags shows where the time went. */
+export const SLOW_CALL_MS = 1000;
+
+export function logIfSlow(logger: Logger, store: string, what: string, startedMs: number): void {
+  const ms = performance.now() - startedMs;
+  if (ms >= SLOW_CALL_MS) logger.warn('slow store call', { store, call: what, ms: Math.round(ms) });
 }
 
 /** Resolves after `ms`, or early when `signal` aborts (never rejects). */

@@ -86,7 +86,11 @@ test(`3 hosts × ${PER_HOST} parallel docker run on one network: distinct addres
         return { host: h, name, ...(await attachment(h.docker, name, 'scale'))! };
       }),
     ),
-  );
+  ).catch((err: unknown) => {
+    // A store that was slow under this load says so in its own log ("took too long", "slow fdatasync").
+    t.diagnostic(`etcd's recent warnings:\n${etcd.log().split('\n').filter((l) => /slow|too long|timed out/i.test(l)).slice(-20).join('\n')}`);
+    throw err;
+  });
   const runMs = Date.now() - started;
   const total = hosts.length * PER_HOST;
   t.diagnostic(`${total} parallel docker run took ${runMs} ms`);
