@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { test } from 'node:test';
+import { Worker } from 'node:worker_threads';
 import { parseConfig } from '../../src/config';
 import { StoreUnavailableError } from '../../src/store/store';
 import { DEFAULT_TIMEOUT_MS, withDeadline } from '../../src/store/util';
@@ -18,20 +19,28 @@ function blockThread(ms: number): void {
 }
 
 test('an answer already in the socket when the expired deadline runs wins', async () => {
-  const server = net.createServer((s) => s.end('answer'));
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  // The answering side runs in a thread of its own, so that its answer arrives while this
+  // thread is blocked: as when the plugin is starved of CPU and etcd's reply waits in the socket.
+  const worker = new Worker(
+    `const net = require('node:net');
+     const { parentPort } = require('node:worker_threads');
+     const server = net.createServer((s) => setTimeout(() => s.end('answer'), 20));
+     server.listen(0, '127.0.0.1', () => parentPort.postMessage(server.address().port));
+     parentPort.on('message', () => server.close(() => parentPort.close()));`,
+    { eval: true },
+  );
   try {
-    const { port } = server.address() as net.AddressInfo;
+    const port = await new Promise<number>((resolve) => worker.once('message', resolve));
     const socket = net.connect(port, '127.0.0.1');
     await new Promise<void>((resolve) => socket.once('connect', resolve));
     const answer = new Promise<string>((resolve) => socket.once('data', (b: Buffer) => resolve(b.toString())));
-    const call = withDeadline(answer, 30, () => 'get k');
-    // The server answers at once; the thread is busy well past the deadline meanwhile.
-    blockThread(150);
+    const call = withDeadline(answer, 50, () => 'get k');
+    blockThread(300);
     assert.equal(await call, 'answer');
     socket.destroy();
   } finally {
-    server.close();
+    worker.postMessage('stop');
+    await worker.terminate();
   }
 });
 
