@@ -3,6 +3,7 @@ import os from 'node:os';
 import { parseArgs } from 'node:util';
 import type { LogLevel } from './log';
 import { isIPv4 } from './driver/subnet';
+import { DEFAULT_TIMEOUT_MS } from './store/util';
 
 export interface DaemonConfig {
   socket: string;
@@ -60,7 +61,7 @@ export const OPTIONS = {
   scope: { env: 'TSOVERLAY_SCOPE', default: 'local', help: 'scope reported to Docker: local, or global (swarm, managed plugin)' },
   'log-level': { env: 'TSOVERLAY_LOG_LEVEL', default: 'info', help: 'error, warn, info or debug' },
   'reconcile-interval': { env: 'TSOVERLAY_RECONCILE_INTERVAL', default: '10', help: 'seconds between full kernel-vs-store comparisons' },
-  'store-timeout': { env: 'TSOVERLAY_STORE_TIMEOUT', default: '10', help: 'seconds a store call may take before the request fails (above etcd’s own 7 s request timeout)' },
+  'store-timeout': { env: 'TSOVERLAY_STORE_TIMEOUT', default: String(DEFAULT_TIMEOUT_MS / 1000), help: 'seconds a store call may take before the request fails (above etcd’s own 7 s request timeout)' },
   'lease-ttl': { env: 'TSOVERLAY_LEASE_TTL', default: '10', help: 'seconds after which a dead host’s entries are removed' },
   'etcd-ca': { env: 'TSOVERLAY_ETCD_CA', help: 'etcd TLS: CA certificate (PEM file, or the PEM text itself)' },
   'etcd-cert': { env: 'TSOVERLAY_ETCD_CERT', help: 'etcd TLS: client certificate (PEM file, or the PEM text itself)' },
