@@ -27,4 +27,4 @@ COPY --from=build /src/dist/src ./dist/src
 RUN node -e "require('netlink'); require('koffi').load('libc.so.6'); require('./dist/src/dataplane/index')" \
  && node dist/src/cli/main.js version
 # Node flags: see src/node-flags.ts (the same in plugin/config.json and the systemd unit).
-ENTRYPOINT ["/usr/local/bin/node", "--max-semi-space-size=1", "/opt/tsoverlay/dist/src/cli/main.js", "serve"]
+ENTRYPOINT ["/usr/local/bin/node", "--max-semi-space-size=1", "--interrupt-budget=675840", "/opt/tsoverlay/dist/src/cli/main.js", "serve"]

@@ -9,7 +9,8 @@
  * The network is warm (one resident endpoint keeps its overlay namespace up, as any running
  * container does); the cold case — the first container on a network, whose Join creates the
  * namespace and whose Leave removes it — is measured separately at concurrency 1. The command
- * runs in network and mount namespaces of its own (see lib/isolate.ts).
+ * runs in network and mount namespaces of its own (see lib/isolate.ts). The plugin runs with the
+ * node flags it is deployed with, or TSO_BENCH_PLUGIN_NODE_FLAGS (see lib/plugin.ts).
  *
  *   node dist/bench/api-latency.js [--iterations 300] [--per-client 10] [--cold 50] [--profile 0|1] [--json FILE]
  */
@@ -154,7 +155,7 @@ if (runIsolated()) {
         },
       ];
       const notes = [
-        'A real `tsoverlay serve` (embedded store: every write is fsynced before the call returns) in a network namespace of its own with a veth as its underlay; calls are made over its Unix socket with dockerd\'s headers (`Accept: application/vnd.docker.plugins.v1.2+json`, no Content-Type) on kept-alive connections. Latency is measured by the client, from sending the request to the end of the response.',
+        `A real \`tsoverlay serve\` (node ${plugin.nodeFlags.length ? plugin.nodeFlags.join(' ') : "with node's default flags"}; embedded store: every write is fsynced before the call returns) in a network namespace of its own with a veth as its underlay; calls are made over its Unix socket with dockerd's headers (\`Accept: application/vnd.docker.plugins.v1.2+json\`, no Content-Type) on kept-alive connections. Latency is measured by the client, from sending the request to the end of the response.`,
         'Join does its kernel work (a veth pair, one end a bridge port in the overlay namespace); Docker would then move the other end into the container — here DeleteEndpoint deletes it where Join left it. At concurrency 32 all clients use the same network, whose calls the plugin serialises (one lock per network), so latency there includes queueing behind the other 31.',
       ];
 

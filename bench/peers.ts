@@ -12,7 +12,9 @@
  *
  * Every method gets a fresh overlay namespace per repetition; the methods are interleaved in a
  * random order per repetition, and the result of each run is checked by listing the tables.
- * The command runs in a network and mount namespace of its own (see lib/isolate.ts).
+ * The command runs in a network and mount namespace of its own (see lib/isolate.ts), with the
+ * node flags the plugin is deployed with (src/node-flags.ts: they change how V8 optimises the
+ * encoding loops).
  *
  *   node dist/bench/peers.js [--peers 10000] [--reps 5] [--sample 500] [--json FILE]
  */
@@ -20,6 +22,7 @@ import * as path from 'node:path';
 import { Dataplane } from '../src/dataplane/dataplane';
 import type { Peer } from '../src/dataplane/types';
 import { silentLogger } from '../src/log';
+import { NODE_FLAGS } from '../src/node-flags';
 import { registerCleanup, removeTree, run, runDir } from '../test/helpers/proc';
 import { runIsolated } from './lib/isolate';
 import { runBench } from './lib/main';
@@ -50,7 +53,7 @@ const addFdb = (p: Peer) => `fdb replace ${p.mac} dev vxlan0 dst ${p.vtep} self 
 const delIp = (p: Peer) => `neigh del ${p.ip} dev vxlan0`;
 const delFdb = (p: Peer) => `fdb del ${p.mac} dev vxlan0 dst ${p.vtep} self`;
 
-if (runIsolated()) {
+if (runIsolated(NODE_FLAGS)) {
   runBench(
     {
       name: 'peers',
@@ -151,7 +154,7 @@ if (runIsolated()) {
         ],
         notes: [
           `Each run starts from a fresh overlay namespace (br0 + vxlan0, made by tsoverlay's \`Dataplane.ensureOverlay\`), inside a network and mount namespace private to the benchmark; the methods run in a random order per repetition; every run is checked by listing the tables (${fmtInt(n)} peers after adding, none after removing).`,
-          "tsoverlay's time covers `applyPeers` from the peer list (parsing, encoding, netlink I/O, the acknowledgements); removal includes its two table dumps (it deletes only what exists). The `ip`/`bridge` times cover the processes (`nsenter … ip -batch -`, then `bridge -batch -`), their parsing of the command text and the kernel work; the text is generated beforehand.",
+          `tsoverlay's time covers \`applyPeers\` from the peer list (parsing, encoding, netlink I/O, the acknowledgements), run with the plugin's node flags (\`${NODE_FLAGS.join(' ')}\`); removal includes its two table dumps (it deletes only what exists). The \`ip\`/\`bridge\` times cover the processes (\`nsenter … ip -batch -\`, then \`bridge -batch -\`), their parsing of the command text and the kernel work; the text is generated beforehand.`,
           `One process per entry: ${fmtInt(sampleN)} peers (${fmtInt(2 * sampleN)} processes, \`ip neigh replace\` and \`bridge fdb replace\` each, run by one \`sh\` in the namespace); the "s for ${fmtInt(n)}" column extrapolates that rate to ${fmtInt(n)} peers.`,
         ],
         complete: true,

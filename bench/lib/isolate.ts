@@ -16,12 +16,15 @@ export function isolated(): boolean {
 /**
  * In the original process: starts the isolated copy, relays signals to it and exits with its
  * status; returns false. In the copy: returns true (go on with the benchmark).
+ * `nodeFlags` are added to the copy's node flags (a benchmark that runs the plugin's code in its
+ * own process passes the flags the plugin is deployed with).
  */
-export function runIsolated(): boolean {
+export function runIsolated(nodeFlags: readonly string[] = []): boolean {
   if (isolated()) return true;
+  const execArgv = [...process.execArgv, ...nodeFlags.filter((f) => !process.execArgv.includes(f))];
   const child = spawn(
     'unshare',
-    ['--net', '--mount', '--propagation', 'private', '--', process.execPath, ...process.execArgv, process.argv[1]!, ...process.argv.slice(2)],
+    ['--net', '--mount', '--propagation', 'private', '--', process.execPath, ...execArgv, process.argv[1]!, ...process.argv.slice(2)],
     { stdio: 'inherit', env: { ...process.env, [MARK]: '1' } },
   );
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {

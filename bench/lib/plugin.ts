@@ -15,6 +15,8 @@ export interface BenchPlugin {
   readonly process: ManagedProcess;
   readonly socketPath: string;
   readonly dir: string;
+  /** The node flags it runs with. */
+  readonly nodeFlags: readonly string[];
   /** Directory of the CPU profile when started with `profile`. */
   readonly profileDir?: string;
   stop(): Promise<void>;
@@ -25,7 +27,7 @@ export interface BenchPluginOptions {
   store?: string;
   vtep: string;
   extraArgs?: readonly string[];
-  /** Node flags for the plugin process; default NODE_FLAGS, as the plugin is deployed. */
+  /** Node flags for the plugin process; default NODE_FLAGS, as the plugin is deployed (see pluginNodeFlags). */
   nodeArgs?: readonly string[];
   /** Run node with --cpu-prof, or --heap-prof (sampled allocations), written when the plugin exits. */
   profile?: boolean | 'heap';
@@ -41,6 +43,15 @@ export async function fakeUnderlay(cidr: string): Promise<string> {
   return cidr.split('/')[0]!;
 }
 
+/**
+ * The plugin's node flags: as deployed (NODE_FLAGS), or TSO_BENCH_PLUGIN_NODE_FLAGS (space-separated,
+ * possibly empty) to measure the plugin under other V8 settings, e.g. the before of a flag change.
+ */
+function pluginNodeFlags(): readonly string[] {
+  const fromEnv = process.env.TSO_BENCH_PLUGIN_NODE_FLAGS;
+  return fromEnv === undefined ? NODE_FLAGS : fromEnv.split(/\s+/).filter((f) => f !== '');
+}
+
 export async function startBenchPlugin(opts: BenchPluginOptions): Promise<BenchPlugin> {
   const dir = path.join(runDir(), opts.name);
   fs.mkdirSync(dir, { recursive: true });
@@ -48,12 +59,13 @@ export async function startBenchPlugin(opts: BenchPluginOptions): Promise<BenchP
   const profileDir = opts.profile ? path.join(dir, 'cpuprofile') : undefined;
   // As in production (/run/tsoverlay/…): the netns directory and, beside it, the in-flight
   // request journal on a tmpfs — possible in the benchmark's private mount namespace.
+  const nodeFlags = opts.nodeArgs ?? pluginNodeFlags();
   const runTmp = path.join(dir, 'run');
   fs.mkdirSync(runTmp, { recursive: true });
   if (isolated()) await run(['mount', '-t', 'tmpfs', '-o', 'mode=0755', 'none', runTmp]);
   const argv = [
     process.execPath,
-    ...(opts.nodeArgs ?? NODE_FLAGS),
+    ...nodeFlags,
     ...(profileDir ? (opts.profile === 'heap' ? ['--heap-prof', '--heap-prof-dir', profileDir] : ['--cpu-prof', '--cpu-prof-dir', profileDir]) : []),
     PLUGIN_MAIN,
     'serve',
@@ -64,10 +76,7 @@ export async function startBenchPlugin(opts: BenchPluginOptions): Promise<BenchP
     '--vtep', opts.vtep,
     ...(opts.extraArgs ?? []),
   ];
-  // TSO_BENCH_PLUGIN_NODE_OPTIONS: node flags for the plugin only (experiments with V8 settings).
-  const nodeOptions = process.env.TSO_BENCH_PLUGIN_NODE_OPTIONS;
-  const env = { ...process.env, ...(nodeOptions !== undefined ? { NODE_OPTIONS: nodeOptions } : {}) };
-  const proc = spawnTracked(argv, { name: `tsoverlay-${opts.name}`, env, logFile: path.join(dir, 'plugin.log'), keepChars: 64 * 1024, stopTimeoutMs: 15_000 });
+  const proc = spawnTracked(argv, { name: `tsoverlay-${opts.name}`, logFile: path.join(dir, 'plugin.log'), keepChars: 64 * 1024, stopTimeoutMs: 15_000 });
   await waitFor(() => fs.existsSync(socketPath) || !proc.running(), { timeoutMs: 30_000, what: 'plugin socket' });
   if (!proc.running()) throw new Error(`tsoverlay exited at start:\n${proc.output()}`);
   await proc.waitForOutput('tsoverlay serving', 30_000);
@@ -75,6 +84,7 @@ export async function startBenchPlugin(opts: BenchPluginOptions): Promise<BenchP
     process: proc,
     socketPath,
     dir,
+    nodeFlags,
     ...(profileDir ? { profileDir } : {}),
     async stop() {
       await proc.stop();
