@@ -13,7 +13,7 @@ import type { Logger } from '../log';
 import type { AttachedEndpoint, EndpointAttachment, OrphanReport, OverlayInfo, OverlaySpec, Peer } from './types';
 import { IFF_UP, LinkInfo, formatMac, isMulticastIPv4, parseIPv4, parseIPv4Cidr, parseUnicastMac } from './encode';
 import { NlMessage, NlSocket, RTNLGRP_NEIGH, isNetlinkError } from './nlsock';
-import { createNetns, deleteNetns, ensureNetnsDir, isNetnsMounted, listNetns, openNetns, withNetns } from './netns';
+import { createNetns, deleteNetns, ensureNetnsDir, hostNetnsFd, isNetnsMounted, listNetns, openNetns, withNetns } from './netns';
 import {
   VxlanSpec,
   createVeth,
@@ -396,7 +396,7 @@ export class Dataplane {
       const veth = { hostName: names.srcName, peerName: names.bridgePortName, mtu: a.mtu, mac, masterIndex: master };
       // The common case first (nothing there yet); EEXIST means a retried Join or a leftover pair.
       try {
-        await createVeth(host, o.sock, o.nsFd, veth);
+        await createVeth(o.sock, hostNetnsFd(), veth);
         this.log.debug('endpoint attached', { network: a.networkId, endpoint: a.endpointId, ...names });
         return names;
       } catch (e) {
@@ -420,7 +420,7 @@ export class Dataplane {
       }
       if (peer) await deleteLink(o.sock, peer.index);
       if (hostEnd) await deleteLink(host, hostEnd.index);
-      await createVeth(host, o.sock, o.nsFd, veth);
+      await createVeth(o.sock, hostNetnsFd(), veth);
       this.log.debug('endpoint attached', { network: a.networkId, endpoint: a.endpointId, ...names });
       return names;
     });

@@ -307,24 +307,18 @@ export interface VethSpec {
 }
 
 /**
- * Creates the pair from the host namespace with the peer placed directly in the overlay
- * namespace (IFLA_NET_NS_FD inside VETH_INFO_PEER), then enslaves the peer and brings it up.
- * Deleting either end deletes both, so rollback is one delete.
+ * The pair in one message, sent in the overlay namespace: the bridge port (`peerName`) is the
+ * device created there, enslaved to `masterIndex` and up; its veth peer, the container's end
+ * (`hostName`, with the endpoint's MAC), is created in the plugin's namespace (IFLA_NET_NS_FD
+ * inside VETH_INFO_PEER). One rtnl round trip instead of two (create, then enslave), and nothing
+ * to roll back: if enslaving fails, the kernel unregisters both ends before it answers.
  */
-export async function createVeth(host: NlSocket, ns: NlSocket, nsFd: number, v: VethSpec): Promise<void> {
-  const linkinfo = encodeVethLinkInfo({ ifname: v.peerName, mtu: v.mtu, netNsFd: nsFd });
-  await host.request(
+export async function createVeth(ns: NlSocket, hostNsFd: number, v: VethSpec): Promise<void> {
+  const linkinfo = encodeVethLinkInfo({ ifname: v.hostName, mtu: v.mtu, address: v.mac, netNsFd: hostNsFd });
+  await ns.request(
     RTM_NEWLINK,
     NLM_F_CREATE | NLM_F_EXCL,
-    linkPayload(0, { ifname: v.hostName, mtu: v.mtu, address: v.mac, linkinfo }),
+    linkPayload(0, { ifname: v.peerName, mtu: v.mtu, master: v.masterIndex, linkinfo }, IFF_UP, IFF_UP),
     `create veth ${v.hostName}/${v.peerName}`,
   );
-  try {
-    // Addressed by name, master and up in one message: Join's latency is mostly netlink round trips.
-    await ns.request(RTM_NEWLINK, 0, linkPayload(0, { ifname: v.peerName, master: v.masterIndex }, IFF_UP, IFF_UP), `enslave ${v.peerName}`);
-  } catch (e) {
-    await deleteLink(host, v.hostName).catch(() => undefined);
-    await deleteLink(ns, v.peerName).catch(() => undefined);
-    throw e;
-  }
 }

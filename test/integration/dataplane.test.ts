@@ -11,7 +11,7 @@ import { silentLogger } from '../../src/log';
 import { Dataplane, vethNames } from '../../src/dataplane/dataplane';
 import { createVeth, ensureVxlan, getLink } from '../../src/dataplane/links';
 import { NlSocket } from '../../src/dataplane/nlsock';
-import { openNetns, withNetns } from '../../src/dataplane/netns';
+import { hostNetnsFd, openNetns, withNetns } from '../../src/dataplane/netns';
 import { parseMac } from '../../src/dataplane/encode';
 import type { OverlaySpec } from '../../src/dataplane/types';
 import {
@@ -398,14 +398,16 @@ describe('dataplane (real kernel)', () => {
       assert.deepEqual(links(info.netnsPath).map((l) => l.ifname), before);
       assert.deepEqual(hostLinkNames(), hostBefore);
 
-      // Mid-way failures: the device is created, enslaving it fails, it is deleted again.
+      // Mid-way failures: enslaving the new pair fails (no such bridge), and neither end is left
+      // (the kernel unregisters the pair before it answers); a VXLAN device that cannot be
+      // attached is deleted again.
       const host = new NlSocket();
       const nsFd = openNetns(info.netnsPath);
       const ns = withNetns(nsFd, () => new NlSocket());
       try {
         const names = vethNames(testId('e'));
         await assert.rejects(
-          createVeth(host, ns, nsFd, { hostName: names.srcName, peerName: names.bridgePortName, mtu: 1450, mac: parseMac('02:42:0a:fa:00:07'), masterIndex: 999999 }),
+          createVeth(ns, hostNetnsFd(), { hostName: names.srcName, peerName: names.bridgePortName, mtu: 1450, mac: parseMac('02:42:0a:fa:00:07'), masterIndex: 999999 }),
         );
         assert.equal(await getLink(host, names.srcName), undefined);
         assert.equal(await getLink(ns, names.bridgePortName), undefined);
