@@ -15,7 +15,7 @@ export const V8_DEFAULT_INTERRUPT_BUDGET = 66 * 1024;
  * --interrupt-budget (10 × V8's default): how much bytecode a function runs before V8 counts it
  * as hot and has TurboFan compile it, on a background thread. The daemon's request path runs a
  * few times per container, so with the default V8 keeps finding newly hot request-path functions
- * for thousands of requests (221 TurboFan jobs in the 320 life cycles of the API-latency
+ * for thousands of requests (221 TurboFan jobs in ~355 endpoint life cycles of the API-latency
  * benchmark). Each job takes 1–5 ms of CPU, and on a small host the scheduler often runs it on
  * the CPU of the thread that answers Docker, which then waits while the other CPU is idle (seen
  * in a kernel scheduler trace): that was the API-latency tail. With 10 × the budget the same run
