@@ -72,6 +72,11 @@ interface Site {
   peer: { host: DockerHost; container: string };
   pluginOptions: PluginOptions;
   dump(): Promise<Map<string, Record<string, unknown>>>;
+  /**
+   * Addresses the site's crash loop saw left allocated by a lost ReleaseAddress (a known gap,
+   * docs/reliability.md): every later leak check of the site, in any test, leaves exactly these out.
+   */
+  lostReleases: Set<string>;
 }
 let etcdSite: Site;
 let localSite: Site;
@@ -109,8 +114,8 @@ before(async () => {
   etcd = await startEtcd({ alsoListenOn: cluster.underlay.gateway });
   storeUrl = `etcd://${etcd.endpoints.find((e) => e.startsWith(cluster.underlay.gateway))!}`;
   const etcdOptions: PluginOptions = { store: storeUrl, extraArgs: ['--lease-ttl', String(LEASE_TTL)] };
-  etcdSite = { host: a, net: NET, netId: '', anchor: 'a-anchor', peer: { host: b, container: 'b-anchor' }, pluginOptions: etcdOptions, dump: () => etcdDump(etcd) };
-  localSite = { host: c, net: LOCAL_NET, netId: '', anchor: 'c-anchor', peer: { host: c, container: 'c-peer' }, pluginOptions: {}, dump: () => localDump(c) };
+  etcdSite = { host: a, net: NET, netId: '', anchor: 'a-anchor', peer: { host: b, container: 'b-anchor' }, pluginOptions: etcdOptions, dump: () => etcdDump(etcd), lostReleases: new Set() };
+  localSite = { host: c, net: LOCAL_NET, netId: '', anchor: 'c-anchor', peer: { host: c, container: 'c-peer' }, pluginOptions: {}, dump: () => localDump(c), lostReleases: new Set() };
   await Promise.all([plugin(etcdSite), plugin({ ...etcdSite, host: b }), plugin(localSite)]);
   for (const h of [a, b]) {
     await h.docker.createNetwork({ Name: NET, Driver: 'tsoverlay', IPAM: { Driver: 'tsoverlay', Config: [{ Subnet: SUBNET }] } });
@@ -135,8 +140,8 @@ after(async () => {
  * What the site's host must look like whenever nothing is in flight: exactly its running
  * containers' state, nothing else, in the kernel, the mount table and the store.
  */
-async function assertNoLeaks(site: Site, when: string, lostReleases: Set<string> = new Set()): Promise<void> {
-  const { host } = site;
+async function assertNoLeaks(site: Site, when: string): Promise<void> {
+  const { host, lostReleases } = site;
   const running = (await host.docker.listContainers()).map((x) => x.Names[0]!.slice(1));
   const endpoints = await dockerEndpoints(host.docker, site.net);
   const kernel = await kernelState(host);
@@ -241,7 +246,7 @@ async function crashLoop(site: Site, iterations: number, seed: number, t: { diag
    * before reading it, nothing can recover it (docs/reliability.md). A lost ReleaseAddress is the
    * one such loss that leaves a record (the address stays allocated): counted and reported.
    */
-  const lostReleases = new Set<string>();
+  const lostReleases = site.lostReleases;
   const lost = new Map<string, number>();
   for (let i = 1; i <= iterations; i++) {
     const killAt = Math.floor(random() * cycleMs * 1.1);
@@ -274,7 +279,7 @@ async function crashLoop(site: Site, iterations: number, seed: number, t: { diag
     } else {
       survived++;
     }
-    await assertNoLeaks(site, `iteration ${i} (seed ${seed}, kill at ${killAt} ms)`, lostReleases);
+    await assertNoLeaks(site, `iteration ${i} (seed ${seed}, kill at ${killAt} ms)`);
     await assertReachable(site, `iteration ${i}`);
   }
   const ping = await monitor.stop();
