@@ -391,7 +391,6 @@ export class Dataplane {
       const mac = parseUnicastMac(a.mac);
       validateMtu(a.mtu);
       const o = this.required(a.networkId);
-      const host = this.host();
       const master = o.bridgeIndex ?? (await this.indexOf(o, BRIDGE_NAME));
       const veth = { hostName: names.srcName, peerName: names.bridgePortName, mtu: a.mtu, mac, masterIndex: master };
       // The common case first (nothing there yet); EEXIST means a retried Join or a leftover pair.
@@ -402,6 +401,7 @@ export class Dataplane {
       } catch (e) {
         if (!isNetlinkError(e, 'EEXIST')) throw e;
       }
+      const host = this.host();
       const peer = await getLink(o.sock, names.bridgePortName);
       const hostEnd = await getLink(host, names.srcName);
 
