@@ -31,6 +31,7 @@ import {
   parseNeighMessage,
 } from './encode';
 import { NLM_F_CREATE, NLM_F_REPLACE, NetlinkError, NlSocket, isNetlinkError } from './nlsock';
+import { isPeerFdb } from './overlay-check';
 
 export interface NeighbourEntry {
   ip: string;
@@ -51,8 +52,6 @@ export interface FdbEntry {
   /** Neither permanent nor static: learned from traffic (ages out). */
   dynamic: boolean;
 }
-
-const ZERO_MAC = '00:00:00:00:00:00';
 
 interface ParsedPeer {
   peer: Peer;
@@ -244,7 +243,7 @@ export async function listFdb(sock: NlSocket, ifindex: number): Promise<FdbEntry
 /** Peers as the kernel has them: PERMANENT neighbours joined by MAC with permanent `self` FDB entries. */
 export function joinPeers(neighbours: NeighbourEntry[], fdb: FdbEntry[]): Peer[] {
   const vtepByMac = new Map<string, string>();
-  for (const f of fdb) if (f.self && f.permanent && f.vtep && f.mac !== ZERO_MAC) vtepByMac.set(f.mac, f.vtep);
+  for (const f of fdb) if (isPeerFdb(f) && f.vtep) vtepByMac.set(f.mac, f.vtep);
   const out: Peer[] = [];
   for (const n of neighbours) {
     if (!n.permanent || !n.mac) continue;
