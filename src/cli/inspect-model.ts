@@ -22,6 +22,7 @@ import {
   vxlanDifferences,
   vxlanState,
   type DeviceState,
+  type NameOf,
   type FdbState,
   type NeighbourState,
   type VxlanState,
@@ -127,7 +128,7 @@ export function fdbReport(f: FdbEntry): FdbReport {
   return { mac: f.mac, ...(f.vtep ? { dst: f.vtep } : {}), flags, state: f.permanent ? 'permanent' : f.dynamic ? 'dynamic' : 'static' };
 }
 
-function masterNames(links: LinkInfo[]): (index: number) => string | undefined {
+function masterNames(links: LinkInfo[]): NameOf {
   return (index) => links.find((x) => x.index === index)?.name;
 }
 

@@ -203,6 +203,22 @@ export class Dataplane {
     return o;
   }
 
+  /** `fn` on the network's live overlay, in the network's turn; `none` when it has no namespace here. */
+  private withOverlay<T>(networkId: string, none: T, fn: (o: Overlay) => Promise<T>): Promise<T> {
+    return this.serial(networkId, async () => {
+      const o = this.existing(networkId);
+      return o ? fn(o) : none;
+    });
+  }
+
+  /** `fn` with vxlan0's index in the network's overlay (which must exist), in the network's turn. */
+  private withVxlan<T>(networkId: string, fn: (o: Overlay, vxlanIndex: number) => Promise<T>): Promise<T> {
+    return this.serial(networkId, async () => {
+      const o = this.required(networkId);
+      return fn(o, await this.indexOf(o, VXLAN_NAME));
+    });
+  }
+
   /** Device indexes are looked up on each use (one round trip): a device replaced behind our back is then just found again. */
   private async indexOf(o: Overlay, name: string): Promise<number> {
     const index = await linkIndex(o.sock, name);
@@ -378,11 +394,14 @@ export class Dataplane {
       const o = this.required(a.networkId);
       const master = o.bridgeIndex ?? (await this.indexOf(o, BRIDGE_NAME));
       const veth = { hostName: names.srcName, peerName: names.bridgePortName, mtu: a.mtu, mac, masterIndex: master };
-      // The common case first (nothing there yet); EEXIST means a retried Join or a leftover pair.
-      try {
+      const create = async (): Promise<AttachedEndpoint> => {
         await createVeth(o.sock, hostNetnsFd(), veth);
         this.log.debug('endpoint attached', { network: a.networkId, endpoint: a.endpointId, ...names });
         return names;
+      };
+      // The common case first (nothing there yet); EEXIST means a retried Join or a leftover pair.
+      try {
+        return await create();
       } catch (e) {
         if (!isNetlinkError(e, 'EEXIST')) throw e;
       }
@@ -406,9 +425,7 @@ export class Dataplane {
       }
       if (peer) await deleteLink(o.sock, peer.index);
       if (hostEnd) await deleteLink(hostSock, hostEnd.index);
-      await createVeth(o.sock, hostNetnsFd(), veth);
-      this.log.debug('endpoint attached', { network: a.networkId, endpoint: a.endpointId, ...names });
-      return names;
+      return create();
     });
   }
 
@@ -425,9 +442,7 @@ export class Dataplane {
 
   /** How many veths are br0 ports in the network's namespace (0 if it has none). */
   countAttachedEndpoints(networkId: string): Promise<number> {
-    return this.serial(networkId, async () => {
-      const o = this.existing(networkId);
-      if (!o) return 0;
+    return this.withOverlay(networkId, 0, async (o) => {
       const master = await this.indexOf(o, BRIDGE_NAME);
       return (await listLinks(o.sock)).filter((l) => l.kind === 'veth' && l.master === master).length;
     });
@@ -435,11 +450,9 @@ export class Dataplane {
 
   /** Names of the endpoint ports (`ve…`) in the network's namespace (empty if it has none). */
   bridgePorts(networkId: string): Promise<string[]> {
-    return this.serial(networkId, async () => {
-      const o = this.existing(networkId);
-      if (!o) return [];
-      return (await listLinks(o.sock)).filter((l) => l.kind === 'veth' && PORT_VETH_NAME.test(l.name)).map((l) => l.name);
-    });
+    return this.withOverlay(networkId, [], async (o) =>
+      (await listLinks(o.sock)).filter((l) => l.kind === 'veth' && PORT_VETH_NAME.test(l.name)).map((l) => l.name),
+    );
   }
 
   /**
@@ -499,34 +512,22 @@ export class Dataplane {
 
   /** Removes `remove` then adds `add` (see peers.applyPeerDiff). */
   applyPeers(networkId: string, add: Peer[], remove: Peer[]): Promise<PeerChangeResult> {
-    return this.serial(networkId, async () => {
-      const o = this.required(networkId);
-      return applyPeerDiff(o.sock, await this.indexOf(o, VXLAN_NAME), add, remove);
-    });
+    return this.withVxlan(networkId, (o, vxlanIndex) => applyPeerDiff(o.sock, vxlanIndex, add, remove));
   }
 
   /** Makes the tables hold exactly `desired` (see peers.setPeers). */
   setPeers(networkId: string, desired: Peer[]): Promise<PeerChangeResult> {
-    return this.serial(networkId, async () => {
-      const o = this.required(networkId);
-      return kernelSetPeers(o.sock, await this.indexOf(o, VXLAN_NAME), desired);
-    });
+    return this.withVxlan(networkId, (o, vxlanIndex) => kernelSetPeers(o.sock, vxlanIndex, desired));
   }
 
   /** Remote containers as programmed: PERMANENT neighbours joined with their `self` FDB entries. */
   listPeers(networkId: string): Promise<Peer[]> {
-    return this.serial(networkId, async () => {
-      const o = this.existing(networkId);
-      if (!o) return [];
-      return kernelPeers(o.sock, await this.indexOf(o, VXLAN_NAME));
-    });
+    return this.withOverlay(networkId, [], async (o) => kernelPeers(o.sock, await this.indexOf(o, VXLAN_NAME)));
   }
 
   /** Devices, addresses and vxlan0's tables of a network's namespace; undefined when it has none. */
   inspectOverlay(networkId: string): Promise<OverlayView | undefined> {
-    return this.serial(networkId, async () => {
-      const o = this.existing(networkId);
-      if (!o) return undefined;
+    return this.withOverlay<OverlayView | undefined>(networkId, undefined, async (o) => {
       const [links, addresses] = await Promise.all([listLinks(o.sock), listIPv4Addresses(o.sock)]);
       const vx = links.find((l) => l.name === VXLAN_NAME);
       const [neighbours, fdb] = vx ? await Promise.all([listNeighbours(o.sock, vx.index), listFdb(o.sock, vx.index)]) : [[], []];
@@ -541,9 +542,7 @@ export class Dataplane {
    * miss lost to a receive-buffer overrun costs only a retry.
    */
   watchMisses(networkId: string, onMiss: (m: Miss) => void): Promise<() => void> {
-    return this.serial(networkId, async () => {
-      const o = this.required(networkId);
-      const vxlanIndex = await this.indexOf(o, VXLAN_NAME);
+    return this.withVxlan(networkId, async (o, vxlanIndex) => {
       const sock = withNetns(o.nsFd, () => new NlSocket({ groups: [RTNLGRP_NEIGH] }));
       sock.on('notification', (m: NlMessage) => {
         const miss = parseMiss(m.type, m.data);

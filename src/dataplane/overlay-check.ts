@@ -169,12 +169,13 @@ export interface FdbState {
   state: 'permanent' | 'static' | 'dynamic';
 }
 
-/** A device from its netlink description; `nameOf` names the master's index where it can. */
-export function deviceState(
-  l: LinkInfo,
-  nameOf: (index: number) => string | undefined,
-  addresses: readonly { index: number; ip: string; prefix: number }[] = [],
-): DeviceState {
+/** Names a device index where the caller knows it (undefined: the state shows `#<index>`). */
+export type NameOf = (index: number) => string | undefined;
+/** IPv4 addresses of a namespace, as listIPv4Addresses gives them. */
+export type Addresses = readonly { index: number; ip: string; prefix: number }[];
+
+/** A device from its netlink description, with its master named by `nameOf` and its addresses. */
+export function deviceState(l: LinkInfo, nameOf: NameOf, addresses: Addresses = []): DeviceState {
   const master = l.master !== undefined ? (nameOf(l.master) ?? `#${l.master}`) : undefined;
   return {
     name: l.name,
@@ -188,11 +189,7 @@ export function deviceState(
   };
 }
 
-export function vxlanState(
-  l: LinkInfo,
-  nameOf: (index: number) => string | undefined,
-  addresses: readonly { index: number; ip: string; prefix: number }[] = [],
-): VxlanState {
+export function vxlanState(l: LinkInfo, nameOf: NameOf, addresses: Addresses = []): VxlanState {
   const v = l.vxlan ?? {};
   return {
     ...deviceState(l, nameOf, addresses),
