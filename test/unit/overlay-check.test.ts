@@ -1,11 +1,12 @@
 /**
  * The one definition of a healthy overlay (src/dataplane/overlay-check.ts): what each mode asks
- * of vxlan0, and that the write side's verdict (rebuild or not) and `inspect --check`'s lines
- * come from the same comparison.
+ * of vxlan0 and the ports, and which differences take a new device. That `inspect --check` reports
+ * the same differences is in inspect-model.test.ts.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
+  deviceState,
   expectedVxlan,
   overlayTarget,
   portDifferences,
@@ -14,7 +15,6 @@ import {
   vxlanIncompat,
   vxlanState,
 } from '../../src/dataplane/overlay-check';
-import { checkNetwork, kernelPart, type NetworkReport } from '../../src/cli/inspect-model';
 import type { LinkInfo } from '../../src/dataplane/encode';
 
 const network = { vni: 300, mtu: 1450, gateway: '10.30.0.1', subnet: '10.30.0.0/24' };
@@ -55,56 +55,33 @@ const goodVxlan: LinkInfo = {
   linkNetnsid: 0,
   vxlan: { id: 256, port: 4789, local: '192.0.2.2', proxy: 1, learning: 1, l2miss: 1, l3miss: 1 },
 };
-const brLink: LinkInfo = { index: 2, name: 'br0', flags: 1, mtu: 1450, kind: 'bridge' };
 const PORT = 've' + 'e'.repeat(11);
+const names = (i: number): string | undefined => (i === 2 ? 'br0' : undefined);
 
-function report(vx: LinkInfo, more: LinkInfo[] = []): NetworkReport {
-  return {
-    networkId: 'n'.repeat(64),
-    storeKey: '10.9.0.0-24',
-    vni: 256,
-    subnet: '10.9.0.0/24',
-    gateway: '10.9.0.1',
-    mtu: 1450,
-    mode: 'static',
-    options: {},
-    ...kernelPart({
-      netnsPath: '/run/tsoverlay/netns/1-nnnnnnnnnn',
-      epoch: 1,
-      links: [brLink, vx, ...more],
-      addresses: [{ index: 2, ip: '10.9.0.1', prefix: 24 }],
-      neighbours: [],
-      fdb: [],
-    }),
-    endpoints: [{ id: 'e'.repeat(64), ip: '10.9.0.3', mac: '02:42:0a:09:00:03', host: 'b', locator: '192.0.2.2', joined: true, local: true }],
-    desiredPeers: [],
-  };
-}
-
-test('--check and the dataplane agree: what needs a new vxlan0 is a difference on both sides, an MTU only on --check', () => {
+test('differences are split into what takes a new device and what is set in place', () => {
   const spec = expectedVxlan({ vni: 256, mtu: 1450, gatewayCidr: '10.9.0.1/24', mode: 'static', vtep: '192.0.2.2' });
-  const port: LinkInfo = { index: 4, name: PORT, flags: 1, mtu: 1450, kind: 'veth', master: 2 };
-  assert.equal(vxlanIncompat(goodVxlan, spec), undefined);
-  assert.deepEqual(checkNetwork(report(goodVxlan, [port]), '192.0.2.2'), []);
-
-  const noProxy = { ...goodVxlan, vxlan: { ...goodVxlan.vxlan, proxy: 0, l2miss: 0, l3miss: 0 } };
-  assert.equal(vxlanIncompat(noProxy, spec), 'flags: vxlan0 flags [learning] != [proxy learning l2miss l3miss]');
-  assert.deepEqual(checkNetwork(report(noProxy, [port]), '192.0.2.2'), ['vxlan0 flags [learning] != [proxy learning l2miss l3miss] for mode=static']);
-
-  // Set in place by the dataplane (no rebuild), still reported by --check.
-  const smallMtu = { ...goodVxlan, mtu: 1400 };
-  assert.equal(vxlanIncompat(smallMtu, spec), undefined);
-  const diffs = vxlanDifferences(vxlanState(smallMtu, (i) => (i === 2 ? 'br0' : undefined)), spec);
-  assert.deepEqual(diffs, [{ field: 'mtu', message: 'vxlan0 mtu 1400 != 1450', rebuild: false }]);
-  assert.deepEqual(checkNetwork(report(smallMtu, [port]), '192.0.2.2'), ['vxlan0 mtu 1400 != 1450']);
+  assert.deepEqual(vxlanDifferences(vxlanState(goodVxlan, names), spec), []);
+  const drifted = { ...goodVxlan, mtu: 1400, flags: 0, master: undefined, vxlan: { ...goodVxlan.vxlan, id: 7 } };
+  assert.deepEqual(
+    vxlanDifferences(vxlanState(drifted, names), spec, { mode: 'static' }).map((d) => [d.field, d.rebuild]),
+    [
+      ['vni', true],
+      ['mtu', false],
+      ['up', false],
+      ['master', false],
+    ],
+  );
+  assert.equal(vxlanIncompat(drifted, spec), 'vni: vxlan0 id 7 != VNI 256 in the store');
+  // Without a known VTEP (inspect on an unregistered host) the local address is not judged.
+  assert.deepEqual(vxlanDifferences(vxlanState({ ...goodVxlan, vxlan: { ...goodVxlan.vxlan, local: '192.0.2.9' } }, names), spec, { anyLocal: true }), []);
 });
 
-test('a port that lost br0 is named as such (what the repair re-enslaves), not as missing', () => {
-  const loose: LinkInfo = { index: 4, name: PORT, flags: 1, mtu: 1450, kind: 'veth' };
-  assert.deepEqual(checkNetwork(report(goodVxlan, [loose]), '192.0.2.2'), [`br0 port ${PORT} of 10.9.0.3 is not enslaved to br0 (master none)`]);
+test('ports: missing, without br0 as master, down', () => {
+  assert.deepEqual(portDifferences(undefined, PORT, 'web (10.9.0.3)').map((d) => d.message), [`local endpoint web (10.9.0.3) is joined but its br0 port ${PORT} is missing`]);
+  const loose = deviceState({ index: 4, name: PORT, flags: 0, kind: 'veth' }, names);
   assert.deepEqual(
-    portDifferences({ name: PORT, index: 4, up: false, master: 'br0', addresses: [] }, PORT).map((d) => d.field),
-    ['up'],
+    portDifferences(loose, PORT).map((d) => d.message),
+    [`br0 port ${PORT} is not enslaved to br0 (master none)`, `br0 port ${PORT} is down`],
   );
-  assert.deepEqual(checkNetwork(report(goodVxlan), '192.0.2.2'), [`local endpoint 10.9.0.3 is joined but its br0 port ${PORT} is missing`]);
+  assert.deepEqual(portDifferences(deviceState({ index: 4, name: PORT, flags: 1, kind: 'veth', master: 2 }, names), PORT), []);
 });
