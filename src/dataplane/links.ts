@@ -215,6 +215,9 @@ export function vxlanAttributes(s: VxlanSpec): ifla.Vxlan {
 
 /**
  * The vxlan device `spec.name` in the overlay namespace (socket `ns`), enslaved to `masterIndex`, up.
+ * An existing device is judged by overlay-check.vxlanDifferences (the same lines `inspect --check`
+ * prints): one that differs in what only a new device fixes is replaced, MTU, master and state are
+ * set in place.
  *
  * It is created by an RTM_NEWLINK sent on a socket in the plugin's (host) namespace carrying
  * IFLA_NET_NS_FD of the overlay namespace: the kernel builds the device directly in the overlay
