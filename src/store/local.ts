@@ -2,8 +2,8 @@
  * Embedded single-host store: a snapshot (`<dir>/store.json`) plus a write-ahead log
  * (`<dir>/store.log`). Every mutation is one line `{"rev":N,"ops":[...]}` appended with a
  * single write on an O_APPEND|O_DSYNC descriptor, durable before the mutation resolves: one
- * threadpool round trip and a few hundred bytes per call, where rewriting the whole snapshot
- * (temp file, fsync, rename, fsync dir) cost ~8 round trips and grew with the store. The
+ * threadpool round trip and one short line per call, where rewriting the whole snapshot
+ * (temp file, fsync, rename, fsync dir) took several round trips and grew with the store. The
  * snapshot is rewritten atomically only to compact: at open (so every start begins with an
  * empty log), at a clean close (so the snapshot alone is the state of a stopped store), and when
  * the log passes a bound — always in the mutation queue, never beside an append.
@@ -207,7 +207,7 @@ class LockFile {
     for (let attempt = 0; attempt < 3; attempt++) {
       // Written in full under a private name, then linked into place: the lock file appears
       // with its content or not at all. (Created empty and then written, a crash in between
-      // left an unreadable lock that blocked every restart for 10 s.)
+      // left an unreadable lock that blocked every restart until it was old enough to be taken over.)
       const draft = `${lockPath}.${process.pid}.${randomBytes(4).toString('hex')}`;
       try {
         const fh = await fsp.open(draft, 'wx', 0o644);

@@ -11,8 +11,8 @@ import { promises as fsp } from 'node:fs';
 
 import type { Logger } from '../log';
 import type { Store } from './store';
-// Only types here: each backend (etcd3 with gRPC is ~9 MB of resident memory, Consul's client ~1 MB)
-// is loaded when a store URL asks for it, so a host pays only for the store it uses.
+// Only types here: each backend (etcd3 brings gRPC, by far the largest) is loaded when a store URL
+// asks for it, so a host pays in resident memory only for the store it uses (docs/benchmarks.md, Footprint).
 import type { EtcdTlsOptions } from './etcd';
 
 export interface EtcdConnectOptions {
