@@ -586,7 +586,7 @@ describe('LocalStore: an acknowledged write is never dropped silently', () => {
     assert.deepEqual(await readdir(dir), [LOCAL_LOG_FILE], `${label}: no snapshot, no compaction, lock released`);
   }
 
-  test('any single flipped bit in the terminated last line: open refuses and keeps the log byte for byte', async () => {
+  test('any single flipped bit in the terminated last line: open refuses and keeps the log byte for byte', async (t) => {
     const { dir, log, text } = await crashedWithThreeWrites();
     const lastStart = text.lastIndexOf('\n', text.length - 2) + 1;
     const lastEnd = text.length - 1; // the newline: flipping it makes the line unterminated (a torn append)
@@ -601,6 +601,7 @@ describe('LocalStore: an acknowledged write is never dropped silently', () => {
       }
     }
     assert.ok(checked > 80, `checked ${checked} damaged copies`);
+    t.diagnostic(`${checked} copies with one flipped bit in the last line: all refused, all left byte for byte`);
     await writeFile(log, text, 'latin1');
     const again = await LocalStore.open({ dir, logger });
     try {
