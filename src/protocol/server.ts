@@ -146,9 +146,13 @@ function largeBodyBudget(): (req: Request, res: Response, next: NextFunction) =>
     const length = req.headers['content-length'];
     const parsed = length === undefined ? NaN : Number(length);
     const declared = Number.isFinite(parsed) && parsed >= 0 ? parsed : undefined;
-    if (declared !== undefined && declared <= SERVER_LIMITS.smallBodyBytes) return next();
-    // Unknown (chunked) or declared larger: reserve what the body parser may end up holding.
-    const size = Math.min(declared ?? MAX_BODY_BYTES, MAX_BODY_BYTES);
+    // A compressed body may inflate up to the limit whatever its length on the wire.
+    const encoded = (req.headers['content-encoding'] ?? 'identity').toLowerCase() !== 'identity';
+    if (!encoded && declared !== undefined && declared <= SERVER_LIMITS.smallBodyBytes) return next();
+    // Over the limit: the body parser answers 413 from the header alone, reading nothing.
+    if (!encoded && declared !== undefined && declared > MAX_BODY_BYTES) return next();
+    // Unknown (chunked), larger or compressed: reserve what the body parser may end up holding.
+    const size = encoded ? MAX_BODY_BYTES : Math.min(declared ?? MAX_BODY_BYTES, MAX_BODY_BYTES);
     if (reserved + size > SERVER_LIMITS.largeBodyBudgetBytes) {
       res.set('Connection', 'close');
       reply(res, 503, { Err: 'too many large request bodies in flight; try again' });
