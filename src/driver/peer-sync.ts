@@ -1,16 +1,14 @@
 import type { Miss } from '../dataplane/peers';
 import type { Peer } from '../dataplane/types';
 import type { Logger } from '../log';
-import type { KVEntry, Lease, Watch, WatchEvent } from '../store/store';
+import type { KVEntry, Watch, WatchEvent } from '../store/store';
 import { errorMessage } from '../util/errors';
 import { KeyedMutex } from '../util/keyed-mutex';
-
-function sleepUnref(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref());
-}
+import { sleepUnref } from '../util/retry';
+import { HostRegistration } from './host-registration';
+import type { PeerSyncHooks } from './local-overlays';
 import { MissResponder, indexPeers, lookupMiss, missSubject, type MissOutcome, type PeerIndex } from './miss-responder';
 import type { RecordStore } from './record-store';
-import { nowIso } from './record-store';
 import {
   decodeRecord,
   endpointRecordSchema,
@@ -20,7 +18,6 @@ import {
   type HostRecord,
   type NetworkRecord,
 } from './records';
-import type { PeerSyncHooks } from './network-driver';
 
 /** What peer distribution needs from the kernel side. */
 export interface PeerDataplane {
@@ -37,13 +34,16 @@ export interface PeerDataplane {
 
 export type WatchName = 'endpoints' | 'hosts';
 
+/** Why a network's peers are compared against the kernel (a metrics label, see src/metrics.ts). */
+export type ReconcileTrigger = 'periodic' | 'endpoint watch reset' | 'host watch reset' | 'network active' | 'overlay repaired';
+
 /** What peer distribution reports as it works (the daemon's metrics implement it). */
 export interface PeerSyncObserver {
   /** Peers now programmed in a network's namespace (0 when it goes inactive). */
   peersProgrammed(networkId: string, count: number): void;
   peersChanged(added: number, removed: number): void;
   /** One kernel-vs-store comparison of one network; `repairs` = entries added or removed by it. */
-  reconciled(trigger: string, repairs: number): void;
+  reconciled(trigger: ReconcileTrigger, repairs: number): void;
   /** A watch delivered the full state: on start (`reconnect` false) or after a reconnect/compaction. */
   watchReset(watch: WatchName, reconnect: boolean): void;
   watchError(watch: WatchName): void;
@@ -155,7 +155,7 @@ export class PeerSync implements PeerSyncHooks {
   private readonly resetSeen = new Set<WatchName>();
   private markSynced: () => void = () => undefined;
   private readonly whenSynced = new Promise<void>((resolve) => (this.markSynced = resolve));
-  private lease?: Lease;
+  private readonly registration: HostRegistration;
   private timer?: NodeJS.Timeout;
   private closed = false;
 
@@ -165,7 +165,9 @@ export class PeerSync implements PeerSyncHooks {
     private readonly options: PeerSyncOptions,
     private readonly logger: Logger,
     private readonly observer?: PeerSyncObserver,
+    registration?: HostRegistration,
   ) {
+    this.registration = registration ?? new HostRegistration(records, options, logger);
     const dp = this.dataplane;
     if (dp.watchMisses) {
       const watchMisses = dp.watchMisses.bind(dp);
@@ -174,12 +176,13 @@ export class PeerSync implements PeerSyncHooks {
   }
 
   /** Store watches currently in trouble (empty when healthy), for /healthz. */
-  health(): { registered: boolean; watchTrouble: Partial<Record<WatchName, string>> } {
-    return { registered: this.lease !== undefined && !this.closed, watchTrouble: { ...this.watchTrouble } };
+  health(): { watchTrouble: Partial<Record<WatchName, string>> } {
+    return { watchTrouble: { ...this.watchTrouble } };
   }
 
+  /** Registers this host (see HostRegistration), then follows the store. */
   async start(): Promise<void> {
-    await this.register();
+    await this.registration.start();
     this.watches = [
       this.records.store.watch(keys.allEndpoints(), {
         onReset: (entries) => {
@@ -212,7 +215,7 @@ export class PeerSync implements PeerSyncHooks {
   }
 
   /** Re-programs a network's peers against what the kernel holds (its devices were rebuilt, say). */
-  async resync(networkId: string, reason: string): Promise<void> {
+  async resync(networkId: string, reason: ReconcileTrigger): Promise<void> {
     this.programmed.delete(networkId);
     // A rebuilt vxlan0 has a new index: the miss listener (which filters on it) starts over.
     if (this.active.get(networkId)?.mode === 'miss') this.misses?.unwatch(networkId);
@@ -220,18 +223,17 @@ export class PeerSync implements PeerSyncHooks {
   }
 
   /**
-   * `revokeLease` (default true) announces our departure at once: peers drop our containers'
-   * entries. The daemon stopping on SIGTERM passes false: that is a plugin restart (docker
-   * plugin disable/enable, upgrade, systemctl restart) while the containers and their overlay
-   * namespaces stay, and peers must keep reaching them; if this host does not come back, its
-   * lease expires after the TTL as after a crash.
+   * `revokeLease` (default true) announces our departure at once (see HostRegistration.close).
+   * The daemon stopping on SIGTERM passes false: that is a plugin restart (docker plugin
+   * disable/enable, upgrade, systemctl restart) while the containers and their overlay
+   * namespaces stay, and peers must keep reaching them.
    */
   async close(revokeLease = true): Promise<void> {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     this.misses?.close();
     await Promise.all(this.watches.map((w) => w.close()));
-    if (revokeLease) await this.lease?.revoke().catch(() => undefined);
+    await this.registration.close(revokeLease);
   }
 
   /** For Join: the network has a local container now, so its namespace wants every peer. */
@@ -266,41 +268,6 @@ export class PeerSync implements PeerSyncHooks {
       this.desired.set(networkKey, set);
     }
     return set;
-  }
-
-  private async register(): Promise<void> {
-    const lease = await this.records.store.grantLease(this.options.leaseTtlSeconds);
-    lease.onLost(() => {
-      if (this.closed) return;
-      this.logger.warn('store lease lost: registering this host again');
-      this.registerUntilDone();
-    });
-    const record: HostRecord = { name: this.options.hostName, vtep: this.options.vtep, started: nowIso() };
-    try {
-      await this.records.put(keys.host(this.options.hostName), record, lease);
-    } catch (err) {
-      await lease.revoke().catch(() => undefined);
-      throw err;
-    }
-    this.lease = lease;
-    this.logger.info('host registered', { host: record.name, vtep: record.vtep, ttl: lease.ttlSeconds });
-  }
-
-  /**
-   * After a lost lease (e.g. the store was unreachable for longer than the TTL): register again,
-   * retrying with backoff until the store answers. Giving up would leave this host's key to
-   * expire, and every other host would drop this host's running containers.
-   */
-  private registerUntilDone(delayMs = 200): void {
-    if (this.closed) return;
-    this.register().catch((err: unknown) => {
-      if (this.closed) return;
-      this.logger.warn('host registration failed; retrying', { error: errorMessage(err), retryInMs: delayMs });
-      // Capped well below the TTL: the old lease (refreshed when etcd restarts) must not expire first.
-      const cap = Math.min(5_000, (this.options.leaseTtlSeconds * 1000) / 4);
-      const t = setTimeout(() => this.registerUntilDone(Math.min(delayMs * 2, cap)), delayMs);
-      t.unref();
-    });
   }
 
   private noteReset(watch: WatchName): void {
@@ -405,7 +372,7 @@ export class PeerSync implements PeerSyncHooks {
 
   /** Records (or, with undefined, forgets) one endpoint, and updates its network's desired set if built. */
   private setEndpoint(key: string, ep: EndpointRecord | undefined): void {
-    const networkKey = key.split('/')[1] ?? '';
+    const networkKey = keys.parseEndpoint(key)?.networkKey ?? '';
     const kept: PeerEndpoint | undefined =
       ep?.joined && ep.host !== this.options.hostName ? { ip: ep.ip, mac: ep.mac, host: this.hostName(ep.host), joined: true } : undefined;
     let records = this.endpoints.get(networkKey);
@@ -453,7 +420,7 @@ export class PeerSync implements PeerSyncHooks {
     const touched = new Set<string>();
     this.indexes.clear();
     for (const ev of events) {
-      const networkKey = ev.key.split('/')[1];
+      const networkKey = keys.parseEndpoint(ev.key)?.networkKey;
       if (networkKey) touched.add(networkKey);
       if (ev.type === 'delete') {
         this.setEndpoint(ev.key, undefined);
@@ -470,7 +437,8 @@ export class PeerSync implements PeerSyncHooks {
     this.desired.clear();
     this.indexes.clear();
     for (const ev of events) {
-      const name = ev.key.slice(keys.hosts().length);
+      const name = keys.hostOf(ev.key);
+      if (name === undefined) continue;
       if (ev.type === 'delete') {
         this.hosts.delete(name);
         this.logger.info('host gone', { host: name });
@@ -482,7 +450,7 @@ export class PeerSync implements PeerSyncHooks {
     for (const networkId of this.active.keys()) void this.project(networkId);
   }
 
-  private reconcileAll(reason: string): void {
+  private reconcileAll(reason: ReconcileTrigger): void {
     for (const networkId of this.active.keys()) void this.reconcile(networkId, reason);
   }
 
@@ -491,7 +459,7 @@ export class PeerSync implements PeerSyncHooks {
    * tables, and doing them all at once would hold every network's dump in memory together.
    * A round still running when the next is due is not doubled.
    */
-  private async reconcileInTurn(reason: string): Promise<void> {
+  private async reconcileInTurn(reason: ReconcileTrigger): Promise<void> {
     if (this.reconciling) return;
     this.reconciling = true;
     try {
@@ -518,7 +486,7 @@ export class PeerSync implements PeerSyncHooks {
   }
 
   /** Resync path: diff desired against what the kernel actually holds (restarts, drift, reconnects). */
-  private reconcile(networkId: string, reason: string): Promise<void> {
+  private reconcile(networkId: string, reason: ReconcileTrigger): Promise<void> {
     return this.locks.run(networkId, async () => {
       const net = this.active.get(networkId);
       if (!net || !this.synced || (net.mode !== 'static' && net.mode !== 'miss')) return;
