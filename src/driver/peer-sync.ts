@@ -7,17 +7,12 @@ import { KeyedMutex } from '../util/keyed-mutex';
 import { sleepUnref } from '../util/retry';
 import { HostRegistration } from './host-registration';
 import type { PeerSyncHooks } from './local-overlays';
-import { MissResponder, indexPeers, lookupMiss, missSubject, type MissOutcome, type PeerIndex } from './miss-responder';
+import { MissResponder, lookupMiss, missSubject, type MissOutcome } from './miss-responder';
+import { PeerView, peerId } from './peer-view';
 import type { RecordStore } from './record-store';
-import {
-  decodeRecord,
-  endpointRecordSchema,
-  hostRecordSchema,
-  keys,
-  type EndpointRecord,
-  type HostRecord,
-  type NetworkRecord,
-} from './records';
+import { keys, type NetworkRecord } from './records';
+
+export { desiredPeersOf, type PeerEndpoint } from './peer-view';
 
 /** What peer distribution needs from the kernel side. */
 export interface PeerDataplane {
@@ -63,53 +58,6 @@ interface ActiveNetwork {
   mode: NetworkRecord['mode'];
 }
 
-// join() builds one flat string; a template literal leaves a tree of parts beside the flattened
-// copy once the id is hashed (~65 bytes more per peer, kept twice for 10,000 peers).
-const peerId = (p: Peer) => [p.ip, p.mac, p.vtep].join('|');
-
-/** The fields of an endpoint record that decide whether and how it is a peer. */
-export type PeerEndpoint = Pick<EndpointRecord, 'ip' | 'mac' | 'host' | 'joined'>;
-
-/**
- * The peers one host should hold for one network: every joined endpoint of another host that
- * is live (has a `hosts/<name>` record), at that host's registered VTEP. Shared by peer-sync
- * and `tsoverlay inspect --check`.
- */
-export function desiredPeersOf(endpoints: Iterable<PeerEndpoint>, hosts: ReadonlyMap<string, HostRecord>, self: string): Peer[] {
-  const peers: Peer[] = [];
-  for (const ep of endpoints) {
-    if (!ep.joined || ep.host === self) continue;
-    const host = hosts.get(ep.host);
-    if (host) peers.push({ ip: ep.ip, mac: ep.mac, vtep: host.vtep });
-  }
-  return peers;
-}
-
-/**
- * A network's desired peers by peer id, kept up to date endpoint by endpoint so that a watch
- * event costs a lookup, not a rebuild of the whole set. Two endpoint records can map to the same
- * peer (a stale duplicate): the peer stays wanted until the last of them goes.
- */
-class DesiredPeers {
-  readonly peers = new Map<string, Peer>();
-  /** Records beyond the first per peer id (almost always empty). */
-  private readonly extra = new Map<string, number>();
-
-  add(peer: Peer): void {
-    const id = peerId(peer);
-    if (this.peers.has(id)) this.extra.set(id, (this.extra.get(id) ?? 0) + 1);
-    else this.peers.set(id, peer);
-  }
-
-  remove(peer: Peer): void {
-    const id = peerId(peer);
-    const n = this.extra.get(id);
-    if (n === undefined) this.peers.delete(id);
-    else if (n > 1) this.extra.set(id, n - 1);
-    else this.extra.delete(id);
-  }
-}
-
 /**
  * Peer distribution: the role Serf gossip played for Docker's classic overlay.
  *
@@ -126,22 +74,13 @@ class DesiredPeers {
  * peer is programmed for them.
  */
 export class PeerSync implements PeerSyncHooks {
-  /**
-   * By network key, then store key: the endpoints that can be peers (joined, of another host),
-   * reduced to what programming needs. 10,000 remote containers are held here, so not the
-   * whole record (ids, timestamps) and nothing else of the store.
-   */
-  private readonly endpoints = new Map<string, Map<string, PeerEndpoint>>();
-  /** Desired peers per network key, built on first use; dropped when any host changes. */
-  private readonly desired = new Map<string, DesiredPeers>();
+  /** What the store wants (endpoints/ and hosts/ as the watches deliver them). */
+  private readonly view: PeerView;
   private reconciling = false;
-  private readonly hosts = new Map<string, HostRecord>();
   private readonly active = new Map<string, ActiveNetwork>();
   /** What we believe is programmed per network id, so that events cost a diff, not a dump. */
   private readonly programmed = new Map<string, Map<string, Peer>>();
   private readonly locks = new KeyedMutex();
-  /** Desired peers per network key, indexed for miss lookups; dropped on every store change. */
-  private readonly indexes = new Map<string, PeerIndex>();
   private readonly misses?: MissResponder;
   private readonly resets: Record<WatchName, number> = { endpoints: 0, hosts: 0 };
   private readonly watchTrouble: Partial<Record<WatchName, string>> = {};
@@ -168,6 +107,7 @@ export class PeerSync implements PeerSyncHooks {
     registration?: HostRegistration,
   ) {
     this.registration = registration ?? new HostRegistration(records, options, logger);
+    this.view = new PeerView(options.hostName, logger);
     const dp = this.dataplane;
     if (dp.watchMisses) {
       const watchMisses = dp.watchMisses.bind(dp);
@@ -184,27 +124,21 @@ export class PeerSync implements PeerSyncHooks {
   async start(): Promise<void> {
     await this.registration.start();
     this.watches = [
-      this.records.store.watch(keys.allEndpoints(), {
-        onReset: (entries) => {
-          this.watchResetSeen('endpoints');
-          this.resetEndpoints(entries);
-        },
-        onEvents: (events) => this.endpointEvents(events),
-        onError: (err) => {
-          this.watchErrorSeen('endpoints', err);
-          this.logger.warn('endpoint watch trouble', { error: err.message });
-        },
+      this.follow('endpoints', keys.allEndpoints(), (entries) => {
+        this.view.resetEndpoints(entries);
+        this.reconcileAll('endpoint watch reset');
+      }, (events) => {
+        const touched = this.view.endpointEvents(events);
+        for (const [networkId, net] of this.active) {
+          if (touched.has(net.networkKey)) void this.project(networkId);
+        }
       }),
-      this.records.store.watch(keys.hosts(), {
-        onReset: (entries) => {
-          this.watchResetSeen('hosts');
-          this.resetHosts(entries);
-        },
-        onEvents: (events) => this.hostEvents(events),
-        onError: (err) => {
-          this.watchErrorSeen('hosts', err);
-          this.logger.warn('host watch trouble', { error: err.message });
-        },
+      this.follow('hosts', keys.hosts(), (entries) => {
+        this.view.resetHosts(entries);
+        this.reconcileAll('host watch reset');
+      }, (events) => {
+        this.view.hostEvents(events);
+        for (const networkId of this.active.keys()) void this.project(networkId);
       }),
     ];
     this.timer = setInterval(() => void this.reconcileInTurn('periodic'), this.options.reconcileIntervalMs);
@@ -256,18 +190,23 @@ export class PeerSync implements PeerSyncHooks {
 
   /** Peers the store wants programmed in a network's namespace. */
   desiredPeers(networkKey: string): Peer[] {
-    return desiredPeersOf(this.endpoints.get(networkKey)?.values() ?? [], this.hosts, this.options.hostName);
+    return this.view.desiredPeers(networkKey);
   }
 
-  /** The same peers by id, maintained incrementally (do not modify; it changes with the store). */
-  private desiredSet(networkKey: string): DesiredPeers {
-    let set = this.desired.get(networkKey);
-    if (!set) {
-      set = new DesiredPeers();
-      for (const p of this.desiredPeers(networkKey)) set.add(p);
-      this.desired.set(networkKey, set);
-    }
-    return set;
+  /** A store watch whose resets and errors are reported under `watch`. */
+  private follow(watch: WatchName, prefix: string, onReset: (entries: KVEntry[]) => void, onEvents: (events: WatchEvent[]) => void): Watch {
+    return this.records.store.watch(prefix, {
+      onReset: (entries) => {
+        this.watchResetSeen(watch);
+        this.noteReset(watch);
+        onReset(entries);
+      },
+      onEvents,
+      onError: (err) => {
+        this.watchErrorSeen(watch, err);
+        this.logger.warn(`${watch === 'hosts' ? 'host' : 'endpoint'} watch trouble`, { error: err.message });
+      },
+    });
   }
 
   private noteReset(watch: WatchName): void {
@@ -288,16 +227,6 @@ export class PeerSync implements PeerSyncHooks {
     this.observer?.watchError(watch);
   }
 
-  /** Desired peers of a network, indexed by IP and MAC (cached until the next store change). */
-  private peerIndex(networkKey: string): PeerIndex {
-    let index = this.indexes.get(networkKey);
-    if (!index) {
-      index = indexPeers(this.desiredPeers(networkKey));
-      this.indexes.set(networkKey, index);
-    }
-    return index;
-  }
-
   /**
    * `miss` mode: the kernel asks for one IP's MAC (L3) or one MAC's VTEP (L2). Both are answered
    * with the peer's neighbour + FDB pair, so an answered ARP needs no second round for the frame.
@@ -306,7 +235,7 @@ export class PeerSync implements PeerSyncHooks {
     return this.locks.run(networkId, async () => {
       const net = this.active.get(networkId);
       if (!net || net.mode !== 'miss') return 'unknown';
-      const peer = lookupMiss(this.peerIndex(net.networkKey), miss);
+      const peer = lookupMiss(this.view.peerIndex(net.networkKey), miss);
       if (!peer) {
         this.logger.debug('vxlan miss for an address the store does not know', { networkId, miss: missSubject(miss) });
         this.observer?.miss(miss.kind, 'unknown');
@@ -338,116 +267,15 @@ export class PeerSync implements PeerSyncHooks {
    * the store still wants (updated when the peer moved), never adds unasked ones.
    */
   private target(net: ActiveNetwork, current: Iterable<Peer>): ReadonlyMap<string, Peer> | undefined {
-    if (net.mode === 'static') return this.desiredSet(net.networkKey).peers;
+    if (net.mode === 'static') return this.view.desiredSet(net.networkKey);
     if (net.mode !== 'miss') return undefined;
-    const index = this.peerIndex(net.networkKey);
+    const index = this.view.peerIndex(net.networkKey);
     const keep = new Map<string, Peer>();
     for (const p of current) {
       const now = index.byIp.get(p.ip) ?? index.byMac.get(p.mac.toLowerCase());
       if (now) keep.set(peerId(now), now);
     }
     return keep;
-  }
-
-  private decode<T>(schemaName: string, decode: () => T): T | undefined {
-    try {
-      return decode();
-    } catch (err) {
-      this.logger.warn(`ignoring malformed ${schemaName} record`, { error: errorMessage(err) });
-      return undefined;
-    }
-  }
-
-  /** The host record's copy of a host name when there is one: one string per host, not per endpoint. */
-  private hostName(name: string): string {
-    const known = this.hosts.get(name)?.name;
-    return known === name ? known : name;
-  }
-
-  /** The peer an endpoint is while its host is live. */
-  private peerOf(ep: PeerEndpoint): Peer | undefined {
-    const host = this.hosts.get(ep.host);
-    return host ? { ip: ep.ip, mac: ep.mac, vtep: host.vtep } : undefined;
-  }
-
-  /** Records (or, with undefined, forgets) one endpoint, and updates its network's desired set if built. */
-  private setEndpoint(key: string, ep: EndpointRecord | undefined): void {
-    const networkKey = keys.parseEndpoint(key)?.networkKey ?? '';
-    const kept: PeerEndpoint | undefined =
-      ep?.joined && ep.host !== this.options.hostName ? { ip: ep.ip, mac: ep.mac, host: this.hostName(ep.host), joined: true } : undefined;
-    let records = this.endpoints.get(networkKey);
-    const old = records?.get(key);
-    if (kept) {
-      if (!records) this.endpoints.set(networkKey, (records = new Map()));
-      records.set(key, kept);
-    } else if (records?.delete(key) && records.size === 0) {
-      this.endpoints.delete(networkKey);
-    }
-    const desired = this.desired.get(networkKey);
-    if (!desired) return;
-    // Hosts are unchanged since the set was built (a host change drops it): same VTEPs as then.
-    const before = old && this.peerOf(old);
-    const after = kept && this.peerOf(kept);
-    if (before) desired.remove(before);
-    if (after) desired.add(after);
-  }
-
-  private resetEndpoints(entries: KVEntry[]): void {
-    this.noteReset('endpoints');
-    this.endpoints.clear();
-    this.desired.clear();
-    this.indexes.clear();
-    for (const e of entries) {
-      const ep = this.decode('endpoint', () => decodeRecord(endpointRecordSchema, e.value, e.key));
-      if (ep) this.setEndpoint(e.key, ep);
-    }
-    this.reconcileAll('endpoint watch reset');
-  }
-
-  private resetHosts(entries: KVEntry[]): void {
-    this.noteReset('hosts');
-    this.hosts.clear();
-    this.desired.clear();
-    this.indexes.clear();
-    for (const e of entries) {
-      const host = this.decode('host', () => decodeRecord(hostRecordSchema, e.value, e.key));
-      if (host) this.hosts.set(host.name, host);
-    }
-    this.reconcileAll('host watch reset');
-  }
-
-  private endpointEvents(events: WatchEvent[]): void {
-    const touched = new Set<string>();
-    this.indexes.clear();
-    for (const ev of events) {
-      const networkKey = keys.parseEndpoint(ev.key)?.networkKey;
-      if (networkKey) touched.add(networkKey);
-      if (ev.type === 'delete') {
-        this.setEndpoint(ev.key, undefined);
-      } else {
-        this.setEndpoint(ev.key, this.decode('endpoint', () => decodeRecord(endpointRecordSchema, ev.value, ev.key)));
-      }
-    }
-    for (const [networkId, net] of this.active) {
-      if (touched.has(net.networkKey)) void this.project(networkId);
-    }
-  }
-
-  private hostEvents(events: WatchEvent[]): void {
-    this.desired.clear();
-    this.indexes.clear();
-    for (const ev of events) {
-      const name = keys.hostOf(ev.key);
-      if (name === undefined) continue;
-      if (ev.type === 'delete') {
-        this.hosts.delete(name);
-        this.logger.info('host gone', { host: name });
-      } else {
-        const host = this.decode('host', () => decodeRecord(hostRecordSchema, ev.value, ev.key));
-        if (host) this.hosts.set(name, host);
-      }
-    }
-    for (const networkId of this.active.keys()) void this.project(networkId);
   }
 
   private reconcileAll(reason: ReconcileTrigger): void {
@@ -537,20 +365,8 @@ export class PeerSync implements PeerSyncHooks {
    * (forEach, as `for (const [id, p] of map)` allocates an entry array per element).
    */
   private async applyDiff(networkId: string, current: Map<string, Peer>, want: ReadonlyMap<string, Peer>): Promise<number> {
-    const add: Peer[] = [];
-    const addIds: string[] = [];
-    want.forEach((p, id) => {
-      if (current.has(id)) return;
-      add.push(p);
-      addIds.push(id);
-    });
-    const remove: Peer[] = [];
-    const removeIds: string[] = [];
-    current.forEach((p, id) => {
-      if (want.has(id)) return;
-      remove.push(p);
-      removeIds.push(id);
-    });
+    const [add, addIds] = notIn(want, current);
+    const [remove, removeIds] = notIn(current, want);
     if (add.length === 0 && remove.length === 0) {
       this.programmed.set(networkId, current);
       this.observer?.peersProgrammed(networkId, current.size);
@@ -572,4 +388,16 @@ export class PeerSync implements PeerSyncHooks {
     }
     return add.length + remove.length;
   }
+}
+
+/** The peers of `from` that `other` lacks, and their ids (forEach: no entry array per element). */
+function notIn(from: ReadonlyMap<string, Peer>, other: ReadonlyMap<string, Peer>): [Peer[], string[]] {
+  const peers: Peer[] = [];
+  const ids: string[] = [];
+  from.forEach((p, id) => {
+    if (other.has(id)) return;
+    peers.push(p);
+    ids.push(id);
+  });
+  return [peers, ids];
 }
