@@ -57,6 +57,8 @@ export type EndpointRecord = z.infer<typeof endpointRecordSchema>;
 export const hostRecordSchema = z.object({
   name: z.string(),
   vtep: z.string(),
+  /** Stable identity of the machine (kept under the state directory); absent in records of older versions. */
+  instance: z.string().optional(),
   started: z.string(),
 });
 export type HostRecord = z.infer<typeof hostRecordSchema>;
