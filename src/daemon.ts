@@ -46,24 +46,54 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   const metrics = new Metrics();
   const started = Date.now();
   const host = { name: config.hostName, vtep: underlay.address, underlayMtu: config.underlayMtu ?? underlay.mtu };
-  const identity = { hostName: host.name, vtep: host.vtep, leaseTtlSeconds: config.leaseTtlSeconds };
+  let instance: string;
+  try {
+    instance = loadOrCreateInstanceId(config.stateDir);
+  } catch (err) {
+    await store.close();
+    dataplane.close();
+    throw new Error(`cannot read or make this host's instance id under --state-dir ${config.stateDir}: ${errorMessage(err)}`);
+  }
+  const identity = { hostName: host.name, vtep: host.vtep, leaseTtlSeconds: config.leaseTtlSeconds, instance };
   const registration = new HostRegistration(records, identity, logger);
+  // Peers decide whether this host is alive by asking here when its registration lapses. Not
+  // fatal: without it this host is withdrawn everywhere as soon as its lease expires, as before.
+  const responder = await ProbeResponder.listen(host.vtep, config.probePort, () => ({ name: host.name, instance }), logger).catch((err: unknown) => {
+    logger.warn('cannot answer underlay probes: peers will withdraw this host as soon as its store registration lapses', {
+      address: `${host.vtep}:${config.probePort}`,
+      error: errorMessage(err),
+    });
+    return undefined;
+  });
+  const prober = await UnderlayProber.open(host.vtep, logger).catch((err: unknown) => {
+    logger.warn('cannot probe peers over the underlay: a peer is withdrawn as soon as its store registration lapses', { error: errorMessage(err) });
+    return undefined;
+  });
   const peerSync = new PeerSync(
     records,
     dataplane,
-    { ...identity, reconcileIntervalMs: config.reconcileIntervalSeconds * 1000 },
+    {
+      ...identity,
+      reconcileIntervalMs: config.reconcileIntervalSeconds * 1000,
+      ...(prober ? { probe: (target: ProbeTarget) => prober.probe(target, config.probePort, DEFAULT_LIVENESS) } : {}),
+    },
     logger,
     metrics,
     registration,
   );
+  const closeProbes = (): void => {
+    responder?.close();
+    prober?.close();
+  };
   const ipam = new IpamService(records, config.hostName, logger);
   const network = new NetworkDriver(records, dataplane, host, logger, peerSync, ipam);
   const health = (): HealthReport => {
     const h = peerSync.health();
     const problems = [
       ...(startup.ready ? [] : ['starting: waiting for the store']),
-      ...(registration.registered ? [] : ['this host is not registered in the store']),
+      ...registration.problems(),
       ...Object.entries(h.watchTrouble).map(([watch, error]) => `store watch ${watch}: ${error}`),
+      ...h.unregisteredPeers.map((peer) => `host ${peer} lost its store registration; kept as a peer while it answers on the underlay`),
     ];
     return {
       status: problems.length === 0 ? 'ok' : 'degraded',
@@ -115,6 +145,9 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   /** Idempotent, so that it can be retried from the top after the store failed half-way. */
   const initialise = async (): Promise<void> => {
     if (!syncStarted) {
+      // Recovery withdraws endpoints and releases addresses by host name: not under a name
+      // another live host holds (a cloned machine).
+      await registration.checkName();
       // Before this host registers: no peer must see what a crash left behind.
       try {
         await network.recovery.recoverAfterCrash();

@@ -1,10 +1,13 @@
+import { randomUUID } from 'node:crypto';
 import type { Miss } from '../dataplane/peers';
+import type { ProbeTarget } from '../dataplane/underlay-probe';
 import type { Peer } from '../dataplane/types';
 import type { Logger } from '../log';
 import type { KVEntry, Watch, WatchEvent } from '../store/store';
 import { errorMessage } from '../util/errors';
 import { KeyedMutex } from '../util/keyed-mutex';
 import { sleepUnref } from '../util/retry';
+import { HostLiveness, type LivenessOptions } from './host-liveness';
 import { HostRegistration } from './host-registration';
 import type { PeerSyncHooks } from './local-overlays';
 import { MissResponder, lookupMiss, missSubject, type MissOutcome } from './miss-responder';
@@ -51,6 +54,14 @@ export interface PeerSyncOptions {
   leaseTtlSeconds: number;
   /** Full kernel-vs-store comparison period, which also repairs hand-made drift. */
   reconcileIntervalMs: number;
+  /** This machine's instance id; without one (library use, tests) an id for this process only. */
+  instance?: string;
+  /**
+   * Checks over the underlay whether a host the store dropped is still there (see HostLiveness).
+   * Without it a host is withdrawn as soon as its registration goes.
+   */
+  probe?: (target: ProbeTarget) => Promise<boolean>;
+  liveness?: LivenessOptions;
 }
 
 interface ActiveNetwork {
@@ -95,6 +106,7 @@ export class PeerSync implements PeerSyncHooks {
   private markSynced: () => void = () => undefined;
   private readonly whenSynced = new Promise<void>((resolve) => (this.markSynced = resolve));
   private readonly registration: HostRegistration;
+  private readonly liveness?: HostLiveness;
   private timer?: NodeJS.Timeout;
   private closed = false;
 
@@ -106,8 +118,14 @@ export class PeerSync implements PeerSyncHooks {
     private readonly observer?: PeerSyncObserver,
     registration?: HostRegistration,
   ) {
-    this.registration = registration ?? new HostRegistration(records, options, logger);
-    this.view = new PeerView(options.hostName, logger);
+    this.registration = registration ?? new HostRegistration(records, { ...options, instance: options.instance ?? randomUUID() }, logger);
+    const liveness = options.probe
+      ? new HostLiveness(options.probe, (name) => {
+          if (this.view.hostDead(name)) this.projectAll();
+        }, logger, options.liveness)
+      : undefined;
+    this.liveness = liveness;
+    this.view = new PeerView(options.hostName, logger, liveness);
     const dp = this.dataplane;
     if (dp.watchMisses) {
       const watchMisses = dp.watchMisses.bind(dp);
@@ -115,9 +133,9 @@ export class PeerSync implements PeerSyncHooks {
     }
   }
 
-  /** Store watches currently in trouble (empty when healthy), for /healthz. */
-  health(): { watchTrouble: Partial<Record<WatchName, string>> } {
-    return { watchTrouble: { ...this.watchTrouble } };
+  /** Store watches currently in trouble (empty when healthy), and hosts kept only because they answer probes, for /healthz. */
+  health(): { watchTrouble: Partial<Record<WatchName, string>>; unregisteredPeers: string[] } {
+    return { watchTrouble: { ...this.watchTrouble }, unregisteredPeers: this.liveness?.suspected() ?? [] };
   }
 
   /** Registers this host (see HostRegistration), then follows the store. */
@@ -134,11 +152,13 @@ export class PeerSync implements PeerSyncHooks {
         }
       }),
       this.follow('hosts', keys.hosts(), (entries) => {
+        this.registration.noticeHosts(entries);
         this.view.resetHosts(entries);
         this.reconcileAll('host watch reset');
       }, (events) => {
+        this.registration.noticeHostEvents(events);
         this.view.hostEvents(events);
-        for (const networkId of this.active.keys()) void this.project(networkId);
+        this.projectAll();
       }),
     ];
     this.timer = setInterval(() => void this.reconcileInTurn('periodic'), this.options.reconcileIntervalMs);
@@ -166,6 +186,7 @@ export class PeerSync implements PeerSyncHooks {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     this.misses?.close();
+    this.liveness?.close();
     await Promise.all(this.watches.map((w) => w.close()));
     await this.registration.close(revokeLease);
   }
@@ -276,6 +297,10 @@ export class PeerSync implements PeerSyncHooks {
       if (now) keep.set(peerId(now), now);
     }
     return keep;
+  }
+
+  private projectAll(): void {
+    for (const networkId of this.active.keys()) void this.project(networkId);
   }
 
   private reconcileAll(reason: ReconcileTrigger): void {

@@ -2,6 +2,7 @@ import type { Peer } from '../dataplane/types';
 import type { Logger } from '../log';
 import type { KVEntry, WatchEvent } from '../store/store';
 import { errorMessage } from '../util/errors';
+import type { HostLiveness } from './host-liveness';
 import { indexPeers, type PeerIndex } from './miss-responder';
 import { decodeRecord, endpointRecordSchema, hostRecordSchema, keys, type EndpointRecord, type HostRecord } from './records';
 
@@ -74,6 +75,8 @@ export class PeerView {
     /** This host's name: its own endpoints are never its peers. */
     private readonly self: string,
     private readonly logger: Logger,
+    /** Decides when a host the store dropped is gone; without it, at once. */
+    private readonly liveness?: HostLiveness,
   ) {}
 
   /** Peers the store wants programmed in a network's namespace. */
@@ -114,11 +117,18 @@ export class PeerView {
 
   /** The host watch delivered the full state. */
   resetHosts(entries: KVEntry[]): void {
+    const before = new Map(this.hosts);
     this.hosts.clear();
     this.forgetDerived();
     for (const e of entries) {
       const host = this.decode('host', () => decodeRecord(hostRecordSchema, e.value, e.key));
-      if (host) this.hosts.set(host.name, host);
+      if (!host) continue;
+      this.hosts.set(host.name, host);
+      this.liveness?.cleared(host.name);
+    }
+    // A full state after a reconnect: hosts missing from it went while we were not listening.
+    for (const [name, host] of before) {
+      if (!this.hosts.has(name)) this.hostWent(name, host);
     }
   }
 
@@ -145,13 +155,37 @@ export class PeerView {
       const name = keys.hostOf(ev.key);
       if (name === undefined) continue;
       if (ev.type === 'delete') {
-        this.hosts.delete(name);
-        this.logger.info('host gone', { host: name });
+        const host = this.hosts.get(name);
+        if (host) this.hostWent(name, host);
       } else {
         const host = this.decode('host', () => decodeRecord(hostRecordSchema, ev.value, ev.key));
-        if (host) this.hosts.set(name, host);
+        if (host) {
+          this.hosts.set(name, host);
+          this.liveness?.cleared(name);
+        }
       }
     }
+  }
+
+  /** The host's probes went unanswered after its registration expired: withdraw it. True if it was still held. */
+  hostDead(name: string): boolean {
+    if (!this.hosts.delete(name)) return false;
+    this.forgetDerived();
+    return true;
+  }
+
+  /**
+   * Its registration is gone: a host that only lost the store is kept while it answers on the
+   * underlay (HostLiveness calls hostDead when it stops); without liveness checks it goes now.
+   */
+  private hostWent(name: string, host: HostRecord): void {
+    if (this.liveness && name !== this.self) {
+      this.hosts.set(name, host);
+      this.liveness.suspect(host);
+      return;
+    }
+    this.hosts.delete(name);
+    this.logger.info('host gone', { host: name });
   }
 
   private forgetDerived(): void {

@@ -67,8 +67,8 @@ export class RecordStore {
   }
 
   /** Replaces `current` with `value` unless the record changed since it was read; false if it did. */
-  async compareAndSet<T>(current: Versioned<T>, value: T): Promise<boolean> {
-    return (await this.store.compareAndSet(current.key, encodeRecord(value), current.revision)) !== undefined;
+  async compareAndSet<T>(current: Versioned<T>, value: T, lease?: Lease): Promise<boolean> {
+    return (await this.store.compareAndSet(current.key, encodeRecord(value), current.revision, lease ? { lease } : undefined)) !== undefined;
   }
 
   /** Deletes `current` unless the record changed since it was read; false if it did. */
