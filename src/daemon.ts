@@ -56,7 +56,7 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     logger,
     metrics,
   );
-  const ipam = new IpamService(records, config.hostName, logger);
+  const ipam = new IpamService(records, config.hostName, logger, { requestTimeoutMs: config.storeTimeoutSeconds * 1000 });
   const network = new NetworkDriver(records, dataplane, host, logger, peerSync, ipam);
   const health = (): HealthReport => {
     const h = peerSync.health();
@@ -233,13 +233,15 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 
 /**
  * Tags a RequestAddress with an id of its own (journaled with it), so that running it again
- * after a crash returns the address the first run allocated (see IpamService).
+ * after a crash returns the address the first run allocated (see IpamService). Only a body
+ * replayed from the journal keeps the id it carries: one a caller sent could name another
+ * request and so claim its address.
  */
-function withRequestId(body: unknown): unknown {
+function withRequestId(body: unknown, fromJournal: boolean): unknown {
   if (!isPlainObject(body)) return body;
   const options = body.Options ?? {};
   if (!isPlainObject(options)) return body;
-  if (typeof options[REQUEST_ID_OPTION] === 'string') return body; // a replay keeps its id
+  if (fromJournal && typeof options[REQUEST_ID_OPTION] === 'string') return body;
   return { ...body, Options: { ...options, [REQUEST_ID_OPTION]: randomUUID() } };
 }
 
@@ -273,7 +275,7 @@ function answerOnceReady(routes: Record<string, Route>, { startup, journal, logg
                 logger.warn('empty request body and nothing to replay: the request is lost', { method });
               }
             }
-            if (method === 'IpamDriver.RequestAddress') effective = withRequestId(effective);
+            if (method === 'IpamDriver.RequestAddress') effective = withRequestId(effective, effective !== body);
             const done = journal.begin(method, effective);
             try {
               return await route.run(effective);

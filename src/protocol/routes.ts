@@ -1,5 +1,5 @@
 import type { Logger } from '../log';
-import { GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, type IpamService } from '../driver/ipam';
+import { GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, REQUEST_ID_OPTION, type IpamService } from '../driver/ipam';
 import type { NetworkDriver } from '../driver/network-driver';
 import { route, type Route } from './server';
 import * as s from './schemas';
@@ -100,7 +100,9 @@ export function pluginRoutes({ network, ipam, scope, logger }: RouteDeps): Recor
       return {};
     }),
     'IpamDriver.RequestAddress': route(s.requestAddressRequest, async (r) => {
-      const { address } = await ipam.requestAddress({ poolId: r.PoolID, address: r.Address || undefined, options: r.Options });
+      // The gate's own request id travels in Options as far as here; IPAM takes it only as requestId.
+      const { [REQUEST_ID_OPTION]: requestId, ...options } = r.Options;
+      const { address } = await ipam.requestAddress({ poolId: r.PoolID, address: r.Address || undefined, options, ...(requestId ? { requestId } : {}) });
       return { Address: address, Data: {} };
     }),
     'IpamDriver.ReleaseAddress': route(s.releaseAddressRequest, async (r) => {
