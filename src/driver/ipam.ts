@@ -26,11 +26,11 @@ export const ENDPOINT_NAME_OPTION = 'com.docker.network.endpoint.name';
  */
 export const REQUEST_ID_OPTION = 'tsoverlay.request-id';
 /**
- * How long after Docker re-requests a pool this host already holds its explicit requests for this
- * host's addresses count as Docker's start-up replay (each one seen extends it). See
- * `inDockerReplay`.
+ * How long, beyond the request timeout, after Docker re-requests a pool this host already holds
+ * (and after each request of the replay that follows) its explicit requests for this host's
+ * addresses count as Docker's start-up replay. See `dockerReplayFor`.
  */
-export const DOCKER_REPLAY_WINDOW_MS = 10_000;
+export const DOCKER_REPLAY_SLACK_MS = 5_000;
 /** How long a failed request's uncertain allocation is chased before it is left to the logs. */
 const RECLAIM_GIVE_UP_MS = 10 * 60_000;
 /** Where pools come from when `docker network create` gives no `--subnet`. */
@@ -68,6 +68,12 @@ export interface IpamOptions {
   requestTimeoutMs?: number;
 }
 
+/** Docker's start-up replay of one subnet: until when it may last, and the addresses it re-confirmed. */
+interface DockerReplay {
+  until: number;
+  confirmed: Set<string>;
+}
+
 /** What one request works with: the store and the subnet locks, both bounded by its deadline. */
 interface RequestScope {
   records: RecordStore;
@@ -82,13 +88,13 @@ interface RequestScope {
  *
  * An address is held by one request: asking again for a held address succeeds only for what
  * identifies that request (its request id, the container it was made for, or Docker's start-up
- * replay, see `inDockerReplay`), never because the same host asks.
+ * replay, see `dockerReplayFor`), never because the same host asks.
  */
 export class IpamService {
   private readonly subnetLocks = new KeyedMutex();
   private readonly requestTimeoutMs: number;
-  /** Subnets whose pool Docker just asked for again although this host held it: until when. */
-  private readonly dockerReplay = new Map<string, number>();
+  /** Subnets whose pool Docker just asked for again although this host held it. */
+  private readonly dockerReplay = new Map<string, DockerReplay>();
 
   constructor(
     private readonly records: RecordStore,
@@ -136,7 +142,7 @@ export class IpamService {
             : { pool: subnet.cidr, addressSpace: req.addressSpace, holders: [owner], created: nowIso() };
         });
       });
-      if (alreadyHeld && !swarm) this.dockerReplay.set(subnet.cidr, performance.now() + DOCKER_REPLAY_WINDOW_MS);
+      if (alreadyHeld && !swarm) this.dockerReplay.set(subnet.cidr, { until: performance.now() + this.replayWindowMs(), confirmed: new Set() });
       this.logger.info('pool requested', { poolId, pool: subnet.cidr, ...(alreadyHeld ? { alreadyHeld } : {}) });
       return { poolId, pool: subnet.cidr };
     });
@@ -182,6 +188,8 @@ export class IpamService {
     // Docker's start-up replay asks for explicit addresses only: anything else means it is over.
     if (!req.address && !isGateway) this.dockerReplay.clear();
     const explicit = req.address || isGateway ? (req.address ? this.checkAddress(subnet, req.address) : intToIp(hostRange(subnet).first)) : undefined;
+    // Taken when the request arrives: what follows in the replay comes right after it.
+    const replay = explicit && !isGateway && kind === 'cluster' ? this.dockerReplayFor(subnet.cidr) : undefined;
     return this.withRequest('RequestAddress', async (scope) => {
       const sKey = subnetKey(subnet);
       const pool = await scope.records.get(poolRecordSchema, keys.pool(sKey));
@@ -197,7 +205,19 @@ export class IpamService {
         created: nowIso(),
       };
       if (explicit) {
-        return withPrefix(await this.claimExplicit(scope.records, { subnet, sKey, ip: explicit, record, isGateway, kind, ...(name ? { name } : {}), ...(requestId ? { requestId } : {}) }));
+        return withPrefix(
+          await this.claimExplicit(scope.records, {
+            subnet,
+            sKey,
+            ip: explicit,
+            record,
+            isGateway,
+            kind,
+            ...(name ? { name } : {}),
+            ...(requestId ? { requestId } : {}),
+            ...(replay ? { replay } : {}),
+          }),
+        );
       }
       return scope.lock(subnet.cidr, async () => {
         for (let attempt = 0; attempt < 64; attempt++) {
@@ -329,11 +349,20 @@ export class IpamService {
   /** An explicit address (or the gateway): create it, or accept it held by this same request. */
   private async claimExplicit(
     records: RecordStore,
-    ask: { subnet: Subnet; sKey: string; ip: string; record: AddressRecord; isGateway: boolean; kind: PoolKind; name?: string; requestId?: string },
+    ask: {
+      subnet: Subnet;
+      sKey: string;
+      ip: string;
+      record: AddressRecord;
+      isGateway: boolean;
+      kind: PoolKind;
+      name?: string;
+      requestId?: string;
+      replay?: DockerReplay;
+    },
   ): Promise<string> {
     const { subnet, ip, isGateway } = ask;
     const key = keys.address(ask.sKey, ip);
-    const replay = !isGateway && ask.kind === 'cluster' && this.inDockerReplay(subnet.cidr);
     for (let attempt = 0; attempt < 8; attempt++) {
       if (await records.create(key, ask.record)) {
         this.logger.debug('address allocated', { pool: subnet.cidr, ip, requested: true, gateway: isGateway });
@@ -341,7 +370,7 @@ export class IpamService {
       }
       const holder = await records.get(addressRecordSchema, key);
       if (!holder) continue; // released in between: try to create it again
-      const why = this.sameHolder(holder.value, { ...ask, replay });
+      const why = this.sameHolder(holder.value, ask);
       if (why) {
         this.logger.debug('address requested again by its holder', { pool: subnet.cidr, ip, why });
         return ip;
@@ -357,7 +386,7 @@ export class IpamService {
    */
   private sameHolder(
     holder: AddressRecord,
-    ask: { record: AddressRecord; isGateway: boolean; kind: PoolKind; name?: string; requestId?: string; replay: boolean },
+    ask: { ip: string; record: AddressRecord; isGateway: boolean; kind: PoolKind; name?: string; requestId?: string; replay?: DockerReplay },
   ): string | undefined {
     // The gateway is one address shared by every host of the network.
     if (holder.kind === 'gateway') return ask.isGateway ? 'gateway' : undefined;
@@ -367,33 +396,45 @@ export class IpamService {
     if (ask.kind === 'swarm') return 'swarm allocator';
     if (ask.requestId !== undefined && holder.request === ask.requestId) return 'same request';
     if (ask.name !== undefined && holder.name === ask.name) return 'same container';
-    if (ask.replay) return "Docker's start-up replay";
+    // Docker replays each of its endpoints once: a second request for the same address in the
+    // same replay is a container asking for it, not the replay.
+    if (ask.replay && !ask.replay.confirmed.has(ask.ip)) {
+      ask.replay.confirmed.add(ask.ip);
+      return "Docker's start-up replay";
+    }
     return undefined;
   }
 
   /**
    * Docker's replay at its start (RequiresRequestReplay) asks again, for every endpoint it kept,
    * for the address it has, as an explicit address, with no container name, endpoint id or any
-   * other option (moby's `reservePools`): on the wire it is the same request as a second
-   * container asking for a held `--ip`. What tells them apart is the order: Docker replays a
-   * network's pool first (asking for a pool this host already holds, which nothing else does but
-   * a duplicate `network create` that then fails), then its gateway, then its endpoints, before
-   * it serves its API, so no `docker run` can come in between. An explicit request for an
-   * address this host holds is therefore accepted as that replay only right after such a pool
-   * request, and the window closes at the first request that is not part of a replay. A replay
-   * refused would be harmless anyway (Docker only logs it; the store keeps the address for its
-   * container): accepting a second container would not be.
+   * other option (moby's `reservePools`; 20.10 and 28 alike): on the wire it is the same request
+   * as a second container asking for a held `--ip`. What tells them apart is the order and the
+   * count. Docker replays a network's pool first (asking for a pool this host already holds,
+   * which nothing else does but a duplicate `network create` that then fails), then its
+   * gateway, then each of its endpoints' addresses once, back to back, before it serves its API.
+   * So an explicit request for an address this host holds is taken as that replay only while
+   * such a replay is under way (it ends at the first request that is no part of one, or when
+   * none follows in time), and only once per address: a container asking after the replay
+   * re-confirmed the address is refused even if it comes in time. A replay refused would be
+   * harmless anyway (Docker only logs it; the store keeps the address for its container):
+   * accepting a second container would not be.
    */
-  private inDockerReplay(subnet: string): boolean {
-    const until = this.dockerReplay.get(subnet);
-    if (until === undefined) return false;
+  private dockerReplayFor(subnet: string): DockerReplay | undefined {
+    const replay = this.dockerReplay.get(subnet);
+    if (replay === undefined) return undefined;
     const now = performance.now();
-    if (now > until) {
+    if (now > replay.until) {
       this.dockerReplay.delete(subnet);
-      return false;
+      return undefined;
     }
-    this.dockerReplay.set(subnet, now + DOCKER_REPLAY_WINDOW_MS);
-    return true;
+    replay.until = now + this.replayWindowMs();
+    return replay;
+  }
+
+  /** Docker sends the replay's requests one after the other: each may take a request timeout. */
+  private replayWindowMs(): number {
+    return this.requestTimeoutMs + DOCKER_REPLAY_SLACK_MS;
   }
 
   /** Who holds an address, for the error a second claimant gets. */

@@ -193,6 +193,8 @@ test("Docker's start-up replay (pool asked again, then its endpoints' addresses)
   assert.deepEqual(await a.requestAddress({ poolId, address: '10.94.0.1', options: { RequestAddressType: GATEWAY_REQUEST }, requestId: 'x1' }), { address: '10.94.0.1/24' });
   assert.deepEqual(await a.requestAddress({ poolId, address: '10.94.0.2', options: {}, requestId: 'x2' }), auto);
   assert.deepEqual(await a.requestAddress({ poolId, address: '10.94.0.200', options: {}, requestId: 'x3' }), { address: '10.94.0.200/24' });
+  // Docker replays each endpoint once: asking again for an address the replay re-confirmed is a second container.
+  await assert.rejects(a.requestAddress({ poolId, address: '10.94.0.200', options: {}, requestId: 'x3b' }), /already in use/);
   // Docker serves its API again: the first ordinary request ends the replay.
   await a.requestAddress({ poolId, options: {}, requestId: 'x4' });
   await assert.rejects(a.requestAddress({ poolId, address: '10.94.0.200', options: {}, requestId: 'x5' }), /already in use/);
