@@ -460,13 +460,16 @@ export class IpamService {
 
   /** The endpoint records of `host` on `subnet` with address `ip` (joined ones only, if asked). */
   private async endpointsUsing(records: RecordStore, subnet: Subnet, ip: string, host: string, joinedOnly: boolean): Promise<EndpointRecord[]> {
+    // Only the networks on this subnet: a host may run thousands of endpoints on other networks.
+    const networkKeys = new Set([subnetKey(subnet)]);
+    for (const n of await records.list(networkRecordSchema, keys.networks())) {
+      if (n.value.subnet === subnet.cidr) networkKeys.add(n.value.key);
+    }
     const found: EndpointRecord[] = [];
-    const subnets = new Map<string, string | undefined>([[subnetKey(subnet), subnet.cidr]]);
-    for (const ep of await records.list(endpointRecordSchema, keys.allEndpoints())) {
-      if (ep.value.host !== host || ep.value.ip !== ip || (joinedOnly && !ep.value.joined)) continue;
-      const networkKey = ep.key.slice(keys.allEndpoints().length).split('/')[0] ?? '';
-      if (!subnets.has(networkKey)) subnets.set(networkKey, (await records.get(networkRecordSchema, keys.network(networkKey)))?.value.subnet);
-      if (subnets.get(networkKey) === subnet.cidr) found.push(ep.value);
+    for (const networkKey of networkKeys) {
+      for (const ep of await records.list(endpointRecordSchema, keys.endpoints(networkKey))) {
+        if (ep.value.host === host && ep.value.ip === ip && (!joinedOnly || ep.value.joined)) found.push(ep.value);
+      }
     }
     return found;
   }
@@ -559,7 +562,7 @@ export class IpamService {
 }
 
 function isEndpointAddress(c: UncertainCreate): boolean {
-  if (!c.key.startsWith(keys.addresses(''))) return false;
+  if (!c.key.startsWith(keys.addresses('').slice(0, -1))) return false; // under ipam/addresses/
   try {
     return decodeRecord(addressRecordSchema, c.value, c.key).kind === 'endpoint';
   } catch {
