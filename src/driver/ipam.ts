@@ -319,10 +319,12 @@ export class IpamService {
    * not answer in time (etcd stopped, then resumed). A record is removed only while it is exactly
    * what that request wrote (nobody took it over since). It is looked for once the store answers
    * again and once more a request timeout later, for a write applied after the first look.
-   * Shared gateway records are left: another host may already rely on one.
+   * Only endpoint addresses: a shared gateway record may already serve another host, and a
+   * pool record written late is what a retried RequestPool on this host finds and relies on
+   * (it holds no address, and the retry makes it Docker's again).
    */
   private reclaim(creates: UncertainCreate[], method: string): void {
-    const pending = creates.filter((c) => c.key.startsWith(keys.pools()) || isEndpointAddress(c));
+    const pending = creates.filter(isEndpointAddress);
     if (pending.length === 0) return;
     const started = performance.now();
     void (async () => {
