@@ -95,7 +95,7 @@ export async function startDaemon(
     responder?.close();
     prober?.close();
   };
-  const ipam = new IpamService(records, config.hostName, logger);
+  const ipam = new IpamService(records, config.hostName, logger, { requestTimeoutMs: config.storeTimeoutSeconds * 1000 });
   const network = new NetworkDriver(records, dataplane, host, logger, peerSync, ipam);
   const health = (): HealthReport => {
     const h = peerSync.health();

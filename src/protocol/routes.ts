@@ -103,14 +103,13 @@ export function pluginRoutes({ network, ipam, recovery, scope, logger }: RouteDe
       return {};
     }),
     'IpamDriver.RequestAddress': route(s.requestAddressRequest, async (r, context) => {
-      // The request id is the gate's (a replay after a crash gets the same id back, and so the
-      // same address); one a caller put in Options is replaced. The option copy serves an IPAM
-      // that still reads the id from there.
+      // The request id is the gate's (journaled with the body: a replay after a crash gets the
+      // same id back, and so the same address); one a caller put in Options is dropped.
       const { [REQUEST_ID_OPTION]: _callers, ...options } = r.Options;
       const { address } = await ipam.requestAddress({
         poolId: r.PoolID,
         address: r.Address || undefined,
-        options: context ? { ...options, [REQUEST_ID_OPTION]: context.requestId } : options,
+        options,
         ...(context ? { requestId: context.requestId } : {}),
       });
       return { Address: address, Data: {} };
