@@ -39,23 +39,7 @@ export function toError(err: unknown): Error {
  * the underlying request may still complete later (its outcome is then unknown to the caller).
  */
 export function withDeadline<T>(work: Promise<T>, ms: number, what: () => string): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => {
-      // Node runs expired timers before it reads sockets: after the process was starved of CPU
-      // an answer may already be waiting. setImmediate runs after that read, so the answer wins.
-      setImmediate(() => reject(new StoreUnavailableError(`${what()}: no answer within ${ms} ms (outcome unknown)`)));
-    }, ms);
-    work.then(
-      (v) => {
-        clearTimeout(timer);
-        resolve(v);
-      },
-      (e: unknown) => {
-        clearTimeout(timer);
-        reject(e);
-      },
-    );
-  });
+  return new Deadline(ms).race(work, () => new StoreUnavailableError(`${what()}: no answer within ${ms} ms (outcome unknown)`));
 }
 
 /**
@@ -83,8 +67,7 @@ export class Deadline {
 
   /**
    * `work` raced against what is left of the deadline, rejecting with `onExpiry()` once it has
-   * passed (at once if it already has). Like withDeadline, an answer that is already waiting when
-   * the timer runs wins.
+   * passed (at once if it already has). An answer that is already waiting when the timer runs wins.
    */
   race<T>(work: Promise<T>, onExpiry: () => Error): Promise<T> {
     const left = this.remaining();
@@ -93,6 +76,8 @@ export class Deadline {
       return Promise.reject(onExpiry());
     }
     return new Promise<T>((resolve, reject) => {
+      // Node runs expired timers before it reads sockets: after the process was starved of CPU
+      // an answer may already be waiting. setImmediate runs after that read, so the answer wins.
       const timer = setTimeout(() => setImmediate(() => reject(onExpiry())), left);
       work.then(
         (v) => {
