@@ -159,7 +159,12 @@ function classify(err: unknown): Failure {
     if (status >= 500 || status === 429) return { kind: 'unavailable', message };
     if (status === 409) {
       const body = txnErrorBodySchema.safeParse(parseMaybeJson(response?.body));
-      return { kind: 'conflict', message, errors: (body.success && body.data.Errors) || [] };
+      const errors = (body.success && body.data.Errors) || [];
+      // A transaction refused by ACLs is a 409 too, its ops failing with "Permission denied":
+      // not a failed condition (a create would read as "key exists"), an access error.
+      const denied = errors.find((e) => /permission denied|acl not found/i.test(e.What));
+      if (denied) return { kind: 'forbidden', message: denied.What };
+      return { kind: 'conflict', message, errors };
     }
     if (status === 404) return { kind: 'notfound', message };
     if (status === 401 || status === 403) return { kind: 'forbidden', message };
