@@ -239,3 +239,15 @@ export async function startConsul(opts: ConsulOptions = {}): Promise<ConsulServe
     stop,
   };
 }
+
+/** Every key below `prefix` with its JSON value, keys relative to `prefix` (as etcdDump reads etcd). */
+export async function consulDump(server: ConsulServer, prefix = 'tsoverlay/v1/'): Promise<Map<string, Record<string, unknown>>> {
+  const r = await server.api('GET', `/v1/kv/${prefix}?recurse=true`);
+  const out = new Map<string, Record<string, unknown>>();
+  if (r.status === 404) return out;
+  if (r.status !== 200 || !Array.isArray(r.body)) throw new Error(`consul: reading ${prefix}: ${r.status} ${r.text.slice(0, 300)}`);
+  for (const item of r.body as { Key: string; Value: string | null }[]) {
+    out.set(item.Key.slice(prefix.length), JSON.parse(Buffer.from(item.Value ?? '', 'base64').toString('utf8') || '{}') as Record<string, unknown>);
+  }
+  return out;
+}

@@ -14,3 +14,15 @@ export function onEngine(engine: EngineName, load: () => unknown): void {
     load();
   });
 }
+
+/**
+ * The store matrix: the files in test/e2e/consul load an etcd-backed e2e file with
+ * TSO_STORE_BACKEND=consul, under a suite named "consul": the same flow against a real Consul
+ * server (test/helpers/consul.ts) instead of etcd.
+ */
+export function onStoreBackend(backend: 'consul', load: () => unknown): void {
+  process.env.TSO_STORE_BACKEND = backend;
+  describe(backend, () => {
+    load();
+  });
+}
