@@ -96,6 +96,14 @@ test('user flow: create network, two containers ping through br0, clean removal'
   assert.match(ping.stdout, /mtu 1450 /);
   assert.match(ping.stdout, /3 packets received/);
 
+  // Where the engines differ: both reserve the gateway themselves (tsoverlay does not advertise
+  // GwAllocChecker, so no engine asks GwAllocCheck); 28 asks EndpointOperInfo after every Join,
+  // and the answer keeps the container running.
+  const calls = plugin.process.output();
+  assert.doesNotMatch(calls, /NetworkDriver\.GwAllocCheck/, 'no GwAllocCheck without the capability');
+  if (host.engine.name === '28') assert.match(calls, /NetworkDriver\.EndpointOperInfo/, 'Docker 28 asks EndpointOperInfo');
+  assert.equal(((await a.inspect()) as { State: { Running: boolean } }).State.Running, true);
+
   await a.remove({ force: true });
   assert.deepEqual(await overlayFiles(), [], 'namespace removed with the last container');
   await net.remove();
