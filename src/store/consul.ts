@@ -9,8 +9,9 @@
  *   with a lease, put = `lock` (acquire), create/CAS = `check-not-exists`/`check-index` + `lock`
  *   (the KV endpoint ignores `cas` when `acquire` is present, a transaction does not);
  * - leases = sessions (`behavior: delete`, TTL ≥ 10 s as Consul requires, lock-delay 0, no
- *   health checks) renewed every TTL/2; `onLost` when Consul says the session is gone or
- *   it could not be renewed for a whole TTL; `close()` stops renewing without destroying;
+ *   health checks) renewed every TTL/2; `onLost` when Consul says the session is gone (an
+ *   unreachable Consul is retried: its own outage ends no session); `close()` stops renewing
+ *   without destroying;
  * - watch = blocking queries on the prefix (`recurse`, `index`, `wait`); consecutive results
  *   are diffed into events; a first result, an index that goes backwards or is 0, or any
  *   error restarts from index 0 and delivers onReset;
@@ -279,12 +280,18 @@ class ConsulLease implements Lease {
         this.markLost('Consul no longer knows the session (expired or destroyed)');
         return;
       }
+      // Unreachable: keep trying, and let Consul say whether the session survived once it
+      // answers (a 404 above). Consul restarts every session's TTL when a leader is elected,
+      // so an outage of the store itself ends none; a host cut off alone finds its session
+      // gone. Declaring it lost here instead would make the host register under a new session
+      // while the old one still holds its key, and the old one's expiry would then delete that
+      // key: every other host would drop this host's containers for a moment.
       const silentFor = Date.now() - this.lastRenew;
-      if (silentFor >= this.ttlSeconds * 1000) {
-        this.markLost(`could not renew the session for ${Math.round(silentFor / 1000)} s: ${errorMessage(err)}`);
-        return;
-      }
-      this.logger.warn('consul session renewal failed; retrying', { session: this.id, error: errorMessage(err) });
+      this.logger.warn('consul session renewal failed; retrying', {
+        session: this.id,
+        silentSeconds: Math.round(silentFor / 1000),
+        error: errorMessage(err),
+      });
       this.schedule(1000);
     }
   }

@@ -12,6 +12,7 @@ import { consulSkipReason, startConsul, type ConsulServer } from '../helpers/con
 import { startEtcd, type EtcdServer } from '../helpers/etcd';
 import { NETNS_DIR, startPlugin, type PluginOptions, type PluginProcess } from '../helpers/plugin';
 import { cleanupAfter, spawnTracked, waitFor } from '../helpers/proc';
+import { dockerExec } from '../helpers/resilience';
 
 const backend = process.env.TSO_STORE_BACKEND === 'consul' ? 'consul' : 'etcd';
 const skip = e2eSkipReason(backend === 'etcd' ? ['/usr/bin/etcd'] : []) || (backend === 'consul' && consulSkipReason());
@@ -178,8 +179,9 @@ test('a plugin restart keeps traffic flowing and the network usable', { skip, ti
   const bIp = ((await b.docker.getContainer('b-idle').inspect()) as { NetworkSettings: { Networks: Record<string, { IPAddress: string }> } })
     .NetworkSettings.Networks[NET]!.IPAddress;
   await plugins[1]!.stop();
-  // The kernel keeps forwarding while the plugin is down.
-  const during = await runContainer(a.docker, cluster.image, ['ping', '-c', '2', '-W', '2', bIp], { network: NET });
+  // The kernel keeps forwarding while the plugin is down, between containers that existed
+  // before (one started meanwhile is unknown to B until B's plugin is back).
+  const during = await dockerExec(a.docker, `${a.name}-w0`, ['ping', '-c', '2', '-W', '2', bIp]);
   assert.equal(during.exitCode, 0, `A → B with B's plugin down: ${during.stdout}${during.stderr}`);
   const restarted = Date.now();
   plugins[1] = await startPlugin(b, pluginOptions);

@@ -118,6 +118,34 @@ if (skip) {
     }
   });
 
+  test('a session outlives an outage of Consul longer than its TTL: no loss, its keys stay', { timeout: 120_000 }, async (t) => {
+    if (!server) {
+      t.skip('CONSUL_HTTP_ADDR names an outside agent: this test stops and starts the server it starts itself');
+      return;
+    }
+    const srv = server;
+    const prefix = `${RUN_PREFIX}/${randomBytes(4).toString('hex')}/`;
+    const store = await openStore(storeUrl(), { logger, prefix, timeoutMs: 2000 });
+    try {
+      const lease = await store.grantLease(CONSUL_MIN_TTL_SECONDS);
+      let lost = 0;
+      lease.onLost(() => lost++);
+      await store.put('held', 'v', { lease });
+      await srv.down();
+      await new Promise((r) => setTimeout(r, (CONSUL_MIN_TTL_SECONDS + 5) * 1000));
+      await srv.up();
+      // Past the point where the session would have expired, had Consul not kept it.
+      await new Promise((r) => setTimeout(r, (2 * CONSUL_MIN_TTL_SECONDS + 5) * 1000));
+      assert.equal(lost, 0, 'the session was declared lost although Consul kept it');
+      assert.equal((await store.get('held'))?.value, 'v', 'the key held by the session is still there');
+      await lease.revoke();
+      assert.equal(await store.get('held'), undefined);
+    } finally {
+      await store.deletePrefix('').catch(() => undefined);
+      await store.close();
+    }
+  });
+
   // The ACL token is used, a wrong one is refused clearly, and neither ever reaches the log.
   test('Consul ACL token: used, a wrong one refused with a clear error, never logged', async () => {
     const token = aclToken ?? process.env.CONSUL_HTTP_TOKEN;
