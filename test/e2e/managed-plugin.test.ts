@@ -29,7 +29,7 @@ import {
   type BuiltPlugin,
   type Registry,
 } from '../helpers/managed-plugin';
-import { cleanupAfter, sleep, waitFor } from '../helpers/proc';
+import { cleanupAfter, run, sleep, waitFor } from '../helpers/proc';
 
 const skip = e2eSkipReason(['/usr/bin/etcd', REGISTRY_BIN]);
 
@@ -235,9 +235,22 @@ function documentedUpgrade(): string[] {
 
 test('upgrade with the commands docs/install.md gives, without a terminal; containers keep their network', { skip, timeout: 300_000 }, async (t) => {
   const [a, b] = hosts;
-  // The "new version": the same build under a second tag in the registry.
+  // The "new version": the same build with another description (so another config digest),
+  // under a second tag in the registry. The build daemon drops the first one (already pushed):
+  // it refuses to create a plugin whose content it holds already.
   const next = `${registry.address}/tsoverlay:e2e-next`;
-  await build.host.cli(['plugin', 'create', next, plugin.dir], { timeoutMs: 180_000 });
+  const nextDir = path.join(path.dirname(plugin.dir), 'plugin-next');
+  fs.rmSync(nextDir, { recursive: true, force: true });
+  fs.mkdirSync(nextDir);
+  const config = JSON.parse(fs.readFileSync(path.join(plugin.dir, 'config.json'), 'utf8')) as { description?: string };
+  fs.writeFileSync(path.join(nextDir, 'config.json'), JSON.stringify({ ...config, description: `${config.description ?? 'tsoverlay'} (next)` }));
+  await run(['cp', '-al', path.join(plugin.dir, 'rootfs'), path.join(nextDir, 'rootfs')]); // hard links: no copy of the rootfs
+  await build.host.cli(['plugin', 'rm', '-f', plugin.ref], { allowFailure: true, timeoutMs: 60_000 });
+  try {
+    await build.host.cli(['plugin', 'create', next, nextDir], { timeoutMs: 180_000 });
+  } finally {
+    fs.rmSync(nextDir, { recursive: true, force: true });
+  }
   await build.host.cli(['plugin', 'push', next], { timeoutMs: 180_000 });
   const lines = documentedUpgrade();
   assert.equal(lines.length, 3, `three commands: ${lines.join(' | ')}`);
