@@ -151,6 +151,15 @@ export function isCi(): boolean {
 }
 
 /**
+ * For the heaviest cases of the suites that run on both engines: a named skip on Docker 28.
+ * CI runs the matrix within its time budget by running these once, on 20.10, where what they
+ * measure does not depend on the engine (test/README.md lists them).
+ */
+export function heavyCaseSkip(what: string): string | false {
+  return currentEngine().name === '20.10' ? false : `${what}: runs on Docker 20.10 only (CI time budget)`;
+}
+
+/**
  * Why end-to-end tests cannot run here, or false: node:test's `skip` value for them, so a
  * missing prerequisite shows up as a named skip rather than a failure or a silent pass.
  * `binaries` lists further programs a test needs (e.g. /usr/bin/etcd). The engine's own
