@@ -18,8 +18,10 @@
  * - every call has a deadline (papi request timeout, raced as well); timeouts, connection
  *   errors and 5xx answers surface as StoreUnavailableError.
  *
- * Known difference: a put without lease on a key currently held by a session keeps that
- * session's hold (Consul has no "detach" verb short of knowing the session); etcd detaches.
+ * A put or compare-and-set with a lease on a key another session holds (a restarted host's
+ * previous session, alive until its TTL ends) releases that hold and takes the key in one
+ * transaction, as etcd moves a key to the lease of the latest put. Known difference: a put
+ * without lease on a key held by a session keeps that session's hold; etcd detaches.
  */
 
 import { EventEmitter } from 'node:events';
@@ -78,6 +80,7 @@ type TxnVerb =
   | 'set'
   | 'cas'
   | 'lock'
+  | 'unlock'
   | 'delete'
   | 'delete-cas'
   | 'delete-tree'
@@ -111,6 +114,7 @@ const kvItemSchema = z.object({
   ModifyIndex: z.number(),
 });
 const kvListSchema = z.array(kvItemSchema);
+const kvHolderSchema = z.array(z.object({ ModifyIndex: z.number(), Session: z.string().optional() }));
 const txnResultSchema = z.object({
   Results: z
     .array(z.object({ KV: z.object({ Key: z.string(), ModifyIndex: z.number() }).optional() }).passthrough())
@@ -542,9 +546,54 @@ export class ConsulStore implements Store {
     assertKey(key);
     const lease = this.lease(options);
     const what = `put ${key}`;
-    const rev = ConsulStore.written(what, await this.txn(what, this.writeOps(this.prefix + key, value, lease), [], lease));
-    if (rev === undefined) throw new Error(`${this.description}: ${what}: refused by Consul`);
-    return rev;
+    const full = this.prefix + key;
+    try {
+      const rev = ConsulStore.written(what, await this.txn(what, this.writeOps(full, value, lease), [], lease));
+      if (rev === undefined) throw new Error(`${this.description}: ${what}: refused by Consul`);
+      return rev;
+    } catch (err) {
+      if (!lease || !ConsulStore.heldByAnother(err)) throw err;
+    }
+    // Another session holds the key (this host's previous run, whose session lives until its
+    // TTL): move the key to ours, as etcd moves a key to the lease of the latest put.
+    for (let attempt = 0; attempt < 8; attempt++) {
+      const holder = await this.holder(full);
+      const rev = await this.takeOver(what, full, value, lease, holder);
+      if (rev !== undefined) return rev;
+    }
+    throw new Error(`${this.description}: ${what}: the key kept changing hands, try again`);
+  }
+
+  /** A lock refused because another session holds the key. */
+  private static heldByAnother(err: unknown): boolean {
+    return err instanceof ConsulConflictError && err.errors.some((e) => /already held/i.test(e.What));
+  }
+
+  /** The key's ModifyIndex and the session holding it, if any. */
+  private async holder(full: string): Promise<{ index: number; session: string | undefined }> {
+    const body = await this.request(`read holder of ${full.slice(this.prefix.length)}`, (api, o) => api.kv.get({ key: full, ...o }));
+    const item = body === undefined || body === null ? undefined : kvHolderSchema.parse(Array.isArray(body) ? body : [body])[0];
+    return { index: item?.ModifyIndex ?? 0, session: item?.Session };
+  }
+
+  /**
+   * Writes `full` under `lease` if it is still at `holder.index` (0: absent), releasing the
+   * holder's lock in the same transaction. undefined when the key changed meanwhile.
+   */
+  private async takeOver(
+    what: string,
+    full: string,
+    value: string,
+    lease: ConsulLease,
+    holder: { index: number; session: string | undefined },
+  ): Promise<number | undefined> {
+    const condition: TxnOp =
+      holder.index === 0 ? { KV: { Verb: 'check-not-exists', Key: full } } : { KV: { Verb: 'check-index', Key: full, Index: holder.index } };
+    const release: TxnOp[] =
+      holder.session && holder.session !== lease.id ? [{ KV: { Verb: 'unlock', Key: full, Session: holder.session } }] : [];
+    const ops = [condition, ...release, ...this.writeOps(full, value, lease)];
+    const rev = await this.txn(what, ops, release.length > 0 ? [0, 1] : [0], lease);
+    return rev === undefined ? undefined : ConsulStore.written(what, rev);
   }
 
   async create(key: string, value: string, options?: PutOptions): Promise<number | undefined> {
@@ -571,7 +620,15 @@ export class ConsulStore implements Store {
     } else {
       ops = this.writeOps(full, value, lease, { KV: { Verb: 'check-index', Key: full, Index: revision } });
     }
-    return ConsulStore.written(what, await this.txn(what, ops, [0], lease));
+    try {
+      return ConsulStore.written(what, await this.txn(what, ops, [0], lease));
+    } catch (err) {
+      if (!lease || revision === 0 || !ConsulStore.heldByAnother(err)) throw err;
+    }
+    // At the expected revision but held by another session: take it over, as put does.
+    const holder = await this.holder(full);
+    if (holder.index !== revision) return undefined;
+    return this.takeOver(what, full, value, lease, holder);
   }
 
   async delete(key: string): Promise<void> {

@@ -146,6 +146,39 @@ if (skip) {
     }
   });
 
+  test('a restarted holder takes its key over from its previous session, which then ends without deleting it', { timeout: 60_000 }, async (t) => {
+    if (!server) {
+      t.skip('CONSUL_HTTP_ADDR names an outside agent: this test destroys a session through the API of the server it starts');
+      return;
+    }
+    const prefix = `${RUN_PREFIX}/${randomBytes(4).toString('hex')}/`;
+    const before = await openStore(storeUrl(), { logger, prefix });
+    const oldLease = await before.grantLease(CONSUL_MIN_TTL_SECONDS);
+    await before.put('hosts/h2', 'first run', { lease: oldLease });
+    await before.close(); // a plugin stopping: its session is left to its TTL
+    const after = await openStore(storeUrl(), { logger, prefix });
+    try {
+      const lease = await after.grantLease(CONSUL_MIN_TTL_SECONDS);
+      const rev = await after.put('hosts/h2', 'second run', { lease });
+      assert.equal((await after.get('hosts/h2'))?.value, 'second run');
+      // The previous session ends (its TTL, here at once): the key is no longer its to delete.
+      const destroyed = await server.api('PUT', `/v1/session/destroy/${oldLease.id}`);
+      assert.equal(destroyed.status, 200, destroyed.text);
+      assert.equal((await after.get('hosts/h2'))?.revision, rev, 'the key survives the old session');
+      // And compare-and-set with a lease at the current revision works the same way.
+      const other = await openStore(storeUrl(), { logger, prefix });
+      const third = await other.grantLease(CONSUL_MIN_TTL_SECONDS);
+      assert.ok((await other.compareAndSet('hosts/h2', 'third run', rev, { lease: third })) !== undefined);
+      assert.equal(await other.compareAndSet('hosts/h2', 'stale', rev, { lease: third }), undefined, 'a stale revision still fails');
+      await third.revoke();
+      assert.equal(await after.get('hosts/h2'), undefined, 'the key now goes with the session holding it');
+      await other.close();
+    } finally {
+      await after.deletePrefix('').catch(() => undefined);
+      await after.close();
+    }
+  });
+
   // The ACL token is used, a wrong one is refused clearly, and neither ever reaches the log.
   test('Consul ACL token: used, a wrong one refused with a clear error, never logged', async () => {
     const token = aclToken ?? process.env.CONSUL_HTTP_TOKEN;
