@@ -25,7 +25,13 @@ export function pluginRoutes({ network, ipam, recovery, scope, logger }: RouteDe
   return {
     'Plugin.Activate': route(s.emptyRequest, async () => ({ Implements: ['NetworkDriver', 'IpamDriver'] })),
 
-    'NetworkDriver.GetCapabilities': route(s.emptyRequest, async () => ({ Scope: scope, ConnectivityScope: scope })),
+    // GwAllocChecker stays false: br0 in every overlay namespace carries the gateway address, so
+    // Docker (28 and later ask only drivers that advertise it) must keep reserving it.
+    'NetworkDriver.GetCapabilities': route(s.emptyRequest, async () => ({
+      Scope: scope,
+      ConnectivityScope: scope,
+      GwAllocChecker: false,
+    })),
     'NetworkDriver.CreateNetwork': route(s.createNetworkRequest, async (r) => {
       await network.createNetwork({
         networkId: r.NetworkID,
@@ -80,6 +86,9 @@ export function pluginRoutes({ network, ipam, recovery, scope, logger }: RouteDe
       logger.info('discovery: delete', { type: r.DiscoveryType, ...discoverySummary(r.DiscoveryData) });
       return {};
     }),
+    // Join names no gateway, so Docker 29 (which calls these only for the endpoint that is a
+    // sandbox's gateway) never sends them; older engines may, and outside access is
+    // docker_gwbridge's business either way: nothing to program, for any endpoint.
     'NetworkDriver.ProgramExternalConnectivity': route(s.programConnectivityRequest, ok),
     'NetworkDriver.RevokeExternalConnectivity': route(s.endpointRequest, ok),
     'NetworkDriver.GwAllocCheck': route(s.gwAllocCheckRequest, async () => ({ SkipIPv4: false, SkipIPv6: false })),
