@@ -1,8 +1,11 @@
 /**
  * Pure encoders/decoders for the few netlink structures the dataplane builds or reads by hand:
- * addresses, attributes, the veth peer, neighbour messages and link replies. No I/O here, so
- * all of it is unit-tested without a kernel. Host byte order is little-endian (checked in nlsock).
+ * attributes, the veth peer, neighbour messages and link replies (the text forms of addresses
+ * are in addresses.ts). No I/O here, so all of it is unit-tested without a kernel. Host byte
+ * order is little-endian (checked in nlsock).
  */
+
+import { formatIPv4, formatMac } from './addresses';
 
 export const NLMSG_HDRLEN = 16;
 export const IFINFOMSG_LEN = 16;
@@ -52,116 +55,21 @@ export const rtaAlign = nlmsgAlign;
 
 // ---------------------------------------------------------------- addresses
 
-// Hand-written parsers: peers arrive by the ten thousand, and regex/split based parsing cost more
-// than the kernel's work per entry.
+// Re-exported: the encoders' users take addresses and messages from one module.
 
-const HEX = Array.from({ length: 256 }, (_v, i) => i.toString(16).padStart(2, '0'));
-
-function hexDigit(c: number): number {
-  if (c >= 48 && c <= 57) return c - 48;
-  if (c >= 97 && c <= 102) return c - 87;
-  if (c >= 65 && c <= 70) return c - 55;
-  return -1;
-}
-
-/** `02:42:0a:14:00:05` (or with `-`) → 6 bytes. Throws on anything else. */
-export function parseMac(s: string): Buffer {
-  const b = Buffer.allocUnsafe(6);
-  b.writeUIntBE(macToNumber(s), 0, 6);
-  return b;
-}
-
-/**
- * `02:42:0a:14:00:05` (or with `-`) → the address as a 48-bit number (exact in a double), without
- * allocating: peer reconciles compare thousands of them. Throws on anything else.
- */
-export function macToNumber(s: string): number {
-  const bad = (): Error => new Error(`invalid MAC address: ${JSON.stringify(s)}`);
-  if (typeof s !== 'string' || s.length !== 17) throw bad();
-  const sep = s.charCodeAt(2);
-  if (sep !== 58 && sep !== 45) throw bad();
-  let n = 0;
-  for (let i = 0; i < 6; i++) {
-    const hi = hexDigit(s.charCodeAt(i * 3));
-    const lo = hexDigit(s.charCodeAt(i * 3 + 1));
-    if (hi < 0 || lo < 0 || (i < 5 && s.charCodeAt(i * 3 + 2) !== sep)) throw bad();
-    n = n * 256 + ((hi << 4) | lo);
-  }
-  return n;
-}
-
-/** A 48-bit number (macToNumber) → its 6 bytes. */
-export function macFromNumber(n: number): Buffer {
-  const b = Buffer.allocUnsafe(6);
-  b.writeUIntBE(n, 0, 6);
-  return b;
-}
-
-/** A MAC usable as a device or container address: not multicast/broadcast, not all zeros. */
-export function parseUnicastMac(s: string): Buffer {
-  const b = parseMac(s);
-  if (b[0]! & 1) throw new Error(`invalid MAC address: ${s} is a multicast address`);
-  if (b.every((x) => x === 0)) throw new Error(`invalid MAC address: ${s} is all zeros`);
-  return b;
-}
-
-/** Canonical text form: lowercase, colon-separated. */
-export function formatMac(b: Uint8Array): string {
-  return `${HEX[b[0]!]}:${HEX[b[1]!]}:${HEX[b[2]!]}:${HEX[b[3]!]}:${HEX[b[4]!]}:${HEX[b[5]!]}`;
-}
-
-/** Dotted quad (no leading zeros) → the address as an unsigned 32-bit number. Throws on anything else. */
-export function ipv4ToNumber(s: string): number {
-  const bad = (): Error => new Error(`invalid IPv4 address: ${JSON.stringify(s)}`);
-  if (typeof s !== 'string' || s.length < 7 || s.length > 15) throw bad();
-  let n = 0;
-  let part = 0;
-  let digits = 0;
-  let dots = 0;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c === 46) {
-      if (digits === 0 || ++dots > 3) throw bad();
-      n = n * 256 + part;
-      part = 0;
-      digits = 0;
-    } else if (c >= 48 && c <= 57) {
-      if (digits > 0 && part === 0) throw bad(); // leading zero
-      part = part * 10 + (c - 48);
-      if (++digits > 3 || part > 255) throw bad();
-    } else {
-      throw bad();
-    }
-  }
-  if (dots !== 3 || digits === 0) throw bad();
-  return n * 256 + part;
-}
-
-/** Dotted quad → 4 bytes (network order). Throws on anything else. */
-export function parseIPv4(s: string): Buffer {
-  const b = Buffer.allocUnsafe(4);
-  b.writeUInt32BE(ipv4ToNumber(s), 0);
-  return b;
-}
-
-export function formatIPv4(b: Uint8Array): string {
-  return `${b[0]}.${b[1]}.${b[2]}.${b[3]}`;
-}
-
-/** The inverse of ipv4ToNumber. */
-export function formatIPv4Number(n: number): string {
-  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
-}
-
-export function parseIPv4Cidr(s: string): { ip: Buffer; prefix: number } {
-  const m = /^([^/]+)\/(\d{1,2})$/.exec(typeof s === 'string' ? s : '');
-  if (!m || Number(m[2]) > 32) throw new Error(`invalid IPv4 CIDR: ${JSON.stringify(s)}`);
-  return { ip: parseIPv4(m[1]!), prefix: Number(m[2]) };
-}
-
-export function isMulticastIPv4(b: Uint8Array): boolean {
-  return b[0]! >= 224 && b[0]! <= 239;
-}
+export {
+  formatIPv4,
+  formatIPv4Number,
+  formatMac,
+  ipv4ToNumber,
+  isMulticastIPv4,
+  macFromNumber,
+  macToNumber,
+  parseIPv4,
+  parseIPv4Cidr,
+  parseMac,
+  parseUnicastMac,
+} from './addresses';
 
 // ---------------------------------------------------------------- attributes
 

@@ -2,265 +2,28 @@
  * Remote containers as kernel state in an overlay namespace: a PERMANENT neighbour entry
  * (`<ip> dev vxlan0 lladdr <mac> PERMANENT`, so the vxlan device answers ARP itself) and a vxlan
  * FDB entry (`<mac> dev vxlan0 dst <vtep> self permanent`, so frames for the MAC are tunnelled
- * to its host). Messages are pre-encoded and sent many to a datagram (see NlSocket.batch): the
- * per-request cost of an object API, not the kernel, is what limits peers per second.
+ * to its host). This file decides what to send (a diff, or the tables made to match a desired
+ * set) and sends it in batches; the messages are built in `peer-messages.ts`, the tables read
+ * back in `peer-tables.ts`.
  */
 import type { Peer } from './types';
+import { formatIPv4Number, formatMac, ipv4ToNumber, macFromNumber, macToNumber } from './encode';
+import type { NetlinkError, NlSocket } from './nlsock';
 import {
-  AF_BRIDGE,
-  AF_INET,
-  NDA_DST,
-  NDA_LLADDR,
-  NDMSG_LEN,
-  NTF_MASTER,
-  NTF_SELF,
-  NUD_NOARP,
-  NUD_PERMANENT,
-  RTM_DELNEIGH,
-  RTM_GETNEIGH,
-  RTM_NEWNEIGH,
-  NeighFields,
-  type NeighEntry,
-  formatIPv4,
-  formatIPv4Number,
-  formatMac,
-  ipv4ToNumber,
-  macFromNumber,
-  macToNumber,
-  NLMSG_HDRLEN,
-  parseMac,
-  parseNeighMessage,
-} from './encode';
-import { NLM_F_CREATE, NLM_F_REPLACE, NetlinkError, NlSocket, isNetlinkError } from './nlsock';
-import { isPeerFdb } from './overlay-check';
+  ADD_LEN,
+  FDB_MASTER_DEL_LEN,
+  FDB_SELF_DEL_LEN,
+  NEIGH_DEL_LEN,
+  REMOVE_MAX,
+  Slab,
+  parsePeer,
+  type ParsedPeer,
+} from './peer-messages';
+import { listFdb, listNeighbours, neighbourMac, readTables, type KernelTables } from './peer-tables';
 
-export interface NeighbourEntry {
-  ip: string;
-  mac?: string;
-  permanent: boolean;
-  state: number;
-}
-
-export interface FdbEntry {
-  mac: string;
-  /** `dst` of a vxlan (self) entry. */
-  vtep?: string;
-  /** Entry of the vxlan device itself (`self`). */
-  self: boolean;
-  /** Entry of the bridge the device is a port of (`master`, e.g. dynamically learned). */
-  master: boolean;
-  permanent: boolean;
-  /** Neither permanent nor static: learned from traffic (ages out). */
-  dynamic: boolean;
-}
-
-interface ParsedPeer {
-  peer: Peer;
-  ip: number;
-  mac: Buffer;
-  vtep: number;
-  /** Canonical text forms, for comparisons with dumps (strict parsing makes the input canonical but for MAC case). */
-  ipText: string;
-  macText: string;
-  vtepText: string;
-}
-
-/** Lowercase, colon-separated: the form dumps give. */
-function canonicalMac(mac: string): string {
-  const lower = mac.toLowerCase();
-  return lower.charCodeAt(2) === 45 ? lower.replace(/-/g, ':') : lower;
-}
-
-function parsePeer(p: Peer): ParsedPeer {
-  const ip = ipv4ToNumber(p.ip);
-  const mac = parseMac(p.mac);
-  const vtep = ipv4ToNumber(p.vtep);
-  return { peer: p, ip, mac, vtep, ipText: p.ip, macText: canonicalMac(p.mac), vtepText: p.vtep };
-}
-
-// Fixed layouts of the five neighbour messages (16-byte header, 12-byte ndmsg, attributes), written
-// straight into one slab per batch: no per-message allocation, and the datagrams sent are views
-// of the slab. encodeNeighMessage builds the same bytes generically (the unit tests compare them).
-const NEIGH_ADD_LEN = 48;
-const FDB_ADD_LEN = 48;
-const NEIGH_DEL_LEN = 36;
-const FDB_SELF_DEL_LEN = 48;
-const FDB_MASTER_DEL_LEN = 40;
-
-class Slab {
-  private readonly buf: Buffer;
-  private off = 0;
-  readonly msgs: Buffer[] = [];
-
-  constructor(capacity: number) {
-    this.buf = Buffer.alloc(capacity);
-  }
-
-  private start(len: number, type: number, flags: number, family: number, ifindex: number, state: number, ndFlags: number): number {
-    const b = this.buf;
-    const o = this.off;
-    b.writeUInt32LE(len, o);
-    b.writeUInt16LE(type, o + 4);
-    b.writeUInt16LE(flags, o + 6);
-    b[o + 16] = family;
-    b.writeInt32LE(ifindex, o + 20);
-    b.writeUInt16LE(state, o + 24);
-    b[o + 26] = ndFlags;
-    this.msgs.push(b.subarray(o, o + len));
-    this.off += len;
-    return o + NLMSG_HDRLEN + NDMSG_LEN;
-  }
-
-  private ipAttr(o: number, ip: number): void {
-    this.buf.writeUInt16LE(8, o);
-    this.buf.writeUInt16LE(NDA_DST, o + 2);
-    this.buf.writeUInt32BE(ip, o + 4);
-  }
-
-  private macAttr(o: number, mac: Buffer): void {
-    this.buf.writeUInt16LE(10, o);
-    this.buf.writeUInt16LE(NDA_LLADDR, o + 2);
-    mac.copy(this.buf, o + 4, 0, 6);
-  }
-
-  /** `ip neigh replace <ip> lladdr <mac> dev vxlan0 nud permanent` */
-  neighAdd(ifindex: number, ip: number, mac: Buffer): void {
-    const o = this.start(NEIGH_ADD_LEN, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, AF_INET, ifindex, NUD_PERMANENT, 0);
-    this.ipAttr(o, ip);
-    this.macAttr(o + 8, mac);
-  }
-
-  /** `bridge fdb replace <mac> dev vxlan0 dst <vtep> self permanent` */
-  fdbAdd(ifindex: number, mac: Buffer, vtep: number): void {
-    const o = this.start(FDB_ADD_LEN, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, AF_BRIDGE, ifindex, NUD_PERMANENT, NTF_SELF);
-    this.macAttr(o, mac);
-    this.ipAttr(o + 12, vtep);
-  }
-
-  /** `ip neigh del <ip> dev vxlan0` */
-  neighDel(ifindex: number, ip: number): void {
-    this.ipAttr(this.start(NEIGH_DEL_LEN, RTM_DELNEIGH, 0, AF_INET, ifindex, 0, 0), ip);
-  }
-
-  /** `bridge fdb del <mac> dev vxlan0 dst <vtep> self` */
-  fdbSelfDel(ifindex: number, mac: Buffer, vtep: number): void {
-    const o = this.start(FDB_SELF_DEL_LEN, RTM_DELNEIGH, 0, AF_BRIDGE, ifindex, 0, NTF_SELF);
-    this.macAttr(o, mac);
-    this.ipAttr(o + 12, vtep);
-  }
-
-  /** `bridge fdb del <mac> dev vxlan0 master`: what the bridge learned behind the vxlan port. */
-  fdbMasterDel(ifindex: number, mac: Buffer): void {
-    this.macAttr(this.start(FDB_MASTER_DEL_LEN, RTM_DELNEIGH, 0, AF_BRIDGE, ifindex, 0, NTF_MASTER), mac);
-  }
-}
-
-/** The two messages that program one peer (idempotent: NLM_F_REPLACE). */
-export function encodePeerAdd(vxlanIndex: number, p: Peer): Buffer[] {
-  const q = parsePeer(p);
-  const s = new Slab(NEIGH_ADD_LEN + FDB_ADD_LEN);
-  s.neighAdd(vxlanIndex, q.ip, q.mac);
-  s.fdbAdd(vxlanIndex, q.mac, q.vtep);
-  return s.msgs;
-}
-
-/** The three messages that remove one peer (neighbour, vxlan FDB entry for its VTEP, learned bridge entry). */
-export function encodePeerRemove(vxlanIndex: number, p: Peer): Buffer[] {
-  const q = parsePeer(p);
-  const s = new Slab(NEIGH_DEL_LEN + FDB_SELF_DEL_LEN + FDB_MASTER_DEL_LEN);
-  s.neighDel(vxlanIndex, q.ip);
-  s.fdbSelfDel(vxlanIndex, q.mac, q.vtep);
-  s.fdbMasterDel(vxlanIndex, q.mac);
-  return s.msgs;
-}
-
-const REMOVE_MAX = NEIGH_DEL_LEN + FDB_SELF_DEL_LEN + FDB_MASTER_DEL_LEN;
-const ADD_LEN = NEIGH_ADD_LEN + FDB_ADD_LEN;
-
-function ndmsgRequest(family: number): Buffer {
-  const b = Buffer.alloc(NDMSG_LEN);
-  b.writeUInt8(family, 0);
-  return b;
-}
-
-/** The neighbour-table entries of one family on device `ifindex`, each made a T by `pick` (undefined: left out). */
-async function dumpEntries<T>(sock: NlSocket, family: number, ifindex: number, what: string, pick: (e: NeighEntry) => T | undefined): Promise<T[]> {
-  const out: T[] = [];
-  for (const m of await sock.dump(RTM_GETNEIGH, ndmsgRequest(family), what)) {
-    if (m.type !== RTM_NEWNEIGH) continue;
-    const e = parseNeighMessage(m.data);
-    if (e.family !== family || e.ifindex !== ifindex) continue;
-    const x = pick(e);
-    if (x !== undefined) out.push(x);
-  }
-  return out;
-}
-
-/** IPv4 neighbour entries of device `ifindex`. */
-export function listNeighbours(sock: NlSocket, ifindex: number): Promise<NeighbourEntry[]> {
-  return dumpEntries(sock, AF_INET, ifindex, 'dump neighbours', (e) => {
-    if (e.dst?.length !== 4) return undefined;
-    const n: NeighbourEntry = { ip: formatIPv4(e.dst), permanent: (e.state & NUD_PERMANENT) !== 0, state: e.state };
-    if (e.lladdr?.length === 6) n.mac = formatMac(e.lladdr);
-    return n;
-  });
-}
-
-/** The MAC of device `ifindex`'s neighbour entry for one address (a single RTM_GETNEIGH), undefined when there is none. */
-async function neighbourMac(sock: NlSocket, ifindex: number, ip: number): Promise<string | undefined> {
-  const req = Buffer.alloc(NDMSG_LEN + 8);
-  req[0] = AF_INET;
-  req.writeInt32LE(ifindex, 4);
-  req.writeUInt16LE(8, NDMSG_LEN);
-  req.writeUInt16LE(NDA_DST, NDMSG_LEN + 2);
-  req.writeUInt32BE(ip, NDMSG_LEN + 4);
-  try {
-    for (const m of await sock.request(RTM_GETNEIGH, 0, req, 'get neighbour')) {
-      if (m.type !== RTM_NEWNEIGH) continue;
-      const e = parseNeighMessage(m.data);
-      if (e.lladdr?.length === 6) return formatMac(e.lladdr);
-    }
-    return undefined;
-  } catch (e) {
-    if (isNetlinkError(e, 'ENOENT')) return undefined;
-    throw e;
-  }
-}
-
-/** Bridge-family FDB entries of device `ifindex` (its own `self` entries and its bridge's `master` ones). */
-export function listFdb(sock: NlSocket, ifindex: number): Promise<FdbEntry[]> {
-  return dumpEntries(sock, AF_BRIDGE, ifindex, 'dump fdb', (e) => {
-    if (e.lladdr?.length !== 6) return undefined;
-    const f: FdbEntry = {
-      mac: formatMac(e.lladdr),
-      self: (e.flags & NTF_SELF) !== 0,
-      // The bridge marks its entries with NDA_MASTER, not with NTF_MASTER.
-      master: e.master !== undefined || (e.flags & NTF_MASTER) !== 0,
-      permanent: (e.state & NUD_PERMANENT) !== 0,
-      dynamic: (e.state & (NUD_PERMANENT | NUD_NOARP)) === 0,
-    };
-    if (e.dst?.length === 4) f.vtep = formatIPv4(e.dst);
-    return f;
-  });
-}
-
-/** Peers as the kernel has them: PERMANENT neighbours joined by MAC with permanent `self` FDB entries. */
-export function joinPeers(neighbours: NeighbourEntry[], fdb: FdbEntry[]): Peer[] {
-  const vtepByMac = new Map<string, string>();
-  for (const f of fdb) if (isPeerFdb(f) && f.vtep) vtepByMac.set(f.mac, f.vtep);
-  const out: Peer[] = [];
-  for (const n of neighbours) {
-    if (!n.permanent || !n.mac) continue;
-    const vtep = vtepByMac.get(n.mac);
-    if (vtep) out.push({ ip: n.ip, mac: n.mac, vtep });
-  }
-  return out;
-}
-
-export async function listPeers(sock: NlSocket, vxlanIndex: number): Promise<Peer[]> {
-  const [n, f] = await Promise.all([listNeighbours(sock, vxlanIndex), listFdb(sock, vxlanIndex)]);
-  return joinPeers(n, f);
-}
+export { encodePeerAdd, encodePeerRemove } from './peer-messages';
+export { joinPeers, listFdb, listNeighbours, listPeers, parseMiss } from './peer-tables';
+export type { FdbEntry, Miss, NeighbourEntry } from './peer-tables';
 
 export interface PeerChangeResult {
   /** Peers (re)programmed. */
@@ -408,44 +171,6 @@ export async function setPeers(sock: NlSocket, vxlanIndex: number, desired: Peer
   return { added: missing.length, removed: stale.removed };
 }
 
-/** What setPeers needs of a vxlan device's tables, as numbers (IPv4 addresses, 48-bit MACs). */
-interface KernelTables {
-  /** PERMANENT neighbours: address → MAC (-1: none). */
-  neigh: Map<number, number>;
-  /** `self` FDB entries with a destination (all-zeros MAC left out): MAC → its first VTEP… */
-  vtep: Map<number, number>;
-  /** …and further VTEPs of the same MAC (an entry per VTEP, e.g. added by hand). */
-  moreVteps: Map<number, number[]>;
-  /** MACs the bridge learned behind the device (`master`, neither permanent nor static). */
-  learned: Set<number>;
-}
-
-async function readTables(sock: NlSocket, ifindex: number): Promise<KernelTables> {
-  const [neighMsgs, fdbMsgs] = await Promise.all([
-    sock.dump(RTM_GETNEIGH, ndmsgRequest(AF_INET), 'dump neighbours'),
-    sock.dump(RTM_GETNEIGH, ndmsgRequest(AF_BRIDGE), 'dump fdb'),
-  ]);
-  const t: KernelTables = { neigh: new Map(), vtep: new Map(), moreVteps: new Map(), learned: new Set() };
-  const e = new NeighFields();
-  for (const m of neighMsgs) {
-    if (m.type !== RTM_NEWNEIGH) continue;
-    e.read(m.data);
-    if (e.family === AF_INET && e.ifindex === ifindex && e.dst4 >= 0 && (e.state & NUD_PERMANENT) !== 0) t.neigh.set(e.dst4, e.mac);
-  }
-  for (const m of fdbMsgs) {
-    if (m.type !== RTM_NEWNEIGH) continue;
-    e.read(m.data);
-    if (e.family !== AF_BRIDGE || e.ifindex !== ifindex || e.mac < 0) continue;
-    // The bridge marks its entries with NDA_MASTER, not with NTF_MASTER.
-    const master = e.master || (e.flags & NTF_MASTER) !== 0;
-    if (master && (e.state & (NUD_PERMANENT | NUD_NOARP)) === 0) t.learned.add(e.mac);
-    if ((e.flags & NTF_SELF) === 0 || e.dst4 < 0 || e.mac === 0) continue;
-    if (!t.vtep.has(e.mac)) t.vtep.set(e.mac, e.dst4);
-    else t.moreVteps.set(e.mac, [...(t.moreVteps.get(e.mac) ?? []), e.dst4]);
-  }
-  return t;
-}
-
 interface StaleEntries {
   /** PERMANENT neighbours of addresses nobody wants. */
   neigh: ParsedPeer[];
@@ -488,22 +213,4 @@ function staleEntries(have: KernelTables, wantIps: ReadonlySet<number>, wantVtep
   have.vtep.forEach((vtep, mac) => selfEntry(mac, vtep));
   have.moreVteps.forEach((vteps, mac) => vteps.forEach((vtep) => selfEntry(mac, vtep)));
   return out;
-}
-
-/** What the kernel asks for in `miss` mode: the MAC of an IP (L3 miss) or the VTEP of a MAC (L2 miss). */
-export type Miss = { kind: 'l3'; ip: string; ifindex: number } | { kind: 'l2'; mac: string; ifindex: number };
-
-/**
- * Decodes a vxlan miss notification: RTM_GETNEIGH on RTNLGRP_NEIGH carrying either NDA_DST (l3miss:
- * no neighbour for an ARP request the device proxies) or NDA_LLADDR (l2miss: no FDB entry for a
- * destination MAC). The kernel sets family AF_INET on both for IPv4 devices, so the attribute
- * present is what tells them apart. Anything else (RTM_NEWNEIGH events, IPv6) is not a miss.
- */
-export function parseMiss(type: number, data: Buffer): Miss | undefined {
-  if (type !== RTM_GETNEIGH || data.length < NDMSG_LEN) return undefined;
-  const e = parseNeighMessage(data);
-  if (e.family !== AF_INET && e.family !== AF_BRIDGE) return undefined;
-  if (e.dst?.length === 4 && !e.lladdr) return { kind: 'l3', ip: formatIPv4(e.dst), ifindex: e.ifindex };
-  if (e.lladdr?.length === 6 && !e.dst) return { kind: 'l2', mac: formatMac(e.lladdr), ifindex: e.ifindex };
-  return undefined;
 }

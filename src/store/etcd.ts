@@ -5,46 +5,22 @@
  *   (the store-wide revision of its last write, so revisions are globally monotonic);
  * - create = txn `create_revision(key) == 0`, compareAndSet = txn `mod_revision(key) == rev`
  *   (rev 0 therefore means "absent"), compareAndDelete likewise;
- * - leases = etcd leases kept alive by the client (keepalive every TTL/3); `onLost` fires
- *   when etcd reports the lease gone or it could not be renewed for 2×TTL; `close()` stops
+ * - leases = etcd leases kept alive by the client (`etcd-lease.ts`); `close()` stops
  *   renewing without revoking, so a closed/dead holder's keys vanish after the TTL;
- * - watch = paginated range read at one revision → onReset, then a watch from revision+1;
- *   on any stream error, disconnect or compaction the watch is dropped and the cycle repeats
- *   (re-list → onReset), with backoff;
+ * - watch = a range read at one revision, then a watch from the next (`etcd-watch.ts`);
  * - every unary call carries a gRPC deadline and is raced against the same deadline;
  *   connectivity failures surface as StoreUnavailableError.
  */
 
 import * as tls from 'node:tls';
 import { noop } from 'cockatiel';
-import {
-  Etcd3,
-  EtcdLeaseInvalidError,
-  GRPCDeadlineExceededError,
-  IKeyValue,
-  IOptions,
-  IWatchResponse,
-  Lease as Etcd3Lease,
-  Range,
-  Watcher,
-  isRecoverableError,
-} from 'etcd3';
+import { Etcd3, EtcdLeaseInvalidError, GRPCDeadlineExceededError, IKeyValue, IOptions, Range, isRecoverableError } from 'etcd3';
 
 import type { Logger } from '../log';
-import { KVEntry, Lease, PutOptions, Store, StoreUnavailableError, Watch, WatchEvent, WatchListener } from './store';
-import {
-  Backoff,
-  DEFAULT_PREFIX,
-  DEFAULT_TIMEOUT_MS,
-  logIfSlow,
-  LostSignal,
-  SafeListener, openTrackedWatch,
-  assertKey,
-  errorMessage,
-  sleep,
-  toError,
-  withDeadline,
-} from './util';
+import { KVEntry, Lease, PutOptions, Store, StoreUnavailableError, Watch, WatchListener } from './store';
+import { DEFAULT_PREFIX, DEFAULT_TIMEOUT_MS, logIfSlow, openTrackedWatch, assertKey, toError, withDeadline } from './util';
+import { EtcdLease } from './etcd-lease';
+import { EtcdWatch } from './etcd-watch';
 
 export interface EtcdTlsOptions {
   /** PEM CA bundle; system roots when omitted. */
@@ -82,127 +58,6 @@ function isUnavailable(err: Error): boolean {
     'isBrokenCircuitError' in err ||
     /UNAVAILABLE|ECONNREFUSED|No connection established|deadline/i.test(err.message)
   );
-}
-
-class EtcdLease implements Lease {
-  readonly lost: LostSignal;
-
-  constructor(
-    readonly store: EtcdStore,
-    readonly inner: Etcd3Lease,
-    readonly id: string,
-    readonly ttlSeconds: number,
-    logger: Logger,
-  ) {
-    this.lost = new LostSignal(logger, `${store.description} lease ${id}`);
-    inner.on('lost', (err) => {
-      store.forgetLease(this);
-      this.lost.fire(errorMessage(err));
-    });
-  }
-
-  onLost(listener: () => void): void {
-    this.lost.add(listener);
-  }
-
-  async revoke(): Promise<void> {
-    this.lost.disarm();
-    this.store.forgetLease(this);
-    // Stops the keepalive first; if etcd cannot be reached the keys still expire after the TTL.
-    await this.store.call(`revoke lease ${this.id}`, () => this.inner.revoke());
-  }
-}
-
-class EtcdWatch implements Watch {
-  private readonly abort = new AbortController();
-  private readonly done: Promise<void>;
-
-  constructor(
-    private readonly store: EtcdStore,
-    private readonly relPrefix: string,
-    private readonly listener: SafeListener,
-    private readonly logger: Logger,
-  ) {
-    this.done = this.run();
-  }
-
-  async close(): Promise<void> {
-    this.abort.abort();
-    await withDeadline(this.done, this.store.timeoutMs, () => 'closing etcd watch').catch(() => undefined);
-  }
-
-  private async run(): Promise<void> {
-    const signal = this.abort.signal;
-    const backoff = new Backoff(100, 5000);
-    const full = this.store.prefix + this.relPrefix;
-    while (!signal.aborted) {
-      let watcher: Watcher | undefined;
-      try {
-        const { entries, revision } = await this.store.rangeAll(this.relPrefix);
-        if (signal.aborted) break;
-        this.listener.reset(entries);
-
-        watcher = this.store.client
-          .watch()
-          .prefix(full)
-          .startRevision(String(revision + 1))
-          .watcher();
-        const w = watcher;
-        const ended = new Promise<Error | undefined>((resolve) => {
-          w.on('data', (res) => this.deliver(res));
-          w.on('disconnected', (err) => resolve(toError(err ?? new Error('watch stream disconnected'))));
-          w.on('error', (err) => resolve(toError(err)));
-          signal.addEventListener('abort', () => resolve(undefined), { once: true });
-        });
-        const connected = new Promise<'connected'>((resolve) => w.once('connected', () => resolve('connected')));
-        const first = await Promise.race([
-          connected,
-          ended,
-          sleep(this.store.timeoutMs).then(() => 'timeout' as const),
-        ]);
-        if (first === 'timeout') {
-          throw new StoreUnavailableError(`${this.store.description}: watch ${full} not established within ${this.store.timeoutMs} ms`);
-        }
-        if (first === 'connected') {
-          backoff.reset();
-          const reason = await ended;
-          if (reason === undefined) break; // closed
-          throw reason;
-        }
-        if (first !== undefined) throw first;
-        break; // closed before connecting
-      } catch (err) {
-        if (signal.aborted) break;
-        const e = toError(err);
-        this.logger.warn('etcd watch interrupted; will re-list', { store: this.store.description, prefix: full, error: e.message });
-        this.listener.error(e);
-        await this.cancel(watcher);
-        await sleep(backoff.next(), signal);
-        continue;
-      } finally {
-        if (signal.aborted) await this.cancel(watcher);
-      }
-    }
-  }
-
-  private async cancel(watcher: Watcher | undefined): Promise<void> {
-    if (!watcher) return;
-    watcher.removeAllListeners('data');
-    await withDeadline(watcher.cancel(), 1000, () => 'cancel etcd watcher').catch(() => undefined);
-  }
-
-  private deliver(res: IWatchResponse): void {
-    if (this.abort.signal.aborted) return;
-    const events: WatchEvent[] = [];
-    for (const ev of res.events) {
-      const key = this.store.relKey(ev.kv.key);
-      if (key === undefined) continue;
-      const revision = Number(ev.kv.mod_revision);
-      if (ev.type === 'Put') events.push({ type: 'put', key, value: ev.kv.value.toString('utf8'), revision });
-      else events.push({ type: 'delete', key, revision });
-    }
-    this.listener.events(events);
-  }
 }
 
 export class EtcdStore implements Store {
