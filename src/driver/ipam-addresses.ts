@@ -112,7 +112,8 @@ export function heldFor(
     if (record.host !== host || record.kind !== 'endpoint') continue;
     const same = (by.requestId !== undefined && record.request === by.requestId) || (by.name !== undefined && record.name === by.name);
     if (!same) continue;
-    const ip = e.key.slice(keys.addresses(sKey).length);
+    const ip = keys.addressOf(sKey, e.key);
+    if (ip === undefined) continue;
     try {
       if (contains(range, ip)) return ip;
     } catch {

@@ -209,7 +209,7 @@ export class IpamService {
             this.logger.info('address requested again', { pool: req.poolId, ip: again, ...(name ? { name } : {}), replay: Boolean(requestId) });
             return withPrefix(again);
           }
-          const taken = new Set(entries.map((e) => e.key.slice(keys.addresses(sKey).length)));
+          const taken = new Set(entries.flatMap((e) => keys.addressOf(sKey, e.key) ?? []));
           const ip = firstFree(range, taken);
           if (!ip) throw new PluginError(`no free address left in ${range.cidr}`, 409);
           if (await scope.records.create(keys.address(sKey, ip), record)) {

@@ -139,6 +139,8 @@ export const keys = {
   pools: () => POOLS,
   address: (poolKey: string, ip: string) => `${ADDRESSES}${poolKey}/${ip}`,
   addresses: (poolKey: string) => `${ADDRESSES}${poolKey}/`,
+  /** The IP of an `ipam/addresses/<pool key>/<ip>` key of that pool. */
+  addressOf: (poolKey: string, key: string) => leaf(`${ADDRESSES}${poolKey}/`, key),
   vni: (vni: number) => `${VNIS}${vni}`,
   vnis: () => VNIS,
   /** The VNI of a `vni/<n>` key. */
