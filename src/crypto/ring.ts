@@ -49,7 +49,6 @@ export type RingOp =
   | { kind: 'add-rx'; epoch: number }
   | { kind: 'add-tx'; epoch: number }
   | { kind: 'set-policy'; epoch: number }
-  | { kind: 'del-policy' }
   | { kind: 'del-tx'; epoch: number }
   | { kind: 'del-rx'; epoch: number };
 
@@ -70,18 +69,6 @@ export function planPeer(current: PeerSaState, primary: number): RingOp[] {
   for (const e of [...current.tx].sort((a, b) => a - b)) if (e !== want.tx) ops.push({ kind: 'del-tx', epoch: e });
   const keepRx = new Set(want.rx);
   for (const e of [...current.rx].sort((a, b) => a - b)) if (!keepRx.has(e)) ops.push({ kind: 'del-rx', epoch: e });
-  return ops;
-}
-
-/**
- * The steps that remove everything towards a peer that left: the policy first (so nothing is
- * sent with an SA about to go; the host-wide block policy then stops cleartext), then the SAs.
- */
-export function planRemovePeer(current: PeerSaState): RingOp[] {
-  const ops: RingOp[] = [];
-  if (current.policy !== undefined) ops.push({ kind: 'del-policy' });
-  for (const e of [...current.tx].sort((a, b) => a - b)) ops.push({ kind: 'del-tx', epoch: e });
-  for (const e of [...current.rx].sort((a, b) => a - b)) ops.push({ kind: 'del-rx', epoch: e });
   return ops;
 }
 

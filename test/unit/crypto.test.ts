@@ -27,7 +27,6 @@ import {
   type RingOp,
   nextRotationAt,
   planPeer,
-  planRemovePeer,
   ringEpochs,
   rotated,
   rotationBlockers,
@@ -254,17 +253,6 @@ describe('key ring', () => {
       { kind: 'del-tx', epoch: 8 },
       { kind: 'del-rx', epoch: 9 },
     ]);
-  });
-
-  test('a peer that leaves: policy first, then its SAs', () => {
-    assert.deepEqual(planRemovePeer(state([0, 1, 2], [1], 1)), [
-      { kind: 'del-policy' },
-      { kind: 'del-tx', epoch: 1 },
-      { kind: 'del-rx', epoch: 0 },
-      { kind: 'del-rx', epoch: 1 },
-      { kind: 'del-rx', epoch: 2 },
-    ]);
-    assert.deepEqual(planRemovePeer(EMPTY_PEER_STATE), []);
   });
 
   test('any two hosts one step apart still read each other', () => {
