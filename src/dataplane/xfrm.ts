@@ -9,7 +9,11 @@
  * endian host, 64-bit alignment of the lifetime structs); SPIs and ports are big-endian there.
  */
 import { AF_INET, attr, formatIPv4, nlmsgAlign, parseAttrs, parseIPv4 } from './encode';
+import { CLONE_NEWNET, unshare } from './libc';
+import { hostNetnsFd, withNetns } from './netns';
 import { NLM_F_CREATE, NLM_F_EXCL, NlSocket, isNetlinkError } from './nlsock';
+
+const NETLINK_XFRM = 6;
 
 // message types (XFRM_MSG_*)
 export const XFRM_MSG_NEWSA = 0x10;
@@ -342,7 +346,7 @@ export class XfrmClient {
   constructor(readonly sock: NlSocket) {}
 
   static open(): XfrmClient {
-    return new XfrmClient(new NlSocket({ protocol: 6 /* NETLINK_XFRM */ }));
+    return new XfrmClient(new NlSocket({ protocol: NETLINK_XFRM }));
   }
 
   close(): void {
@@ -421,12 +425,23 @@ const PROBE_SA: XfrmSa = {
 };
 
 /**
+ * An xfrm socket in a new, empty network namespace that nothing else holds: the namespace goes
+ * away with the socket. The main thread unshares into it only while the socket is created.
+ */
+export function openXfrmInScratchNetns(): NlSocket {
+  return withNetns(hostNetnsFd(), () => {
+    unshare(CLONE_NEWNET);
+    return new NlSocket({ protocol: NETLINK_XFRM });
+  });
+}
+
+/**
  * Whether this kernel can do what encrypted networks need, found by doing it: in a scratch
  * network namespace (gone with the probe's socket), open an xfrm socket (needs xfrm_user) and
  * add an ESP SA with rfc4106(gcm(aes)) (needs esp4 and the AEAD; the kernel loads their modules
- * on demand when it can). `openInScratchNetns` opens a socket inside a fresh namespace.
+ * on demand when it can). Nothing is left behind in the host's tables.
  */
-export async function probeEspSupport(openInScratchNetns: () => NlSocket): Promise<EspSupport> {
+export async function probeEspSupport(openInScratchNetns: () => NlSocket = openXfrmInScratchNetns): Promise<EspSupport> {
   let sock: NlSocket;
   try {
     sock = openInScratchNetns();
