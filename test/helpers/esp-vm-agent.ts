@@ -8,14 +8,21 @@
  *   node esp-vm-agent.js apply <config.json>      config: {self, peers, epoch, port}
  *   node esp-vm-agent.js check <config.json>
  *   node esp-vm-agent.js dump                     raw xfrm dump messages (hex) and their parse
+ *   node esp-vm-agent.js controllers <config.json> two hosts' EncryptionControllers (namespaces
+ *        h1 and h2, one embedded store): activate, two rotations, a host leaving, deactivation
  *
  * Output: one JSON line on stdout.
  */
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import { z } from 'zod';
-import { EspManager, type EspPeer } from '../../src/crypto/esp';
+import { EncryptionController, type EncryptionHost } from '../../src/crypto/controller';
+import { EspManager, type EspPeer, isOurPolicy, isOurSa } from '../../src/crypto/esp';
 import { loadOrCreateHostKey } from '../../src/crypto/host-key';
+import { inNetnsFile } from '../../src/dataplane/netns';
 import { XFRM_MSG_GETPOLICY, XFRM_MSG_GETSA, XfrmClient, parsePolicy, parseSa, probeEspSupport } from '../../src/dataplane/xfrm';
+import { silentLogger } from '../../src/log';
+import { openLocalStore } from '../../src/store/local';
 
 const configSchema = z.object({
   self: z.object({ name: z.string(), instance: z.string(), keyDir: z.string(), vtep: z.string() }),
@@ -65,8 +72,80 @@ async function main(argv: string[]): Promise<unknown> {
         xfrm.close();
       }
     }
+    case 'controllers':
+      return controllers(z.object({ storeDir: z.string(), port: z.number().int(), pingTarget: z.string(), hosts: z.array(z.object({ name: z.string(), keyDir: z.string(), vtep: z.string() })).length(2) }).parse(JSON.parse(fs.readFileSync(arg!, 'utf8'))));
     default:
       throw new Error(`unknown command ${String(cmd)}`);
+  }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function until(what: string, cond: () => Promise<boolean>, timeoutMs = 60_000): Promise<number> {
+  const t0 = Date.now();
+  while (!(await cond())) {
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+  return Date.now() - t0;
+}
+
+/** Two hosts' controllers in one process sharing one store, each programming its own namespace. */
+async function controllers(c: { storeDir: string; port: number; pingTarget: string; hosts: Array<{ name: string; keyDir: string; vtep: string }> }): Promise<unknown> {
+  const store = await openLocalStore({ dir: c.storeDir, logger: silentLogger() });
+  const log: Record<string, unknown> = {};
+  const hosts: EncryptionHost[] = c.hosts.map((h) => ({ name: h.name, instance: `${h.name}-i`, vtep: h.vtep, publicKey: loadOrCreateHostKey(h.keyDir).publicText }));
+  const xs = c.hosts.map((h) => inNetnsFile(`/run/netns/${h.name}`, () => XfrmClient.open()));
+  const ctl = c.hosts.map(
+    (h, i) =>
+      new EncryptionController({
+        store,
+        kernel: new EspManager(xs[i]!, c.port),
+        key: loadOrCreateHostKey(h.keyDir),
+        host: { name: h.name, instance: `${h.name}-i`, vtep: h.vtep },
+        probe: () => probeEspSupport(),
+        rotationIntervalSeconds: 3600,
+        reconcileIntervalMs: 300,
+        logger: silentLogger(),
+      }),
+  );
+  const counts = async (i: number): Promise<{ sas: number; policies: number }> => ({
+    sas: (await xs[i]!.listSas()).filter(isOurSa).length,
+    policies: (await xs[i]!.listPolicies()).filter((p) => isOurPolicy(p, c.port)).length,
+  });
+  try {
+    for (const k of ctl) {
+      k.start();
+      k.setHosts(hosts);
+    }
+    await Promise.all(ctl.map((k) => k.activate()));
+    // 10 pings/s from h1 to h2 over the encrypted overlay for the whole of both rotations.
+    const ping = spawn('ip', ['netns', 'exec', 'h1', 'ping', '-i', '0.1', '-W', '2', c.pingTarget], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let pingOut = '';
+    ping.stdout.on('data', (b: Buffer) => (pingOut += b.toString()));
+    const pingDone = new Promise((r) => ping.on('close', r));
+    await sleep(1500);
+    log.activated = { epochs: ctl.map((k) => k.epoch), h1: await counts(0), h2: await counts(1), checks: await Promise.all(ctl.map((k) => k.check())) };
+    for (const step of [1, 2]) {
+      // Both hosts must have applied the current epoch before a step is allowed.
+      await until('both hosts to report the current epoch', async () => (await ctl[0]!.rotateNow('cli')).rotated, 30_000);
+      const ms = await until(`both hosts at epoch ${step}, kernels in sync`, async () => ctl.every((k) => k.epoch === step) && (await Promise.all(ctl.map((k) => k.check()))).every((d) => d.length === 0));
+      log[`rotation${step}`] = { ms, h1: await counts(0) };
+      await sleep(1000);
+    }
+    ping.kill('SIGINT');
+    await pingDone;
+    log.ping = /(\d+) packets transmitted, (\d+) received/.exec(pingOut)?.slice(1, 3).map(Number);
+    ctl[0]!.setHosts([hosts[0]!]);
+    await until('h1 to drop h2', async () => (await counts(0)).sas === 0);
+    log.left = { h1: await counts(0) };
+    await ctl[1]!.deactivate();
+    log.deactivated = { h2: await counts(1) };
+    return log;
+  } finally {
+    for (const k of ctl) await k.close();
+    for (const x of xs) x.close();
+    await store.close();
   }
 }
 

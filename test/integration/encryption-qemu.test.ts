@@ -78,7 +78,8 @@ apply1 0; say apply1_error=$(echo "$r" | json error); say apply1_sas=$(echo "$r"
 apply2 0; say apply2_error=$(echo "$r" | json error)
 inns h1 ip xfrm state | grep -E '^src|proto|aead' ; inns h1 ip xfrm policy
 
-capture() { inns $1 tcpdump -i eth0 -n -U -s 128 -w /tmp/$2.pcap 2>/dev/null & CAP=$!; sleep 2; }
+# Started without the inns function, so that $! is the process itself (signalled by PID).
+capture() { ip netns exec $1 tcpdump -i eth0 -n -U -s 128 -w /tmp/$2.pcap 2>/dev/null & CAP=$!; sleep 2; }
 endcap() { sleep 1; kill -INT $CAP; wait $CAP 2>/dev/null; }
 count() { tcpdump -r /tmp/$1.pcap -n "$2" 2>/dev/null | wc -l; }
 
@@ -108,7 +109,7 @@ say plain_vxlan=$(count plain 'udp port 4789')
 say plain_esp=$(count plain 'esp')
 
 # 3. Rotation under 10 pings/s: h1 first, then h2; then h2 first, then h1. No packet lost.
-inns h1 ping -i 0.1 -W 2 192.168.50.2 > /tmp/rot.txt 2>&1 & PING=$!
+ip netns exec h1 ping -i 0.1 -W 2 192.168.50.2 > /tmp/rot.txt 2>&1 & PING=$!
 sleep 2
 spi0=$(inns h1 ip xfrm policy | sed -n 's/.*spi \(0x[0-9a-f]*\).*/\1/p')
 apply1 1; apply2 1
@@ -148,7 +149,12 @@ capture h2 gone
 say gone_loss=$(inns h1 ping -c 3 -i 0.3 -W 2 192.168.50.2 | loss)
 endcap
 say gone_clear=$(count gone "src host 10.99.0.1 and udp port $P")
-say gone_esp=$(count gone 'esp')
+say gone_esp=$(count gone 'src host 10.99.0.1 and esp')
+
+# 7. Two hosts' EncryptionControllers sharing one store: activation, two rotations under 10
+#    pings/s, a host leaving, deactivation.
+printf '{"storeDir":"/tmp/store","port":%s,"pingTarget":"192.168.50.2","hosts":[{"name":"h1","keyDir":"/tmp/k1","vtep":"10.99.0.1"},{"name":"h2","keyDir":"/tmp/k2","vtep":"10.99.0.2"}]}\n' $P > /tmp/ctl.json
+say ctl=$($A controllers /tmp/ctl.json)
 say done=yes
 `;
 }
@@ -171,6 +177,12 @@ describe('encrypted overlay in a VM with ESP', { skip }, () => {
     return v;
   };
   const num = (k: string): number => Number(get(k));
+  const all = (): string => JSON.stringify(Object.fromEntries(res));
+  const eq = (k: string, want: number | string): void => {
+    const v = typeof want === 'number' ? num(k) : get(k);
+    assert.equal(v, want, `${k}=${get(k)}; all results: ${all()}`);
+  };
+  const atLeast = (k: string, min: number): void => assert.ok(num(k) >= min, `${k}=${get(k)} < ${min}; all results: ${all()}`);
 
   before(async () => {
     if (!avail.ok) throw new Error(`CI=true but no VM can boot here: ${avail.reason}`);
@@ -178,59 +190,80 @@ describe('encrypted overlay in a VM with ESP', { skip }, () => {
     res = results(vm);
     fs.writeFileSync(path.join(vm.outDir, 'results.json'), JSON.stringify(Object.fromEntries(res), null, 2));
     assert.ok(!vm.timedOut, `the VM timed out after ${vm.durationMs} ms; console:\n${vm.console.slice(-4000)}`);
-    assert.equal(get('done'), 'yes', 'the VM script ran to its end');
+    eq('done', 'yes');
   });
 
   test('the kernel can do ESP with rfc4106(gcm(aes)) (probe in a scratch namespace)', () => {
-    assert.equal(get('probe'), 'true');
+    eq('probe', 'true');
   });
 
   test('SAs and policies programmed with our encoder; pings go through as ESP, never as VXLAN', () => {
-    assert.equal(get('apply1_error'), '');
-    assert.equal(get('apply2_error'), '');
-    assert.equal(num('apply1_sas'), 3, 'receive epochs 0 and 1, send epoch 0');
-    assert.equal(num('apply1_policies'), 3, 'host-wide in and out, the peer out policy');
-    assert.equal(num('enc_loss'), 0);
-    assert.ok(num('enc_esp') >= 10, `ESP packets on the wire: ${get('enc_esp')}`);
-    assert.equal(num('enc_clear'), 0, 'no cleartext VXLAN on the encrypted port');
+    eq('apply1_error', '');
+    eq('apply2_error', '');
+    eq('apply1_sas', 3);
+    eq('apply1_policies', 3);
+    eq('enc_loss', 0);
+    atLeast('enc_esp', 10);
+    eq('enc_clear', 0);
   });
 
   test('a DF ping at the overlay MTU passes unfragmented; one byte more would fragment', () => {
-    assert.equal(num('df_loss'), 0);
-    assert.equal(num('enc_frag'), 0);
-    assert.ok(num('big_frag') > 0, 'MTU + 1 does not fit the underlay: the bound is tight');
+    eq('df_loss', 0);
+    eq('enc_frag', 0);
+    atLeast('big_frag', 1);
   });
 
   test('a plain network alongside stays plain', () => {
-    assert.equal(num('plain_loss'), 0);
-    assert.ok(num('plain_vxlan') >= 6);
-    assert.equal(num('plain_esp'), 0);
+    eq('plain_loss', 0);
+    atLeast('plain_vxlan', 6);
+    eq('plain_esp', 0);
   });
 
   test('key rotation under 10 pings/s loses nothing, whichever host rotates first', () => {
-    assert.ok(num('rot_sent') >= 20, `pings sent during the rotations: ${get('rot_sent')}`);
-    assert.equal(num('rot_loss'), 0);
-    assert.equal(get('spi_changed'), 'yes');
-    assert.equal(num('rot_h1_sas'), 4, 'receive epochs 1–3 and send epoch 2');
+    atLeast('rot_sent', 20);
+    eq('rot_loss', 0);
+    eq('spi_changed', 'yes');
+    eq('rot_h1_sas', 4);
   });
 
   test('a restart with the same state changes nothing; check finds no difference', () => {
-    assert.equal(num('restart_steps'), 0);
-    assert.equal(get('check_diffs'), '{"differences":[]}');
+    eq('restart_steps', 0);
+    eq('check_diffs', '{"differences":[]}');
   });
 
   test('cleartext VXLAN on the encrypted port arrives but reaches nothing', () => {
-    assert.ok(num('inj_arrived') > 0, 'the injected packets did reach h1');
-    assert.equal(num('inj_loss'), 100);
-    assert.equal(num('inj_rx_delta'), 0, 'the VXLAN device received none of them');
-    assert.ok(num('inj_policy_drops') > 0, 'the kernel counted them as policy drops');
+    atLeast('inj_arrived', 1);
+    eq('inj_loss', 100);
+    eq('inj_rx_delta', 0);
+    atLeast('inj_policy_drops', 1);
   });
 
   test('a peer that leaves: its SAs and policy go, and nothing is sent in clear instead', () => {
-    assert.equal(num('gone_sas'), 0);
-    assert.equal(num('gone_policies'), 2, 'only the host-wide policies remain');
-    assert.equal(num('gone_loss'), 100);
-    assert.equal(num('gone_clear'), 0);
-    assert.equal(num('gone_esp'), 0);
+    eq('gone_sas', 0);
+    eq('gone_policies', 2);
+    eq('gone_loss', 100);
+    eq('gone_clear', 0);
+    eq('gone_esp', 0);
+  });
+
+  test('controllers of two hosts sharing a store: activation, rotations under 10 pings/s with 0 lost, a host leaving, deactivation', () => {
+    const c = JSON.parse(get('ctl')) as {
+      error?: string;
+      activated: { epochs: number[]; h1: { sas: number; policies: number }; checks: string[][] };
+      rotation1: { ms: number };
+      rotation2: { ms: number; h1: { sas: number } };
+      ping: [number, number];
+      left: { h1: { sas: number; policies: number } };
+      deactivated: { h2: { sas: number; policies: number } };
+    };
+    assert.equal(c.error, undefined, `controllers: ${get('ctl')}`);
+    assert.deepEqual(c.activated.epochs, [0, 0]);
+    assert.deepEqual(c.activated.h1, { sas: 3, policies: 3 });
+    assert.deepEqual(c.activated.checks, [[], []]);
+    assert.equal(c.rotation2.h1.sas, 4);
+    assert.ok(c.ping[0] >= 20, `pings sent: ${c.ping[0]}`);
+    assert.equal(c.ping[1], c.ping[0], `pings lost during rotations: ${get('ctl')}`);
+    assert.deepEqual(c.left.h1, { sas: 0, policies: 2 });
+    assert.deepEqual(c.deactivated.h2, { sas: 0, policies: 0 });
   });
 });
