@@ -1,12 +1,15 @@
 /**
- * Encryption on one host: the owner of the host key, the key ring's store records and the
- * host's IPsec tables. The daemon gives it the live hosts (from the hosts watch) and tells it
- * when the first encrypted overlay on this host comes up and the last one goes; it keeps the
- * kernel equal to "SAs with every live host that publishes a key, at the ring's epoch".
+ * Encryption on one host: the owner of the host key, encryption's store records and the host's
+ * IPsec tables. The daemon tells it when the first encrypted overlay on this host comes up and
+ * the last one goes; it keeps the kernel equal to "SAs with every host that publishes an
+ * encryption record, at the ring's epoch".
  *
- * - The ring record is watched always (one key): every host reports the epoch it applied, also
- *   while it has no encrypted network (it would program that epoch when one comes), so idle
- *   hosts never hold a rotation up.
+ * - Each host publishes `encryption/hosts/<name>` (public key, instance, VTEP, applied epoch)
+ *   under a lease of its own, and watches `encryption/` (the ring and every host's record): a
+ *   host that joins gets SAs as soon as its record arrives, one that dies loses them when its
+ *   lease expires — the same watch-and-lease path as its peer entries.
+ * - Every host reports the epoch it applied, also while it has no encrypted network (it would
+ *   program that epoch when one comes), so idle hosts never hold a rotation up.
  * - Kernel state is only touched while active; going inactive removes all of it.
  * - Scheduled rotation: every host checks the schedule; compare-and-set makes one step, and only
  *   once every live host applied the current epoch (ring-store.ts).
@@ -14,22 +17,22 @@
  *   no-op, so traffic never stops.
  */
 import type { Logger } from '../log';
-import type { Lease, Store, Watch } from '../store/store';
+import type { KVEntry, Lease, Store, Watch, WatchEvent } from '../store/store';
 import type { EspSupport } from '../dataplane/xfrm';
 import type { ApplyResult, EspPeer, EspSelf } from './esp';
 import type { HostIdentity } from './derive';
 import type { HostKeyPair } from './host-key';
 import { type RingRecord, ringRecordSchema } from './ring';
-import { type RotateOutcome, encryptionKeys, ensureRing, reportApplied, rotateOnce } from './ring-store';
-
-/** A host as the hosts watch knows it. */
-export interface EncryptionHost {
-  name: string;
-  instance: string;
-  vtep: string;
-  /** Absent for hosts that do not take part (older versions). */
-  publicKey?: string;
-}
+import {
+  type EncryptionHostRecord,
+  type RotateOutcome,
+  decode,
+  encryptionHostSchema,
+  encryptionKeys,
+  ensureRing,
+  publishHost,
+  rotateOnce,
+} from './ring-store';
 
 /** The kernel side: EspManager in production. */
 export interface EspKernel {
@@ -53,8 +56,8 @@ export interface EncryptionControllerOptions {
   rotationIntervalSeconds: number;
   /** How often the kernel is compared with the desired state, and the schedule looked at. */
   reconcileIntervalMs: number;
-  /** The host's store lease (the applied-epoch record goes with the host). */
-  lease?: () => Lease | undefined;
+  /** TTL of this host's encryption record: how long after its death peers drop its SAs. */
+  leaseTtlSeconds: number;
   logger: Logger;
   observer?: EncryptionObserver;
 }
@@ -67,13 +70,14 @@ export class EncryptionUnavailableError extends Error {
 }
 
 export class EncryptionController {
-  private hosts: EncryptionHost[] = [];
+  private readonly hosts = new Map<string, EncryptionHostRecord>();
   private ring: RingRecord | undefined;
+  private lease: Lease | undefined;
+  private published: string | undefined;
   private active = false;
   private support: EspSupport | undefined;
   private watch: Watch | undefined;
   private timer: NodeJS.Timeout | undefined;
-  private reported: { epoch: number; lease: string | undefined } | undefined;
   private pending: Promise<void> = Promise.resolve();
   private dirty = false;
   private closed = false;
@@ -98,22 +102,91 @@ export class EncryptionController {
   }
 
   private peers(): EspPeer[] {
-    return this.hosts
-      .filter((h) => h.publicKey !== undefined && h.name !== this.o.host.name)
-      .map((h) => ({ identity: { name: h.name, instance: h.instance, publicKey: h.publicKey! }, vtep: h.vtep }));
+    return [...this.hosts.values()]
+      .filter((h) => h.name !== this.o.host.name)
+      .map((h) => ({ identity: { name: h.name, instance: h.instance, publicKey: h.publicKey }, vtep: h.vtep }));
   }
 
-  /** Watches the ring record and starts the periodic reconcile. */
-  start(): void {
-    this.watch = this.o.store.watch(encryptionKeys.ring(), {
-      onReset: (entries) => this.onRing(entries.find((e) => e.key === encryptionKeys.ring())?.value),
-      onEvents: (events) => {
-        for (const ev of events) if (ev.key === encryptionKeys.ring()) this.onRing(ev.type === 'put' ? ev.value : undefined);
-      },
-      onError: (err) => this.o.logger.warn('encryption: key ring watch trouble', { error: err.message }),
+  /** Names of the hosts taking part (those with a live encryption record). */
+  participants(): string[] {
+    return [...this.hosts.keys()].sort();
+  }
+
+  /**
+   * Publishes this host's record, watches `encryption/` and starts the periodic reconcile. The
+   * first apply after a restart finds the SAs of before in the kernel: nothing changes.
+   */
+  async start(): Promise<void> {
+    await this.publish(null);
+    this.watch = this.o.store.watch(encryptionKeys.prefix(), {
+      onReset: (entries) => this.onReset(entries),
+      onEvents: (events) => this.onEvents(events),
+      onError: (err) => this.o.logger.warn('encryption: store watch trouble', { error: err.message }),
     });
     this.timer = setInterval(() => this.tick(), this.o.reconcileIntervalMs);
     this.timer.unref();
+  }
+
+  private async publish(applied: number | null): Promise<void> {
+    if (!this.lease) {
+      const lease = await this.o.store.grantLease(this.o.leaseTtlSeconds);
+      lease.onLost(() => {
+        if (this.lease !== lease) return;
+        this.o.logger.warn('encryption: store lease lost; publishing this host again');
+        this.lease = undefined;
+        this.published = undefined;
+        void this.sync('lease lost').catch(() => undefined);
+      });
+      this.lease = lease;
+    }
+    const rec: EncryptionHostRecord = {
+      name: this.o.host.name,
+      instance: this.o.host.instance,
+      publicKey: this.o.key.publicText,
+      vtep: this.o.host.vtep,
+      applied,
+      at: new Date().toISOString(),
+    };
+    const id = JSON.stringify({ ...rec, at: undefined, lease: this.lease.id });
+    if (id === this.published) return;
+    await publishHost(this.o.store, rec, this.lease);
+    this.published = id;
+  }
+
+  private onReset(entries: KVEntry[]): void {
+    this.hosts.clear();
+    for (const e of entries) this.take(e.key, e.value);
+    this.changed('watch reset');
+  }
+
+  private onEvents(events: WatchEvent[]): void {
+    for (const ev of events) this.take(ev.key, ev.type === 'put' ? ev.value : undefined);
+    this.changed('store change');
+  }
+
+  private take(key: string, value: string | undefined): void {
+    if (key === encryptionKeys.ring()) {
+      if (value !== undefined) this.onRing(value);
+      return;
+    }
+    const name = encryptionKeys.hostOf(key);
+    if (name === undefined) return;
+    if (value === undefined) {
+      this.hosts.delete(name);
+      return;
+    }
+    try {
+      const rec = decode(encryptionHostSchema, value, key);
+      if (rec.name !== name) throw new Error(`names host ${rec.name}`);
+      this.hosts.set(name, rec);
+    } catch (e) {
+      this.hosts.delete(name);
+      this.o.logger.error('encryption: host record ignored', { key, error: (e as Error).message });
+    }
+  }
+
+  private changed(why: string): void {
+    void this.sync(why).catch(() => undefined);
   }
 
   /** Whether the kernel can do encrypted networks (probed once). */
@@ -143,12 +216,6 @@ export class EncryptionController {
     });
   }
 
-  /** The live hosts changed (hosts watch). */
-  setHosts(hosts: readonly EncryptionHost[]): void {
-    this.hosts = [...hosts];
-    if (this.active) void this.sync('hosts changed').catch(() => undefined);
-  }
-
   /** Desired versus kernel, as text (empty: in sync). */
   async check(): Promise<string[]> {
     if (!this.active || !this.ring) return [];
@@ -157,24 +224,28 @@ export class EncryptionController {
 
   /** One rotation step now (tsoverlay rotate-keys goes through the store the same way). */
   async rotateNow(by: string): Promise<RotateOutcome> {
-    const r = await rotateOnce(this.o.store, { by, liveHosts: this.liveNames() });
-    if (r.rotated) this.onRing(JSON.stringify(r.record));
+    const r = await rotateOnce(this.o.store, { by });
+    if (r.rotated) {
+      this.onRing(JSON.stringify(r.record));
+      await this.sync('rotated');
+    }
     return r;
   }
 
-  async close(): Promise<void> {
+  /**
+   * Stops watching. The kernel state stays (a daemon restart must not cut traffic). With
+   * `leave`, the record is withdrawn at once (the lease revoked) and peers drop this host's SAs
+   * as after its death; without, a restart within the lease TTL re-publishes it unnoticed.
+   */
+  async close(leave = false): Promise<void> {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     await this.watch?.close();
     await this.pending.catch(() => undefined);
+    if (leave) await this.lease?.revoke().catch(() => undefined);
   }
 
-  private liveNames(): string[] {
-    return this.hosts.filter((h) => h.publicKey !== undefined).map((h) => h.name);
-  }
-
-  private onRing(value: string | undefined): void {
-    if (value === undefined) return;
+  private onRing(value: string): void {
     let rec: RingRecord;
     try {
       rec = ringRecordSchema.parse(JSON.parse(value));
@@ -188,7 +259,6 @@ export class EncryptionController {
       this.o.logger.info('encryption: key epoch', { epoch: rec.epoch, by: rec.by });
       this.o.observer?.rotated?.(rec.epoch);
     }
-    void this.sync(changed ? 'key epoch changed' : 'ring record').catch(() => undefined);
   }
 
   private tick(): void {
@@ -196,13 +266,11 @@ export class EncryptionController {
     void this.sync('periodic')
       .then(async () => {
         if (!this.ring) return;
-        const r = await rotateOnce(this.o.store, {
-          by: this.o.host.name,
-          liveHosts: this.liveNames(),
-          ifDueAfterSeconds: this.o.rotationIntervalSeconds,
-        });
-        if (r.rotated) this.onRing(JSON.stringify(r.record));
-        else if (r.blockers) this.o.logger.debug('encryption: scheduled rotation waits', { reason: r.reason });
+        const r = await rotateOnce(this.o.store, { by: this.o.host.name, ifDueAfterSeconds: this.o.rotationIntervalSeconds });
+        if (r.rotated) {
+          this.onRing(JSON.stringify(r.record));
+          this.changed('scheduled rotation');
+        } else if (r.blockers) this.o.logger.debug('encryption: scheduled rotation waits', { reason: r.reason });
       })
       .catch((e: unknown) => this.o.logger.warn('encryption: periodic work failed', { error: (e as Error).message }));
   }
@@ -232,11 +300,7 @@ export class EncryptionController {
         throw e;
       }
     }
-    const lease = this.o.lease?.();
-    if (this.reported?.epoch !== epoch || this.reported.lease !== lease?.id) {
-      await reportApplied(this.o.store, this.o.host.name, epoch, lease);
-      this.reported = { epoch, lease: lease?.id };
-    }
+    await this.publish(epoch);
   }
 
   private serial(fn: () => Promise<void>): Promise<void> {

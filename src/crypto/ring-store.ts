@@ -1,27 +1,37 @@
 /**
- * The key ring's records in the store. Nothing here is secret: the primary epoch, when it last
- * moved, and which epoch each live host has applied.
+ * Encryption's records in the store. Nothing here is secret: the primary epoch, when it last
+ * moved, and per host its public key and which epoch it has applied.
  *
- *   encryption/ring            {epoch, rotated, by}   created once, then moved by compare-and-set
- *   encryption/applied/<host>  {epoch, at}            written by each host under its lease
+ *   encryption/ring          {epoch, rotated, by}                        created once, then moved by compare-and-set
+ *   encryption/hosts/<host>  {name, instance, publicKey, vtep, applied}  written by each host under its own lease,
+ *                                                                        so it vanishes when the host dies
  */
 import { z } from 'zod';
 import type { Lease, Store } from '../store/store';
 import { type RingRecord, initialRing, ringRecordSchema, rotated, rotationBlockers, rotationDue } from './ring';
 
 export const encryptionKeys = {
+  prefix: () => 'encryption/',
   ring: () => 'encryption/ring',
-  applied: (host: string) => `encryption/applied/${host}`,
-  allApplied: () => 'encryption/applied/',
+  host: (host: string) => `encryption/hosts/${host}`,
+  hosts: () => 'encryption/hosts/',
+  /** The host name of an `encryption/hosts/<host>` key, or undefined for any other key. */
+  hostOf: (key: string): string | undefined => (key.startsWith('encryption/hosts/') ? key.slice('encryption/hosts/'.length) || undefined : undefined),
 };
 
-export const appliedRecordSchema = z.object({
-  epoch: z.number().int().nonnegative(),
+/** A host taking part in encrypted networks: its public identity, and the epoch it applied. */
+export const encryptionHostSchema = z.object({
+  name: z.string(),
+  instance: z.string(),
+  publicKey: z.string(),
+  vtep: z.string(),
+  /** The ring epoch this host runs (null before its first apply). */
+  applied: z.number().int().nonnegative().nullable(),
   at: z.string(),
 });
-export type AppliedRecord = z.infer<typeof appliedRecordSchema>;
+export type EncryptionHostRecord = z.infer<typeof encryptionHostSchema>;
 
-function decode<T>(schema: z.ZodType<T>, value: string, key: string): T {
+export function decode<T>(schema: z.ZodType<T>, value: string, key: string): T {
   let parsed: unknown;
   try {
     parsed = JSON.parse(value);
@@ -50,21 +60,19 @@ export async function ensureRing(store: Store, by: string, now: Date = new Date(
   throw new Error('the key ring record keeps vanishing while it is being created');
 }
 
-/** Records that this host runs the ring of `epoch` in its kernel. */
-export async function reportApplied(store: Store, host: string, epoch: number, lease?: Lease, now: Date = new Date()): Promise<void> {
-  const rec: AppliedRecord = { epoch, at: now.toISOString() };
-  await store.put(encryptionKeys.applied(host), JSON.stringify(rec), lease ? { lease } : {});
+/** Publishes this host's record (public identity and applied epoch) under its lease. */
+export async function publishHost(store: Store, rec: EncryptionHostRecord, lease?: Lease): Promise<void> {
+  await store.put(encryptionKeys.host(rec.name), JSON.stringify(rec), lease ? { lease } : {});
 }
 
-/** host → applied epoch, for every host that reported one (a malformed record counts as none). */
-export async function readApplied(store: Store): Promise<Map<string, number | undefined>> {
-  const out = new Map<string, number | undefined>();
-  for (const e of await store.list(encryptionKeys.allApplied())) {
-    const host = e.key.slice(encryptionKeys.allApplied().length);
+/** Every host's record; malformed ones are skipped (they cannot take part). */
+export async function readHosts(store: Store): Promise<EncryptionHostRecord[]> {
+  const out: EncryptionHostRecord[] = [];
+  for (const e of await store.list(encryptionKeys.hosts())) {
     try {
-      out.set(host, decode(appliedRecordSchema, e.value, e.key).epoch);
+      out.push(decode(encryptionHostSchema, e.value, e.key));
     } catch {
-      out.set(host, undefined);
+      // a record another version or a human wrote: not a participant
     }
   }
   return out;
@@ -77,17 +85,16 @@ export type RotateOutcome =
 export interface RotateOptions {
   /** Who asks (host name, or `cli`). */
   by: string;
-  /** Names of the live hosts (those with a `hosts/` record): each must have applied the current epoch. */
-  liveHosts: readonly string[];
   now?: Date;
   /** Rotate only if the schedule says so (seconds between rotations). */
   ifDueAfterSeconds?: number;
 }
 
 /**
- * One rotation step, if it is safe: the primary epoch moves on only when every live host has
- * applied the current one (else a host two steps behind would receive on none of the epochs its
- * peers send with). Compare-and-set, so two hosts racing for the scheduled step make one.
+ * One rotation step, if it is safe: the primary epoch moves on only when every live host (every
+ * `encryption/hosts/` record: they go with their host's lease) has applied the current one, else
+ * a host two steps behind would receive on none of the epochs its peers send with.
+ * Compare-and-set, so two hosts racing for the scheduled step make one.
  */
 export async function rotateOnce(store: Store, opts: RotateOptions): Promise<RotateOutcome> {
   const now = opts.now ?? new Date();
@@ -96,9 +103,8 @@ export async function rotateOnce(store: Store, opts: RotateOptions): Promise<Rot
   if (opts.ifDueAfterSeconds !== undefined && !rotationDue(cur.record, now, opts.ifDueAfterSeconds)) {
     return { rotated: false, record: cur.record, reason: 'not due yet' };
   }
-  const applied = await readApplied(store);
   const live = new Map<string, number | undefined>();
-  for (const h of opts.liveHosts) live.set(h, applied.get(h));
+  for (const h of await readHosts(store)) live.set(h.name, h.applied ?? undefined);
   const blockers = rotationBlockers(cur.record, live);
   if (blockers.length > 0) {
     return {

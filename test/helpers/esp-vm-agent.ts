@@ -16,7 +16,7 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import { z } from 'zod';
-import { EncryptionController, type EncryptionHost } from '../../src/crypto/controller';
+import { EncryptionController } from '../../src/crypto/controller';
 import { EspManager, type EspPeer, isOurPolicy, isOurSa } from '../../src/crypto/esp';
 import { loadOrCreateHostKey } from '../../src/crypto/host-key';
 import { inNetnsFile } from '../../src/dataplane/netns';
@@ -94,7 +94,6 @@ async function until(what: string, cond: () => Promise<boolean>, timeoutMs = 60_
 async function controllers(c: { storeDir: string; port: number; pingTarget: string; hosts: Array<{ name: string; keyDir: string; vtep: string }> }): Promise<unknown> {
   const store = await openLocalStore({ dir: c.storeDir, logger: silentLogger() });
   const log: Record<string, unknown> = {};
-  const hosts: EncryptionHost[] = c.hosts.map((h) => ({ name: h.name, instance: `${h.name}-i`, vtep: h.vtep, publicKey: loadOrCreateHostKey(h.keyDir).publicText }));
   const xs = c.hosts.map((h) => inNetnsFile(`/run/netns/${h.name}`, () => XfrmClient.open()));
   const ctl = c.hosts.map(
     (h, i) =>
@@ -106,6 +105,7 @@ async function controllers(c: { storeDir: string; port: number; pingTarget: stri
         probe: () => probeEspSupport(),
         rotationIntervalSeconds: 3600,
         reconcileIntervalMs: 300,
+        leaseTtlSeconds: 5,
         logger: silentLogger(),
       }),
   );
@@ -114,10 +114,8 @@ async function controllers(c: { storeDir: string; port: number; pingTarget: stri
     policies: (await xs[i]!.listPolicies()).filter((p) => isOurPolicy(p, c.port)).length,
   });
   try {
-    for (const k of ctl) {
-      k.start();
-      k.setHosts(hosts);
-    }
+    for (const k of ctl) await k.start();
+    await until('each host to see the other', async () => ctl.every((k) => k.participants().length === 2));
     await Promise.all(ctl.map((k) => k.activate()));
     // 10 pings/s from h1 to h2 over the encrypted overlay for the whole of both rotations.
     const ping = spawn('ip', ['netns', 'exec', 'h1', 'ping', '-i', '0.1', '-W', '2', c.pingTarget], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -136,11 +134,13 @@ async function controllers(c: { storeDir: string; port: number; pingTarget: stri
     ping.kill('SIGINT');
     await pingDone;
     log.ping = /(\d+) packets transmitted, (\d+) received/.exec(pingOut)?.slice(1, 3).map(Number);
-    ctl[0]!.setHosts([hosts[0]!]);
-    await until('h1 to drop h2', async () => (await counts(0)).sas === 0);
-    log.left = { h1: await counts(0) };
+    // h2's last encrypted network goes: its IPsec state goes; it still takes part (idle).
     await ctl[1]!.deactivate();
-    log.deactivated = { h2: await counts(1) };
+    log.deactivated = { h2: await counts(1), h1: await counts(0) };
+    // h2 stops (its record goes with its lease, as when a host dies): h1 drops its SAs.
+    await ctl[1]!.close(true);
+    const leftMs = await until('h1 to drop h2', async () => (await counts(0)).sas === 0);
+    log.left = { ms: leftMs, h1: await counts(0), participants: ctl[0]!.participants() };
     return log;
   } finally {
     for (const k of ctl) await k.close();

@@ -246,15 +246,15 @@ describe('encrypted overlay in a VM with ESP', { skip }, () => {
     eq('gone_esp', 0);
   });
 
-  test('controllers of two hosts sharing a store: activation, rotations under 10 pings/s with 0 lost, a host leaving, deactivation', () => {
+  test('controllers of two hosts sharing a store: activation, rotations under 10 pings/s with 0 lost, deactivation, a host leaving', () => {
     const c = JSON.parse(get('ctl')) as {
       error?: string;
       activated: { epochs: number[]; h1: { sas: number; policies: number }; checks: string[][] };
       rotation1: { ms: number };
       rotation2: { ms: number; h1: { sas: number } };
       ping: [number, number];
-      left: { h1: { sas: number; policies: number } };
-      deactivated: { h2: { sas: number; policies: number } };
+      left: { ms: number; h1: { sas: number; policies: number }; participants: string[] };
+      deactivated: { h1: { sas: number; policies: number }; h2: { sas: number; policies: number } };
     };
     assert.equal(c.error, undefined, `controllers: ${get('ctl')}`);
     assert.deepEqual(c.activated.epochs, [0, 0]);
@@ -263,7 +263,9 @@ describe('encrypted overlay in a VM with ESP', { skip }, () => {
     assert.equal(c.rotation2.h1.sas, 4);
     assert.ok(c.ping[0] >= 20, `pings sent: ${c.ping[0]}`);
     assert.equal(c.ping[1], c.ping[0], `pings lost during rotations: ${get('ctl')}`);
-    assert.deepEqual(c.left.h1, { sas: 0, policies: 2 });
-    assert.deepEqual(c.deactivated.h2, { sas: 0, policies: 0 });
+    assert.deepEqual(c.deactivated.h2, { sas: 0, policies: 0 }, 'the last encrypted network gone: nothing left');
+    assert.deepEqual(c.deactivated.h1, { sas: 4, policies: 3 }, 'an idle peer keeps its SAs with us');
+    assert.deepEqual(c.left.h1, { sas: 0, policies: 2 }, 'a host that stops loses its SAs everywhere');
+    assert.deepEqual(c.left.participants, ['h1']);
   });
 });

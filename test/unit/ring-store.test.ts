@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, test } from 'node:test';
-import { encryptionKeys, ensureRing, readApplied, readRing, reportApplied, rotateOnce } from '../../src/crypto/ring-store';
+import { type EncryptionHostRecord, encryptionKeys, ensureRing, publishHost, readHosts, readRing, rotateOnce } from '../../src/crypto/ring-store';
 import { silentLogger } from '../../src/log';
 import { openLocalStore } from '../../src/store/local';
 import type { Store } from '../../src/store/store';
@@ -34,46 +34,67 @@ test('the first host creates the ring at epoch 0; later ones read it', async () 
   assert.deepEqual(await ensureRing(store, 'h2', hours(1)), { epoch: 0, rotated: T0.toISOString(), by: 'h1' });
 });
 
+const rec = (name: string, applied: number | null): EncryptionHostRecord => ({
+  name,
+  instance: `${name}-i`,
+  publicKey: 'x25519:hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo',
+  vtep: '10.0.0.1',
+  applied,
+  at: T0.toISOString(),
+});
+
 test('rotation waits for every live host to apply the current epoch, and for the schedule', async () => {
   const store = await fresh();
   await ensureRing(store, 'h1', T0);
-  const live = ['h1', 'h2'];
-  let r = await rotateOnce(store, { by: 'cli', liveHosts: live, now: hours(1) });
+  await publishHost(store, rec('h1', null));
+  await publishHost(store, rec('h2', null));
+  let r = await rotateOnce(store, { by: 'cli', now: hours(1) });
   assert.equal(r.rotated, false);
   assert.deepEqual(!r.rotated && r.blockers, ['h1', 'h2']);
-  await reportApplied(store, 'h1', 0);
-  await reportApplied(store, 'h2', 0);
-  r = await rotateOnce(store, { by: 'h1', liveHosts: live, now: hours(1), ifDueAfterSeconds: 12 * 3600 });
+  await publishHost(store, rec('h1', 0));
+  await publishHost(store, rec('h2', 0));
+  r = await rotateOnce(store, { by: 'h1', now: hours(1), ifDueAfterSeconds: 12 * 3600 });
   assert.deepEqual(r, { rotated: false, record: { epoch: 0, rotated: T0.toISOString(), by: 'h1' }, reason: 'not due yet' });
-  r = await rotateOnce(store, { by: 'h1', liveHosts: live, now: hours(12), ifDueAfterSeconds: 12 * 3600 });
+  r = await rotateOnce(store, { by: 'h1', now: hours(12), ifDueAfterSeconds: 12 * 3600 });
   assert.equal(r.rotated, true);
   assert.equal((await readRing(store))!.record.epoch, 1);
   // h2 has not applied epoch 1 yet: no second step.
-  await reportApplied(store, 'h1', 1);
-  r = await rotateOnce(store, { by: 'cli', liveHosts: live, now: hours(13) });
+  await publishHost(store, rec('h1', 1));
+  r = await rotateOnce(store, { by: 'cli', now: hours(13) });
   assert.ok(!r.rotated && r.reason.includes('h2'));
-  // A host that is gone (no hosts/ record) does not hold the ring up.
-  r = await rotateOnce(store, { by: 'cli', liveHosts: ['h1'], now: hours(13) });
+  // A host that is gone (its record went with its lease) does not hold the ring up.
+  await store.delete(encryptionKeys.host('h2'));
+  r = await rotateOnce(store, { by: 'cli', now: hours(13) });
   assert.equal(r.rotated, true);
-  assert.deepEqual((await readApplied(store)).get('h2'), 0);
+});
+
+test('a host record under a lease goes with the lease', async () => {
+  const store = await fresh();
+  const lease = await store.grantLease(30);
+  await publishHost(store, rec('h1', 0), lease);
+  assert.deepEqual((await readHosts(store)).map((h) => h.name), ['h1']);
+  await lease.revoke();
+  assert.deepEqual(await readHosts(store), []);
 });
 
 test('two hosts racing for the scheduled step make exactly one', async () => {
   const store = await fresh();
   await ensureRing(store, 'h1', T0);
-  await reportApplied(store, 'h1', 0);
-  await reportApplied(store, 'h2', 0);
-  const rs = await Promise.all(['h1', 'h2', 'h3'].map((by) => rotateOnce(store, { by, liveHosts: ['h1', 'h2'], now: hours(12), ifDueAfterSeconds: 12 * 3600 })));
+  await publishHost(store, rec('h1', 0));
+  await publishHost(store, rec('h2', 0));
+  const rs = await Promise.all(['h1', 'h2', 'h3'].map((by) => rotateOnce(store, { by, now: hours(12), ifDueAfterSeconds: 12 * 3600 })));
   assert.equal(rs.filter((r) => r.rotated).length, 1);
   assert.equal((await readRing(store))!.record.epoch, 1);
 });
 
 test('no ring yet; malformed records', async () => {
   const store = await fresh();
-  const r = await rotateOnce(store, { by: 'cli', liveHosts: [] });
+  const r = await rotateOnce(store, { by: 'cli' });
   assert.ok(!r.rotated && /no encrypted network/.test(r.reason));
-  await store.put(encryptionKeys.applied('h9'), '{"epoch":"x"}');
-  assert.deepEqual([...(await readApplied(store))], [['h9', undefined]]);
+  await store.put(encryptionKeys.host('h9'), '{"epoch":"x"}');
+  assert.deepEqual(await readHosts(store), [], 'a malformed host record is no participant');
+  assert.equal(encryptionKeys.hostOf('encryption/hosts/h9'), 'h9');
+  assert.equal(encryptionKeys.hostOf('encryption/ring'), undefined);
   await store.put(encryptionKeys.ring(), 'not json');
   await assert.rejects(readRing(store), /not JSON/);
 });
