@@ -45,6 +45,7 @@ export interface EncryptionObserver {
   applied?(r: ApplyResult, epoch: number): void;
   rotated?(epoch: number): void;
   applyFailed?(err: Error): void;
+  ipsecRemoved?(): void;
 }
 
 export interface EncryptionControllerOptions {
@@ -117,6 +118,7 @@ export class EncryptionController {
    * first apply after a restart finds the SAs of before in the kernel: nothing changes.
    */
   async start(): Promise<void> {
+    if (this.watch) return;
     await this.publish(null);
     this.watch = this.o.store.watch(encryptionKeys.prefix(), {
       onReset: (entries) => this.onReset(entries),
@@ -200,6 +202,7 @@ export class EncryptionController {
    * ring record if this is the cluster's first, and programs the SAs before returning.
    */
   async activate(): Promise<void> {
+    if (this.active) return;
     const support = await this.capability();
     if (!support.ok) throw new EncryptionUnavailableError(support);
     this.ring ??= await ensureRing(this.o.store, this.o.host.name);
@@ -212,6 +215,7 @@ export class EncryptionController {
     this.active = false;
     await this.serial(async () => {
       const n = await this.o.kernel.removeAll();
+      this.o.observer?.ipsecRemoved?.();
       this.o.logger.info('encryption: no encrypted network left on this host; IPsec state removed', { steps: n });
     });
   }
@@ -253,11 +257,11 @@ export class EncryptionController {
       this.o.logger.error('encryption: malformed key ring record ignored', { error: (e as Error).message });
       return;
     }
-    const changed = this.ring?.epoch !== rec.epoch;
+    const before = this.ring?.epoch;
     this.ring = rec;
-    if (changed) {
+    if (before !== rec.epoch) {
       this.o.logger.info('encryption: key epoch', { epoch: rec.epoch, by: rec.by });
-      this.o.observer?.rotated?.(rec.epoch);
+      if (before !== undefined) this.o.observer?.rotated?.(rec.epoch);
     }
   }
 

@@ -33,7 +33,8 @@ import { type PeerSaState, type RingOp, planPeer } from './ring';
 /** reqid of every SA and template tsoverlay makes: how its SAs are told from anyone else's. */
 export const ESP_REQID = 0x74736f76;
 /** VXLAN UDP port of encrypted networks (plain networks keep 4789). */
-export const DEFAULT_ENCRYPTED_VXLAN_PORT = 4793;
+export { DEFAULT_ENCRYPTED_VXLAN_PORT } from '../dataplane/overlay-check';
+import { DEFAULT_ENCRYPTED_VXLAN_PORT } from '../dataplane/overlay-check';
 export const PEER_POLICY_PRIORITY = 100;
 export const HOST_POLICY_PRIORITY = 200;
 /**
