@@ -131,6 +131,11 @@ export function loadOrCreateHostKey(stateDir: string): HostKeyPair {
   return made;
 }
 
+/** The host key if it exists (never makes one): for `inspect`, which must not change the host. */
+export function loadHostKey(stateDir: string): HostKeyPair | undefined {
+  return readKeyFile(path.join(stateDir, HOST_KEY_FILE));
+}
+
 function readKeyFile(file: string): HostKeyPair | undefined {
   let fd: number;
   try {
