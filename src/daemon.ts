@@ -100,7 +100,7 @@ export async function startDaemon(
     responder?.close();
     prober?.close();
   };
-  const ipam = new IpamService(records, config.hostName, logger);
+  const ipam = new IpamService(records, config.hostName, logger, { requestTimeoutMs: config.storeTimeoutSeconds * 1000 });
   const encryption = startEncryption(config, store, { name: host.name, instance, vtep: host.vtep }, metrics, logger);
   const network = new NetworkDriver(records, dataplane, host, logger, peerSync, ipam, encryption.hooks);
   const health = (): HealthReport => {
