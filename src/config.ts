@@ -4,6 +4,8 @@ import { parseArgs } from 'node:util';
 import type { LogLevel } from './log';
 import { isIPv4 } from './driver/subnet';
 import { DEFAULT_PROBE_PORT } from './dataplane/underlay-probe';
+import { DEFAULT_ENCRYPTED_VXLAN_PORT } from './dataplane/overlay-check';
+import { DEFAULT_ROTATION_INTERVAL_SECONDS } from './crypto/ring';
 import { DEFAULT_TIMEOUT_MS } from './store/util';
 
 export interface DaemonConfig {
@@ -33,6 +35,10 @@ export interface DaemonConfig {
   stateDir: string;
   /** UDP port of the underlay liveness probe (see dataplane/underlay-probe.ts). */
   probePort: number;
+  /** VXLAN UDP port of encrypted networks (docs/encryption.md). */
+  encryptedVxlanPort: number;
+  /** Seconds between scheduled key rotations of encrypted networks. */
+  keyRotationIntervalSeconds: number;
 }
 
 export interface ListenAddress {
@@ -68,7 +74,9 @@ export const OPTIONS = {
   'reconcile-interval': { env: 'TSOVERLAY_RECONCILE_INTERVAL', default: '10', help: 'seconds between full kernel-vs-store comparisons' },
   'store-timeout': { env: 'TSOVERLAY_STORE_TIMEOUT', default: String(DEFAULT_TIMEOUT_MS / 1000), help: 'seconds a store call may take before the request fails (above etcd’s own 7 s request timeout)' },
   'lease-ttl': { env: 'TSOVERLAY_LEASE_TTL', default: '10', help: 'seconds after which a dead host’s entries are removed (once it also stops answering on the probe port)' },
-  'state-dir': { env: 'TSOVERLAY_STATE_DIR', default: '/var/lib/tsoverlay', help: 'directory for this host’s instance id (must survive reboots; never copy it to another machine)' },
+  'state-dir': { env: 'TSOVERLAY_STATE_DIR', default: '/var/lib/tsoverlay', help: 'directory for this host’s instance id and encryption key (must survive reboots; never copy it to another machine)' },
+  'encrypted-vxlan-port': { env: 'TSOVERLAY_ENCRYPTED_VXLAN_PORT', default: String(DEFAULT_ENCRYPTED_VXLAN_PORT), help: 'VXLAN UDP port of -o encrypted networks (the same on every host; between hosts allow IP protocol 50, ESP)' },
+  'key-rotation-interval': { env: 'TSOVERLAY_KEY_ROTATION_INTERVAL', default: String(DEFAULT_ROTATION_INTERVAL_SECONDS), help: 'seconds between key rotations of encrypted networks (tsoverlay rotate-keys rotates at once)' },
   'probe-port': { env: 'TSOVERLAY_PROBE_PORT', default: String(DEFAULT_PROBE_PORT), help: 'UDP port on the VTEP address where peers check that this host is alive (open it between hosts like 4789)' },
   'etcd-ca': { env: 'TSOVERLAY_ETCD_CA', help: 'etcd TLS: CA certificate (PEM file, or the PEM text itself)' },
   'etcd-cert': { env: 'TSOVERLAY_ETCD_CERT', help: 'etcd TLS: client certificate (PEM file, or the PEM text itself)' },
@@ -157,6 +165,14 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfi
   }
   const probePort = Number(get('probe-port'));
   if (!Number.isInteger(probePort) || probePort < 1 || probePort > 65535) throw new Error(`invalid --probe-port "${get('probe-port')}" (1..65535)`);
+  const encryptedVxlanPort = Number(get('encrypted-vxlan-port'));
+  if (!Number.isInteger(encryptedVxlanPort) || encryptedVxlanPort < 1 || encryptedVxlanPort > 65535 || encryptedVxlanPort === 4789) {
+    throw new Error(`invalid --encrypted-vxlan-port "${get('encrypted-vxlan-port')}" (1..65535, not 4789: plain networks use it)`);
+  }
+  const keyRotationIntervalSeconds = Number(get('key-rotation-interval'));
+  if (!Number.isInteger(keyRotationIntervalSeconds) || keyRotationIntervalSeconds < 60) {
+    throw new Error(`invalid --key-rotation-interval "${get('key-rotation-interval')}" (whole seconds, at least 60)`);
+  }
   const stateDir = get('state-dir')!;
   if (!stateDir.startsWith('/')) throw new Error(`invalid --state-dir "${stateDir}": an absolute path`);
   const metricsText = get('metrics-address') || undefined;
@@ -182,6 +198,8 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfi
     ...(metricsAddress ? { metricsAddress } : {}),
     stateDir,
     probePort,
+    encryptedVxlanPort,
+    keyRotationIntervalSeconds,
   };
 }
 

@@ -19,7 +19,12 @@ import { InflightJournal } from './protocol/inflight';
 import { pluginRoutes } from './protocol/routes';
 import { createApp, listenUnix } from './protocol/server';
 import { openStore } from './store/open';
-import { StoreUnavailableError } from './store/store';
+import { StoreUnavailableError, type Store } from './store/store';
+import { EncryptionController, EncryptionUnavailableError } from './crypto/controller';
+import { EspManager } from './crypto/esp';
+import { type HostKeyPair, loadOrCreateHostKey } from './crypto/host-key';
+import { type EspSupport, XfrmClient, probeEspSupport } from './dataplane/xfrm';
+import type { EncryptionHooks } from './driver/local-overlays';
 import { errorMessage } from './util/errors';
 import { Backoff, sleepUnref } from './util/retry';
 
@@ -96,7 +101,8 @@ export async function startDaemon(
     prober?.close();
   };
   const ipam = new IpamService(records, config.hostName, logger, { requestTimeoutMs: config.storeTimeoutSeconds * 1000 });
-  const network = new NetworkDriver(records, dataplane, host, logger, peerSync, ipam);
+  const encryption = startEncryption(config, store, { name: host.name, instance, vtep: host.vtep }, metrics, logger);
+  const network = new NetworkDriver(records, dataplane, host, logger, peerSync, ipam, encryption.hooks);
   const health = (): HealthReport => {
     const h = peerSync.health();
     const problems = [
@@ -167,6 +173,7 @@ export async function startDaemon(
         logger.error('start-up sweep of leftovers failed; continuing', { error: errorMessage(err) });
       }
       await peerSync.start();
+      await encryption.start();
       syncStarted = true;
     }
     await network.recovery.resumeAfterRestart();
@@ -179,6 +186,7 @@ export async function startDaemon(
     await peerSync.close().catch((e: unknown) =>
       logger.warn('cannot stop peer distribution cleanly; the host lease expires by itself', { error: errorMessage(e) }),
     );
+    await encryption.close();
     await store.close();
     dataplane.close();
   };
@@ -245,9 +253,78 @@ export async function startDaemon(
       await closeServers();
       // Keep the host's lease: a stopping daemon is a plugin restart, not a departure (see PeerSync.close).
       await peerSync.close(false);
+      // The SAs stay in the kernel, like the overlays: a restart must not cut encrypted traffic.
+      await encryption.close();
       dataplane.close();
       await store.close();
       logger.info('tsoverlay stopped');
+    },
+  };
+}
+
+/**
+ * Encrypted networks (src/crypto): the host key under --state-dir, the IPsec tables of the host
+ * namespace (where the VXLAN sockets live). A host whose kernel has no xfrm netlink interface
+ * still serves plain networks; `-o encrypted` is then refused, saying why.
+ */
+function startEncryption(
+  config: DaemonConfig,
+  store: Store,
+  host: { name: string; instance: string; vtep: string },
+  metrics: Metrics,
+  logger: Logger,
+): { hooks: EncryptionHooks & { capability(): Promise<EspSupport> }; start(): Promise<void>; close(): Promise<void> } {
+  const unavailable = (support: EspSupport): ReturnType<typeof startEncryption> => {
+    logger.warn('encrypted networks unavailable on this host', { missing: support.missing });
+    return {
+      hooks: {
+        port: config.encryptedVxlanPort,
+        capability: async () => support,
+        activate: async () => {
+          throw new EncryptionUnavailableError(support);
+        },
+        deactivate: async () => undefined,
+      },
+      start: async () => undefined,
+      close: async () => undefined,
+    };
+  };
+  let xfrm: XfrmClient;
+  try {
+    xfrm = XfrmClient.open();
+  } catch (err) {
+    return unavailable({ ok: false, missing: ['xfrm_user (CONFIG_XFRM_USER: the kernel has no IPsec netlink interface)'], detail: errorMessage(err) });
+  }
+  let key: HostKeyPair;
+  try {
+    key = loadOrCreateHostKey(config.stateDir);
+  } catch (err) {
+    xfrm.close();
+    return unavailable({ ok: false, missing: [`a usable host key under --state-dir ${config.stateDir} (${errorMessage(err)})`] });
+  }
+  const controller = new EncryptionController({
+    store,
+    kernel: new EspManager(xfrm, config.encryptedVxlanPort),
+    key,
+    host,
+    probe: () => probeEspSupport(),
+    rotationIntervalSeconds: config.keyRotationIntervalSeconds,
+    reconcileIntervalMs: config.reconcileIntervalSeconds * 1000,
+    leaseTtlSeconds: config.leaseTtlSeconds,
+    logger,
+    observer: metrics,
+  });
+  return {
+    hooks: {
+      port: config.encryptedVxlanPort,
+      capability: () => controller.capability(),
+      activate: () => controller.activate(),
+      deactivate: () => controller.deactivate(),
+    },
+    start: () => controller.start(),
+    close: async () => {
+      await controller.close().catch((e: unknown) => logger.warn('cannot stop encryption cleanly', { error: errorMessage(e) }));
+      xfrm.close();
     },
   };
 }

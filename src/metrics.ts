@@ -7,6 +7,8 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ListenAddress } from './config';
+import type { EncryptionObserver } from './crypto/controller';
+import type { ApplyResult } from './crypto/esp';
 import type { Miss } from './dataplane/peers';
 import type { MissOutcome } from './driver/miss-responder';
 import type { PeerSyncObserver, ReconcileTrigger, WatchName } from './driver/peer-sync';
@@ -38,7 +40,7 @@ export function triggerLabel(trigger: string): TriggerLabel {
   return Object.hasOwn(TRIGGER_LABELS, trigger) ? TRIGGER_LABELS[trigger as ReconcileTrigger] : 'other';
 }
 
-export class Metrics implements PeerSyncObserver {
+export class Metrics implements PeerSyncObserver, EncryptionObserver {
   readonly registry = new Registry();
   private readonly requests: Counter<'method' | 'code'>;
   private readonly requestErrors: Counter<'method'>;
@@ -51,6 +53,12 @@ export class Metrics implements PeerSyncObserver {
   private readonly watchReconnects: Counter<'watch'>;
   private readonly watchErrors: Counter<'watch'>;
   private readonly misses: Counter<'kind' | 'outcome'>;
+  // Encrypted networks (src/crypto): kept apart from the peer metrics above.
+  private readonly ipsecSas: Gauge;
+  private readonly ipsecPolicies: Gauge;
+  private readonly keyEpoch: Gauge;
+  private readonly keyRotations: Counter;
+  private readonly ipsecErrors: Counter;
 
   constructor(options: { processMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -121,6 +129,11 @@ export class Metrics implements PeerSyncObserver {
       labelNames: ['kind', 'outcome'],
       registers,
     });
+    this.ipsecSas = new Gauge({ name: 'tsoverlay_ipsec_sas', help: 'IPsec SAs of encrypted networks in this host\'s kernel.', registers });
+    this.ipsecPolicies = new Gauge({ name: 'tsoverlay_ipsec_policies', help: 'IPsec policies of encrypted networks in this host\'s kernel.', registers });
+    this.keyEpoch = new Gauge({ name: 'tsoverlay_key_epoch', help: 'Key epoch encrypted networks send with (the key ring\'s primary epoch).', registers });
+    this.keyRotations = new Counter({ name: 'tsoverlay_key_rotations_total', help: 'Key rotations this host applied.', registers });
+    this.ipsecErrors = new Counter({ name: 'tsoverlay_ipsec_errors_total', help: 'Failed attempts to program IPsec state (retried on the reconcile interval).', registers });
     // Families present (at 0) from the start, so that rate() has a baseline.
     for (const op of ['add', 'remove']) this.peerChanges.inc({ op }, 0);
     for (const watch of ['endpoints', 'hosts']) {
@@ -132,6 +145,27 @@ export class Metrics implements PeerSyncObserver {
   }
 
   /** One answered plugin request (the server's onRequest hook). */
+  applied(r: ApplyResult, epoch: number): void {
+    this.ipsecSas.set(r.sas);
+    this.ipsecPolicies.set(r.policies);
+    this.keyEpoch.set(epoch);
+  }
+
+  rotated(epoch: number): void {
+    this.keyRotations.inc();
+    this.keyEpoch.set(epoch);
+  }
+
+  applyFailed(): void {
+    this.ipsecErrors.inc();
+  }
+
+  /** The last encrypted network on this host went: no IPsec state left. */
+  ipsecRemoved(): void {
+    this.ipsecSas.set(0);
+    this.ipsecPolicies.set(0);
+  }
+
   observeRequest(method: string, status: number, seconds: number): void {
     this.requests.inc({ method, code: String(status) });
     if (status >= 300) this.requestErrors.inc({ method });

@@ -164,7 +164,7 @@ function ipOrder(a: string, b: string): number {
  * operator can act on. `vtep` is this host's registered VTEP (undefined: not registered). The
  * devices and tables are held against overlay-check's definition, the one the dataplane repairs to.
  */
-export function checkNetwork(r: NetworkReport, vtep: string | undefined): string[] {
+export function checkNetwork(r: NetworkReport, vtep: string | undefined, encryptedPort?: number): string[] {
   const out: string[] = [];
   const localJoined = r.endpoints.filter((e) => e.local && e.joined);
   if (!r.namespace) {
@@ -173,7 +173,7 @@ export function checkNetwork(r: NetworkReport, vtep: string | undefined): string
   }
   if (localJoined.length === 0) out.push(`namespace ${r.namespace.path} exists but no local endpoint is joined in the store (left over)`);
 
-  const target = overlayTarget(r, { vtep, remote: r.remote });
+  const target = overlayTarget(r, { vtep, remote: r.remote, encryptedPort });
   const messages = (ds: { message: string }[]): string[] => ds.map((d) => d.message);
   out.push(...messages(bridgeDifferences(r.bridge, target)));
   out.push(...messages(vxlanDifferences(r.vxlan, expectedVxlan(target), { mode: r.mode, anyLocal: !vtep })));

@@ -27,6 +27,12 @@ import { silentLogger } from '../log';
 import { readLocalStoreSnapshot } from '../store/local';
 import { openStore, parseStoreUrl, redactUrl } from '../store/open';
 import type { KVEntry } from '../store/store';
+import { EspManager, describeStep, planRemoveAll } from '../crypto/esp';
+import { loadHostKey } from '../crypto/host-key';
+import { ringRecordSchema } from '../crypto/ring';
+import { type EncryptionHostRecord, decode, encryptionHostSchema, encryptionKeys } from '../crypto/ring-store';
+import { DEFAULT_ENCRYPTED_VXLAN_PORT } from '../dataplane/overlay-check';
+import { XfrmClient } from '../dataplane/xfrm';
 import { errorMessage } from '../util/errors';
 import {
   allDifferences,
@@ -47,7 +53,7 @@ export interface InspectOptions {
   check: boolean;
   /** Path of the Docker API socket. */
   dockerSocket: string;
-  config: Pick<DaemonConfig, 'store' | 'storePrefix' | 'netnsDir' | 'hostName'>;
+  config: Pick<DaemonConfig, 'store' | 'storePrefix' | 'netnsDir' | 'hostName'> & Partial<Pick<DaemonConfig, 'stateDir' | 'encryptedVxlanPort'>>;
 }
 
 export function inspectUsage(): string {
@@ -91,7 +97,14 @@ export function parseInspectArgs(argv: string[], env: NodeJS.ProcessEnv): Inspec
     json: values.json === true,
     check: values.check === true,
     dockerSocket,
-    config: { store: config.store, storePrefix: config.storePrefix, netnsDir: config.netnsDir, hostName: config.hostName },
+    config: {
+      store: config.store,
+      storePrefix: config.storePrefix,
+      netnsDir: config.netnsDir,
+      hostName: config.hostName,
+      stateDir: config.stateDir,
+      encryptedVxlanPort: config.encryptedVxlanPort,
+    },
   };
 }
 
@@ -102,6 +115,8 @@ interface StoreView {
   /** Endpoints per network key. */
   endpoints: Map<string, EndpointRecord[]>;
   hosts: Map<string, HostRecord>;
+  /** Encrypted networks' records (`encryption/`): checked by ipsecDifferences. */
+  encryption: KVEntry[];
   problems: string[];
 }
 
@@ -135,7 +150,13 @@ async function readStore(url: string, prefix: string): Promise<StoreView> {
     return out;
   };
   try {
-    const [ids, nets, eps, hs] = await Promise.all([list(keys.networkIds()), list(keys.networks()), list(keys.allEndpoints()), list(keys.hosts())]);
+    const [ids, nets, eps, hs, encryption] = await Promise.all([
+      list(keys.networkIds()),
+      list(keys.networks()),
+      list(keys.allEndpoints()),
+      list(keys.hosts()),
+      list(encryptionKeys.prefix()),
+    ]);
     const netids = new Map(decodeAll(ids, (e) => decodeRecord(networkIdRecordSchema, e.value, e.key)).map(([e, v]) => [keys.networkIdOf(e.key) ?? '', v]));
     const networks = new Map(decodeAll(nets, (e) => decodeRecord(networkRecordSchema, e.value, e.key)).map(([e, v]) => [keys.networkKeyOf(e.key) ?? '', v]));
     const endpoints = new Map<string, EndpointRecord[]>();
@@ -144,7 +165,7 @@ async function readStore(url: string, prefix: string): Promise<StoreView> {
       endpoints.set(networkKey, [...(endpoints.get(networkKey) ?? []), ep]);
     }
     const hosts = new Map(decodeAll(hs, (e) => decodeRecord(hostRecordSchema, e.value, e.key)).map(([, v]) => [v.name, v]));
-    return { description, netids, networks, endpoints, hosts, problems };
+    return { description, netids, networks, endpoints, hosts, encryption, problems };
   } finally {
     await close();
   }
@@ -215,7 +236,7 @@ export async function inspect(opts: InspectOptions): Promise<InspectReport> {
     // Without the store the kernel side is still worth showing (a store outage is when one looks).
     readStore(config.store, config.storePrefix).catch((err: unknown): StoreView => {
       storeError = errorMessage(err);
-      return { description: redactUrl(config.store), netids: new Map(), networks: new Map(), endpoints: new Map(), hosts: new Map(), problems: [] };
+      return { description: redactUrl(config.store), netids: new Map(), networks: new Map(), endpoints: new Map(), hosts: new Map(), encryption: [], problems: [] };
     }),
     readDocker(opts.dockerSocket),
   ]);
@@ -271,7 +292,7 @@ export async function inspect(opts: InspectOptions): Promise<InspectReport> {
         const name = interfaceName(report.vxlan.underlayIndex);
         if (name) report.vxlan.underlay = name;
       }
-      if (opts.check) report.differences = checkNetwork(report, self?.vtep);
+      if (opts.check) report.differences = checkNetwork(report, self?.vtep, config.encryptedVxlanPort);
       networks.push(report);
     }
     networks.sort((x, y) => (x.dockerName ?? x.storeKey).localeCompare(y.dockerName ?? y.storeKey));
@@ -297,6 +318,7 @@ export async function inspect(opts: InspectOptions): Promise<InspectReport> {
             ...(self ? [] : [`host ${config.hostName} is not registered in the store (plugin not running, or its lease expired)`]),
             ...store.problems,
             ...orphanNamespaces.map((p) => `namespace ${p} belongs to no tsoverlay network of this host`),
+            ...(await ipsecDifferences(store.encryption, networks, config)),
           ];
     }
     return report;
@@ -316,4 +338,48 @@ export async function runInspect(argv: string[], env: NodeJS.ProcessEnv): Promis
     output += differences.length === 0 ? '\ncheck: ok\n' : `\ncheck: ${differences.length} difference(s) between kernel and store\n`;
   }
   return { output, exitCode: differences.length > 0 ? 1 : 0 };
+}
+
+/**
+ * Encrypted networks: the host namespace's SAs and policies against what this host's key, the
+ * peers' encryption records and the ring's epoch ask for (the daemon's own planner, so `--check`
+ * and the daemon agree); with no local encrypted overlay, none of ours may be left.
+ */
+async function ipsecDifferences(entries: KVEntry[], networks: NetworkReport[], config: InspectOptions['config']): Promise<string[]> {
+  const port = config.encryptedVxlanPort ?? DEFAULT_ENCRYPTED_VXLAN_PORT;
+  const active = networks.some((n) => n.options.encrypted === 'true' && n.namespace);
+  let xfrm: XfrmClient;
+  try {
+    xfrm = XfrmClient.open();
+  } catch (err) {
+    return active ? [`ipsec: cannot read the kernel's IPsec tables (${errorMessage(err)})`] : [];
+  }
+  try {
+    const manager = new EspManager(xfrm, port);
+    if (!active) return planRemoveAll(await manager.readKernel(), port).map((s) => `ipsec: left over: ${describeStep(s)}`);
+    const ring = entries.find((e) => e.key === encryptionKeys.ring());
+    if (!ring) return ['ipsec: an encrypted network is up but the store has no key ring record'];
+    const epoch = decode(ringRecordSchema, ring.value, ring.key).epoch;
+    const hosts: EncryptionHostRecord[] = [];
+    for (const e of entries) {
+      if (encryptionKeys.hostOf(e.key) === undefined) continue;
+      try {
+        hosts.push(decode(encryptionHostSchema, e.value, e.key));
+      } catch (err) {
+        return [`ipsec: ${errorMessage(err)}`];
+      }
+    }
+    const own = hosts.find((h) => h.name === config.hostName);
+    if (!own) return [`ipsec: host ${config.hostName} has no encryption record in the store (plugin not running, or its lease expired)`];
+    const key = config.stateDir ? loadHostKey(config.stateDir) : undefined;
+    if (!key) return [`ipsec: no host key under ${config.stateDir ?? '--state-dir'}`];
+    if (key.publicText !== own.publicKey) return [`ipsec: the host key under ${config.stateDir} is not the one this host published`];
+    const self = { identity: { name: own.name, instance: own.instance, publicKey: own.publicKey }, key, vtep: own.vtep };
+    const peers = hosts.filter((h) => h.name !== own.name).map((h) => ({ identity: { name: h.name, instance: h.instance, publicKey: h.publicKey }, vtep: h.vtep }));
+    return (await manager.check(self, peers, epoch)).map((d) => `ipsec: ${d}`);
+  } catch (err) {
+    return [`ipsec: ${errorMessage(err)}`];
+  } finally {
+    xfrm.close();
+  }
 }

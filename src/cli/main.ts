@@ -46,6 +46,12 @@ async function main(): Promise<void> {
       await new Promise<void>((resolve) => process.stdout.write(output, () => resolve()));
       process.exit(exitCode);
     }
+    case 'rotate-keys': {
+      const { runRotateKeys } = await import('./rotate-keys');
+      const { output, exitCode } = await runRotateKeys(rest, process.env);
+      await new Promise<void>((resolve) => process.stdout.write(output, () => resolve()));
+      process.exit(exitCode);
+    }
     case 'version':
     case '--version':
       process.stdout.write(`tsoverlay ${VERSION}\n`);
@@ -55,7 +61,7 @@ async function main(): Promise<void> {
     case '--help':
     case '-h': {
       const { inspectUsage } = await import('./inspect');
-      process.stdout.write(`tsoverlay ${VERSION}: Docker VXLAN overlay network plugin\n\ncommands:\n  serve     run the plugin daemon\n  inspect   show (and --check) what this host holds for each network\n  version   print the version\n\n${usage()}\n\n${inspectUsage()}\n`);
+      process.stdout.write(`tsoverlay ${VERSION}: Docker VXLAN overlay network plugin\n\ncommands:\n  serve     run the plugin daemon\n  inspect   show (and --check) what this host holds for each network\n  rotate-keys  move encrypted networks to new keys now, on every host\n  version   print the version\n\n${usage()}\n\n${inspectUsage()}\n`);
       return;
     }
     default:

@@ -198,7 +198,7 @@ function ifaddr(index: number, ip: Buffer, prefix: number): Buffer {
 export function vxlanAttributes(s: VxlanSpec): ifla.Vxlan {
   if (!Number.isInteger(s.vni) || s.vni < 0) throw new Error(`invalid VNI ${s.vni}`);
   const port = Buffer.alloc(2);
-  port.writeUInt16BE(VXLAN_PORT, 0);
+  port.writeUInt16BE(s.port ?? VXLAN_PORT, 0);
   const v: ifla.Vxlan = {
     id: s.vni,
     port,

@@ -102,11 +102,12 @@ export class NlSocket extends EventEmitter {
    * @param groups rtnetlink multicast groups to join (e.g. RTNLGRP_NEIGH): unsolicited messages
    * are emitted as 'notification'. A receive-buffer overrun (messages lost) is emitted as 'overrun'
    * and fails the requests in flight, whose replies may be among the lost.
+   * @param protocol netlink family: rtnetlink unless told (XFRM for IPsec, see xfrm.ts).
    */
-  constructor(opts: { groups?: number[] } = {}) {
+  constructor(opts: { groups?: number[]; protocol?: Protocol } = {}) {
     super();
     // 4 MiB (capped by net.core.rmem_max): replies to a window of batched messages must fit.
-    this.raw = new RawNetlinkSocket(Protocol.ROUTE, { recvBufferSize: 4 << 20, sendBufferSize: 4 << 20 });
+    this.raw = new RawNetlinkSocket(opts.protocol ?? Protocol.ROUTE, { recvBufferSize: 4 << 20, sendBufferSize: 4 << 20 });
     this.raw.on('message', (buf) => this.receive(buf));
     this.raw.on('error', (err) => {
       this.failAll(err);

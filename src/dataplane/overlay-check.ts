@@ -17,6 +17,8 @@ import type { OverlaySpec, Peer, ResolutionMode } from './types';
 export const BRIDGE_NAME = 'br0';
 export const VXLAN_NAME = 'vxlan0';
 export const VXLAN_PORT = 4789;
+/** Encrypted networks' VXLAN port (`--encrypted-vxlan-port`): xfrm policies select it, see docs/encryption.md. */
+export const DEFAULT_ENCRYPTED_VXLAN_PORT = 4793;
 /** The all-zeros FDB entry: where a p2p/multicast vxlan0 sends what no other entry claims. Never a peer. */
 export const ZERO_MAC = '00:00:00:00:00:00';
 /** Our veth ends, as vethNames() makes them from a Docker endpoint id (alphanumeric, ≥ 12 chars). */
@@ -35,6 +37,8 @@ export interface VxlanSpec {
   mtu: number;
   /** `local`: the underlay address the UDP socket binds to. */
   local?: string;
+  /** UDP destination port (4789 when absent). */
+  port?: number;
   /** p2p: the unicast remote; multicast: the group. */
   group?: string;
   /** multicast: the underlay device index (host namespace). */
@@ -60,10 +64,11 @@ export function floodDestination(t: Pick<OverlayTarget, 'mode' | 'remote' | 'gro
 /** What a stored network record (and this host's VTEP and p2p remote) asks of this host's overlay. */
 export function overlayTarget(
   n: { vni: number; mtu: number; gateway: string; subnet: string; mode: ResolutionMode; options: Readonly<Record<string, string | undefined>> },
-  host: { vtep?: string | undefined; remote?: string | undefined },
+  host: { vtep?: string | undefined; remote?: string | undefined; encryptedPort?: number | undefined },
 ): OverlayTarget {
   const remote = p2pRemote(host.remote, n.options);
   const group = n.options.group;
+  const encrypted = n.options.encrypted === 'true';
   return {
     vni: n.vni,
     mtu: n.mtu,
@@ -72,6 +77,7 @@ export function overlayTarget(
     ...(host.vtep ? { vtep: host.vtep } : {}),
     ...(remote ? { remote } : {}),
     ...(group ? { group } : {}),
+    ...(encrypted ? { port: host.encryptedPort ?? DEFAULT_ENCRYPTED_VXLAN_PORT } : {}),
   };
 }
 
@@ -103,7 +109,7 @@ export function validateOverlayTarget(t: OverlayTarget): void {
 }
 
 /**
- * vxlan0 for a target: the VNI on port 4789, bound to the VTEP, learning; static/miss answer ARP
+ * vxlan0 for a target: the VNI on port 4789 (an encrypted network's own port), bound to the VTEP, learning; static/miss answer ARP
  * themselves and report misses (proxy, l2miss, l3miss), p2p/multicast flood to their
  * destination instead. The multicast underlay device is the caller's to add (it takes a lookup).
  */
@@ -117,6 +123,7 @@ export function expectedVxlan(t: OverlayTarget): VxlanSpec {
     proxy: t.mode === 'static' || t.mode === 'miss',
     ...(t.vtep ? { local: t.vtep } : {}),
     ...(group ? { group } : {}),
+    ...(t.port !== undefined ? { port: t.port } : {}),
   };
 }
 
@@ -259,7 +266,8 @@ export function vxlanDifferences(
   const out: Difference[] = [];
   if (vx.kind !== 'vxlan') out.push(diff('kind', `${n} is a ${vx.kind ?? 'unknown device'}, not vxlan`, true));
   if (vx.id !== want.vni) out.push(diff('vni', `${n} id ${vx.id} != VNI ${want.vni} in the store`, true));
-  if (vx.port !== VXLAN_PORT) out.push(diff('dstport', `${n} dstport ${vx.port} != ${VXLAN_PORT}`, true));
+  const port = want.port ?? VXLAN_PORT;
+  if (vx.port !== port) out.push(diff('dstport', `${n} dstport ${vx.port} != ${port}`, true));
   if (vx.mtu !== want.mtu) out.push(diff('mtu', `${n} mtu ${vx.mtu} != ${want.mtu}`));
   if (!vx.up) out.push(diff('up', `${n} is down`));
   if (vx.master !== BRIDGE_NAME) out.push(diff('master', `${n} is not a ${BRIDGE_NAME} port (master ${vx.master ?? 'none'})`));

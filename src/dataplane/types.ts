@@ -19,6 +19,8 @@ export interface OverlaySpec {
   /** p2p: the one remote VTEP; multicast: the group address. */
   remote?: string;
   group?: string;
+  /** VXLAN UDP port: 4789 unless the network is encrypted (its own port, see docs/encryption.md). */
+  port?: number;
 }
 
 export interface OverlayInfo {

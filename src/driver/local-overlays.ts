@@ -5,6 +5,7 @@ import { p2pRemote } from '../dataplane/overlay-check';
 import type { Logger } from '../log';
 import { errorMessage } from '../util/errors';
 import type { KeyedMutex } from '../util/keyed-mutex';
+import { DEFAULT_ENCRYPTED_VXLAN_PORT } from '../dataplane/overlay-check';
 import { parseNetworkOptions } from './options';
 import type { ReconcileTrigger } from './peer-sync';
 import type { RecordStore } from './record-store';
@@ -35,6 +36,19 @@ export interface PeerSyncHooks {
   resync?(networkId: string, reason: ReconcileTrigger): Promise<void>;
 }
 
+/**
+ * Encrypted networks' IPsec side (src/crypto/controller.ts): SAs with every peer host while at
+ * least one encrypted overlay is up here.
+ */
+export interface EncryptionHooks {
+  /** The VXLAN UDP port of encrypted networks. */
+  readonly port: number;
+  /** Before an encrypted overlay is built: the SAs up, or a clear error (kernel without ESP…). */
+  activate(): Promise<void>;
+  /** After the last encrypted overlay on this host is gone: every SA and policy removed. */
+  deactivate(): Promise<void>;
+}
+
 /** A veth pair made by CreateEndpoint for a Join to come. */
 interface PreparedPort {
   networkId: string;
@@ -54,6 +68,9 @@ export class LocalOverlays {
   /** Spec of every overlay this process built or checked. */
   private readonly specs = new Map<string, OverlaySpec>();
   private readonly prepared = new Map<string, PreparedPort>();
+  /** Encrypted overlays up on this host; the IPsec state lives while this is not empty. */
+  private readonly encrypted = new Set<string>();
+  private encryptionGate: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly dataplane: OverlayDataplane,
@@ -62,7 +79,33 @@ export class LocalOverlays {
     private readonly locks: KeyedMutex,
     private readonly logger: Logger,
     private readonly peerSync?: PeerSyncHooks,
+    private readonly encryption?: EncryptionHooks,
   ) {}
+
+  /** Activation and deactivation one at a time, so a release never undoes a concurrent join's activation. */
+  private encryptionStep(fn: () => Promise<void>): Promise<void> {
+    const r = this.encryptionGate.then(fn, fn);
+    this.encryptionGate = r.catch(() => undefined);
+    return r;
+  }
+
+  private async encryptionUp(networkId: string, network: NetworkRecord): Promise<void> {
+    if (!parseNetworkOptions(network.options).encrypted) return;
+    const enc = this.encryption;
+    if (!enc) throw new Error('this network is encrypted, but encryption is not available in this daemon');
+    await this.encryptionStep(async () => {
+      await enc.activate();
+      this.encrypted.add(networkId);
+    });
+  }
+
+  private async encryptionDown(networkId: string): Promise<void> {
+    const enc = this.encryption;
+    if (!enc) return;
+    await this.encryptionStep(async () => {
+      if (this.encrypted.delete(networkId) && this.encrypted.size === 0) await enc.deactivate();
+    });
+  }
 
   /** What the overlay of a network should look like on this host (`localRemote`: p2p's per-host remote). */
   specFor(networkId: string, network: NetworkRecord, localRemote?: string): OverlaySpec {
@@ -78,6 +121,7 @@ export class LocalOverlays {
       mode: network.mode,
       ...(remote ? { remote } : {}),
       ...(options.group ? { group: options.group } : {}),
+      ...(options.encrypted ? { port: this.encryption?.port ?? DEFAULT_ENCRYPTED_VXLAN_PORT } : {}),
     };
   }
 
@@ -100,6 +144,8 @@ export class LocalOverlays {
     const existed = this.find(networkId) !== undefined;
     const prepared = this.prepared.get(endpointId);
     this.prepared.delete(endpointId);
+    // Nothing built yet: a host that cannot encrypt refuses here, never joins in clear.
+    await this.encryptionUp(networkId, network);
     try {
       const attached = await this.attach(spec, attachment, prepared);
       await commit();
@@ -177,6 +223,7 @@ export class LocalOverlays {
 
   /** After a restart: an overlay that outlived the process is put right and gets its peers again. */
   async resume(spec: OverlaySpec, network: NetworkRecord): Promise<void> {
+    await this.encryptionUp(spec.networkId, network);
     await this.locks.run(spec.networkId, async () => {
       await this.dataplane.ensureOverlay(spec);
       this.specs.set(spec.networkId, spec);
@@ -190,6 +237,9 @@ export class LocalOverlays {
     this.specs.delete(networkId);
     for (const [endpointId, port] of this.prepared) if (port.networkId === networkId) this.prepared.delete(endpointId);
     await this.dataplane.removeOverlay(networkId);
+    await this.encryptionDown(networkId).catch((err: unknown) =>
+      this.logger.warn('cannot remove the IPsec state of the last encrypted network; the next reconcile retries', { networkId, error: errorMessage(err) }),
+    );
   }
 
   /** The overlay goes if it is up and no endpoint of this host on the network is joined any more. */

@@ -2,7 +2,8 @@ import type { Logger } from '../log';
 import { PluginError, errorMessage } from '../util/errors';
 import { KeyedMutex } from '../util/keyed-mutex';
 import { GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE } from './ipam';
-import { LocalOverlays, type OverlayDataplane, type PeerSyncHooks } from './local-overlays';
+import type { EspSupport } from '../dataplane/xfrm';
+import { type EncryptionHooks, LocalOverlays, type OverlayDataplane, type PeerSyncHooks } from './local-overlays';
 import { macFromIp, normalizeMac } from './mac';
 import { NetworkRecords, type AddressReleaser, type HostIdentity } from './network-records';
 import { parseNetworkOptions, type NetworkOptions } from './options';
@@ -54,9 +55,10 @@ export class NetworkDriver {
     private readonly logger: Logger,
     peerSync?: PeerSyncHooks,
     ipam?: AddressReleaser,
+    private readonly encryption?: EncryptionHooks & { capability(): Promise<EspSupport> },
   ) {
     this.networks = new NetworkRecords(records, host, logger, ipam);
-    this.overlays = new LocalOverlays(dataplane, records, host, this.locks, logger, peerSync);
+    this.overlays = new LocalOverlays(dataplane, records, host, this.locks, logger, peerSync, encryption);
     this.recovery = new Recovery({
       records,
       networks: this.networks,
@@ -88,6 +90,12 @@ export class NetworkDriver {
     const networkKey = options.vni !== undefined ? `vni-${options.vni}` : subnetKey(subnet);
     if (options.remote && options.remote === this.host.vtep) {
       throw new PluginError(`-o remote=${options.remote} is this host's own address: name the other host of the p2p link`);
+    }
+    if (options.encrypted) {
+      // At once, before any record is written: never a network that would carry traffic in clear.
+      if (!this.encryption) throw new PluginError('-o encrypted: encryption is not enabled in this tsoverlay daemon');
+      const support = await this.encryption.capability();
+      if (!support.ok) throw new PluginError(`-o encrypted: this host's kernel cannot encrypt VXLAN (missing: ${support.missing.join('; ')})`);
     }
 
     await this.locks.run(input.networkId, async () => {

@@ -197,7 +197,7 @@ export class NetworkRecords {
         vni,
         subnet,
         gateway,
-        mtu: overlayMtu(this.host.underlayMtu, options.mtu),
+        mtu: overlayMtu(this.host.underlayMtu, options.mtu, options.encrypted),
         mode: options.mode,
         options: storedOptions(options),
         created: nowIso(),
@@ -280,6 +280,14 @@ function checkCompatible(current: NetworkRecord, subnet: string, options: Networ
   if (current.mode === 'multicast' && current.options.group !== options.group) {
     throw new PluginError(`network on ${subnet} already exists in the cluster with group=${current.options.group}`, 409);
   }
+  // Never one host encrypting and another sending the same network in clear.
+  const encrypted = current.options.encrypted === 'true';
+  if (encrypted !== (options.encrypted === true)) {
+    throw new PluginError(
+      `network on ${subnet} already exists in the cluster ${encrypted ? 'encrypted: create it with -o encrypted on every host' : 'without encryption: create it without -o encrypted'}`,
+      409,
+    );
+  }
 }
 
 function storedOptions(options: NetworkOptions): Record<string, string> {
@@ -288,5 +296,6 @@ function storedOptions(options: NetworkOptions): Record<string, string> {
   if (options.remote) out.remote = options.remote;
   if (options.group) out.group = options.group;
   if (options.mtu !== undefined) out.mtu = String(options.mtu);
+  if (options.encrypted) out.encrypted = 'true';
   return out;
 }

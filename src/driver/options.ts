@@ -1,4 +1,5 @@
 import type { ResolutionMode } from '../dataplane/types';
+import { encryptedOverlayMtu } from '../dataplane/xfrm';
 import { isIPv4 } from './subnet';
 
 /**
@@ -13,10 +14,12 @@ export interface NetworkOptions {
   group?: string;
   mtu?: number;
   allowDefaultIpam: boolean;
+  /** `-o encrypted`: VXLAN inside IPsec ESP between hosts (docs/encryption.md); absent = plain. */
+  encrypted?: boolean;
 }
 
 export const MTU_OPTION = 'com.docker.network.driver.mtu';
-const KNOWN = new Set(['vni', 'mode', 'remote', 'group', MTU_OPTION, 'mtu', 'allow-default-ipam']);
+const KNOWN = new Set(['vni', 'mode', 'remote', 'group', MTU_OPTION, 'mtu', 'allow-default-ipam', 'encrypted']);
 const MODES: readonly ResolutionMode[] = ['static', 'miss', 'p2p', 'multicast'];
 export const MAX_VNI = 0xffffff;
 export const FIRST_VNI = 256;
@@ -39,7 +42,7 @@ export function parseNetworkOptions(raw: Record<string, string>): NetworkOptions
   for (const [key, value] of Object.entries(raw)) {
     if (key.startsWith('com.docker.') && key !== MTU_OPTION) continue;
     if (!KNOWN.has(key)) {
-      throw new Error(`unknown option "${key}" (known: vni, mode, remote, group, mtu, ${MTU_OPTION}, allow-default-ipam)`);
+      throw new Error(`unknown option "${key}" (known: vni, mode, remote, group, mtu, ${MTU_OPTION}, allow-default-ipam, encrypted)`);
     }
     switch (key) {
       case 'vni':
@@ -68,18 +71,26 @@ export function parseNetworkOptions(raw: Record<string, string>): NetworkOptions
       case 'allow-default-ipam':
         options.allowDefaultIpam = parseBoolean(key, value);
         break;
+      case 'encrypted':
+        // Docker's own overlay takes a bare `--opt encrypted` (an empty value): so do we.
+        if (value === '' || parseBoolean(key, value)) options.encrypted = true;
+        break;
     }
   }
   if (options.mode === 'p2p' && !options.remote) throw new Error('mode=p2p needs -o remote=<IPv4 of the other host>');
   if (options.mode === 'multicast' && !options.group) throw new Error('mode=multicast needs -o group=<239.x.x.x>');
   if (options.remote && options.mode !== 'p2p') throw new Error('option remote is only valid with mode=p2p');
   if (options.group && options.mode !== 'multicast') throw new Error('option group is only valid with mode=multicast');
+  if (options.encrypted && options.mode === 'multicast') {
+    throw new Error('option encrypted needs unicast VXLAN: IPsec SAs are per pair of hosts, not for a multicast group');
+  }
   return options;
 }
 
 /** VXLAN adds 50 bytes (outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8). */
 export const VXLAN_OVERHEAD = 50;
 
-export function overlayMtu(underlayMtu: number, override?: number): number {
-  return (override ?? underlayMtu) - VXLAN_OVERHEAD;
+export function overlayMtu(underlayMtu: number, override?: number, encrypted = false): number {
+  const base = override ?? underlayMtu;
+  return encrypted ? encryptedOverlayMtu(base) : base - VXLAN_OVERHEAD;
 }

@@ -216,7 +216,7 @@ test('inspect takes the serve options (and their variables) plus its own', () =>
     json: true,
     check: true,
     dockerSocket: '/var/run/docker.sock',
-    config: { store: 'etcd://10.0.0.5:2379', storePrefix: 'tsoverlay/v1/', netnsDir: '/run/x', hostName: 'h1' },
+    config: { store: 'etcd://10.0.0.5:2379', storePrefix: 'tsoverlay/v1/', netnsDir: '/run/x', hostName: 'h1', stateDir: '/var/lib/tsoverlay', encryptedVxlanPort: 4793 },
   });
   assert.equal(parseInspectArgs(['--docker-host', 'unix:///run/d.sock', '--host-name', 'h'], {}).dockerSocket, '/run/d.sock');
   assert.equal(parseInspectArgs(['--host-name', 'h'], { DOCKER_HOST: 'unix:///run/e.sock' }).dockerSocket, '/run/e.sock');
