@@ -87,12 +87,17 @@ export class DnsServer {
 
   private onDatagram(msg: Buffer, rinfo: dgram.RemoteInfo): void {
     this.observer.query('udp');
-    void this.answer(msg, 'udp').then((reply) => {
-      if (!reply || this.closed) return;
-      this.udp.send(reply, rinfo.port, rinfo.address, (err) => {
-        if (err) this.observer.failure('udp_send');
-      });
-    });
+    const local = this.answerLocally(msg, 'udp');
+    if (local === FORWARD) {
+      void this.forward(msg, 'udp').then((reply) => this.sendUdp(reply, rinfo));
+    } else if (local) {
+      this.sendUdp(local, rinfo);
+    }
+  }
+
+  private sendUdp(reply: Buffer | undefined, rinfo: dgram.RemoteInfo): void {
+    // Send errors (a client gone) surface as the socket's 'error' event, counted there.
+    if (reply && !this.closed) this.udp.send(reply, rinfo.port, rinfo.address);
   }
 
   private onConnection(sock: net.Socket): void {
@@ -100,6 +105,12 @@ export class DnsServer {
     sock.setTimeout(TCP_IDLE_MS, () => sock.destroy());
     sock.on('close', () => this.connections.delete(sock));
     sock.on('error', () => undefined);
+    const write = (reply: Buffer | undefined): void => {
+      if (!reply || sock.destroyed) return;
+      const len = Buffer.alloc(2);
+      len.writeUInt16BE(reply.length, 0);
+      sock.write(Buffer.concat([len, reply]));
+    };
     let buf: Buffer = Buffer.alloc(0);
     sock.on('data', (chunk: Buffer) => {
       buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
@@ -109,18 +120,18 @@ export class DnsServer {
         const msg = Buffer.from(buf.subarray(2, 2 + n));
         buf = buf.subarray(2 + n);
         this.observer.query('tcp');
-        void this.answer(msg, 'tcp').then((reply) => {
-          if (!reply || sock.destroyed) return;
-          const len = Buffer.alloc(2);
-          len.writeUInt16BE(reply.length, 0);
-          sock.write(Buffer.concat([len, reply]));
-        });
+        const local = this.answerLocally(msg, 'tcp');
+        if (local === FORWARD) void this.forward(msg, 'tcp').then(write);
+        else write(local);
       }
     });
   }
 
-  /** The reply to send, or undefined to send nothing. Never rejects. */
-  private async answer(msg: Buffer, transport: Transport): Promise<Buffer | undefined> {
+  /**
+   * The reply from the network's names (synchronously: the common case costs no promise),
+   * undefined to send nothing, or FORWARD. Never throws.
+   */
+  private answerLocally(msg: Buffer, transport: Transport): Buffer | undefined | typeof FORWARD {
     try {
       const view = this.deps.view;
       if (this.cacheGeneration !== view.generation) {
@@ -130,9 +141,11 @@ export class DnsServer {
       const key = msg.length >= 12 ? transport + msg.toString('latin1', 2) : undefined;
       const cached = key !== undefined ? this.cache.get(key) : undefined;
       if (cached) {
-        const out = Buffer.from(cached);
-        out.writeUInt16BE(msg.readUInt16BE(0), 0);
-        this.observer.answer(cachedRcode(out));
+        const out = Buffer.allocUnsafe(cached.length);
+        cached.copy(out);
+        out[0] = msg[0]!;
+        out[1] = msg[1]!;
+        this.observer.answer(RCODE_NAMES[cached[3]! & 0xf] ?? 'OTHER');
         return out;
       }
       const decision = handleQuery(msg, view, transport);
@@ -140,20 +153,29 @@ export class DnsServer {
         this.observer.failure(`dropped_${decision.reason}`);
         return undefined;
       }
-      if (decision.kind === 'reply') {
-        if (key !== undefined && (decision.rcode === 'NOERROR' || decision.rcode === 'NXDOMAIN')) {
-          if (this.cache.size >= CACHE_MAX) this.cache = new Map();
-          this.cache.set(key, decision.message);
-        }
-        this.observer.answer(decision.rcode);
-        return decision.message;
+      if (decision.kind === 'forward') return FORWARD;
+      if (key !== undefined && (decision.rcode === 'NOERROR' || decision.rcode === 'NXDOMAIN')) {
+        if (this.cache.size >= CACHE_MAX) this.cache = new Map();
+        this.cache.set(key, decision.message);
       }
+      this.observer.answer(decision.rcode);
+      return decision.message;
+    } catch (err) {
+      this.observer.failure('internal');
+      this.deps.logger.warn('DNS query failed', { id: messageId(msg), error: errorMessage(err) });
+      return servfail(msg);
+    }
+  }
+
+  /** An upstream's reply, or SERVFAIL. Never rejects. */
+  private async forward(msg: Buffer, transport: Transport): Promise<Buffer | undefined> {
+    try {
       const reply = this.deps.forwarder ? await this.deps.forwarder.forward(msg, transport) : undefined;
       this.observer.forward(reply !== undefined);
       return reply ?? servfail(msg);
     } catch (err) {
       this.observer.failure('internal');
-      this.deps.logger.warn('DNS query failed', { id: messageId(msg), error: errorMessage(err) });
+      this.deps.logger.warn('DNS forward failed', { id: messageId(msg), error: errorMessage(err) });
       return servfail(msg);
     }
   }
@@ -170,7 +192,4 @@ export class DnsServer {
 }
 
 const RCODE_NAMES = ['NOERROR', 'FORMERR', 'SERVFAIL', 'NXDOMAIN', 'NOTIMP', 'REFUSED'];
-
-function cachedRcode(reply: Buffer): string {
-  return RCODE_NAMES[reply.readUInt16BE(2) & 0xf] ?? 'OTHER';
-}
+const FORWARD = Symbol('forward');
