@@ -1,5 +1,5 @@
 # The tsoverlay managed-plugin rootfs. plugin/build.sh turns this image into a Docker plugin
-# (config.json + rootfs/) and runs `docker plugin create`.
+# (config.json, at the repository root, + rootfs/) and runs `docker plugin create`.
 #
 #   docker build -t tsoverlay-rootfs .                            # official node:20 base
 #   docker build --build-arg BASE_IMAGE=my/node:20 -t tsoverlay-rootfs .
@@ -26,5 +26,5 @@ COPY --from=build /src/dist/src ./dist/src
 # The native parts (netlink's and koffi's prebuilt binaries) must load in this rootfs.
 RUN node -e "require('netlink'); require('koffi').load('libc.so.6'); require('./dist/src/dataplane/index')" \
  && node dist/src/cli/main.js version
-# Node flags: see src/node-flags.ts (the same in plugin/config.json and the systemd unit).
+# Node flags: see src/node-flags.ts (the same in config.json and the systemd unit).
 ENTRYPOINT ["/usr/local/bin/node", "--max-semi-space-size=1", "--interrupt-budget=675840", "/opt/tsoverlay/dist/src/cli/main.js", "serve"]

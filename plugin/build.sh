@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the tsoverlay managed plugin: `docker build` of the Dockerfile at the repository root,
-# the image's filesystem exported into <dir>/rootfs, plugin/config.json copied beside it,
+# the image's filesystem exported into <dir>/rootfs, config.json (repository root) copied beside it,
 # then `docker plugin create NAME <dir>` (and `docker plugin push NAME` with PUSH=1).
 #
 #   plugin/build.sh                                  # NAME tsoverlay:latest, base node:20-bookworm-slim
@@ -42,9 +42,10 @@ trap '"$DOCKER" rm -f "$cid" >/dev/null 2>&1 || true' EXIT
 "$DOCKER" export "$cid" | tar -x --numeric-owner -C "$PLUGIN_DIR/rootfs"
 "$DOCKER" rm -f "$cid" >/dev/null
 trap - EXIT
-cp "$HERE/config.json" "$PLUGIN_DIR/config.json"
+cp "$ROOT/config.json" "$PLUGIN_DIR/config.json"
 # Docker bind-mounts /run/docker/plugins and the mounts of config.json over these.
-mkdir -p "$PLUGIN_DIR/rootfs/run/docker/plugins" "$PLUGIN_DIR/rootfs/host/run" "$PLUGIN_DIR/rootfs/var/lib/tsoverlay"
+mkdir -p "$PLUGIN_DIR/rootfs/run/docker/plugins" "$PLUGIN_DIR/rootfs/host/run/tsoverlay/netns" \
+  "$PLUGIN_DIR/rootfs/host/run/tsoverlay/inflight" "$PLUGIN_DIR/rootfs/var/lib/tsoverlay"
 
 if [ "${REPLACE:-0}" = 1 ]; then "$DOCKER" plugin rm -f "$NAME" >/dev/null 2>&1 || true; fi
 say "docker plugin create $NAME $PLUGIN_DIR"

@@ -52,7 +52,7 @@ interface OptionSpec {
 /** Every option: a `--flag`, and a `TSOVERLAY_*` variable because managed plugins are configured through env. */
 export const OPTIONS = {
   socket: { env: 'TSOVERLAY_SOCKET', default: '/run/docker/plugins/tsoverlay.sock', help: 'Unix socket Docker talks to' },
-  store: { env: 'TSOVERLAY_STORE', default: 'local:///var/lib/tsoverlay', help: 'local:///dir, etcd://host:2379[,host2:2379] or consul://host:8500' },
+  store: { env: 'TSOVERLAY_STORE', default: 'local:///var/lib/tsoverlay', help: 'local:///dir, etcd://host:2379[,host2:2379] or consul://host:8500 (no user:password@ here: it shows in ps; use --etcd-user and --etcd-password-file)' },
   'store-prefix': { env: 'TSOVERLAY_STORE_PREFIX', default: 'tsoverlay/v1/', help: 'key prefix in the store' },
   'netns-dir': { env: 'TSOVERLAY_NETNS_DIR', default: '/run/tsoverlay/netns', help: 'where overlay namespace files are mounted' },
   vtep: { env: 'TSOVERLAY_VTEP', help: 'underlay IPv4 address of this host (default: address of the default-route interface)' },
@@ -68,7 +68,7 @@ export const OPTIONS = {
   'etcd-key': { env: 'TSOVERLAY_ETCD_KEY', help: 'etcd TLS: client key (PEM file, or the PEM text itself)' },
   'etcd-user': { env: 'TSOVERLAY_ETCD_USER', help: 'etcd authentication: user name (with a password)' },
   'etcd-password': { env: 'TSOVERLAY_ETCD_PASSWORD', help: 'etcd authentication: password (prefer the variable or --etcd-password-file: flags show in ps)' },
-  'etcd-password-file': { env: 'TSOVERLAY_ETCD_PASSWORD_FILE', help: 'etcd authentication: file holding the password' },
+  'etcd-password-file': { env: 'TSOVERLAY_ETCD_PASSWORD_FILE', help: 'etcd authentication: file holding the password (shows in neither ps nor docker plugin inspect)' },
   'socket-group': { env: 'TSOVERLAY_SOCKET_GROUP', help: 'group name or gid that may use the plugin socket (mode 0660; default: root only, 0600)' },
   'metrics-address': { env: 'TSOVERLAY_METRICS_ADDRESS', help: 'host:port to serve /metrics and /healthz over TCP as well (default: off; the plugin socket always serves them)' },
 } satisfies Record<string, OptionSpec>;
@@ -96,13 +96,31 @@ export function usage(): string {
   return ['usage: tsoverlay serve [options]', '', ...rows].join('\n');
 }
 
+/**
+ * node's own messages quote a stray argument, which may be a secret meant for the option before
+ * it (`--etcd-password= s3cret`): name its position instead.
+ */
+function parseFlags(argv: string[]): ReturnType<typeof parseArgs> {
+  try {
+    return parseArgs({
+      args: argv,
+      options: Object.fromEntries(Object.keys(OPTIONS).map((k) => [k, { type: 'string' as const }])),
+      strict: true,
+      allowPositionals: false,
+    });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') {
+      const at = argv.findIndex((a, i) => !a.startsWith('-') && (i === 0 || !argv[i - 1]!.startsWith('--') || argv[i - 1]!.includes('=')));
+      throw new Error(
+        `unexpected argument${at >= 0 ? ` (argument ${at + 1})` : ''}, not shown in case it is a secret: every option is --name value or --name=value`,
+      );
+    }
+    throw err;
+  }
+}
+
 export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig {
-  const { values } = parseArgs({
-    args: argv,
-    options: Object.fromEntries(Object.keys(OPTIONS).map((k) => [k, { type: 'string' as const }])),
-    strict: true,
-    allowPositionals: false,
-  });
+  const { values } = parseFlags(argv);
   const get = (name: OptionName): string | undefined => {
     const spec: OptionSpec = OPTIONS[name];
     const flag = values[name];

@@ -11,7 +11,7 @@ import type { Miss } from './dataplane/peers';
 import type { MissOutcome } from './driver/miss-responder';
 import type { PeerSyncObserver, WatchName } from './driver/peer-sync';
 import type { Logger } from './log';
-import type { GetHandler } from './protocol/server';
+import { createLimitedServer, type GetHandler } from './protocol/server';
 import { errorMessage } from './util/errors';
 
 /** Plugin requests are fast (store + netlink); Docker gives up after 30 s of retries. */
@@ -187,7 +187,7 @@ export function healthHandler(report: () => HealthReport): GetHandler {
  * every container's network) over TCP.
  */
 export async function listenStatus(address: ListenAddress, handlers: Record<string, GetHandler>, logger: Logger): Promise<http.Server> {
-  const server = http.createServer((req, res) => {
+  const server = createLimitedServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     const handler = Object.hasOwn(handlers, path) ? handlers[path] : undefined;
     if (!handler || (req.method !== 'GET' && req.method !== 'HEAD')) {

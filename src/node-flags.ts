@@ -3,7 +3,7 @@ export const V8_DEFAULT_INTERRUPT_BUDGET = 66 * 1024;
 
 /**
  * The node flags the plugin runs with, wherever it is started: the Dockerfile's ENTRYPOINT,
- * plugin/config.json's entrypoint, the systemd unit's ExecStart, the README's commands, `npm
+ * config.json's entrypoint, the systemd unit's ExecStart, the README's commands, `npm
  * start` and the benchmarks. test/unit/node-flags.test.ts checks that they all carry these.
  *
  * --max-semi-space-size=1 (MB): V8 lets the young generation grow to 2 × 16 MB, which the

@@ -6,53 +6,38 @@
 import { vethNames } from '../dataplane/dataplane';
 import type { OverlayView } from '../dataplane/dataplane';
 import type { Peer, ResolutionMode } from '../dataplane/types';
-import { IFF_UP, type LinkInfo } from '../dataplane/encode';
+import type { LinkInfo } from '../dataplane/encode';
 import type { FdbEntry, NeighbourEntry } from '../dataplane/peers';
-import { VXLAN_PORT } from '../dataplane/links';
+import {
+  BRIDGE_NAME,
+  PORT_VETH_NAME,
+  VXLAN_NAME,
+  bridgeDifferences,
+  deviceState,
+  expectedVxlan,
+  overlayTarget,
+  p2pRemote,
+  peerDifferences,
+  portDifferences,
+  vxlanDifferences,
+  vxlanState,
+  type DeviceState,
+  type NameOf,
+  type FdbState,
+  type NeighbourState,
+  type VxlanState,
+} from '../dataplane/overlay-check';
 
-export const ZERO_MAC = '00:00:00:00:00:00';
+export { ZERO_MAC } from '../dataplane/overlay-check';
 
-export interface DeviceReport {
-  name: string;
-  index: number;
-  kind?: string;
-  up: boolean;
-  mtu?: number;
-  mac?: string;
-  /** Name of the device's master (br0 for its ports). */
-  master?: string;
-  addresses: string[];
-}
-
-export interface VxlanReport extends DeviceReport {
-  id?: number;
-  port?: number;
-  local?: string;
-  /** p2p: the remote; multicast: the group. */
-  group?: string;
-  /** Underlay device index in the host namespace (multicast). */
-  underlayIndex?: number;
-  /** Its name, when inspect could resolve it in the host namespace. */
+/** The report shows devices and tables as the overlay's validators see them. */
+export type DeviceReport = DeviceState;
+export interface VxlanReport extends VxlanState {
+  /** The underlay device's name, when inspect could resolve it in the host namespace. */
   underlay?: string;
-  /** Which of proxy, learning, l2miss, l3miss are on. */
-  flags: string[];
-  /** Set when the UDP socket lives in another namespace than the device (the host's): it should. */
-  linkNetnsid?: number;
 }
-
-export interface NeighbourReport {
-  ip: string;
-  mac?: string;
-  state: string;
-}
-
-export interface FdbReport {
-  mac: string;
-  dst?: string;
-  /** self (the vxlan device's own table) and/or master (learned/kept by br0). */
-  flags: string[];
-  state: 'permanent' | 'static' | 'dynamic';
-}
+export type NeighbourReport = NeighbourState;
+export type FdbReport = FdbState;
 
 export interface EndpointReport {
   id: string;
@@ -143,47 +128,24 @@ export function fdbReport(f: FdbEntry): FdbReport {
   return { mac: f.mac, ...(f.vtep ? { dst: f.vtep } : {}), flags, state: f.permanent ? 'permanent' : f.dynamic ? 'dynamic' : 'static' };
 }
 
-function deviceReport(l: LinkInfo, links: LinkInfo[], addresses: OverlayView['addresses']): DeviceReport {
-  const master = l.master !== undefined ? (links.find((x) => x.index === l.master)?.name ?? `#${l.master}`) : undefined;
-  return {
-    name: l.name,
-    index: l.index,
-    ...(l.kind ? { kind: l.kind } : {}),
-    up: (l.flags & IFF_UP) !== 0,
-    ...(l.mtu !== undefined ? { mtu: l.mtu } : {}),
-    ...(l.mac ? { mac: l.mac } : {}),
-    ...(master ? { master } : {}),
-    addresses: addresses.filter((a) => a.index === l.index).map((a) => `${a.ip}/${a.prefix}`),
-  };
-}
-
-function vxlanReport(l: LinkInfo, links: LinkInfo[], addresses: OverlayView['addresses']): VxlanReport {
-  const v = l.vxlan ?? {};
-  const flags = (['proxy', 'learning', 'l2miss', 'l3miss'] as const).filter((f) => !!v[f]);
-  return {
-    ...deviceReport(l, links, addresses),
-    ...(v.id !== undefined ? { id: v.id } : {}),
-    ...(v.port !== undefined ? { port: v.port } : {}),
-    ...(v.local ? { local: v.local } : {}),
-    ...(v.group ? { group: v.group } : {}),
-    ...(v.link ? { underlayIndex: v.link } : {}),
-    flags,
-    ...(l.linkNetnsid !== undefined ? { linkNetnsid: l.linkNetnsid } : {}),
-  };
+function masterNames(links: LinkInfo[]): NameOf {
+  return (index) => links.find((x) => x.index === index)?.name;
 }
 
 /** The kernel half of a network report. */
 export function kernelPart(view: OverlayView | undefined): Pick<NetworkReport, 'namespace' | 'bridge' | 'vxlan' | 'ports' | 'neighbours' | 'fdb'> {
   if (!view) return { ports: [], neighbours: [], fdb: [] };
-  const br = view.links.find((l) => l.name === 'br0');
-  const vx = view.links.find((l) => l.name === 'vxlan0');
+  const br = view.links.find((l) => l.name === BRIDGE_NAME);
+  const vx = view.links.find((l) => l.name === VXLAN_NAME);
+  const nameOf = masterNames(view.links);
   return {
     namespace: { path: view.netnsPath, epoch: view.epoch },
-    ...(br ? { bridge: deviceReport(br, view.links, view.addresses) } : {}),
-    ...(vx ? { vxlan: vxlanReport(vx, view.links, view.addresses) } : {}),
+    ...(br ? { bridge: deviceState(br, nameOf, view.addresses) } : {}),
+    ...(vx ? { vxlan: vxlanState(vx, nameOf, view.addresses) } : {}),
+    // br0's ports, and endpoint ports that lost it (so that --check names what the repair re-enslaves).
     ports: view.links
-      .filter((l) => l.kind === 'veth' && br !== undefined && l.master === br.index)
-      .map((l) => deviceReport(l, view.links, view.addresses)),
+      .filter((l) => l.kind === 'veth' && ((br !== undefined && l.master === br.index) || PORT_VETH_NAME.test(l.name)))
+      .map((l) => deviceState(l, nameOf, view.addresses)),
     neighbours: view.neighbours.map(neighbourReport).sort((a, b) => ipOrder(a.ip, b.ip)),
     fdb: view.fdb.map(fdbReport).sort((a, b) => a.mac.localeCompare(b.mac) || (a.dst ?? '').localeCompare(b.dst ?? '')),
   };
@@ -196,15 +158,11 @@ function ipOrder(a: string, b: string): number {
 
 // ------------------------------------------------------------------ --check
 
-/** What vxlan0 must look like for a mode: proxy + miss reports for static/miss, flooding for the others. */
-export function expectedVxlanFlags(mode: ResolutionMode): string[] {
-  return mode === 'static' || mode === 'miss' ? ['proxy', 'learning', 'l2miss', 'l3miss'] : ['learning'];
-}
-
 /**
  * Every difference between the kernel (the report's namespace, devices and tables) and the
  * store (network record, endpoints, desired peers) for one network on this host, as lines an
- * operator can act on. `vtep` is this host's registered VTEP (undefined: not registered).
+ * operator can act on. `vtep` is this host's registered VTEP (undefined: not registered). The
+ * devices and tables are held against overlay-check's definition, the one the dataplane repairs to.
  */
 export function checkNetwork(r: NetworkReport, vtep: string | undefined): string[] {
   const out: string[] = [];
@@ -215,44 +173,14 @@ export function checkNetwork(r: NetworkReport, vtep: string | undefined): string
   }
   if (localJoined.length === 0) out.push(`namespace ${r.namespace.path} exists but no local endpoint is joined in the store (left over)`);
 
-  const br = r.bridge;
-  if (!br) out.push('br0 missing');
-  else {
-    if (br.kind !== undefined && br.kind !== 'bridge') out.push(`br0 is a ${br.kind}, not a bridge`);
-    if (!br.up) out.push('br0 is down');
-    if (br.mtu !== r.mtu) out.push(`br0 mtu ${br.mtu} != ${r.mtu}`);
-    const prefix = r.subnet.split('/')[1];
-    if (!br.addresses.includes(`${r.gateway}/${prefix}`)) out.push(`br0 lacks the gateway address ${r.gateway}/${prefix} (has ${br.addresses.join(', ') || 'none'})`);
-  }
-
-  const vx = r.vxlan;
-  if (!vx) out.push('vxlan0 missing');
-  else {
-    if (vx.kind !== 'vxlan') out.push(`vxlan0 is a ${vx.kind ?? 'unknown device'}, not vxlan`);
-    if (vx.id !== r.vni) out.push(`vxlan0 id ${vx.id} != VNI ${r.vni} in the store`);
-    if (vx.port !== VXLAN_PORT) out.push(`vxlan0 dstport ${vx.port} != ${VXLAN_PORT}`);
-    if (vx.mtu !== r.mtu) out.push(`vxlan0 mtu ${vx.mtu} != ${r.mtu}`);
-    if (!vx.up) out.push('vxlan0 is down');
-    if (vx.master !== 'br0') out.push(`vxlan0 is not a br0 port (master ${vx.master ?? 'none'})`);
-    const want = expectedVxlanFlags(r.mode);
-    const missing = want.filter((f) => !vx.flags.includes(f));
-    const extra = vx.flags.filter((f) => !want.includes(f));
-    if (missing.length || extra.length) {
-      out.push(`vxlan0 flags [${vx.flags.join(' ')}] != [${want.join(' ')}] for mode=${r.mode}`);
-    }
-    if (vtep && vx.local !== vtep) out.push(`vxlan0 local ${vx.local ?? 'unset'} != this host's VTEP ${vtep}`);
-    const wantGroup = r.mode === 'p2p' ? (r.remote ?? r.options.remote) : r.mode === 'multicast' ? r.options.group : undefined;
-    if ((vx.group ?? undefined) !== wantGroup) out.push(`vxlan0 remote/group ${vx.group ?? 'unset'} != ${wantGroup ?? 'unset'}`);
-    if (vx.linkNetnsid === undefined) out.push('vxlan0 has its UDP socket inside the overlay namespace (not created from the host namespace)');
-  }
-
+  const target = overlayTarget(r, { vtep, remote: r.remote });
+  const messages = (ds: { message: string }[]): string[] => ds.map((d) => d.message);
+  out.push(...messages(bridgeDifferences(r.bridge, target)));
+  out.push(...messages(vxlanDifferences(r.vxlan, expectedVxlan(target), { mode: r.mode, anyLocal: !vtep })));
   for (const e of localJoined) {
     const port = vethNames(e.id).bridgePortName;
-    const p = r.ports.find((x) => x.name === port);
-    if (!p) out.push(`local endpoint ${label(e)} is joined but its br0 port ${port} is missing`);
-    else if (!p.up) out.push(`br0 port ${port} of ${label(e)} is down`);
+    out.push(...messages(portDifferences(r.ports.find((x) => x.name === port), port, label(e))));
   }
-
   out.push(...checkPeers(r));
   return out;
 }
@@ -264,42 +192,8 @@ function label(e: EndpointReport): string {
 
 /** Neighbour/FDB entries against desired peers, by mode. */
 export function checkPeers(r: Pick<NetworkReport, 'mode' | 'neighbours' | 'fdb' | 'desiredPeers' | 'remote' | 'options'>): string[] {
-  const out: string[] = [];
-  const permNeigh = new Map(r.neighbours.filter((n) => n.state.includes('PERMANENT')).map((n) => [n.ip, n]));
-  const selfFdb = new Map<string, FdbReport[]>();
-  for (const f of r.fdb) {
-    if (!f.flags.includes('self') || f.state !== 'permanent' || f.mac === ZERO_MAC) continue;
-    selfFdb.set(f.mac, [...(selfFdb.get(f.mac) ?? []), f]);
-  }
-  const wantIp = new Map(r.desiredPeers.map((p) => [p.ip, p]));
-  const wantMac = new Map(r.desiredPeers.map((p) => [p.mac.toLowerCase(), p]));
-
-  if (r.mode === 'static' || r.mode === 'miss') {
-    for (const p of r.desiredPeers) {
-      const mac = p.mac.toLowerCase();
-      const n = permNeigh.get(p.ip);
-      const fdb = selfFdb.get(mac) ?? [];
-      if (r.mode === 'miss' && !n && fdb.length === 0) continue; // not asked for yet: fine
-      if (!n) out.push(`missing neighbour ${p.ip} lladdr ${mac} PERMANENT (peer at ${p.vtep})`);
-      else if (n.mac !== mac) out.push(`neighbour ${p.ip} has lladdr ${n.mac ?? 'none'}, the store says ${mac}`);
-      if (fdb.length === 0) out.push(`missing fdb ${mac} dst ${p.vtep} self permanent (peer ${p.ip})`);
-      else if (!fdb.some((f) => f.dst === p.vtep)) out.push(`fdb ${mac} points at ${fdb.map((f) => f.dst).join(', ')}, the store says ${p.vtep}`);
-    }
-    for (const n of permNeigh.values()) {
-      if (!wantIp.has(n.ip)) out.push(`stale neighbour ${n.ip} lladdr ${n.mac ?? 'none'} PERMANENT: no such peer in the store`);
-    }
-    for (const [mac, entries] of selfFdb) {
-      if (!wantMac.has(mac)) for (const f of entries) out.push(`stale fdb ${mac} dst ${f.dst ?? 'none'} self permanent: no such peer in the store`);
-    }
-  } else {
-    const want = r.mode === 'p2p' ? (r.remote ?? r.options.remote) : r.options.group;
-    const dflt = r.fdb.filter((f) => f.mac === ZERO_MAC && f.flags.includes('self'));
-    if (want && !dflt.some((f) => f.dst === want)) {
-      out.push(`missing default fdb ${ZERO_MAC} dst ${want} self permanent (unknown traffic has nowhere to go)`);
-    }
-    for (const [mac, entries] of selfFdb) for (const f of entries) out.push(`unexpected permanent fdb ${mac} dst ${f.dst ?? 'none'} in mode=${r.mode}`);
-  }
-  return out;
+  const target = { mode: r.mode, remote: p2pRemote(r.remote, r.options), group: r.options.group };
+  return peerDifferences(target, r, r.desiredPeers);
 }
 
 // ------------------------------------------------------------------ rendering

@@ -11,11 +11,22 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from '../log';
 import type { AttachedEndpoint, EndpointAttachment, OrphanReport, OverlayInfo, OverlaySpec, Peer } from './types';
-import { IFF_UP, LinkInfo, formatMac, isMulticastIPv4, parseIPv4, parseIPv4Cidr, parseUnicastMac } from './encode';
+import { LinkInfo, formatMac, parseUnicastMac } from './encode';
 import { NlMessage, NlSocket, RTNLGRP_NEIGH, isNetlinkError } from './nlsock';
 import { createNetns, deleteNetns, ensureNetnsDir, hostNetnsFd, isNetnsMounted, listNetns, openNetns, withNetns } from './netns';
 import {
-  VxlanSpec,
+  BRIDGE_NAME,
+  HOST_VETH_NAME,
+  PORT_VETH_NAME,
+  VXLAN_NAME,
+  type VxlanSpec,
+  deviceState,
+  expectedVxlan,
+  portDifferences,
+  validateMtu,
+  validateOverlayTarget,
+} from './overlay-check';
+import {
   createVeth,
   deleteLink,
   ensureAddress,
@@ -41,8 +52,7 @@ import {
   setPeers as kernelSetPeers,
 } from './peers';
 
-export const BRIDGE_NAME = 'br0';
-export const VXLAN_NAME = 'vxlan0';
+export { BRIDGE_NAME, VXLAN_NAME } from './overlay-check';
 export const DEFAULT_NETNS_DIR = '/run/tsoverlay/netns';
 
 export interface DataplaneOptions {
@@ -87,9 +97,6 @@ export interface OverlayView {
 }
 
 const NETNS_NAME = /^([0-9]+)-(.+)$/;
-/** Our veth ends, as vethNames() makes them from a Docker endpoint id (alphanumeric, ≥ 12 chars). */
-const HOST_VETH_NAME = /^vc[A-Za-z0-9]{11}$/;
-const PORT_VETH_NAME = /^ve[A-Za-z0-9]{11}$/;
 
 interface Overlay {
   prefix: string;
@@ -105,17 +112,13 @@ interface Overlay {
   bridgeIndex?: number;
 }
 
-function validateMtu(mtu: number): void {
-  if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535) throw new Error(`invalid MTU ${mtu}`);
-}
-
 export class Dataplane {
   private readonly netnsDir: string;
   private readonly log: Logger;
   private readonly overlays = new Map<string, Overlay>();
   private readonly epochs = new Map<string, number>();
   private readonly locks = new Map<string, Promise<void>>();
-  private hostSock: NlSocket | undefined;
+  private hostSocketCache: NlSocket | undefined;
   private closed = false;
 
   constructor(opts: DataplaneOptions) {
@@ -125,11 +128,11 @@ export class Dataplane {
 
   // ------------------------------------------------------------ plumbing
 
-  /** A socket in the plugin's own namespace (the main thread is always back there between calls). */
-  private host(): NlSocket {
+  /** A netlink socket in the plugin's own namespace (the main thread is always back there between calls). */
+  private hostSocket(): NlSocket {
     if (this.closed) throw new Error('dataplane closed');
-    if (!this.hostSock || this.hostSock.isClosed) this.hostSock = new NlSocket();
-    return this.hostSock;
+    if (!this.hostSocketCache || this.hostSocketCache.isClosed) this.hostSocketCache = new NlSocket();
+    return this.hostSocketCache;
   }
 
   /** Runs `fn` after every earlier operation on the same network has settled. */
@@ -200,6 +203,22 @@ export class Dataplane {
     return o;
   }
 
+  /** `fn` on the network's live overlay, in the network's turn; `none` when it has no namespace here. */
+  private withOverlay<T>(networkId: string, none: T, fn: (o: Overlay) => Promise<T>): Promise<T> {
+    return this.serial(networkId, async () => {
+      const o = this.existing(networkId);
+      return o ? fn(o) : none;
+    });
+  }
+
+  /** `fn` with vxlan0's index in the network's overlay (which must exist), in the network's turn. */
+  private withVxlan<T>(networkId: string, fn: (o: Overlay, vxlanIndex: number) => Promise<T>): Promise<T> {
+    return this.serial(networkId, async () => {
+      const o = this.required(networkId);
+      return fn(o, await this.indexOf(o, VXLAN_NAME));
+    });
+  }
+
   /** Device indexes are looked up on each use (one round trip): a device replaced behind our back is then just found again. */
   private async indexOf(o: Overlay, name: string): Promise<number> {
     const index = await linkIndex(o.sock, name);
@@ -207,32 +226,14 @@ export class Dataplane {
     return index;
   }
 
+  /** vxlan0 as overlay-check expects it, plus the multicast underlay device (found by the VTEP's address). */
   private async vxlanSpec(spec: OverlaySpec): Promise<VxlanSpec> {
-    const base = { name: VXLAN_NAME, vni: spec.vni, mtu: spec.mtu, learning: true };
-    const local = spec.vtep ? { local: spec.vtep } : {};
-    switch (spec.mode) {
-      case 'static':
-      case 'miss':
-        return { ...base, ...local, proxy: true };
-      case 'p2p': {
-        if (!spec.remote) throw new Error('p2p mode needs a remote address');
-        parseIPv4(spec.remote);
-        return { ...base, ...local, proxy: false, group: spec.remote };
-      }
-      case 'multicast': {
-        if (!spec.group || !isMulticastIPv4(parseIPv4(spec.group))) {
-          throw new Error(`multicast mode needs a multicast group, got ${JSON.stringify(spec.group)}`);
-        }
-        const v: VxlanSpec = { ...base, ...local, proxy: false, group: spec.group };
-        if (spec.vtep) {
-          const a = (await listIPv4Addresses(this.host())).find((x) => x.ip === spec.vtep);
-          if (a) v.underlayIndex = a.index;
-        }
-        return v;
-      }
-      default:
-        throw new Error(`unknown resolution mode ${JSON.stringify((spec as { mode: unknown }).mode)}`);
+    const v = expectedVxlan(spec);
+    if (spec.mode === 'multicast' && spec.vtep) {
+      const a = (await listIPv4Addresses(this.hostSocket())).find((x) => x.ip === spec.vtep);
+      if (a) v.underlayIndex = a.index;
     }
+    return v;
   }
 
   // ------------------------------------------------------------ overlays
@@ -256,9 +257,7 @@ export class Dataplane {
 
   private ensure(spec: OverlaySpec): Promise<{ info: OverlayInfo; changed: boolean }> {
     return this.serial(spec.networkId, async () => {
-      validateMtu(spec.mtu);
-      parseIPv4Cidr(spec.gatewayCidr);
-      if (spec.vtep) parseIPv4(spec.vtep);
+      validateOverlayTarget(spec);
       const vx = await this.vxlanSpec(spec);
       const prefix = networkPrefix(spec.networkId);
       const started = process.hrtime.bigint();
@@ -287,7 +286,7 @@ export class Dataplane {
         o.bridgeIndex = br.link.index;
         if (br.created) created.push(br.link);
         await ensureAddress(o.sock, br.link.index, spec.gatewayCidr);
-        const v = await ensureVxlan(this.host(), o.sock, o.nsFd, vx, br.link.index);
+        const v = await ensureVxlan(this.hostSocket(), o.sock, o.nsFd, vx, br.link.index);
         if (v.replaced) this.log.warn('replaced incompatible vxlan device', { network: spec.networkId, reason: v.replaced });
         if (v.created) created.push(v.link);
         // A br0 deleted (or a port released) by hand leaves the containers' ports without a master.
@@ -321,13 +320,15 @@ export class Dataplane {
   /** Enslaves to br0 (and brings up) every endpoint port in the namespace that lost its master. */
   private async reattachPorts(o: Overlay, brIndex: number): Promise<number> {
     let n = 0;
+    const nameOf = (i: number): string | undefined => (i === brIndex ? BRIDGE_NAME : undefined);
     for (const l of await listLinks(o.sock)) {
       if (l.kind !== 'veth' || !PORT_VETH_NAME.test(l.name)) continue;
-      if (l.master !== brIndex) {
+      const wrong = new Set(portDifferences(deviceState(l, nameOf), l.name).map((d) => d.field));
+      if (wrong.has('master')) {
         await setLink(o.sock, l.index, { master: brIndex });
         n++;
       }
-      if (!(l.flags & IFF_UP)) await setLink(o.sock, l.index, { up: true });
+      if (wrong.has('up')) await setLink(o.sock, l.index, { up: true });
     }
     return n;
   }
@@ -393,36 +394,38 @@ export class Dataplane {
       const o = this.required(a.networkId);
       const master = o.bridgeIndex ?? (await this.indexOf(o, BRIDGE_NAME));
       const veth = { hostName: names.srcName, peerName: names.bridgePortName, mtu: a.mtu, mac, masterIndex: master };
-      // The common case first (nothing there yet); EEXIST means a retried Join or a leftover pair.
-      try {
+      const create = async (): Promise<AttachedEndpoint> => {
         await createVeth(o.sock, hostNetnsFd(), veth);
         this.log.debug('endpoint attached', { network: a.networkId, endpoint: a.endpointId, ...names });
         return names;
+      };
+      // The common case first (nothing there yet); EEXIST means a retried Join or a leftover pair.
+      try {
+        return await create();
       } catch (e) {
         if (!isNetlinkError(e, 'EEXIST')) throw e;
       }
-      const host = this.host();
+      const hostSock = this.hostSocket();
       const peer = await getLink(o.sock, names.bridgePortName);
-      const hostEnd = await getLink(host, names.srcName);
+      const hostEnd = await getLink(hostSock, names.srcName);
 
       const paired =
         peer?.kind === 'veth' &&
         (!hostEnd || (hostEnd.kind === 'veth' && hostEnd.link === peer.index && peer.link === hostEnd.index));
       if (peer && paired) {
         if (hostEnd && (hostEnd.mac !== formatMac(mac) || hostEnd.mtu !== a.mtu)) {
-          await setLink(host, hostEnd.index, { mac, mtu: a.mtu });
+          await setLink(hostSock, hostEnd.index, { mac, mtu: a.mtu });
         }
         if (peer.mtu !== a.mtu) await setLink(o.sock, peer.index, { mtu: a.mtu });
-        if (peer.master !== master) await setLink(o.sock, peer.index, { master });
-        if (!(peer.flags & IFF_UP)) await setLink(o.sock, peer.index, { up: true });
+        const wrong = new Set(portDifferences(deviceState(peer, (i) => (i === master ? BRIDGE_NAME : undefined)), peer.name).map((d) => d.field));
+        if (wrong.has('master')) await setLink(o.sock, peer.index, { master });
+        if (wrong.has('up')) await setLink(o.sock, peer.index, { up: true });
         this.log.debug('endpoint already attached', { network: a.networkId, endpoint: a.endpointId, moved: !hostEnd });
         return names;
       }
       if (peer) await deleteLink(o.sock, peer.index);
-      if (hostEnd) await deleteLink(host, hostEnd.index);
-      await createVeth(o.sock, hostNetnsFd(), veth);
-      this.log.debug('endpoint attached', { network: a.networkId, endpoint: a.endpointId, ...names });
-      return names;
+      if (hostEnd) await deleteLink(hostSock, hostEnd.index);
+      return create();
     });
   }
 
@@ -430,7 +433,7 @@ export class Dataplane {
   detachEndpoint(networkId: string, endpointId: string): Promise<void> {
     return this.serial(networkId, async () => {
       const names = vethNames(endpointId);
-      await deleteLink(this.host(), names.srcName);
+      await deleteLink(this.hostSocket(), names.srcName);
       const o = this.existing(networkId);
       if (o) await deleteLink(o.sock, names.bridgePortName);
       this.log.debug('endpoint detached', { network: networkId, endpoint: endpointId });
@@ -439,9 +442,7 @@ export class Dataplane {
 
   /** How many veths are br0 ports in the network's namespace (0 if it has none). */
   countAttachedEndpoints(networkId: string): Promise<number> {
-    return this.serial(networkId, async () => {
-      const o = this.existing(networkId);
-      if (!o) return 0;
+    return this.withOverlay(networkId, 0, async (o) => {
       const master = await this.indexOf(o, BRIDGE_NAME);
       return (await listLinks(o.sock)).filter((l) => l.kind === 'veth' && l.master === master).length;
     });
@@ -449,11 +450,9 @@ export class Dataplane {
 
   /** Names of the endpoint ports (`ve…`) in the network's namespace (empty if it has none). */
   bridgePorts(networkId: string): Promise<string[]> {
-    return this.serial(networkId, async () => {
-      const o = this.existing(networkId);
-      if (!o) return [];
-      return (await listLinks(o.sock)).filter((l) => l.kind === 'veth' && PORT_VETH_NAME.test(l.name)).map((l) => l.name);
-    });
+    return this.withOverlay(networkId, [], async (o) =>
+      (await listLinks(o.sock)).filter((l) => l.kind === 'veth' && PORT_VETH_NAME.test(l.name)).map((l) => l.name),
+    );
   }
 
   /**
@@ -473,10 +472,10 @@ export class Dataplane {
     }
     const keepNets = new Set([...keep.networkIds].map(networkPrefix));
     const report: OrphanReport = { hostVeths: [], ports: [], namespaces: [] };
-    const host = this.host();
-    for (const l of await listLinks(host)) {
+    const hostSock = this.hostSocket();
+    for (const l of await listLinks(hostSock)) {
       if (l.kind !== 'veth' || !HOST_VETH_NAME.test(l.name) || keepHost.has(l.name)) continue;
-      await deleteLink(host, l.index);
+      await deleteLink(hostSock, l.index);
       report.hostVeths.push(l.name);
     }
     const newest = new Map<string, number>();
@@ -513,34 +512,22 @@ export class Dataplane {
 
   /** Removes `remove` then adds `add` (see peers.applyPeerDiff). */
   applyPeers(networkId: string, add: Peer[], remove: Peer[]): Promise<PeerChangeResult> {
-    return this.serial(networkId, async () => {
-      const o = this.required(networkId);
-      return applyPeerDiff(o.sock, await this.indexOf(o, VXLAN_NAME), add, remove);
-    });
+    return this.withVxlan(networkId, (o, vxlanIndex) => applyPeerDiff(o.sock, vxlanIndex, add, remove));
   }
 
   /** Makes the tables hold exactly `desired` (see peers.setPeers). */
   setPeers(networkId: string, desired: Peer[]): Promise<PeerChangeResult> {
-    return this.serial(networkId, async () => {
-      const o = this.required(networkId);
-      return kernelSetPeers(o.sock, await this.indexOf(o, VXLAN_NAME), desired);
-    });
+    return this.withVxlan(networkId, (o, vxlanIndex) => kernelSetPeers(o.sock, vxlanIndex, desired));
   }
 
   /** Remote containers as programmed: PERMANENT neighbours joined with their `self` FDB entries. */
   listPeers(networkId: string): Promise<Peer[]> {
-    return this.serial(networkId, async () => {
-      const o = this.existing(networkId);
-      if (!o) return [];
-      return kernelPeers(o.sock, await this.indexOf(o, VXLAN_NAME));
-    });
+    return this.withOverlay(networkId, [], async (o) => kernelPeers(o.sock, await this.indexOf(o, VXLAN_NAME)));
   }
 
   /** Devices, addresses and vxlan0's tables of a network's namespace; undefined when it has none. */
   inspectOverlay(networkId: string): Promise<OverlayView | undefined> {
-    return this.serial(networkId, async () => {
-      const o = this.existing(networkId);
-      if (!o) return undefined;
+    return this.withOverlay<OverlayView | undefined>(networkId, undefined, async (o) => {
       const [links, addresses] = await Promise.all([listLinks(o.sock), listIPv4Addresses(o.sock)]);
       const vx = links.find((l) => l.name === VXLAN_NAME);
       const [neighbours, fdb] = vx ? await Promise.all([listNeighbours(o.sock, vx.index), listFdb(o.sock, vx.index)]) : [[], []];
@@ -555,9 +542,7 @@ export class Dataplane {
    * miss lost to a receive-buffer overrun costs only a retry.
    */
   watchMisses(networkId: string, onMiss: (m: Miss) => void): Promise<() => void> {
-    return this.serial(networkId, async () => {
-      const o = this.required(networkId);
-      const vxlanIndex = await this.indexOf(o, VXLAN_NAME);
+    return this.withVxlan(networkId, async (o, vxlanIndex) => {
       const sock = withNetns(o.nsFd, () => new NlSocket({ groups: [RTNLGRP_NEIGH] }));
       sock.on('notification', (m: NlMessage) => {
         const miss = parseMiss(m.type, m.data);
@@ -581,7 +566,7 @@ export class Dataplane {
   close(): void {
     this.closed = true;
     for (const o of [...this.overlays.values()]) this.dropOverlay(o);
-    this.hostSock?.close();
-    this.hostSock = undefined;
+    this.hostSocketCache?.close();
+    this.hostSocketCache = undefined;
   }
 }

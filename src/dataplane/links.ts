@@ -28,8 +28,7 @@ import {
   parseLinkMessage,
 } from './encode';
 import { NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NlSocket, isNetlinkError } from './nlsock';
-
-export const VXLAN_PORT = 4789;
+import { BRIDGE_NAME, VXLAN_PORT, type VxlanSpec, bridgeDifferences, deviceState, firstIncompat, vxlanDifferences, vxlanState } from './overlay-check';
 
 function streamToBuffer(x: StreamData): Buffer {
   const s = new AttrStream();
@@ -144,11 +143,12 @@ async function mustGet(sock: NlSocket, name: string): Promise<LinkInfo> {
   return l;
 }
 
-/** A bridge `name` at `mtu`, up. A non-bridge device of that name is replaced. */
+/** A bridge `name` at `mtu`, up (see overlay-check.bridgeDifferences). A non-bridge device of that name is replaced. */
 export async function ensureBridge(sock: NlSocket, name: string, mtu: number): Promise<EnsureResult> {
   let link = await getLink(sock, name);
   let created = false;
-  if (link && link.kind !== 'bridge') {
+  let fix = link ? bridgeDifferences(deviceState(link, () => undefined), { mtu }) : [];
+  if (link && fix.some((d) => d.rebuild)) {
     await deleteLink(sock, link.index);
     link = undefined;
   }
@@ -157,9 +157,10 @@ export async function ensureBridge(sock: NlSocket, name: string, mtu: number): P
     await sock.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, linkPayload(0, { ifname: name, mtu, linkinfo }), `create bridge ${name}`);
     created = true;
     link = await mustGet(sock, name);
+    fix = bridgeDifferences(deviceState(link, () => undefined), { mtu });
   }
   try {
-    if (link.mtu !== mtu || !(link.flags & IFF_UP)) await setLink(sock, link.index, { mtu, up: true });
+    if (fix.length > 0) await setLink(sock, link.index, { mtu, up: true });
   } catch (e) {
     if (created) await deleteLink(sock, link.index).catch(() => undefined);
     throw e;
@@ -193,21 +194,6 @@ function ifaddr(index: number, ip: Buffer, prefix: number): Buffer {
 
 // ---------------------------------------------------------------- vxlan
 
-export interface VxlanSpec {
-  name: string;
-  vni: number;
-  mtu: number;
-  /** `local`: the underlay address the UDP socket binds to. */
-  local?: string;
-  /** p2p: the unicast remote; multicast: the group. */
-  group?: string;
-  /** multicast: the underlay device index (host namespace). */
-  underlayIndex?: number;
-  /** static/miss: answer ARP locally and report misses; off for p2p/multicast, which must flood. */
-  proxy: boolean;
-  learning: boolean;
-}
-
 /** The IFLA_INFO_DATA attributes for a vxlan spec (dstport is a big-endian u16). */
 export function vxlanAttributes(s: VxlanSpec): ifla.Vxlan {
   if (!Number.isInteger(s.vni) || s.vni < 0) throw new Error(`invalid VNI ${s.vni}`);
@@ -227,24 +213,11 @@ export function vxlanAttributes(s: VxlanSpec): ifla.Vxlan {
   return v;
 }
 
-/** Why an existing device cannot serve as the wanted vxlan (undefined = it can, perhaps after set MTU/master/up). */
-export function vxlanMismatch(l: LinkInfo, s: VxlanSpec): string | undefined {
-  if (l.kind !== 'vxlan' || !l.vxlan) return `kind ${l.kind ?? 'unknown'}`;
-  const v = l.vxlan;
-  if (v.id !== s.vni) return `vni ${v.id} != ${s.vni}`;
-  if (v.port !== VXLAN_PORT) return `dstport ${v.port}`;
-  if ((v.local ?? undefined) !== (s.local ?? undefined)) return `local ${v.local} != ${s.local}`;
-  if ((v.group ?? undefined) !== (s.group ?? undefined)) return `group ${v.group} != ${s.group}`;
-  if (s.underlayIndex !== undefined && v.link !== s.underlayIndex) return `link ${v.link} != ${s.underlayIndex}`;
-  if (!!v.proxy !== s.proxy || !!v.l2miss !== s.proxy || !!v.l3miss !== s.proxy) return 'proxy/l2miss/l3miss';
-  if (!!v.learning !== s.learning) return 'learning';
-  // Without a link netns id the device (and its UDP socket) lives in the overlay namespace itself.
-  if (l.linkNetnsid === undefined) return 'not created from the host namespace';
-  return undefined;
-}
-
 /**
  * The vxlan device `spec.name` in the overlay namespace (socket `ns`), enslaved to `masterIndex`, up.
+ * An existing device is judged by overlay-check.vxlanDifferences (the same lines `inspect --check`
+ * prints): one that differs in what only a new device fixes is replaced, MTU, master and state are
+ * set in place.
  *
  * It is created by an RTM_NEWLINK sent on a socket in the plugin's (host) namespace carrying
  * IFLA_NET_NS_FD of the overlay namespace: the kernel builds the device directly in the overlay
@@ -259,14 +232,15 @@ export async function ensureVxlan(
   spec: VxlanSpec,
   masterIndex: number,
 ): Promise<EnsureResult & { replaced?: string }> {
+  // masterIndex is br0's: the validators know the overlay's bridge by name.
+  const observe = (l: LinkInfo) => vxlanDifferences(vxlanState(l, (i) => (i === masterIndex ? BRIDGE_NAME : undefined)), spec);
   let link = await getLink(ns, spec.name);
   let replaced: string | undefined;
-  if (link) {
-    replaced = vxlanMismatch(link, spec);
-    if (replaced) {
-      await deleteLink(ns, link.index);
-      link = undefined;
-    }
+  let fix = link ? observe(link) : [];
+  if (link) replaced = firstIncompat(fix);
+  if (link && replaced) {
+    await deleteLink(ns, link.index);
+    link = undefined;
   }
   let created = false;
   if (!link) {
@@ -280,11 +254,13 @@ export async function ensureVxlan(
     );
     created = true;
     link = await mustGet(ns, spec.name);
+    fix = observe(link);
   }
   try {
-    if (link.mtu !== spec.mtu) await setLink(ns, link.index, { mtu: spec.mtu });
-    if (link.master !== masterIndex) await setLink(ns, link.index, { master: masterIndex });
-    if (!(link.flags & IFF_UP)) await setLink(ns, link.index, { up: true });
+    const wrong = new Set(fix.map((d) => d.field));
+    if (wrong.has('mtu')) await setLink(ns, link.index, { mtu: spec.mtu });
+    if (wrong.has('master')) await setLink(ns, link.index, { master: masterIndex });
+    if (wrong.has('up')) await setLink(ns, link.index, { up: true });
   } catch (e) {
     if (created) await deleteLink(ns, link.index).catch(() => undefined);
     throw e;

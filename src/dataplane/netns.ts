@@ -91,9 +91,17 @@ export function ensureNetnsDir(dir: string): void {
 export function releaseNetnsDir(dir: string): void {
   const abs = path.resolve(dir);
   sharedDirs.delete(abs);
-  for (let i = 0; i < 8 && isMountPoint(abs); i++) {
+  unmountAll(abs, isMountPoint);
+}
+
+/**
+ * Detaches every mount stacked on `target` (a bounded number: a path mounted over and over is
+ * not worth looping on forever). Not mounted, or gone meanwhile, is fine.
+ */
+function unmountAll(target: string, mounted: (p: string) => boolean): void {
+  for (let i = 0; i < 8 && mounted(target); i++) {
     try {
-      umount2(abs, MNT_DETACH);
+      umount2(target, MNT_DETACH);
     } catch (e) {
       if (e instanceof SyscallError && (e.code === 'EINVAL' || e.code === 'ENOENT')) break;
       throw e;
@@ -163,14 +171,7 @@ export function inNetnsFile<T>(file: string, fn: () => T): T {
  * (a process, an open descriptor, a device's socket) still holds it. Missing is fine.
  */
 export function deleteNetns(file: string): void {
-  for (let i = 0; i < 8 && isNetnsMounted(file); i++) {
-    try {
-      umount2(file, MNT_DETACH);
-    } catch (e) {
-      if (!(e instanceof SyscallError) || (e.code !== 'EINVAL' && e.code !== 'ENOENT')) throw e;
-      break;
-    }
-  }
+  unmountAll(file, isNetnsMounted);
   fs.rmSync(file, { force: true });
 }
 

@@ -20,6 +20,7 @@ import {
   RTM_GETNEIGH,
   RTM_NEWNEIGH,
   NeighFields,
+  type NeighEntry,
   formatIPv4,
   formatIPv4Number,
   formatMac,
@@ -31,6 +32,7 @@ import {
   parseNeighMessage,
 } from './encode';
 import { NLM_F_CREATE, NLM_F_REPLACE, NetlinkError, NlSocket, isNetlinkError } from './nlsock';
+import { isPeerFdb } from './overlay-check';
 
 export interface NeighbourEntry {
   ip: string;
@@ -51,8 +53,6 @@ export interface FdbEntry {
   /** Neither permanent nor static: learned from traffic (ages out). */
   dynamic: boolean;
 }
-
-const ZERO_MAC = '00:00:00:00:00:00';
 
 interface ParsedPeer {
   peer: Peer;
@@ -183,19 +183,27 @@ function ndmsgRequest(family: number): Buffer {
   return b;
 }
 
-/** IPv4 neighbour entries of device `ifindex`. */
-export async function listNeighbours(sock: NlSocket, ifindex: number): Promise<NeighbourEntry[]> {
-  const msgs = await sock.dump(RTM_GETNEIGH, ndmsgRequest(AF_INET), 'dump neighbours');
-  const out: NeighbourEntry[] = [];
-  for (const m of msgs) {
+/** The neighbour-table entries of one family on device `ifindex`, each made a T by `pick` (undefined: left out). */
+async function dumpEntries<T>(sock: NlSocket, family: number, ifindex: number, what: string, pick: (e: NeighEntry) => T | undefined): Promise<T[]> {
+  const out: T[] = [];
+  for (const m of await sock.dump(RTM_GETNEIGH, ndmsgRequest(family), what)) {
     if (m.type !== RTM_NEWNEIGH) continue;
     const e = parseNeighMessage(m.data);
-    if (e.family !== AF_INET || e.ifindex !== ifindex || e.dst?.length !== 4) continue;
-    const n: NeighbourEntry = { ip: formatIPv4(e.dst), permanent: (e.state & NUD_PERMANENT) !== 0, state: e.state };
-    if (e.lladdr?.length === 6) n.mac = formatMac(e.lladdr);
-    out.push(n);
+    if (e.family !== family || e.ifindex !== ifindex) continue;
+    const x = pick(e);
+    if (x !== undefined) out.push(x);
   }
   return out;
+}
+
+/** IPv4 neighbour entries of device `ifindex`. */
+export function listNeighbours(sock: NlSocket, ifindex: number): Promise<NeighbourEntry[]> {
+  return dumpEntries(sock, AF_INET, ifindex, 'dump neighbours', (e) => {
+    if (e.dst?.length !== 4) return undefined;
+    const n: NeighbourEntry = { ip: formatIPv4(e.dst), permanent: (e.state & NUD_PERMANENT) !== 0, state: e.state };
+    if (e.lladdr?.length === 6) n.mac = formatMac(e.lladdr);
+    return n;
+  });
 }
 
 /** The MAC of device `ifindex`'s neighbour entry for one address (a single RTM_GETNEIGH), undefined when there is none. */
@@ -220,13 +228,9 @@ async function neighbourMac(sock: NlSocket, ifindex: number, ip: number): Promis
 }
 
 /** Bridge-family FDB entries of device `ifindex` (its own `self` entries and its bridge's `master` ones). */
-export async function listFdb(sock: NlSocket, ifindex: number): Promise<FdbEntry[]> {
-  const msgs = await sock.dump(RTM_GETNEIGH, ndmsgRequest(AF_BRIDGE), 'dump fdb');
-  const out: FdbEntry[] = [];
-  for (const m of msgs) {
-    if (m.type !== RTM_NEWNEIGH) continue;
-    const e = parseNeighMessage(m.data);
-    if (e.family !== AF_BRIDGE || e.ifindex !== ifindex || e.lladdr?.length !== 6) continue;
+export function listFdb(sock: NlSocket, ifindex: number): Promise<FdbEntry[]> {
+  return dumpEntries(sock, AF_BRIDGE, ifindex, 'dump fdb', (e) => {
+    if (e.lladdr?.length !== 6) return undefined;
     const f: FdbEntry = {
       mac: formatMac(e.lladdr),
       self: (e.flags & NTF_SELF) !== 0,
@@ -236,15 +240,14 @@ export async function listFdb(sock: NlSocket, ifindex: number): Promise<FdbEntry
       dynamic: (e.state & (NUD_PERMANENT | NUD_NOARP)) === 0,
     };
     if (e.dst?.length === 4) f.vtep = formatIPv4(e.dst);
-    out.push(f);
-  }
-  return out;
+    return f;
+  });
 }
 
 /** Peers as the kernel has them: PERMANENT neighbours joined by MAC with permanent `self` FDB entries. */
 export function joinPeers(neighbours: NeighbourEntry[], fdb: FdbEntry[]): Peer[] {
   const vtepByMac = new Map<string, string>();
-  for (const f of fdb) if (f.self && f.permanent && f.vtep && f.mac !== ZERO_MAC) vtepByMac.set(f.mac, f.vtep);
+  for (const f of fdb) if (isPeerFdb(f) && f.vtep) vtepByMac.set(f.mac, f.vtep);
   const out: Peer[] = [];
   for (const n of neighbours) {
     if (!n.permanent || !n.mac) continue;
@@ -353,17 +356,20 @@ export async function applyPeerDiff(sock: NlSocket, vxlanIndex: number, add: Pee
     }
     await sendBatch(sock, 'remove peers', slab.msgs, owners, IGNORE_ON_DELETE);
   }
-  if (adds.length) {
-    const slab = new Slab(adds.length * ADD_LEN);
-    const owners: ParsedPeer[] = [];
-    for (const p of adds) {
-      slab.neighAdd(vxlanIndex, p.ip, p.mac);
-      slab.fdbAdd(vxlanIndex, p.mac, p.vtep);
-      owners.push(p, p);
-    }
-    await sendBatch(sock, 'add peers', slab.msgs, owners, []);
-  }
+  if (adds.length) await sendAdds(sock, vxlanIndex, adds);
   return { added: adds.length, removed: removes.length };
+}
+
+/** Programs peers: a neighbour and an FDB entry each (replace: idempotent), many to a datagram. */
+async function sendAdds(sock: NlSocket, vxlanIndex: number, peers: readonly ParsedPeer[]): Promise<void> {
+  const slab = new Slab(peers.length * ADD_LEN);
+  const owners: ParsedPeer[] = [];
+  for (const p of peers) {
+    slab.neighAdd(vxlanIndex, p.ip, p.mac);
+    slab.fdbAdd(vxlanIndex, p.mac, p.vtep);
+    owners.push(p, p);
+  }
+  await sendBatch(sock, 'add peers', slab.msgs, owners, []);
 }
 
 /**
@@ -398,14 +404,7 @@ export async function setPeers(sock: NlSocket, vxlanIndex: number, desired: Peer
   for (const p of stale.master) slab.fdbMasterDel(vxlanIndex, p.mac);
   await sendBatch(sock, 'remove stale peers', slab.msgs, [...stale.neigh, ...stale.self, ...stale.master], IGNORE_ON_DELETE);
 
-  const fresh = new Slab(missing.length * ADD_LEN);
-  const addOwners: ParsedPeer[] = [];
-  for (const p of missing) {
-    fresh.neighAdd(vxlanIndex, p.ip, p.mac);
-    fresh.fdbAdd(vxlanIndex, p.mac, p.vtep);
-    addOwners.push(p, p);
-  }
-  await sendBatch(sock, 'add peers', fresh.msgs, addOwners, []);
+  await sendAdds(sock, vxlanIndex, missing);
   return { added: missing.length, removed: stale.removed };
 }
 

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 
 /**
- * The JSON records kept in the store (SPEC §3). Every read goes through these schemas:
+ * The JSON records kept in the store (readable with `etcdctl get` or `consul kv get`). Every read goes through these schemas:
  * another host, an older version or a human with `etcdctl put` may have written the value.
  */
 

@@ -1,5 +1,6 @@
 import express, { type NextFunction, type Request, type Response } from 'express';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import type { z } from 'zod';
@@ -9,6 +10,28 @@ import { PluginError, errorMessage } from '../util/errors';
 
 export const PLUGIN_CONTENT_TYPE = 'application/vnd.docker.plugins.v1+json';
 export const MAX_BODY_BYTES = 1024 * 1024;
+
+/**
+ * Limits that keep a hostile or broken client from holding the daemon's memory or sockets.
+ * Docker sends each request whole at once (a few KB, with a Content-Length), so none of them
+ * is near what it does.
+ */
+export const SERVER_LIMITS = {
+  /** Open connections at once; more are closed as they arrive (Docker retries for 30 s). */
+  maxConnections: 512,
+  /** A request's headers must have arrived this long after its first byte… */
+  headersTimeoutMs: 10_000,
+  /** …and the whole request, body included; else 408 and the connection is closed. */
+  requestTimeoutMs: 10_000,
+  /** How often those two deadlines are checked (node's default is 30 s). */
+  checkIntervalMs: 1_000,
+  /** An idle kept-alive connection is closed after this. */
+  keepAliveTimeoutMs: 5_000,
+  /** Bodies up to this size are always read (the connection cap bounds their total)… */
+  smallBodyBytes: 64 * 1024,
+  /** …larger ones (or of unknown size) share this many bytes; beyond it: 503 and close. */
+  largeBodyBudgetBytes: 8 * 1024 * 1024,
+} as const;
 
 /** A plugin endpoint: its request schema and what to do with a valid request. */
 export interface Route {
@@ -75,6 +98,7 @@ export function createApp(routes: Record<string, Route>, logger: Logger, options
       );
     });
   }
+  app.use(largeBodyBudget());
   app.use(express.text({ type: () => true, limit: MAX_BODY_BYTES }));
   app.post('/:method', (req: Request, res: Response, next: NextFunction) => {
     const method = String(req.params.method);
@@ -110,6 +134,67 @@ export function createApp(routes: Record<string, Route>, logger: Logger, options
   return app;
 }
 
+/**
+ * Large bodies (over `smallBodyBytes`, or chunked) share one budget of bytes that may be
+ * buffered at once: a request that would pass it is answered 503 at once and its connection
+ * closed, before a byte of its body is read. Small bodies, which is what Docker sends, never
+ * wait on it, so slow large uploads cannot starve them.
+ */
+function largeBodyBudget(): (req: Request, res: Response, next: NextFunction) => void {
+  let reserved = 0;
+  return (req, res, next) => {
+    const length = req.headers['content-length'];
+    const parsed = length === undefined ? NaN : Number(length);
+    const declared = Number.isFinite(parsed) && parsed >= 0 ? parsed : undefined;
+    // A compressed body may inflate up to the limit whatever its length on the wire.
+    const encoded = (req.headers['content-encoding'] ?? 'identity').toLowerCase() !== 'identity';
+    if (!encoded && declared !== undefined && declared <= SERVER_LIMITS.smallBodyBytes) return next();
+    // Over the limit: the body parser answers 413 from the header alone, reading nothing.
+    if (!encoded && declared !== undefined && declared > MAX_BODY_BYTES) return next();
+    // Unknown (chunked), larger or compressed: reserve what the body parser may end up holding.
+    const size = encoded ? MAX_BODY_BYTES : Math.min(declared ?? MAX_BODY_BYTES, MAX_BODY_BYTES);
+    if (reserved + size > SERVER_LIMITS.largeBodyBudgetBytes) {
+      res.set('Connection', 'close');
+      reply(res, 503, { Err: 'too many large request bodies in flight; try again' });
+      return;
+    }
+    reserved += size;
+    res.once('close', () => (reserved -= size));
+    next();
+  };
+}
+
+/** Applies SERVER_LIMITS to an HTTP server (the plugin socket's, or the metrics listener's). */
+export function limitServer<S extends http.Server>(server: S): S {
+  server.maxConnections = SERVER_LIMITS.maxConnections;
+  server.headersTimeout = SERVER_LIMITS.headersTimeoutMs;
+  server.requestTimeout = SERVER_LIMITS.requestTimeoutMs;
+  server.keepAliveTimeout = SERVER_LIMITS.keepAliveTimeoutMs;
+  // node's header deadline starts with a request's first byte: a connection that never sends
+  // one would hold its slot for ever. (A socket inactivity timeout would also cut requests
+  // that legitimately wait on the store.)
+  const silent = new WeakMap<object, NodeJS.Timeout>();
+  server.on('connection', (socket: net.Socket) => {
+    const timer = setTimeout(() => socket.destroy(), SERVER_LIMITS.headersTimeoutMs);
+    timer.unref();
+    silent.set(socket, timer);
+    socket.once('close', () => clearTimeout(timer));
+  });
+  server.on('request', (req: http.IncomingMessage) => {
+    const timer = silent.get(req.socket);
+    if (timer !== undefined) {
+      clearTimeout(timer);
+      silent.delete(req.socket);
+    }
+  });
+  return server;
+}
+
+/** An HTTP server for `app` with SERVER_LIMITS (the deadline check interval is set at creation only). */
+export function createLimitedServer(app: http.RequestListener): http.Server {
+  return limitServer(http.createServer({ connectionsCheckingInterval: SERVER_LIMITS.checkIntervalMs }, app));
+}
+
 /** True when something already answers on the socket path (another running plugin). */
 function socketInUse(socketPath: string): Promise<boolean> {
   return new Promise((resolve) => {
@@ -138,8 +223,12 @@ export async function listenUnix(app: express.Express, socketPath: string, mode 
   const previousUmask = process.umask(0o177);
   try {
     const httpServer = await new Promise<net.Server>((resolve, reject) => {
-      const s = app.listen(socketPath, () => resolve(s as unknown as net.Server));
+      const s = createLimitedServer(app);
       s.once('error', reject);
+      s.listen(socketPath, () => {
+        s.off('error', reject);
+        resolve(s);
+      });
     });
     if (group !== undefined) fs.chownSync(socketPath, process.getuid?.() ?? 0, group);
     fs.chmodSync(socketPath, group !== undefined ? (mode | 0o060) & 0o660 : mode);

@@ -1,26 +1,29 @@
 /**
  * Embedded single-host store: a snapshot (`<dir>/store.json`) plus a write-ahead log
- * (`<dir>/store.log`). Every mutation is one line `{"rev":N,"ops":[...]}` appended with a
+ * (`<dir>/store.log`). Every mutation is one line `{"rev":N,"ops":[...],"crc":"…"}` appended with a
  * single write on an O_APPEND|O_DSYNC descriptor, durable before the mutation resolves: one
- * threadpool round trip and a few hundred bytes per call, where rewriting the whole snapshot
- * (temp file, fsync, rename, fsync dir) cost ~8 round trips and grew with the store. The
+ * threadpool round trip and one short line per call, where rewriting the whole snapshot
+ * (temp file, fsync, rename, fsync dir) took several round trips and grew with the store. The
  * snapshot is rewritten atomically only to compact: at open (so every start begins with an
  * empty log), at a clean close (so the snapshot alone is the state of a stopped store), and when
  * the log passes a bound — always in the mutation queue, never beside an append.
  *
  * Crash safety: the snapshot is replaced by rename and the log truncated only after that rename
  * is durable, so a crash mid-compaction leaves a complete snapshot and log records the loader
- * skips (revision not above the snapshot's). A crash mid-append leaves an incomplete last line,
- * which was never acknowledged and is ignored; anything unreadable before the last line is
- * corruption and open refuses rather than start from partial state. A failed append may have
- * left torn bytes, so nothing is appended after one until a compaction has truncated the log.
+ * skips (revision not above the snapshot's). A crash mid-append leaves an unterminated last
+ * line: its write never returned, so it was never acknowledged, and it is dropped (a copy is
+ * kept beside the log). Every terminated line was acknowledged: each carries a CRC-32 of its
+ * record, and one that cannot be read or does not match — the last one included — stops open
+ * with an error naming the file and line; the log is then left untouched (no compaction) until
+ * a person decides. A failed append may have left torn bytes, so nothing is appended after one
+ * until a compaction has truncated the log.
  *
  * Mutations are serialised in-process; one global revision counter (persisted) stamps every
  * write, like etcd's store revision. Leases live in this process only: keys put with a lease
  * are removed on revoke, and at the next open (a lease never survives its process, so every
  * leased key found at open belongs to a dead holder). Only one process may open a store
  * directory at a time, enforced by `<dir>/store.lock` (O_EXCL, holder pid + start time,
- * stale-lock takeover).
+ * stale-lock takeover; a holder that has exited but is not yet reaped, a zombie, is dead).
  */
 
 import { constants as fsc, promises as fsp, readFileSync } from 'node:fs';
@@ -28,6 +31,7 @@ import type { FileHandle } from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { crc32 } from 'node:zlib';
 import { z } from 'zod';
 
 import type { Logger } from '../log';
@@ -37,6 +41,8 @@ import { DEFAULT_PREFIX, SafeListener, assertKey, compareKeys, errorMessage } fr
 export const LOCAL_STORE_FILE = 'store.json';
 export const LOCAL_LOG_FILE = 'store.log';
 export const LOCAL_LOCK_FILE = 'store.lock';
+/** Where an unterminated last log line (a torn append) is kept when open drops it. */
+export const LOCAL_TORN_FILE_PREFIX = 'store.log.torn-';
 
 /** Log size that triggers a compaction: replay at open stays short, the file stays small. */
 const DEFAULT_LOG_LIMIT = { bytes: 4 * 1024 * 1024, records: 10_000 };
@@ -87,7 +93,39 @@ const opSchema = z.discriminatedUnion('type', [
 ]);
 type Op = z.infer<typeof opSchema>;
 
-const logRecordSchema = z.object({ rev: z.number().int().positive(), ops: z.array(opSchema).min(1) });
+const logRecordSchema = z
+  .object({
+    rev: z.number().int().positive(),
+    ops: z.array(opSchema).min(1),
+    /** CRC-32 of `{"rev":…,"ops":…}` as written; absent only in logs of versions before it. */
+    crc: z.string().regex(/^[0-9a-f]{8}$/).optional(),
+  })
+  .strict();
+type LogRecord = z.infer<typeof logRecordSchema>;
+
+function recordCrc(body: string): string {
+  return crc32(body).toString(16).padStart(8, '0');
+}
+
+/** One log line (without its newline) for a record: the record and the CRC of its text. */
+function encodeLogRecord(rev: number, ops: readonly Op[]): string {
+  const body = JSON.stringify({ rev, ops });
+  return `${body.slice(0, -1)},"crc":"${recordCrc(body)}"}`;
+}
+
+/** A log line back to its record; throws with the reason it cannot be trusted. */
+function decodeLogRecord(line: string): LogRecord {
+  const record = logRecordSchema.parse(JSON.parse(line));
+  if (record.crc !== undefined) {
+    // Re-encoding what was parsed gives back the written text exactly (JSON.stringify is
+    // canonical for these plain records), so any changed byte shows as a mismatch.
+    const body = JSON.stringify({ rev: record.rev, ops: record.ops });
+    if (recordCrc(body) !== record.crc || `${body.slice(0, -1)},"crc":"${record.crc}"}` !== line) {
+      throw new Error(`checksum mismatch (the line was changed after it was written)`);
+    }
+  }
+  return record;
+}
 
 /** A log (or snapshot) the loader cannot trust; open refuses rather than start from partial state. */
 class CorruptStoreError extends Error {}
@@ -123,28 +161,40 @@ function applyOps(entries: Map<string, StoredEntry>, ops: readonly Op[], rev: nu
   return events;
 }
 
+export interface ReplayResult {
+  revision: number;
+  /** Bytes after the last newline: an append cut off by a crash (never acknowledged), dropped. */
+  tornTail: string;
+}
+
 /**
- * Replays the log's records above `revision` onto `entries`; returns the revision reached.
- * Only newline-terminated lines were ever acknowledged: an unterminated tail, and an
- * unreadable last line, are the trace of a crash mid-append and are skipped. Records at or
- * below `revision` are already in the snapshot (a crash between its rename and the log's
- * truncation). Anything else out of place is corruption.
+ * Replays the log's records above `revision` onto `entries`. Only an unterminated tail is the
+ * trace of a crash mid-append (its write never returned, so nobody was told it succeeded) and
+ * is left out. Every newline-terminated line was acknowledged: one that cannot be read, the
+ * last one included, is corruption — skipping it could hand out again an address or VNI that
+ * a container holds. Records at or below `revision` are already in the snapshot (a crash
+ * between its rename and the log's truncation).
  */
-function replayLog(file: string, text: string, entries: Map<string, StoredEntry>, revision: number): number {
+function replayLog(file: string, text: string, entries: Map<string, StoredEntry>, revision: number): ReplayResult {
   const end = text.lastIndexOf('\n');
   const lines = end < 0 ? [] : text.slice(0, end).split('\n');
+  const snapshotRevision = revision;
   const corrupt = (line: number, why: string): CorruptStoreError =>
     new CorruptStoreError(
       `local store log ${file} is corrupt at line ${line} of ${lines.length} (${why.slice(0, 300)}); ` +
-        'refusing to start with partial state — move it aside to start from the last snapshot ' +
-        `(losing the writes logged after revision ${revision})`,
+        'refusing to start with partial state: that line holds an acknowledged write (an address, network or ' +
+        'endpoint someone was told exists), and starting without it could hand the same thing out twice. ' +
+        'The log is left exactly as it is. To decide: look at the line ' +
+        `(sed -n ${line}p ${file}); to start from the writes before it, keep a copy and cut the log there ` +
+        `(cp ${file} ${file}.damaged && head -n ${line - 1} ${file}.damaged > ${file}), then check the ` +
+        `containers of the lost writes by hand; moving the log aside starts from the snapshot (revision ${snapshotRevision}). ` +
+        'See docs/reliability.md, "Embedded store".',
     );
   for (let i = 0; i < lines.length; i++) {
-    let record: z.infer<typeof logRecordSchema>;
+    let record: LogRecord;
     try {
-      record = logRecordSchema.parse(JSON.parse(lines[i]!));
+      record = decodeLogRecord(lines[i]!);
     } catch (err) {
-      if (i === lines.length - 1) break;
       throw corrupt(i + 1, errorMessage(err));
     }
     if (record.rev <= revision) continue;
@@ -152,7 +202,7 @@ function replayLog(file: string, text: string, entries: Map<string, StoredEntry>
     applyOps(entries, record.ops, record.rev);
     revision = record.rev;
   }
-  return revision;
+  return { revision, tornTail: text.slice(end + 1) };
 }
 
 interface Mutation<T> {
@@ -172,13 +222,28 @@ function processStartTime(pid: number): string | undefined {
   }
 }
 
+/** Process state letter from /proc (field 3), undefined when the process is gone. */
+function processState(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Whether the process can still be using the store. A zombie (exited, not yet reaped by its
+ * parent) still answers kill(pid, 0), but its descriptors and memory are gone: it holds nothing.
+ */
 function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
+  const state = processState(pid);
+  return state !== 'Z' && state !== 'X';
 }
 
 function errnoCode(err: unknown): string | undefined {
@@ -207,7 +272,7 @@ class LockFile {
     for (let attempt = 0; attempt < 3; attempt++) {
       // Written in full under a private name, then linked into place: the lock file appears
       // with its content or not at all. (Created empty and then written, a crash in between
-      // left an unreadable lock that blocked every restart for 10 s.)
+      // left an unreadable lock that blocked every restart until it was old enough to be taken over.)
       const draft = `${lockPath}.${process.pid}.${randomBytes(4).toString('hex')}`;
       try {
         const fh = await fsp.open(draft, 'wx', 0o644);
@@ -281,7 +346,10 @@ class LockFile {
     if (holder.pid === process.pid && holder.startTime === processStartTime(process.pid)) {
       return { kind: 'live', holder: `this process (pid ${process.pid}); close the other LocalStore first` };
     }
-    if (!pidAlive(holder.pid)) return { kind: 'stale', reason: `holder pid ${holder.pid} is not running` };
+    if (!pidAlive(holder.pid)) {
+      const zombie = processState(holder.pid) === 'Z' ? ' (it has exited; its parent has not reaped it yet)' : '';
+      return { kind: 'stale', reason: `holder pid ${holder.pid} is not running${zombie}` };
+    }
     if (holder.startTime !== undefined) {
       const current = processStartTime(holder.pid);
       if (current !== undefined && current !== holder.startTime) {
@@ -426,7 +494,18 @@ export class LocalStore implements Store {
       this.entries = new Map(Object.entries(data.entries));
     }
     const logText = await readIfExists(this.logFile);
-    this.revision = replayLog(this.logFile, logText ?? '', this.entries, this.revision);
+    const replay = replayLog(this.logFile, logText ?? '', this.entries, this.revision);
+    this.revision = replay.revision;
+    if (replay.tornTail.length > 0) {
+      // Never acknowledged, so safe to drop; kept for a person to look at all the same.
+      const kept = path.join(this.dir, `${LOCAL_TORN_FILE_PREFIX}${new Date().toISOString().replace(/[:.]/g, '-')}`);
+      await fsp.writeFile(kept, replay.tornTail, { mode: 0o600 });
+      this.logger.warn('local store: dropped an unterminated last log line (a write cut off by a crash; it was never acknowledged)', {
+        log: this.logFile,
+        bytes: Buffer.byteLength(replay.tornTail),
+        keptIn: kept,
+      });
+    }
     // No lease survives its process: every leased key here belongs to a dead holder. Removed in
     // memory and made durable by the compaction below (a crash before it just redoes this).
     const orphaned = [...this.entries].filter(([, e]) => e.lease !== undefined).map(([k]) => k);
@@ -631,7 +710,7 @@ export class LocalStore implements Store {
       if (m.ops.length === 0) return m.result(this.revision);
       if (this.logTainted) await this.compact();
       const rev = this.revision + 1;
-      const record = Buffer.from(JSON.stringify({ rev, ops: m.ops }) + '\n');
+      const record = Buffer.from(encodeLogRecord(rev, m.ops) + '\n');
       await this.append(record);
       const events = applyOps(this.entries, m.ops, rev);
       this.revision = rev;

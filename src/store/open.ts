@@ -1,7 +1,9 @@
 /**
  * Store URL → backend:
  *   local:///var/lib/tsoverlay          embedded file store in that directory
- *   etcd://h1:2379[,h2:2379]            etcd (etcds:// for TLS; `user:pass@` accepted)
+ *   etcd://h1:2379[,h2:2379]            etcd (etcds:// for TLS; `user:pass@` accepted, but it
+ *                                       shows in `ps` and `docker plugin inspect`: prefer
+ *                                       --etcd-user with --etcd-password-file)
  *   consul://h:8500                     Consul (consuls:// for HTTPS); `consul://` alone uses
  *                                       CONSUL_HTTP_ADDR (else 127.0.0.1:8500)
  * Store.description never contains credentials.
@@ -11,8 +13,8 @@ import { promises as fsp } from 'node:fs';
 
 import type { Logger } from '../log';
 import type { Store } from './store';
-// Only types here: each backend (etcd3 with gRPC is ~9 MB of resident memory, Consul's client ~1 MB)
-// is loaded when a store URL asks for it, so a host pays only for the store it uses.
+// Only types here: each backend (etcd3 brings gRPC, by far the largest) is loaded when a store URL
+// asks for it, so a host pays in resident memory only for the store it uses (docs/benchmarks.md, Footprint).
 import type { EtcdTlsOptions } from './etcd';
 
 export interface EtcdConnectOptions {
@@ -55,9 +57,33 @@ export class StoreUrlError extends Error {
   }
 }
 
-/** The URL with any `user:password@` removed (for messages and logs). */
+/**
+ * The URL without its credentials (for messages and logs). A host list never holds an `@`, so
+ * everything between `scheme://` and the LAST `@` is userinfo, whatever the password contains
+ * (`/`, `#`, `?`, `:`, `,`, more `@`, percent escapes); without a `scheme://` everything before
+ * the last `@` goes. What is left of the host part loses any query or fragment too. Removing too
+ * much only makes a message vaguer; removing too little would print part of a secret.
+ */
 export function redactUrl(url: string): string {
-  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@]*@/i, '$1');
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(url)?.[0] ?? '';
+  let rest = url.slice(scheme.length);
+  const at = rest.lastIndexOf('@');
+  if (at >= 0) rest = rest.slice(at + 1);
+  const cut = rest.search(/[?#]/);
+  return scheme + (cut >= 0 ? `${rest.slice(0, cut)}?…` : rest);
+}
+
+/** Percent-decodes one part of the userinfo; a stray `%` is an error that quotes nothing. */
+function decodeUserinfo(url: string, part: string, what: string): string {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    throw new StoreUrlError(
+      url,
+      `the ${what} in the URL has a "%" that is not followed by two hex digits: write "%" as %25 ` +
+        '(or leave the credentials out of the URL and use --etcd-user with --etcd-password-file)',
+    );
+  }
 }
 
 function parseHostPort(url: string, text: string, defaultPort: number): HostPort {
@@ -74,34 +100,52 @@ function formatHostPort(hp: HostPort): string {
 }
 
 export function parseStoreUrl(url: string, env: NodeJS.ProcessEnv = process.env): StoreLocation {
-  const m = /^([a-z][a-z0-9+.-]*):(?:\/\/([^/?#]*))?([^?#]*)$/i.exec(url.trim());
-  if (!m) throw new StoreUrlError(url, 'expected local:///dir, etcd://host:port[,host:port] or consul://host:port');
-  const scheme = (m[1] ?? '').toLowerCase();
-  const authority = m[2] ?? '';
-  const path = m[3] ?? '';
+  const usage = 'expected local:///dir, etcd://host:port[,host:port] or consul://host:port';
+  const sm = /^([a-z][a-z0-9+.-]*):/i.exec(url.trim());
+  if (!sm) throw new StoreUrlError(url, usage);
+  const scheme = (sm[1] ?? '').toLowerCase();
+  const rest = url.trim().slice(sm[0].length);
 
   if (scheme === 'local') {
+    const m = /^(?:\/\/([^/?#]*))?([^?#]*)$/.exec(rest);
+    if (!m) throw new StoreUrlError(url, usage);
+    const authority = m[1] ?? '';
+    const path = m[2] ?? '';
     if (authority !== '' && authority !== 'localhost') {
       throw new StoreUrlError(url, 'a local store URL has no host: use local:///absolute/dir');
     }
     if (!path.startsWith('/')) throw new StoreUrlError(url, 'a local store needs an absolute directory: local:///var/lib/tsoverlay');
-    const dir = decodeURIComponent(path).replace(/\/+$/, '') || '/';
+    let dir: string;
+    try {
+      dir = decodeURIComponent(path).replace(/\/+$/, '') || '/';
+    } catch {
+      throw new StoreUrlError(url, 'the directory has a "%" that is not followed by two hex digits: write "%" as %25');
+    }
     return { kind: 'local', dir };
   }
 
-  if (path !== '' && path !== '/') throw new StoreUrlError(url, `unexpected path "${path}"`);
+  if (scheme !== 'etcd' && scheme !== 'etcds' && scheme !== 'consul' && scheme !== 'consuls') {
+    throw new StoreUrlError(url, `unknown scheme "${scheme}:" (use local://, etcd://, etcds://, consul:// or consuls://)`);
+  }
+  if (!rest.startsWith('//') && rest !== '') throw new StoreUrlError(url, usage);
+  // The userinfo runs to the LAST "@" (a password may hold "@", "/", "#", "?", ","): the same
+  // rule as redactUrl, so what is parsed as the host is exactly what messages show.
+  const afterSlashes = rest.slice(2);
+  const at = afterSlashes.lastIndexOf('@');
+  const userinfo = at >= 0 ? afterSlashes.slice(0, at) : undefined;
+  const hostPart = afterSlashes.slice(at + 1);
+  const pm = /^([^/?#]*)(\/?)$/.exec(hostPart);
+  if (!pm) throw new StoreUrlError(url, 'unexpected path, query or fragment after the host list');
+  const authority = pm[1] ?? '';
 
   if (scheme === 'etcd' || scheme === 'etcds') {
-    let hosts = authority;
+    const hosts = authority;
     let username: string | undefined;
     let password: string | undefined;
-    const at = authority.lastIndexOf('@');
-    if (at >= 0) {
-      const userinfo = authority.slice(0, at);
-      hosts = authority.slice(at + 1);
+    if (userinfo !== undefined) {
       const colon = userinfo.indexOf(':');
-      username = decodeURIComponent(colon >= 0 ? userinfo.slice(0, colon) : userinfo);
-      password = colon >= 0 ? decodeURIComponent(userinfo.slice(colon + 1)) : undefined;
+      username = decodeUserinfo(url, colon >= 0 ? userinfo.slice(0, colon) : userinfo, 'user name');
+      password = colon >= 0 ? decodeUserinfo(url, userinfo.slice(colon + 1), 'password') : undefined;
     }
     if (hosts === '') throw new StoreUrlError(url, 'no etcd endpoint given');
     const endpoints = hosts.split(',').map((h) => parseHostPort(url, h.trim(), 2379));
@@ -115,7 +159,7 @@ export function parseStoreUrl(url: string, env: NodeJS.ProcessEnv = process.env)
       const addr = env.CONSUL_HTTP_ADDR?.trim();
       if (addr) {
         const am = /^(?:(https?):\/\/)?([^/]+)\/?$/i.exec(addr);
-        if (!am) throw new StoreUrlError(url, `CONSUL_HTTP_ADDR "${addr}" is not host:port or http(s)://host:port`);
+        if (!am) throw new StoreUrlError(url, `CONSUL_HTTP_ADDR "${redactUrl(addr)}" is not host:port or http(s)://host:port`);
         if (am[1]?.toLowerCase() === 'https') secure = true;
         hostText = am[2] ?? '';
       } else {
@@ -123,23 +167,34 @@ export function parseStoreUrl(url: string, env: NodeJS.ProcessEnv = process.env)
       }
       if (/^(1|true)$/i.test(env.CONSUL_HTTP_SSL ?? '')) secure = true;
     }
-    if (hostText.includes('@')) throw new StoreUrlError(url, 'credentials in a Consul URL are not supported; use the token option or CONSUL_HTTP_TOKEN');
+    if (userinfo !== undefined || hostText.includes('@')) {
+      throw new StoreUrlError(url, 'credentials in a Consul URL are not supported; use CONSUL_HTTP_TOKEN_FILE (or CONSUL_HTTP_TOKEN)');
+    }
     const hp = parseHostPort(url, hostText, 8500);
     return { kind: 'consul', secure, host: hp.host, port: hp.port };
   }
-
-  throw new StoreUrlError(url, `unknown scheme "${scheme}:" (use local://, etcd://, etcds://, consul:// or consuls://)`);
+  throw new StoreUrlError(url, `unknown scheme "${scheme}:"`);
 }
 
 async function readPem(what: string, file: string | undefined): Promise<Buffer | undefined> {
   if (file === undefined) return undefined;
-  // The PEM text itself (e.g. `docker plugin set tsoverlay ETCD_CA="$(cat ca.pem)"`).
-  if (file.trimStart().startsWith('-----BEGIN ')) return Buffer.from(file.trim() + '\n');
+  // The PEM text itself (e.g. `docker plugin set tsoverlay ETCD_CA="$(cat ca.pem)"`); OpenSSL
+  // skips text before the BEGIN line (`Bag Attributes` from `openssl pkcs12`).
+  if (file.includes('-----BEGIN ')) return Buffer.from(file.trim() + '\n');
   try {
     return await fsp.readFile(file);
   } catch (err) {
-    throw new Error(`etcd ${what} file ${file} cannot be read: ${(err as Error).message}`);
+    // The CA and certificate are public; what was given for the key may be key material
+    // (base64 pasted without its BEGIN line looks like a path), so it is never quoted.
+    const shown = what === 'key' ? 'file (the value given is not shown: it may be key material)' : `file ${file}`;
+    throw new Error(`etcd ${what} ${shown} cannot be read: ${errnoText(err)}`);
   }
+}
+
+/** The error code of a file error, without Node's message (which quotes the path). */
+function errnoText(err: unknown): string {
+  const code = typeof err === 'object' && err !== null && 'code' in err ? String((err as { code: unknown }).code) : undefined;
+  return code ?? 'error';
 }
 
 async function consulToken(opts: OpenStoreOptions, env: NodeJS.ProcessEnv): Promise<string | undefined> {
@@ -149,7 +204,7 @@ async function consulToken(opts: OpenStoreOptions, env: NodeJS.ProcessEnv): Prom
     try {
       return (await fsp.readFile(env.CONSUL_HTTP_TOKEN_FILE, 'utf8')).trim() || undefined;
     } catch (err) {
-      throw new Error(`CONSUL_HTTP_TOKEN_FILE ${env.CONSUL_HTTP_TOKEN_FILE} cannot be read: ${(err as Error).message}`);
+      throw new Error(`CONSUL_HTTP_TOKEN_FILE ${env.CONSUL_HTTP_TOKEN_FILE} cannot be read: ${errnoText(err)}`);
     }
   }
   return undefined;

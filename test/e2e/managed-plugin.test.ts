@@ -8,17 +8,21 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { e2eSkipReason, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
 import { startEtcd, type EtcdServer } from '../helpers/etcd';
 import {
   INSECURE_REGISTRY_ARGS,
+  MANAGED_INFLIGHT_DIR,
   MANAGED_NETNS_DIR,
   PLUGIN_DRIVER,
   REGISTRY_BIN,
   buildPlugin,
   installPlugin,
   pluginLog,
+  pluginPid,
+  socketsVisibleTo,
   removePlugin,
   startBuildHost,
   startRegistry,
@@ -148,6 +152,22 @@ test('installed from the registry on both hosts with settings; cross-host ping',
     const env = (await h.cli(['plugin', 'inspect', '--format', '{{json .Settings.Env}}', PLUGIN_DRIVER])).stdout;
     assert.match(env, new RegExp(`"HOST_NAME=${h.name}"`));
     assert.match(env, /"STORE=etcd:\/\//);
+    // Least privilege: exactly the two host directories it uses, not /run with docker.sock.
+    const mounts = JSON.parse((await h.cli(['plugin', 'inspect', '--format', '{{json .Config.Mounts}}', PLUGIN_DRIVER])).stdout) as Array<{ Source: string }>;
+    assert.deepEqual(mounts.map((m) => m.Source).sort(), [MANAGED_INFLIGHT_DIR, MANAGED_NETNS_DIR]);
+    const pid = pluginPid(h);
+    assert.ok(pid, `the plugin's process on ${h.name}`);
+    const sockets = socketsVisibleTo(pid);
+    assert.deepEqual(sockets, ['/run/docker/plugins/tsoverlay.sock'], `sockets reachable inside the plugin on ${h.name}`);
+    assert.ok(!fs.existsSync(`/proc/${pid}/root/host/run/docker.sock`), 'no docker.sock inside the plugin');
+    // Secret files (docs/install.md): written on the host in the plugin's propagated mount,
+    // read inside the plugin at /var/lib/tsoverlay/<name>, and absent from `docker plugin inspect`.
+    const id = (await h.cli(['plugin', 'inspect', '--format', '{{.Id}}', PLUGIN_DRIVER])).stdout.trim();
+    const secretFile = path.join(h.dataRoot, 'plugins', id, 'propagated-mount', 'etcd-password');
+    fs.writeFileSync(secretFile, 'Pq7-probe-Vt3\n', { mode: 0o600 });
+    assert.equal(fs.readFileSync(`/proc/${pid}/root/var/lib/tsoverlay/etcd-password`, 'utf8'), 'Pq7-probe-Vt3\n', 'the file is seen inside the plugin');
+    assert.doesNotMatch((await h.cli(['plugin', 'inspect', PLUGIN_DRIVER])).stdout, /Pq7-probe-Vt3/);
+    fs.rmSync(secretFile);
   }
   for (const h of hosts) {
     await h.cli(['network', 'create', '-d', PLUGIN_DRIVER, '--ipam-driver', PLUGIN_DRIVER, '--subnet', SUBNET, NET]);

@@ -75,7 +75,7 @@ test('user flow: create network, two containers ping through br0, clean removal'
   assert.equal(aNet.IPAddress, '10.20.0.2');
   assert.equal(aNet.MacAddress, '02:42:0a:14:00:02', 'MAC derived from the IP');
 
-  // SPEC §2 observables of the overlay namespace.
+  // What a host must show: the overlay namespace file, br0 with the gateway, vxlan0 with the VNI.
   const files = await overlayFiles();
   assert.equal(files.length, 1);
   assert.match(files[0]!, new RegExp(`^\\d+-${info.Id.slice(0, 10)}$`));

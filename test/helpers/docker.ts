@@ -1,5 +1,5 @@
 /**
- * Real dockerd "hosts" for end-to-end tests (SPEC §6).
+ * Real dockerd "hosts" for end-to-end tests: one network and mount namespace each on this machine.
  *
  * Each host is a dockerd 20.10 started as
  *

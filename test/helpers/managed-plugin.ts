@@ -7,7 +7,7 @@
  *   else vfs.
  * - buildPlugin(): plugin/local-base.sh makes the stand-in for node:20 from this machine's
  *   node + npm (no registry reachable here), then plugin/build.sh — the script users run with
- *   the official base — builds the Dockerfile, assembles config.json + rootfs/, runs
+ *   the official base — builds the Dockerfile, assembles config.json (repository root) + rootfs/, runs
  *   `docker plugin create` and `docker plugin push`.
  * - startRegistry(): Debian's docker-registry (`docker-registry serve CONFIG`) listening on
  *   the underlay gateway address, storage under the run directory; every test dockerd is
@@ -21,7 +21,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { startSingleDockerHost, type DockerHost } from './docker';
-import { registerCleanup, run, runDir, spawnTracked, waitFor, type ManagedProcess } from './proc';
+import { listProcs, nsId, registerCleanup, run, runDir, spawnTracked, waitFor, type ManagedProcess } from './proc';
 
 export const REPO_ROOT = path.resolve(__dirname, '../../..');
 export const BUILD_SCRIPT = path.join(REPO_ROOT, 'plugin/build.sh');
@@ -35,6 +35,10 @@ export const PLUGIN_ALIAS = 'tsoverlay';
 export const PLUGIN_DRIVER = 'tsoverlay:latest';
 /** The host /run/tsoverlay/netns, where the managed plugin keeps its namespace files. */
 export const MANAGED_NETNS_DIR = '/run/tsoverlay/netns';
+/** The host /run/tsoverlay/inflight, its journal of requests being answered. */
+export const MANAGED_INFLIGHT_DIR = '/run/tsoverlay/inflight';
+/** Where config.json lives (plugin/build.sh copies it beside the exported rootfs). */
+export const PLUGIN_CONFIG = path.join(REPO_ROOT, 'config.json');
 
 function overlayUsable(dir: string): boolean {
   try {
@@ -192,10 +196,45 @@ export async function startRegistry(host: string): Promise<Registry> {
  * What a test host needs before the plugin is enabled: its /run/tsoverlay (a private tmpfs
  * in the harness) made a shared mount, as /run is on a systemd host, so that the namespace
  * files the plugin mounts under its /host/run/tsoverlay/netns propagate to the host and
- * outlive the plugin's container.
+ * outlive the plugin's container; and the two directories config.json mounts, which Docker
+ * does not create (docs/install.md: a tmpfiles.d line on a real host).
  */
 export async function prepareHost(host: DockerHost): Promise<void> {
   await host.exec(['mount', '--make-shared', '/run/tsoverlay']);
+  await host.exec(['mkdir', '-p', MANAGED_NETNS_DIR, MANAGED_INFLIGHT_DIR]);
+}
+
+/** PID of the managed plugin's daemon on `host` (found by its command line and network namespace). */
+export function pluginPid(host: DockerHost): number | undefined {
+  const net = nsId(host.nsPid(), 'net');
+  return listProcs().find((p) => p.cmdline.some((a) => a === '/opt/tsoverlay/dist/src/cli/main.js') && nsId(p.pid, 'net') === net)?.pid;
+}
+
+/**
+ * Every socket the plugin's process can reach through its mounts (the image's own rootfs holds
+ * none): a walk of each mount point in its mount namespace but /proc, /sys and /dev.
+ */
+export function socketsVisibleTo(pid: number): string[] {
+  const root = `/proc/${pid}/root`;
+  const points = fs
+    .readFileSync(`/proc/${pid}/mountinfo`, 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4])
+    .filter((mp): mp is string => mp !== undefined && mp !== '/' && !/^\/(proc|sys|dev)(\/|$)/.test(mp));
+  const found = new Set<string>();
+  const walk = (rel: string, depth: number): void => {
+    let st: fs.Stats;
+    try {
+      st = fs.lstatSync(root + rel);
+    } catch {
+      return;
+    }
+    if (st.isSocket()) found.add(rel);
+    if (!st.isDirectory() || depth > 6) return;
+    for (const name of fs.readdirSync(root + rel)) walk(`${rel === '/' ? '' : rel}/${name}`, depth + 1);
+  };
+  for (const mp of points) walk(mp, 0);
+  return [...found].sort();
 }
 
 /** `docker plugin install --grant-all-permissions --alias tsoverlay REF K=V…`; removed (rm -f) at cleanup. */

@@ -1,5 +1,7 @@
 /**
- * The dataplane against the real kernel: what SPEC §2 says a host looks like, observed with
+ * The dataplane against the real kernel: what a host must look like (a namespace per network
+ * with br0 holding the gateway and vxlan0 made from the host namespace, a veth pair per
+ * container, peers as PERMANENT neighbour and `self permanent` FDB entries), observed with
  * `ip`/`bridge` inside the namespace files. Fake VTEPs are 192.0.2.x (never reached: nothing in
  * these tests floods to a remote), container addresses 10.250.x.x inside throwaway namespaces.
  */
@@ -70,7 +72,7 @@ function assertGone(netnsPath: string): void {
 }
 
 describe('dataplane (real kernel)', () => {
-  test('ensureOverlay builds the SPEC §2 namespace: br0 with the gateway, vxlan0 from the host namespace', async () => {
+  test('ensureOverlay builds the overlay namespace: br0 with the gateway, vxlan0 from the host namespace', async () => {
     const dp = newDataplane();
     const s = spec();
     const info = await dp.ensureOverlay(s);

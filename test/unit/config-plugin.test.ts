@@ -8,7 +8,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { MANAGED_PLUGIN_ENV, OPTIONS, parseConfig, pluginSettingName } from '../../src/config';
 
-const configJson = path.resolve(__dirname, '../../../plugin/config.json');
+const configJson = path.resolve(__dirname, '../../../config.json');
 
 test('short names are read inside the managed plugin only; TSOVERLAY_* and flags win', () => {
   const env = { STORE: 'etcd://10.0.0.5:2379', SCOPE: 'global', HOST_NAME: 'h7', VTEP: '', LEASE_TTL: '5' };
@@ -28,7 +28,7 @@ test('short names are read inside the managed plugin only; TSOVERLAY_* and flags
   assert.equal(both.scope, 'local');
 });
 
-test('plugin/config.json offers every option as a setting, and nothing unknown', () => {
+test('config.json offers every option as a setting, and nothing unknown', () => {
   const config = JSON.parse(fs.readFileSync(configJson, 'utf8')) as {
     interface: { types: string[]; socket: string };
     env: { name: string; value: string; settable?: string[] }[];
@@ -37,13 +37,13 @@ test('plugin/config.json offers every option as a setting, and nothing unknown',
   assert.equal(config.interface.socket, 'tsoverlay.sock');
   const names = new Set(config.env.map((e) => e.name));
   const fixed = new Set(['TSOVERLAY_MANAGED', 'TSOVERLAY_SOCKET', 'TSOVERLAY_NETNS_DIR']);
-  // Meaningless inside the plugin: Docker owns the socket's directory; no host files to read.
-  const notOffered = new Set(['TSOVERLAY_SOCKET_GROUP', 'TSOVERLAY_ETCD_PASSWORD_FILE']);
+  // Meaningless inside the plugin: Docker owns the socket's directory.
+  const notOffered = new Set(['TSOVERLAY_SOCKET_GROUP']);
   for (const spec of Object.values(OPTIONS)) {
     if (fixed.has(spec.env) || notOffered.has(spec.env)) continue;
     assert.ok(names.has(pluginSettingName(spec.env)), `config.json lacks the setting ${pluginSettingName(spec.env)}`);
   }
-  const known = new Set([...Object.values(OPTIONS).map((o) => pluginSettingName(o.env)), ...fixed, 'CONSUL_HTTP_ADDR', 'CONSUL_HTTP_TOKEN', 'CONSUL_HTTP_SSL']);
+  const known = new Set([...Object.values(OPTIONS).map((o) => pluginSettingName(o.env)), ...fixed, 'CONSUL_HTTP_ADDR', 'CONSUL_HTTP_TOKEN', 'CONSUL_HTTP_TOKEN_FILE', 'CONSUL_HTTP_SSL']);
   for (const e of config.env) assert.ok(known.has(e.name), `config.json sets ${e.name}, which the daemon does not read`);
   // The defaults in config.json make a valid configuration.
   const env = Object.fromEntries(config.env.map((e) => [e.name, e.value]));

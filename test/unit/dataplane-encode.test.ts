@@ -40,7 +40,8 @@ import {
   parseUnicastMac,
   u32,
 } from '../../src/dataplane/encode';
-import { VXLAN_PORT, vxlanAttributes, vxlanMismatch } from '../../src/dataplane/links';
+import { vxlanAttributes } from '../../src/dataplane/links';
+import { VXLAN_PORT, vxlanIncompat } from '../../src/dataplane/overlay-check';
 import { encodePeerAdd, encodePeerRemove, joinPeers, parseMiss } from '../../src/dataplane/peers';
 import { networkPrefix, vethNames } from '../../src/dataplane/dataplane';
 import type { LinkInfo } from '../../src/dataplane/encode';
@@ -182,14 +183,14 @@ describe('vxlan spec', () => {
       linkNetnsid: 0,
       vxlan: { id: 256, port: VXLAN_PORT, proxy: 1, l2miss: 1, l3miss: 1, learning: 1 },
     };
-    assert.equal(vxlanMismatch(good, spec), undefined);
-    assert.match(vxlanMismatch({ ...good, vxlan: { ...good.vxlan, id: 999 } }, spec)!, /vni/);
-    assert.match(vxlanMismatch({ ...good, vxlan: { ...good.vxlan, port: 4790 } }, spec)!, /dstport/);
-    assert.match(vxlanMismatch({ ...good, vxlan: { ...good.vxlan, proxy: 0 } }, spec)!, /proxy/);
-    assert.match(vxlanMismatch({ ...good, vxlan: { ...good.vxlan, local: '192.0.2.9' } }, spec)!, /local/);
-    assert.match(vxlanMismatch({ ...good, kind: 'bridge' }, spec)!, /kind/);
+    assert.equal(vxlanIncompat(good, spec), undefined);
+    assert.match(vxlanIncompat({ ...good, vxlan: { ...good.vxlan, id: 999 } }, spec)!, /vni/);
+    assert.match(vxlanIncompat({ ...good, vxlan: { ...good.vxlan, port: 4790 } }, spec)!, /dstport/);
+    assert.match(vxlanIncompat({ ...good, vxlan: { ...good.vxlan, proxy: 0 } }, spec)!, /proxy/);
+    assert.match(vxlanIncompat({ ...good, vxlan: { ...good.vxlan, local: '192.0.2.9' } }, spec)!, /local/);
+    assert.match(vxlanIncompat({ ...good, kind: 'bridge' }, spec)!, /kind/);
     const { linkNetnsid: _drop, ...inside } = good;
-    assert.match(vxlanMismatch(inside, spec)!, /host namespace/);
+    assert.match(vxlanIncompat(inside, spec)!, /host namespace/);
   });
 });
 

@@ -16,13 +16,15 @@ import {
   type NetworkReport,
 } from '../../src/cli/inspect-model';
 import type { OverlayView } from '../../src/dataplane/dataplane';
+import type { LinkInfo } from '../../src/dataplane/encode';
+import { expectedVxlan, vxlanIncompat } from '../../src/dataplane/overlay-check';
 
 const A = { ip: '10.9.0.2', mac: '02:42:0a:09:00:02', vtep: '192.0.2.1' };
 const C = { ip: '10.9.0.4', mac: '02:42:0a:09:00:04', vtep: '192.0.2.3' };
 const LOCAL_ID = 'e'.repeat(64);
 
-/** A healthy static-mode network on host b (192.0.2.2) with peers A and C programmed. */
-function healthy(): NetworkReport {
+/** A healthy static-mode network on host b (192.0.2.2) with peers A and C programmed; `edit` changes its kernel side. */
+function healthy(edit?: (view: OverlayView) => void): NetworkReport {
   const view: OverlayView = {
     netnsPath: '/run/tsoverlay/netns/1-nnnnnnnnnn',
     epoch: 1,
@@ -43,6 +45,7 @@ function healthy(): NetworkReport {
       { mac: '1e:00:00:00:00:01', self: false, master: true, permanent: true, dynamic: false },
     ],
   };
+  edit?.(view);
   return {
     networkId: 'n'.repeat(64),
     dockerName: 'demo',
@@ -198,4 +201,30 @@ test('rendering without the store: the namespaces found, and why nothing is matc
   assert.match(text, /networks unknown: the store cannot be read/);
   assert.match(text, /overlay namespaces on this host: \/run\/tsoverlay\/netns\/1-abcdefabcd/);
   assert.match(text, /host check:\n {2}- the store cannot be read/);
+});
+
+test('--check and the dataplane agree: what needs a new vxlan0 is a difference on both sides, an MTU only for --check', () => {
+  const spec = expectedVxlan({ vni: 256, mtu: 1450, gatewayCidr: '10.9.0.1/24', mode: 'static', vtep: '192.0.2.2' });
+  const setVxlan = (change: (l: LinkInfo) => LinkInfo) => (v: OverlayView) => {
+    v.links = v.links.map((l) => (l.name === 'vxlan0' ? change(l) : l));
+  };
+  let vx: LinkInfo | undefined;
+  healthy((v) => (vx = v.links.find((l) => l.name === 'vxlan0')));
+  assert.equal(vxlanIncompat(vx!, spec), undefined);
+
+  const noProxy = (l: LinkInfo): LinkInfo => ({ ...l, vxlan: { ...l.vxlan, proxy: 0, l2miss: 0, l3miss: 0 } });
+  assert.equal(vxlanIncompat(noProxy(vx!), spec), 'flags: vxlan0 flags [learning] != [proxy learning l2miss l3miss]');
+  assert.deepEqual(checkNetwork(healthy(setVxlan(noProxy)), '192.0.2.2'), ['vxlan0 flags [learning] != [proxy learning l2miss l3miss] for mode=static']);
+
+  // Set in place by the dataplane (no new device), still a difference for --check.
+  const smallMtu = (l: LinkInfo): LinkInfo => ({ ...l, mtu: 1400 });
+  assert.equal(vxlanIncompat(smallMtu(vx!), spec), undefined);
+  assert.deepEqual(checkNetwork(healthy(setVxlan(smallMtu)), '192.0.2.2'), ['vxlan0 mtu 1400 != 1450']);
+});
+
+test('a local port that lost br0 is named as such (what the repair re-enslaves), not as missing', () => {
+  const loose = healthy((v) => {
+    v.links = v.links.map((l) => (l.kind === 'veth' ? { ...l, master: undefined } : l));
+  });
+  assert.deepEqual(checkNetwork(loose, '192.0.2.2'), [`br0 port ve${LOCAL_ID.slice(0, 11)} of web (10.9.0.3) is not enslaved to br0 (master none)`]);
 });

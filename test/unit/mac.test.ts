@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { macFromIp, normalizeMac } from '../../src/driver/mac';
 
-test('MAC derived from the IPv4 address as SPEC §2 shows', () => {
+test('MAC derived from the IPv4 address: 02:42 and the four address bytes', () => {
   assert.equal(macFromIp('192.168.0.100'), '02:42:c0:a8:00:64');
   assert.equal(macFromIp('10.20.0.2'), '02:42:0a:14:00:02');
   assert.equal(macFromIp('255.255.255.254'), '02:42:ff:ff:ff:fe');

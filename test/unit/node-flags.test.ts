@@ -18,7 +18,7 @@ test('the managed plugin (Dockerfile ENTRYPOINT, config.json entrypoint) runs no
   assert.ok(entrypoint, 'Dockerfile has an exec-form ENTRYPOINT');
   const expected = ['/usr/local/bin/node', ...NODE_FLAGS, MAIN, 'serve'];
   assert.deepEqual(JSON.parse(entrypoint), expected);
-  assert.deepEqual((JSON.parse(read('plugin/config.json')) as { entrypoint: string[] }).entrypoint, expected);
+  assert.deepEqual((JSON.parse(read('config.json')) as { entrypoint: string[] }).entrypoint, expected);
 });
 
 test('the systemd unit, npm start and the README commands run node with NODE_FLAGS', () => {

@@ -1,6 +1,7 @@
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { appendFile, copyFile, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import * as os from 'node:os';
@@ -11,6 +12,7 @@ import {
   LOCAL_LOCK_FILE,
   LOCAL_LOG_FILE,
   LOCAL_STORE_FILE,
+  LOCAL_TORN_FILE_PREFIX,
   LocalStore,
   StoreLockedError,
   readLocalStoreSnapshot,
@@ -38,11 +40,16 @@ interface LogRecord {
   ops: Array<{ type: string; key: string; value?: string; lease?: string }>;
 }
 
+/** The records of a log, without the CRC each line carries (checked by the tests on damage). */
 function logRecords(text: string): LogRecord[] {
   return text
     .split('\n')
     .filter(Boolean)
-    .map((l) => JSON.parse(l) as LogRecord);
+    .map((l) => {
+      const { crc, ...record } = JSON.parse(l) as LogRecord & { crc?: string };
+      assert.match(String(crc), /^[0-9a-f]{8}$/, 'every appended line carries its CRC');
+      return record;
+    });
 }
 
 /** The directory as a crash would leave it right now (the store is idle): its files, no lock. */
@@ -296,7 +303,7 @@ describe('LocalStore write-ahead log', () => {
   });
 
   test('a torn last line (crash mid-append) is ignored; the next write takes its revision', async () => {
-    for (const tail of ['{"rev":3,"ops":[{"type":"put","key":"tsoverlay/v1/torn","val', '\0\0\0\0\0\0\n', '{"rev":3,"ops":[{"type":"put","key":"tsoverlay/v1/torn","value":"x"}]}']) {
+    for (const tail of ['{"rev":3,"ops":[{"type":"put","key":"tsoverlay/v1/torn","val', '\0\0\0\0\0\0', '{"rev":3,"ops":[{"type":"put","key":"tsoverlay/v1/torn","value":"x"}]}']) {
       const dir = await tempDir();
       const store = await LocalStore.open({ dir, logger });
       let copy: string;
@@ -546,3 +553,161 @@ describe('LocalStore write-ahead log', () => {
     }
   });
 });
+
+describe('LocalStore: an acknowledged write is never dropped silently', () => {
+  /** A store directory as a crash leaves it: a log of three acknowledged writes, no snapshot. */
+  async function crashedWithThreeWrites(): Promise<{ dir: string; log: string; text: string }> {
+    const dir = await tempDir();
+    const store = await LocalStore.open({ dir, logger });
+    let copy: string;
+    try {
+      await store.put('ipam/addresses/10.9.0.0-24/10.9.0.2', JSON.stringify({ host: 'h1', kind: 'endpoint' }));
+      await store.put('ipam/addresses/10.9.0.0-24/10.9.0.3', JSON.stringify({ host: 'h1', kind: 'endpoint' }));
+      await store.put('ipam/addresses/10.9.0.0-24/10.9.0.4', JSON.stringify({ host: 'h1', kind: 'endpoint' }));
+      copy = await crashCopy(dir);
+    } finally {
+      await store.close();
+    }
+    const log = path.join(copy, LOCAL_LOG_FILE);
+    return { dir: copy, log, text: await readFile(log, 'latin1') };
+  }
+
+  async function assertRefused(dir: string, log: string, damaged: string, line: RegExp, label: string): Promise<void> {
+    await assert.rejects(LocalStore.open({ dir, logger }), (err: unknown) => {
+      const msg = String(err);
+      assert.match(msg, new RegExp(`local store log ${log.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is corrupt`), label);
+      assert.match(msg, line, label);
+      assert.match(msg, /refusing to start with partial state/, label);
+      assert.match(msg, /left exactly as it is/, label);
+      assert.match(msg, /head -n \d+ /, `${label}: says what a person can do`);
+      return true;
+    }, label);
+    assert.equal(await readFile(log, 'latin1'), damaged, `${label}: the log is unchanged, byte for byte`);
+    assert.deepEqual(await readdir(dir), [LOCAL_LOG_FILE], `${label}: no snapshot, no compaction, lock released`);
+  }
+
+  test('any single flipped bit in the terminated last line: open refuses and keeps the log byte for byte', async (t) => {
+    const { dir, log, text } = await crashedWithThreeWrites();
+    const lastStart = text.lastIndexOf('\n', text.length - 2) + 1;
+    const lastEnd = text.length - 1; // the newline: flipping it makes the line unterminated (a torn append)
+    let checked = 0;
+    for (let at = lastStart; at < lastEnd; at++) {
+      for (const bit of [0x01]) {
+        const damaged = text.slice(0, at) + String.fromCharCode(text.charCodeAt(at) ^ bit) + text.slice(at + 1);
+        if (damaged.indexOf('\n', lastStart) !== damaged.length - 1) continue; // became two lines
+        await writeFile(log, damaged, 'latin1');
+        await assertRefused(dir, log, damaged, /line 3 of 3/, `byte ${at - lastStart} ^ 0x${bit.toString(16)}`);
+        checked++;
+      }
+    }
+    assert.ok(checked > 80, `checked ${checked} damaged copies`);
+    t.diagnostic(`${checked} copies with one flipped bit in the last line: all refused, all left byte for byte`);
+    await writeFile(log, text, 'latin1');
+    const again = await LocalStore.open({ dir, logger });
+    try {
+      assert.equal((await again.list('ipam/')).length, 3, 'the undamaged log opens with all three writes');
+    } finally {
+      await again.close();
+    }
+  });
+
+  test('a truncated record, or NULs, in a newline-terminated last line: refused, log kept', async () => {
+    const { dir, log, text } = await crashedWithThreeWrites();
+    const lastStart = text.lastIndexOf('\n', text.length - 2) + 1;
+    for (const [label, last] of [
+      ['truncated JSON', text.slice(lastStart, lastStart + 30) + '\n'],
+      ['NULs', '\0\0\0\0\0\0\n'],
+      ['valid JSON, wrong shape', '{"rev":3}\n'],
+    ] as const) {
+      const damaged = text.slice(0, lastStart) + last;
+      await writeFile(log, damaged, 'latin1');
+      await assertRefused(dir, log, damaged, /line 3 of 3/, label);
+    }
+  });
+
+  test('a truncated tail without its newline is a torn append: dropped (a copy kept), every earlier write present', async () => {
+    const { dir, log, text } = await crashedWithThreeWrites();
+    const tail = '{"rev":4,"ops":[{"type":"put","key":"tsoverlay/v1/ipam/addresses/10.9.0.0-24/10.9.0.5","val';
+    await writeFile(log, text + tail, 'latin1');
+    const again = await LocalStore.open({ dir, logger });
+    try {
+      assert.deepEqual((await again.list('ipam/')).map((e) => [e.key, e.revision]), [
+        ['ipam/addresses/10.9.0.0-24/10.9.0.2', 1],
+        ['ipam/addresses/10.9.0.0-24/10.9.0.3', 2],
+        ['ipam/addresses/10.9.0.0-24/10.9.0.4', 3],
+      ]);
+      assert.equal(await again.put('ipam/addresses/10.9.0.0-24/10.9.0.5', '{}'), 4, 'the torn write took no revision');
+    } finally {
+      await again.close();
+    }
+    const kept = (await readdir(dir)).filter((n) => n.startsWith(LOCAL_TORN_FILE_PREFIX));
+    assert.equal(kept.length, 1, 'the dropped bytes are kept beside the log');
+    assert.equal(await readFile(path.join(dir, kept[0]!), 'latin1'), tail);
+  });
+
+  test('lines of an older version (no CRC) are still read', async () => {
+    const dir = await tempDir();
+    const line = (rev: number, key: string): string => JSON.stringify({ rev, ops: [{ type: 'put', key: `tsoverlay/v1/${key}`, value: 'v' }] }) + '\n';
+    await writeFile(path.join(dir, LOCAL_LOG_FILE), line(1, 'a') + line(2, 'b'));
+    const store = await LocalStore.open({ dir, logger });
+    try {
+      assert.deepEqual(await dump(store), [['a', 'v', 1], ['b', 'v', 2]]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  test('a zombie lock holder (exited, not reaped by its parent) does not block a restart', { timeout: 30_000 }, async () => {
+    const dir = await tempDir();
+    const localJs = path.join(__dirname, '../../src/store/local.js');
+    const logJs = path.join(__dirname, '../../src/log.js');
+    const script = `
+      const { LocalStore } = require(${JSON.stringify(localJs)});
+      const { silentLogger } = require(${JSON.stringify(logJs)});
+      (async () => {
+        const s = await LocalStore.open({ dir: ${JSON.stringify(dir)}, logger: silentLogger() });
+        await s.put('networks/kept', 'by the zombie');
+        process.stdout.write('READY ' + process.pid + '\\n');
+        process.exit(0); // no close: the lock file stays, naming this pid
+      })().catch((e) => { console.error(e); process.exit(1); });`;
+    // The holder is started in the background by a shell that then becomes `sleep`, which never
+    // waits for children: the holder, once exited, stays a zombie until sleep is gone.
+    const parent = spawn('/bin/sh', ['-c', `"$0" -e "$1" & exec sleep 60`, process.execPath, script], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    try {
+      let out = '';
+      parent.stdout.on('data', (c: Buffer) => (out += c.toString()));
+      await waitFor(() => /READY \d+/.test(out) || parent.exitCode !== null, 15_000, 'holder to open the store');
+      const holder = Number(/READY (\d+)/.exec(out)?.[1]);
+      assert.ok(holder > 0, `holder started: ${out}`);
+      const state = (): string => {
+        const stat = readFileSyncSafe(`/proc/${holder}/stat`);
+        return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      };
+      await waitFor(() => state() === 'Z', 10_000, 'holder to become a zombie');
+      const lock = JSON.parse(await readFile(path.join(dir, LOCAL_LOCK_FILE), 'utf8')) as { pid: number };
+      assert.equal(lock.pid, holder, 'the lock names the zombie');
+
+      const store = await LocalStore.open({ dir, logger });
+      try {
+        assert.equal((await store.get('networks/kept'))?.value, 'by the zombie');
+      } finally {
+        await store.close();
+      }
+      assert.equal(state(), 'Z', 'still a zombie while the store was opened');
+    } finally {
+      const exited = new Promise((r) => parent.once('exit', r));
+      if (parent.exitCode === null && parent.signalCode === null) parent.kill('SIGKILL');
+      await exited;
+    }
+  });
+});
+
+function readFileSyncSafe(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return '';
+  }
+}

@@ -1,0 +1,363 @@
+/**
+ * What a healthy overlay looks like on this host, and the validators that compare what the kernel
+ * holds against it. The dataplane's write side decides from these differences what to rebuild
+ * and what to set in place (links.ensureBridge/ensureVxlan, Dataplane.repairOverlay);
+ * `tsoverlay inspect --check` reports the very same differences. One definition, in the manner of
+ * CNI's bridge plugin (whose CHECK reuses the validators ADD relies on) and flannel's
+ * `vxlanLinksIncompat`: when the two sides each had their own, `--check` could pass a device the
+ * dataplane would replace, or flag one it keeps.
+ *
+ * Pure: no netlink, no I/O. The observed side is a plain description of devices and tables
+ * (what `ip -d link`, `ip neigh` and `bridge fdb` show), made from netlink dumps by
+ * deviceState/vxlanState here and by the inspect report for the tables.
+ */
+import { IFF_UP, isMulticastIPv4, parseIPv4, parseIPv4Cidr, type LinkInfo } from './encode';
+import type { OverlaySpec, Peer, ResolutionMode } from './types';
+
+export const BRIDGE_NAME = 'br0';
+export const VXLAN_NAME = 'vxlan0';
+export const VXLAN_PORT = 4789;
+/** The all-zeros FDB entry: where a p2p/multicast vxlan0 sends what no other entry claims. Never a peer. */
+export const ZERO_MAC = '00:00:00:00:00:00';
+/** Our veth ends, as vethNames() makes them from a Docker endpoint id (alphanumeric, ≥ 12 chars). */
+export const HOST_VETH_NAME = /^vc[A-Za-z0-9]{11}$/;
+export const PORT_VETH_NAME = /^ve[A-Za-z0-9]{11}$/;
+
+// ------------------------------------------------------------------ expected state
+
+/** An overlay as this host must hold it: OverlaySpec without the Docker id it is filed under. */
+export type OverlayTarget = Omit<OverlaySpec, 'networkId'>;
+
+/** vxlan0 as it must be. */
+export interface VxlanSpec {
+  name: string;
+  vni: number;
+  mtu: number;
+  /** `local`: the underlay address the UDP socket binds to. */
+  local?: string;
+  /** p2p: the unicast remote; multicast: the group. */
+  group?: string;
+  /** multicast: the underlay device index (host namespace). */
+  underlayIndex?: number;
+  /** static/miss: answer ARP locally and report misses; off for p2p/multicast, which must flood. */
+  proxy: boolean;
+  learning: boolean;
+}
+
+/**
+ * This host's p2p remote: its own `-o remote` (each of the two hosts names the other), else the
+ * one stored with the network record (the first creator's).
+ */
+export function p2pRemote(hostRemote: string | undefined, options: Readonly<Record<string, string | undefined>>): string | undefined {
+  return hostRemote ?? options.remote;
+}
+
+/** Where vxlan0 floods what no peer entry claims: p2p the remote, multicast the group; static/miss nowhere. */
+export function floodDestination(t: Pick<OverlayTarget, 'mode' | 'remote' | 'group'>): string | undefined {
+  return t.mode === 'p2p' ? t.remote : t.mode === 'multicast' ? t.group : undefined;
+}
+
+/** What a stored network record (and this host's VTEP and p2p remote) asks of this host's overlay. */
+export function overlayTarget(
+  n: { vni: number; mtu: number; gateway: string; subnet: string; mode: ResolutionMode; options: Readonly<Record<string, string | undefined>> },
+  host: { vtep?: string | undefined; remote?: string | undefined },
+): OverlayTarget {
+  const remote = p2pRemote(host.remote, n.options);
+  const group = n.options.group;
+  return {
+    vni: n.vni,
+    mtu: n.mtu,
+    gatewayCidr: `${n.gateway}/${n.subnet.split('/')[1] ?? ''}`,
+    mode: n.mode,
+    ...(host.vtep ? { vtep: host.vtep } : {}),
+    ...(remote ? { remote } : {}),
+    ...(group ? { group } : {}),
+  };
+}
+
+export function validateMtu(mtu: number): void {
+  if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535) throw new Error(`invalid MTU ${mtu}`);
+}
+
+/** Throws on a target the kernel cannot be asked for (the write side's input check). */
+export function validateOverlayTarget(t: OverlayTarget): void {
+  validateMtu(t.mtu);
+  parseIPv4Cidr(t.gatewayCidr);
+  if (t.vtep) parseIPv4(t.vtep);
+  switch (t.mode) {
+    case 'static':
+    case 'miss':
+      return;
+    case 'p2p':
+      if (!t.remote) throw new Error('p2p mode needs a remote address');
+      parseIPv4(t.remote);
+      return;
+    case 'multicast':
+      if (!t.group || !isMulticastIPv4(parseIPv4(t.group))) {
+        throw new Error(`multicast mode needs a multicast group, got ${JSON.stringify(t.group)}`);
+      }
+      return;
+    default:
+      throw new Error(`unknown resolution mode ${JSON.stringify((t as { mode: unknown }).mode)}`);
+  }
+}
+
+/**
+ * vxlan0 for a target: the VNI on port 4789, bound to the VTEP, learning; static/miss answer ARP
+ * themselves and report misses (proxy, l2miss, l3miss), p2p/multicast flood to their
+ * destination instead. The multicast underlay device is the caller's to add (it takes a lookup).
+ */
+export function expectedVxlan(t: OverlayTarget): VxlanSpec {
+  const group = floodDestination(t);
+  return {
+    name: VXLAN_NAME,
+    vni: t.vni,
+    mtu: t.mtu,
+    learning: true,
+    proxy: t.mode === 'static' || t.mode === 'miss',
+    ...(t.vtep ? { local: t.vtep } : {}),
+    ...(group ? { group } : {}),
+  };
+}
+
+/** vxlan0's flags as `ip -d link` names them, in that order. */
+export function vxlanFlags(s: Pick<VxlanSpec, 'proxy' | 'learning'>): string[] {
+  return [...(s.proxy ? ['proxy'] : []), ...(s.learning ? ['learning'] : []), ...(s.proxy ? ['l2miss', 'l3miss'] : [])];
+}
+
+// ------------------------------------------------------------------ observed state
+
+/** A device as the validators (and `inspect`) see it. */
+export interface DeviceState {
+  name: string;
+  index: number;
+  kind?: string;
+  up: boolean;
+  mtu?: number;
+  mac?: string;
+  /** Name of the device's master (br0 for its ports), `#<index>` when it is not known. */
+  master?: string;
+  addresses: string[];
+}
+
+export interface VxlanState extends DeviceState {
+  id?: number;
+  port?: number;
+  local?: string;
+  /** p2p: the remote; multicast: the group. */
+  group?: string;
+  /** Underlay device index in the host namespace (multicast). */
+  underlayIndex?: number;
+  /** Which of proxy, learning, l2miss, l3miss are on. */
+  flags: string[];
+  /** Set when the UDP socket lives in another namespace than the device (the host's): it should. */
+  linkNetnsid?: number;
+}
+
+export interface NeighbourState {
+  ip: string;
+  mac?: string;
+  /** As `ip neigh` prints it, e.g. `PERMANENT`. */
+  state: string;
+}
+
+export interface FdbState {
+  mac: string;
+  dst?: string;
+  /** self (the vxlan device's own table) and/or master (learned/kept by br0). */
+  flags: string[];
+  state: 'permanent' | 'static' | 'dynamic';
+}
+
+/** Names a device index where the caller knows it (undefined: the state shows `#<index>`). */
+export type NameOf = (index: number) => string | undefined;
+/** IPv4 addresses of a namespace, as listIPv4Addresses gives them. */
+export type Addresses = readonly { index: number; ip: string; prefix: number }[];
+
+/** A device from its netlink description, with its master named by `nameOf` and its addresses. */
+export function deviceState(l: LinkInfo, nameOf: NameOf, addresses: Addresses = []): DeviceState {
+  const master = l.master !== undefined ? (nameOf(l.master) ?? `#${l.master}`) : undefined;
+  return {
+    name: l.name,
+    index: l.index,
+    ...(l.kind ? { kind: l.kind } : {}),
+    up: (l.flags & IFF_UP) !== 0,
+    ...(l.mtu !== undefined ? { mtu: l.mtu } : {}),
+    ...(l.mac ? { mac: l.mac } : {}),
+    ...(master ? { master } : {}),
+    addresses: addresses.filter((a) => a.index === l.index).map((a) => `${a.ip}/${a.prefix}`),
+  };
+}
+
+export function vxlanState(l: LinkInfo, nameOf: NameOf, addresses: Addresses = []): VxlanState {
+  const v = l.vxlan ?? {};
+  return {
+    ...deviceState(l, nameOf, addresses),
+    ...(v.id !== undefined ? { id: v.id } : {}),
+    ...(v.port !== undefined ? { port: v.port } : {}),
+    ...(v.local ? { local: v.local } : {}),
+    ...(v.group ? { group: v.group } : {}),
+    ...(v.link ? { underlayIndex: v.link } : {}),
+    flags: (['proxy', 'learning', 'l2miss', 'l3miss'] as const).filter((f) => !!v[f]),
+    ...(l.linkNetnsid !== undefined ? { linkNetnsid: l.linkNetnsid } : {}),
+  };
+}
+
+// ------------------------------------------------------------------ validators
+
+export type DifferenceField =
+  | 'missing'
+  | 'kind'
+  | 'vni'
+  | 'dstport'
+  | 'mtu'
+  | 'up'
+  | 'master'
+  | 'address'
+  | 'flags'
+  | 'local'
+  | 'group'
+  | 'underlay'
+  | 'netns';
+
+export interface Difference {
+  field: DifferenceField;
+  /** One line an operator can act on (what `inspect --check` prints). */
+  message: string;
+  /** Only a new device fixes it; the others are set on the device in place. */
+  rebuild: boolean;
+}
+
+function diff(field: DifferenceField, message: string, rebuild = false): Difference {
+  return { field, message, rebuild };
+}
+
+/** br0: a bridge, up, at the overlay MTU, holding the gateway address (when `gatewayCidr` is asked about). */
+export function bridgeDifferences(br: DeviceState | undefined, want: { mtu: number; gatewayCidr?: string }): Difference[] {
+  if (!br) return [diff('missing', `${BRIDGE_NAME} missing`, true)];
+  const out: Difference[] = [];
+  if (br.kind !== 'bridge') out.push(diff('kind', `${br.name} is a ${br.kind ?? 'unknown device'}, not a bridge`, true));
+  if (!br.up) out.push(diff('up', `${br.name} is down`));
+  if (br.mtu !== want.mtu) out.push(diff('mtu', `${br.name} mtu ${br.mtu} != ${want.mtu}`));
+  if (want.gatewayCidr !== undefined && !br.addresses.includes(want.gatewayCidr)) {
+    out.push(diff('address', `${br.name} lacks the gateway address ${want.gatewayCidr} (has ${br.addresses.join(', ') || 'none'})`));
+  }
+  return out;
+}
+
+/**
+ * vxlan0 against its spec. `mode` names the mode in the flags line; `anyLocal` skips the local
+ * address when this host's VTEP is not known (inspect without a registered host).
+ */
+export function vxlanDifferences(
+  vx: VxlanState | undefined,
+  want: VxlanSpec,
+  opts: { mode?: ResolutionMode; anyLocal?: boolean } = {},
+): Difference[] {
+  if (!vx) return [diff('missing', `${want.name} missing`, true)];
+  const n = vx.name;
+  const out: Difference[] = [];
+  if (vx.kind !== 'vxlan') out.push(diff('kind', `${n} is a ${vx.kind ?? 'unknown device'}, not vxlan`, true));
+  if (vx.id !== want.vni) out.push(diff('vni', `${n} id ${vx.id} != VNI ${want.vni} in the store`, true));
+  if (vx.port !== VXLAN_PORT) out.push(diff('dstport', `${n} dstport ${vx.port} != ${VXLAN_PORT}`, true));
+  if (vx.mtu !== want.mtu) out.push(diff('mtu', `${n} mtu ${vx.mtu} != ${want.mtu}`));
+  if (!vx.up) out.push(diff('up', `${n} is down`));
+  if (vx.master !== BRIDGE_NAME) out.push(diff('master', `${n} is not a ${BRIDGE_NAME} port (master ${vx.master ?? 'none'})`));
+  const flags = vxlanFlags(want);
+  if (flags.length !== vx.flags.length || flags.some((f) => !vx.flags.includes(f))) {
+    out.push(diff('flags', `${n} flags [${vx.flags.join(' ')}] != [${flags.join(' ')}]${opts.mode ? ` for mode=${opts.mode}` : ''}`, true));
+  }
+  if (!opts.anyLocal && vx.local !== want.local) {
+    out.push(diff('local', `${n} local ${vx.local ?? 'unset'} != this host's VTEP ${want.local ?? 'unset'}`, true));
+  }
+  if (vx.group !== want.group) out.push(diff('group', `${n} remote/group ${vx.group ?? 'unset'} != ${want.group ?? 'unset'}`, true));
+  if (want.underlayIndex !== undefined && vx.underlayIndex !== want.underlayIndex) {
+    out.push(diff('underlay', `${n} underlay device #${vx.underlayIndex ?? 'none'} != #${want.underlayIndex}`, true));
+  }
+  // Without a link netns id the device (and its UDP socket) lives in the overlay namespace itself.
+  if (vx.linkNetnsid === undefined) {
+    out.push(diff('netns', `${n} has its UDP socket inside the overlay namespace (not created from the host namespace)`, true));
+  }
+  return out;
+}
+
+/**
+ * Why an existing device cannot serve as the wanted vxlan0 (undefined: it can, perhaps after its
+ * MTU, master or state are set): the first difference only a new device fixes.
+ */
+export function vxlanIncompat(l: LinkInfo, want: VxlanSpec): string | undefined {
+  return firstIncompat(vxlanDifferences(vxlanState(l, () => undefined), want));
+}
+
+/** The first of `diffs` only a new device fixes, as a reason for the log; undefined if none. */
+export function firstIncompat(diffs: readonly Difference[]): string | undefined {
+  const d = diffs.find((x) => x.rebuild);
+  return d ? `${d.field}: ${d.message}` : undefined;
+}
+
+/**
+ * An endpoint's bridge port: present, enslaved to br0, up. `owner` names the endpoint in the
+ * lines (`web (10.20.0.2)`).
+ */
+export function portDifferences(port: DeviceState | undefined, name: string, owner?: string): Difference[] {
+  const of = owner ? ` of ${owner}` : '';
+  if (!port) return [diff('missing', `local endpoint ${owner ?? name} is joined but its ${BRIDGE_NAME} port ${name} is missing`, true)];
+  const out: Difference[] = [];
+  if (port.master !== BRIDGE_NAME) out.push(diff('master', `${BRIDGE_NAME} port ${name}${of} is not enslaved to ${BRIDGE_NAME} (master ${port.master ?? 'none'})`));
+  if (!port.up) out.push(diff('up', `${BRIDGE_NAME} port ${name}${of} is down`));
+  return out;
+}
+
+/** A `self` FDB entry that programs a peer (the all-zeros default entry does not). */
+export function isPeerFdb(e: { mac: string; self: boolean; permanent: boolean }): boolean {
+  return e.self && e.permanent && e.mac !== ZERO_MAC;
+}
+
+/**
+ * vxlan0's neighbour and FDB tables against the peers the store wants. static: every desired
+ * peer as a PERMANENT neighbour and a `self permanent` FDB entry to its VTEP; miss: the same for
+ * the peers asked for so far (none is fine); p2p/multicast: no peer entries, and the default
+ * entry pointing at the flood destination. In every mode no entry of a peer the store lacks.
+ */
+export function peerDifferences(
+  t: Pick<OverlayTarget, 'mode' | 'remote' | 'group'>,
+  tables: { neighbours: readonly NeighbourState[]; fdb: readonly FdbState[] },
+  desired: readonly Peer[],
+): string[] {
+  const out: string[] = [];
+  const permNeigh = new Map(tables.neighbours.filter((n) => n.state.includes('PERMANENT')).map((n) => [n.ip, n]));
+  const selfFdb = new Map<string, FdbState[]>();
+  for (const f of tables.fdb) {
+    if (!isPeerFdb({ mac: f.mac, self: f.flags.includes('self'), permanent: f.state === 'permanent' })) continue;
+    selfFdb.set(f.mac, [...(selfFdb.get(f.mac) ?? []), f]);
+  }
+  const wantIp = new Map(desired.map((p) => [p.ip, p]));
+  const wantMac = new Map(desired.map((p) => [p.mac.toLowerCase(), p]));
+
+  if (t.mode === 'static' || t.mode === 'miss') {
+    for (const p of desired) {
+      const mac = p.mac.toLowerCase();
+      const n = permNeigh.get(p.ip);
+      const fdb = selfFdb.get(mac) ?? [];
+      if (t.mode === 'miss' && !n && fdb.length === 0) continue; // not asked for yet: fine
+      if (!n) out.push(`missing neighbour ${p.ip} lladdr ${mac} PERMANENT (peer at ${p.vtep})`);
+      else if (n.mac !== mac) out.push(`neighbour ${p.ip} has lladdr ${n.mac ?? 'none'}, the store says ${mac}`);
+      if (fdb.length === 0) out.push(`missing fdb ${mac} dst ${p.vtep} self permanent (peer ${p.ip})`);
+      else if (!fdb.some((f) => f.dst === p.vtep)) out.push(`fdb ${mac} points at ${fdb.map((f) => f.dst).join(', ')}, the store says ${p.vtep}`);
+    }
+    for (const n of permNeigh.values()) {
+      if (!wantIp.has(n.ip)) out.push(`stale neighbour ${n.ip} lladdr ${n.mac ?? 'none'} PERMANENT: no such peer in the store`);
+    }
+    for (const [mac, entries] of selfFdb) {
+      if (!wantMac.has(mac)) for (const f of entries) out.push(`stale fdb ${mac} dst ${f.dst ?? 'none'} self permanent: no such peer in the store`);
+    }
+  } else {
+    const want = floodDestination(t);
+    const dflt = tables.fdb.filter((f) => f.mac === ZERO_MAC && f.flags.includes('self'));
+    if (want && !dflt.some((f) => f.dst === want)) {
+      out.push(`missing default fdb ${ZERO_MAC} dst ${want} self permanent (unknown traffic has nowhere to go)`);
+    }
+    for (const [mac, entries] of selfFdb) for (const f of entries) out.push(`unexpected permanent fdb ${mac} dst ${f.dst ?? 'none'} in mode=${t.mode}`);
+  }
+  return out;
+}
