@@ -24,6 +24,8 @@ import {
   type NetworkRecord,
 } from '../driver/records';
 import { silentLogger } from '../log';
+import { namesKeys, namesRecordSchema, parseNamesKey, type NamesRecord } from '../names/records';
+import { servedNames } from '../names/served';
 import { readLocalStoreSnapshot } from '../store/local';
 import { openStore, parseStoreUrl, redactUrl } from '../store/open';
 import type { KVEntry } from '../store/store';
@@ -102,6 +104,8 @@ interface StoreView {
   /** Endpoints per network key. */
   endpoints: Map<string, EndpointRecord[]>;
   hosts: Map<string, HostRecord>;
+  /** DNS names records per network key. */
+  names: Map<string, NamesRecord[]>;
   problems: string[];
 }
 
@@ -135,7 +139,13 @@ async function readStore(url: string, prefix: string): Promise<StoreView> {
     return out;
   };
   try {
-    const [ids, nets, eps, hs] = await Promise.all([list(keys.networkIds()), list(keys.networks()), list(keys.allEndpoints()), list(keys.hosts())]);
+    const [ids, nets, eps, hs, ns] = await Promise.all([
+      list(keys.networkIds()),
+      list(keys.networks()),
+      list(keys.allEndpoints()),
+      list(keys.hosts()),
+      list(namesKeys.all()),
+    ]);
     const netids = new Map(decodeAll(ids, (e) => decodeRecord(networkIdRecordSchema, e.value, e.key)).map(([e, v]) => [e.key.slice(keys.networkIds().length), v]));
     const networks = new Map(decodeAll(nets, (e) => decodeRecord(networkRecordSchema, e.value, e.key)).map(([e, v]) => [e.key.slice(keys.networks().length), v]));
     const endpoints = new Map<string, EndpointRecord[]>();
@@ -144,7 +154,12 @@ async function readStore(url: string, prefix: string): Promise<StoreView> {
       endpoints.set(networkKey, [...(endpoints.get(networkKey) ?? []), ep]);
     }
     const hosts = new Map(decodeAll(hs, (e) => decodeRecord(hostRecordSchema, e.value, e.key)).map(([, v]) => [v.name, v]));
-    return { description, netids, networks, endpoints, hosts, problems };
+    const names = new Map<string, NamesRecord[]>();
+    for (const [e, rec] of decodeAll(ns, (x) => decodeRecord(namesRecordSchema, x.value, x.key))) {
+      const networkKey = parseNamesKey(e.key)?.networkKey ?? '';
+      names.set(networkKey, [...(names.get(networkKey) ?? []), rec]);
+    }
+    return { description, netids, networks, endpoints, hosts, names, problems };
   } finally {
     await close();
   }
@@ -215,7 +230,7 @@ export async function inspect(opts: InspectOptions): Promise<InspectReport> {
     // Without the store the kernel side is still worth showing (a store outage is when one looks).
     readStore(config.store, config.storePrefix).catch((err: unknown): StoreView => {
       storeError = errorMessage(err);
-      return { description: redactUrl(config.store), netids: new Map(), networks: new Map(), endpoints: new Map(), hosts: new Map(), problems: [] };
+      return { description: redactUrl(config.store), netids: new Map(), networks: new Map(), endpoints: new Map(), hosts: new Map(), names: new Map(), problems: [] };
     }),
     readDocker(opts.dockerSocket),
   ]);
@@ -266,6 +281,7 @@ export async function inspect(opts: InspectOptions): Promise<InspectReport> {
         ...kernelPart(view),
         endpoints,
         desiredPeers: desiredPeersOf(records, store.hosts, config.hostName),
+        names: servedNames(store.names.get(network.key) ?? [], records, new Set(store.hosts.keys())),
       };
       if (report.vxlan?.underlayIndex) {
         const name = interfaceName(report.vxlan.underlayIndex);
