@@ -4,8 +4,8 @@
  *
  * DNS: `--names` containers on one network, served by tsoverlay's DNS server as the daemon runs
  * it (the store-watching names view and the server, in a process of its own) and by Debian's
- * dnsmasq with a hosts file of the same names and addresses, both on loopback in a network
- * namespace of the benchmark's own. The same load generator (A queries for random names, UDP)
+ * dnsmasq with a hosts file of the same names and addresses, both on loopback
+ * (127.0.0.1, ports free at the time). The same load generator (A queries for random names, UDP)
  * measures latency with one query in flight and throughput with `--in-flight` in flight; the
  * two servers alternate, `--rounds` times each.
  *
@@ -21,25 +21,34 @@ import path from 'node:path';
 import { runDir, spawnTracked, runSync, type ManagedProcess } from '../test/helpers/proc';
 import { benchIp, benchName } from './lib/dns-serve';
 import { dnsLoad, type LoadResult } from './lib/dns-load';
-import { runIsolated } from './lib/isolate';
+import dgram from 'node:dgram';
 import { runBench } from './lib/main';
 import { target, type BenchTable, type TargetResult } from './lib/report';
 import { fmt, fmtRatio, ratio, summarize } from './lib/stats';
 import { measureConvergence } from './lib/names-convergence';
+import { cpuSecondsOf } from './lib/plugin';
 
-const OURS_PORT = 5301;
-const DNSMASQ_PORT = 5302;
+/** A UDP port free on 127.0.0.1 right now (the servers bind it a moment later). */
+async function freePort(): Promise<number> {
+  const s = dgram.createSocket('udp4');
+  await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
+  const port = s.address().port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
 
 interface Runs {
   latency: LoadResult[];
   throughput: LoadResult[];
+  /** Server CPU seconds per answer in the throughput runs. */
+  cpuPerAnswer: number[];
 }
 
 function qps(r: LoadResult): number {
   return r.answered / r.seconds;
 }
 
-if (runIsolated()) {
+{
   runBench(
     {
       name: 'names',
@@ -54,8 +63,9 @@ if (runIsolated()) {
       },
     },
     async (p, ctx) => {
-      runSync(['ip', 'link', 'set', 'lo', 'up']);
       const dir = runDir();
+      const OURS_PORT = await freePort();
+      const DNSMASQ_PORT = await freePort();
       const names = Array.from({ length: p.names }, (_, i) => benchName(i));
       const hostsFile = path.join(dir, 'names.hosts');
       fs.writeFileSync(hostsFile, names.map((n, i) => `${benchIp(i)} ${n}\n`).join(''));
@@ -75,17 +85,21 @@ if (runIsolated()) {
       await dnsmasq.waitForOutput(/read .*names\.hosts/, 30_000);
 
       const servers = [
-        { key: 'tsoverlay', port: OURS_PORT, runs: { latency: [], throughput: [] } as Runs },
-        { key: 'dnsmasq', port: DNSMASQ_PORT, runs: { latency: [], throughput: [] } as Runs },
+        { key: 'tsoverlay', port: OURS_PORT, runs: { latency: [], throughput: [], cpuPerAnswer: [] } as Runs, pid: ours.pid },
+        { key: 'dnsmasq', port: DNSMASQ_PORT, runs: { latency: [], throughput: [], cpuPerAnswer: [] } as Runs, pid: dnsmasq.pid },
       ];
-      for (const s of servers) await dnsLoad({ address: '127.0.0.1', port: s.port, names, inFlight: 8, seconds: Math.min(1, p.seconds) });
+      // Steady state: every name asked once before measuring (both servers answer from memory then).
+      for (const s of servers) await dnsLoad({ address: '127.0.0.1', port: s.port, names, inFlight: 16, seconds: 120, onePass: true });
       for (let round = 0; round < p.rounds; round++) {
         const order = round % 2 === 0 ? servers : [...servers].reverse();
         for (const s of order) {
           ctx.log(`round ${round + 1}: ${s.key} latency (1 in flight)`);
           s.runs.latency.push(await dnsLoad({ address: '127.0.0.1', port: s.port, names, inFlight: 1, seconds: p.seconds }));
           ctx.log(`round ${round + 1}: ${s.key} throughput (${p['in-flight']} in flight)`);
-          s.runs.throughput.push(await dnsLoad({ address: '127.0.0.1', port: s.port, names, inFlight: p['in-flight'], seconds: p.seconds }));
+          const cpu0 = cpuSecondsOf(s.pid);
+          const r = await dnsLoad({ address: '127.0.0.1', port: s.port, names, inFlight: p['in-flight'], seconds: p.seconds });
+          s.runs.throughput.push(r);
+          s.runs.cpuPerAnswer.push((cpuSecondsOf(s.pid) - cpu0) / Math.max(1, r.answered));
         }
       }
       await ours.stop();
@@ -99,20 +113,21 @@ if (runIsolated()) {
         const best = Math.max(...thr);
         const wrong = [...s.runs.latency, ...s.runs.throughput].reduce((a, r) => a + r.wrong + r.lost, 0);
         summary.set(s.key, { p50: lat.median, p99: lat.p99, qps: best, wrong });
-        rows.push([s.key, fmt(lat.median, 3), fmt(lat.p99, 3), thr.map((x) => fmt(x, 0)).join(', '), String(wrong)]);
+        const cpuUs = s.runs.cpuPerAnswer.map((x) => fmt(x * 1e6, 1)).join(', ');
+        rows.push([s.key, fmt(lat.median, 3), fmt(lat.p99, 3), thr.map((x) => fmt(x, 0)).join(', '), cpuUs, String(wrong)]);
       }
       const o = summary.get('tsoverlay')!;
       const d = summary.get('dnsmasq')!;
       const tables: BenchTable[] = [
         {
           title: `DNS with ${p.names} names (A queries for random names over UDP on loopback)`,
-          columns: ['server', 'latency p50 (ms, 1 in flight)', 'latency p99 (ms)', `throughput per run (answers/s, ${p['in-flight']} in flight)`, 'wrong or lost replies'],
+          columns: ['server', 'latency p50 (ms, 1 in flight)', 'latency p99 (ms)', `throughput per run (answers/s, ${p['in-flight']} in flight)`, 'server CPU per answer (µs, per run)', 'wrong or lost replies'],
           rows,
         },
       ];
       const targets: TargetResult[] = [target('DNS throughput tsoverlay / dnsmasq (best run each)', ratio(o.qps, d.qps), '>=', 1.0)];
       const notes = [
-        `tsoverlay: the names view over an embedded store holding ${p.names} endpoint and names records, and the DNS server, in one node process (bench/lib/dns-serve.ts). dnsmasq ${firstLine(['/usr/sbin/dnsmasq', '--version'])}: \`--no-resolv --no-hosts --addn-hosts=<the same names> --local-ttl=0\`. The load generator (bench/lib/dns-load.ts) runs in the benchmark process; with 2 cores shared by generator and server, the throughput is that of the pair. Throughput ratio ${fmtRatio(ratio(o.qps, d.qps))}.`,
+        `tsoverlay: the names view over an embedded store holding ${p.names} endpoint and names records, and the DNS server, in one node process (bench/lib/dns-serve.ts). dnsmasq ${firstLine(['/usr/sbin/dnsmasq', '--version'])}: \`--no-resolv --no-hosts --addn-hosts=<the same names> --local-ttl=0\`. Every name is asked once before the measured runs. The load generator (bench/lib/dns-load.ts) runs in the benchmark process; with 2 cores shared by generator and server, the throughput is that of the pair. Throughput ratio ${fmtRatio(ratio(o.qps, d.qps))}.`,
       ];
       let complete = o.wrong === 0 && d.wrong === 0;
       if (p.convergence > 0) {

@@ -16,7 +16,7 @@ export interface LoadResult {
   latenciesMs: number[];
 }
 
-export async function dnsLoad(opts: { address: string; port: number; names: string[]; inFlight: number; seconds: number }): Promise<LoadResult> {
+export async function dnsLoad(opts: { address: string; port: number; names: string[]; inFlight: number; seconds: number; onePass?: boolean }): Promise<LoadResult> {
   const sock = dgram.createSocket('udp4');
   await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
   const sentAt = new Map<number, bigint>();
@@ -34,7 +34,12 @@ export async function dnsLoad(opts: { address: string; port: number; names: stri
     let id = nextId;
     for (let i = 0; i < 65536 && sentAt.has(id); i++) id = (id + 1) & 0xffff;
     nextId = (id + 1) & 0xffff;
-    const name = opts.names[Math.floor(Math.random() * opts.names.length)]!;
+    if (opts.onePass && res.sent >= opts.names.length) {
+      stopping = true;
+      if (sentAt.size === 0) done();
+      return;
+    }
+    const name = opts.onePass ? opts.names[res.sent]! : opts.names[Math.floor(Math.random() * opts.names.length)]!;
     const q = packet.encode({ type: 'query', id, flags: packet.RECURSION_DESIRED, questions: [{ type: 'A', name, class: 'IN' }] });
     sentAt.set(id, process.hrtime.bigint());
     res.sent++;
@@ -52,8 +57,8 @@ export async function dnsLoad(opts: { address: string; port: number; names: stri
     const ancount = msg.readUInt16BE(6);
     if ((msg.readUInt16BE(2) & 0xf) === 0 && ancount >= 1) res.answered++;
     else res.wrong++;
-    if (now >= deadline) {
-      stopping = true;
+    if (now >= deadline) stopping = true;
+    if (stopping) {
       if (sentAt.size === 0) done();
       return;
     }

@@ -138,7 +138,8 @@ export class DnsServer {
         this.cache = new Map();
         this.cacheGeneration = view.generation;
       }
-      const key = msg.length >= 12 ? transport + msg.toString('latin1', 2) : undefined;
+      // The query after its id: equal bytes get an equal answer (case, flags and EDNS included).
+      const key = msg.length >= 12 ? (transport === 'udp' ? msg.toString('latin1', 2) : `t${msg.toString('latin1', 2)}`) : undefined;
       const cached = key !== undefined ? this.cache.get(key) : undefined;
       if (cached) {
         const out = Buffer.allocUnsafe(cached.length);
