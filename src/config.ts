@@ -3,6 +3,7 @@ import os from 'node:os';
 import { parseArgs } from 'node:util';
 import type { LogLevel } from './log';
 import { isIPv4 } from './driver/subnet';
+import { DEFAULT_PROBE_PORT } from './dataplane/underlay-probe';
 import { DEFAULT_TIMEOUT_MS } from './store/util';
 import { parseUpstreams, type Upstream } from './dns/upstream';
 
@@ -31,6 +32,10 @@ export interface DaemonConfig {
   metricsAddress?: ListenAddress;
   /** Names across hosts: a DNS server on each network's gateway, names learned from this Docker API socket. */
   dns: { enabled: boolean; dockerSocket: string; upstreams?: Upstream[] };
+  /** Where this host keeps what must survive reboots and is not in the store (its instance id). */
+  stateDir: string;
+  /** UDP port of the underlay liveness probe (see dataplane/underlay-probe.ts). */
+  probePort: number;
 }
 
 export interface ListenAddress {
@@ -65,7 +70,9 @@ export const OPTIONS = {
   'log-level': { env: 'TSOVERLAY_LOG_LEVEL', default: 'info', help: 'error, warn, info or debug' },
   'reconcile-interval': { env: 'TSOVERLAY_RECONCILE_INTERVAL', default: '10', help: 'seconds between full kernel-vs-store comparisons' },
   'store-timeout': { env: 'TSOVERLAY_STORE_TIMEOUT', default: String(DEFAULT_TIMEOUT_MS / 1000), help: 'seconds a store call may take before the request fails (above etcd’s own 7 s request timeout)' },
-  'lease-ttl': { env: 'TSOVERLAY_LEASE_TTL', default: '10', help: 'seconds after which a dead host’s entries are removed' },
+  'lease-ttl': { env: 'TSOVERLAY_LEASE_TTL', default: '10', help: 'seconds after which a dead host’s entries are removed (once it also stops answering on the probe port)' },
+  'state-dir': { env: 'TSOVERLAY_STATE_DIR', default: '/var/lib/tsoverlay', help: 'directory for this host’s instance id (must survive reboots; never copy it to another machine)' },
+  'probe-port': { env: 'TSOVERLAY_PROBE_PORT', default: String(DEFAULT_PROBE_PORT), help: 'UDP port on the VTEP address where peers check that this host is alive (open it between hosts like 4789)' },
   'etcd-ca': { env: 'TSOVERLAY_ETCD_CA', help: 'etcd TLS: CA certificate (PEM file, or the PEM text itself)' },
   'etcd-cert': { env: 'TSOVERLAY_ETCD_CERT', help: 'etcd TLS: client certificate (PEM file, or the PEM text itself)' },
   'etcd-key': { env: 'TSOVERLAY_ETCD_KEY', help: 'etcd TLS: client key (PEM file, or the PEM text itself)' },
@@ -154,6 +161,10 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfi
   if (!Number.isFinite(interval) || interval < 1 || interval > 3600) {
     throw new Error(`invalid --reconcile-interval "${get('reconcile-interval')}" (1..3600 seconds)`);
   }
+  const probePort = Number(get('probe-port'));
+  if (!Number.isInteger(probePort) || probePort < 1 || probePort > 65535) throw new Error(`invalid --probe-port "${get('probe-port')}" (1..65535)`);
+  const stateDir = get('state-dir')!;
+  if (!stateDir.startsWith('/')) throw new Error(`invalid --state-dir "${stateDir}": an absolute path`);
   const metricsText = get('metrics-address') || undefined;
   const metricsAddress = metricsText ? parseListenAddress(metricsText) : undefined;
   const dnsText = get('dns');
@@ -185,6 +196,8 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfi
     ...socketGroup(get('socket-group')),
     ...(metricsAddress ? { metricsAddress } : {}),
     dns: { enabled: dnsText === 'on', dockerSocket: get('docker-socket')!, ...(upstreams ? { upstreams } : {}) },
+    stateDir,
+    probePort,
   };
 }
 

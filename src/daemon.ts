@@ -1,22 +1,27 @@
 import type http from 'node:http';
 import type net from 'node:net';
-import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import type { DaemonConfig } from './config';
 import { Dataplane } from './dataplane/dataplane';
 import { detectUnderlay } from './dataplane/underlay';
-import { IpamService, REQUEST_ID_OPTION } from './driver/ipam';
+import { HostRegistration } from './driver/host-registration';
+import { loadOrCreateInstanceId } from './driver/host-identity';
+import { DEFAULT_LIVENESS } from './driver/host-liveness';
+import { ProbeResponder, UnderlayProber, type ProbeTarget } from './dataplane/underlay-probe';
+import { IpamService } from './driver/ipam';
 import { NetworkDriver } from './driver/network-driver';
 import { PeerSync } from './driver/peer-sync';
 import { RecordStore } from './driver/record-store';
 import type { Logger } from './log';
 import { Metrics, healthHandler, listenStatus, type HealthReport } from './metrics';
+import { Startup, gateRoutes } from './protocol/gate';
 import { InflightJournal } from './protocol/inflight';
 import { pluginRoutes } from './protocol/routes';
-import { createApp, listenUnix, type Route } from './protocol/server';
+import { createApp, listenUnix } from './protocol/server';
 import { openStore } from './store/open';
 import { StoreUnavailableError } from './store/store';
-import { PluginError, errorMessage } from './util/errors';
+import { errorMessage } from './util/errors';
+import { Backoff, sleepUnref } from './util/retry';
 
 export interface RunningDaemon {
   close(): Promise<void>;
@@ -44,26 +49,54 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   const metrics = new Metrics();
   const started = Date.now();
   const host = { name: config.hostName, vtep: underlay.address, underlayMtu: config.underlayMtu ?? underlay.mtu };
+  let instance: string;
+  try {
+    instance = loadOrCreateInstanceId(config.stateDir);
+  } catch (err) {
+    await store.close();
+    dataplane.close();
+    throw new Error(`cannot read or make this host's instance id under --state-dir ${config.stateDir}: ${errorMessage(err)}`);
+  }
+  const identity = { hostName: host.name, vtep: host.vtep, leaseTtlSeconds: config.leaseTtlSeconds, instance };
+  const registration = new HostRegistration(records, identity, logger);
+  // Peers decide whether this host is alive by asking here when its registration lapses. Not
+  // fatal: without it this host is withdrawn everywhere as soon as its lease expires, as before.
+  const responder = await ProbeResponder.listen(host.vtep, config.probePort, () => ({ name: host.name, instance }), logger).catch((err: unknown) => {
+    logger.warn('cannot answer underlay probes: peers will withdraw this host as soon as its store registration lapses', {
+      address: `${host.vtep}:${config.probePort}`,
+      error: errorMessage(err),
+    });
+    return undefined;
+  });
+  const prober = await UnderlayProber.open(host.vtep, logger).catch((err: unknown) => {
+    logger.warn('cannot probe peers over the underlay: a peer is withdrawn as soon as its store registration lapses', { error: errorMessage(err) });
+    return undefined;
+  });
   const peerSync = new PeerSync(
     records,
     dataplane,
     {
-      hostName: host.name,
-      vtep: host.vtep,
-      leaseTtlSeconds: config.leaseTtlSeconds,
+      ...identity,
       reconcileIntervalMs: config.reconcileIntervalSeconds * 1000,
+      ...(prober ? { probe: (target: ProbeTarget) => prober.probe(target, config.probePort, DEFAULT_LIVENESS) } : {}),
     },
     logger,
     metrics,
+    registration,
   );
+  const closeProbes = (): void => {
+    responder?.close();
+    prober?.close();
+  };
   const ipam = new IpamService(records, config.hostName, logger);
   const network = new NetworkDriver(records, dataplane, host, logger, peerSync, ipam);
   const health = (): HealthReport => {
     const h = peerSync.health();
     const problems = [
       ...(startup.ready ? [] : ['starting: waiting for the store']),
-      ...(h.registered ? [] : ['this host is not registered in the store']),
+      ...registration.problems(),
       ...Object.entries(h.watchTrouble).map(([watch, error]) => `store watch ${watch}: ${error}`),
+      ...h.unregisteredPeers.map((peer) => `host ${peer} lost its store registration; kept as a peer while it answers on the underlay`),
     ];
     return {
       status: problems.length === 0 ? 'ok' : 'degraded',
@@ -78,7 +111,7 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   // Beside the netns directory (default /run/tsoverlay/inflight): cleared by a reboot, like Docker's retries.
   const journal = new InflightJournal(path.join(path.dirname(path.resolve(config.netnsDir)), 'inflight'), logger);
   journal.recover();
-  const routes = answerOnceReady(pluginRoutes({ network, ipam, scope: config.scope, logger }), {
+  const routes = gateRoutes(pluginRoutes({ network, ipam, recovery: network.recovery, scope: config.scope, logger }), {
     startup,
     journal,
     logger,
@@ -105,6 +138,7 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
       });
     }
   } catch (err) {
+    closeProbes();
     await store.close();
     dataplane.close();
     throw err;
@@ -115,9 +149,12 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   /** Idempotent, so that it can be retried from the top after the store failed half-way. */
   const initialise = async (): Promise<void> => {
     if (!syncStarted) {
+      // Recovery withdraws endpoints and releases addresses by host name: not under a name
+      // another live host holds (a cloned machine).
+      await registration.checkName();
       // Before this host registers: no peer must see what a crash left behind.
       try {
-        await network.recoverAfterCrash();
+        await network.recovery.recoverAfterCrash();
       } catch (err) {
         if (err instanceof StoreUnavailableError) throw err;
         logger.error('start-up sweep of leftovers failed; continuing', { error: errorMessage(err) });
@@ -125,7 +162,7 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
       await peerSync.start();
       syncStarted = true;
     }
-    await network.resumeAfterRestart();
+    await network.recovery.resumeAfterRestart();
   };
   try {
     await initialise();
@@ -134,15 +171,18 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     if (!(err instanceof StoreUnavailableError)) {
       // Misconfiguration (credentials, certificates…): say so and stop rather than limp along.
       await closeServers();
-      await peerSync.close().catch(() => undefined);
+      await peerSync.close().catch((e: unknown) =>
+        logger.warn('cannot stop peer distribution cleanly; the host lease expires by itself', { error: errorMessage(e) }),
+      );
       await store.close();
       dataplane.close();
       throw err;
     }
     logger.warn('store unreachable at start: serving the socket and retrying', { store: store.description, error: errorMessage(err) });
     void (async () => {
-      for (let delay = 500; !startup.closed; delay = Math.min(delay * 2, 5_000)) {
-        await sleepUnref(delay);
+      const backoff = new Backoff(500, 5_000);
+      while (!startup.closed) {
+        await sleepUnref(backoff.next());
         if (startup.closed) return;
         try {
           await initialise();
@@ -159,7 +199,7 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   // their own periodic comparison in peer-sync.
   const repairTimer = setInterval(() => {
     if (!startup.ready) return;
-    network.repairOverlays().then(
+    network.overlays.repairAll().then(
       (repaired) => {
         if (repaired.length > 0) logger.warn('overlay devices repaired', { networks: repaired });
       },
@@ -189,99 +229,4 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
       logger.info('tsoverlay stopped');
     },
   };
-}
-
-function sleepUnref(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref());
-}
-
-/** Start-up state: requests that need the store and the kernel state wait for `done()`. */
-class Startup {
-  ready = false;
-  closed = false;
-  private resolve: () => void = () => undefined;
-  readonly whenReady = new Promise<void>((resolve) => (this.resolve = resolve));
-  done(): void {
-    this.ready = true;
-    this.resolve();
-  }
-  close(): void {
-    this.closed = true;
-  }
-}
-
-/** Answered at once even while starting: they need neither the store nor the kernel. */
-const STATELESS_METHODS = new Set([
-  'Plugin.Activate',
-  'NetworkDriver.GetCapabilities',
-  'IpamDriver.GetCapabilities',
-  'IpamDriver.GetDefaultAddressSpaces',
-]);
-/** How long a request waits for a start-up that cannot reach the store before it is refused. */
-const STARTUP_WAIT_MS = 10_000;
-
-interface GateDeps {
-  startup: Startup;
-  journal: InflightJournal;
-  logger: Logger;
-  store: () => string;
-}
-
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-/**
- * Tags a RequestAddress with an id of its own (journaled with it), so that running it again
- * after a crash returns the address the first run allocated (see IpamService).
- */
-function withRequestId(body: unknown): unknown {
-  if (!isPlainObject(body)) return body;
-  const options = body.Options ?? {};
-  if (!isPlainObject(options)) return body;
-  if (typeof options[REQUEST_ID_OPTION] === 'string') return body; // a replay keeps its id
-  return { ...body, Options: { ...options, [REQUEST_ID_OPTION]: randomUUID() } };
-}
-
-function isEmptyBody(body: unknown): boolean {
-  return typeof body === 'object' && body !== null && !Array.isArray(body) && Object.keys(body).length === 0;
-}
-
-/**
- * Stateful methods wait for the start-up (bounded), are journaled while they run, and an empty
- * body right after a crash gets the body Docker's retry lost (see protocol/inflight.ts).
- */
-function answerOnceReady(routes: Record<string, Route>, { startup, journal, logger, store }: GateDeps): Record<string, Route> {
-  const gated: Record<string, Route> = {};
-  for (const [method, route] of Object.entries(routes)) {
-    gated[method] = STATELESS_METHODS.has(method)
-      ? route
-      : {
-          async run(body: unknown): Promise<unknown> {
-            if (!startup.ready) {
-              await Promise.race([startup.whenReady, sleepUnref(STARTUP_WAIT_MS)]);
-              if (!startup.ready) throw new PluginError(`tsoverlay is still starting: the store (${store()}) is not reachable yet; try again`, 503);
-            }
-            let effective = body;
-            if (isEmptyBody(body)) {
-              const lost = journal.lostBody(method);
-              if (lost !== undefined) {
-                logger.warn('empty request body after a crash: running the request the previous run was cut off in', { method });
-                effective = lost;
-              } else {
-                // Most likely Docker's retry of a request the previous run died before reading.
-                logger.warn('empty request body and nothing to replay: the request is lost', { method });
-              }
-            }
-            if (method === 'IpamDriver.RequestAddress') effective = withRequestId(effective);
-            const done = journal.begin(method, effective);
-            try {
-              return await route.run(effective);
-            } finally {
-              done();
-            }
-          },
-        };
-  }
-  return gated;
 }

@@ -9,7 +9,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { ListenAddress } from './config';
 import type { Miss } from './dataplane/peers';
 import type { MissOutcome } from './driver/miss-responder';
-import type { PeerSyncObserver, WatchName } from './driver/peer-sync';
+import type { PeerSyncObserver, ReconcileTrigger, WatchName } from './driver/peer-sync';
 import type { Logger } from './log';
 import { createLimitedServer, type GetHandler } from './protocol/server';
 import { errorMessage } from './util/errors';
@@ -22,12 +22,20 @@ export function networkLabel(networkId: string): string {
   return networkId.slice(0, 12);
 }
 
+type TriggerLabel = 'periodic' | 'watch_reset' | 'network_active' | 'other';
+
 /** Reconcile triggers as labels: a fixed, small set. */
-export function triggerLabel(reason: string): string {
-  if (reason === 'periodic') return 'periodic';
-  if (reason.includes('watch reset')) return 'watch_reset';
-  if (reason === 'network active') return 'network_active';
-  return 'other';
+const TRIGGER_LABELS: Record<ReconcileTrigger, TriggerLabel> = {
+  periodic: 'periodic',
+  'endpoint watch reset': 'watch_reset',
+  'host watch reset': 'watch_reset',
+  'network active': 'network_active',
+  'overlay repaired': 'other',
+};
+
+/** The label of a reconcile trigger; a trigger this version does not know counts as `other`. */
+export function triggerLabel(trigger: string): TriggerLabel {
+  return Object.hasOwn(TRIGGER_LABELS, trigger) ? TRIGGER_LABELS[trigger as ReconcileTrigger] : 'other';
 }
 
 export class Metrics implements PeerSyncObserver {
@@ -139,7 +147,7 @@ export class Metrics implements PeerSyncObserver {
     if (removed) this.peerChanges.inc({ op: 'remove' }, removed);
   }
 
-  reconciled(trigger: string, repairs: number): void {
+  reconciled(trigger: ReconcileTrigger, repairs: number): void {
     const label = triggerLabel(trigger);
     this.reconcileRuns.inc({ trigger: label });
     this.reconcileRepairs.inc({ trigger: label }, repairs);

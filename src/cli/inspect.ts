@@ -146,11 +146,11 @@ async function readStore(url: string, prefix: string): Promise<StoreView> {
       list(keys.hosts()),
       list(namesKeys.all()),
     ]);
-    const netids = new Map(decodeAll(ids, (e) => decodeRecord(networkIdRecordSchema, e.value, e.key)).map(([e, v]) => [e.key.slice(keys.networkIds().length), v]));
-    const networks = new Map(decodeAll(nets, (e) => decodeRecord(networkRecordSchema, e.value, e.key)).map(([e, v]) => [e.key.slice(keys.networks().length), v]));
+    const netids = new Map(decodeAll(ids, (e) => decodeRecord(networkIdRecordSchema, e.value, e.key)).map(([e, v]) => [keys.networkIdOf(e.key) ?? '', v]));
+    const networks = new Map(decodeAll(nets, (e) => decodeRecord(networkRecordSchema, e.value, e.key)).map(([e, v]) => [keys.networkKeyOf(e.key) ?? '', v]));
     const endpoints = new Map<string, EndpointRecord[]>();
     for (const [e, ep] of decodeAll(eps, (x) => decodeRecord(endpointRecordSchema, x.value, x.key))) {
-      const networkKey = e.key.split('/')[1] ?? '';
+      const networkKey = keys.parseEndpoint(e.key)?.networkKey ?? '';
       endpoints.set(networkKey, [...(endpoints.get(networkKey) ?? []), ep]);
     }
     const hosts = new Map(decodeAll(hs, (e) => decodeRecord(hostRecordSchema, e.value, e.key)).map(([, v]) => [v.name, v]));

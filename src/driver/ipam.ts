@@ -42,6 +42,7 @@ export interface AddressRequest {
   poolId: string;
   address?: string;
   options: Record<string, string>;
+  requestId?: string;
 }
 
 /**

@@ -1,26 +1,21 @@
+import { randomUUID } from 'node:crypto';
 import type { Miss } from '../dataplane/peers';
+import type { ProbeTarget } from '../dataplane/underlay-probe';
 import type { Peer } from '../dataplane/types';
 import type { Logger } from '../log';
-import type { KVEntry, Lease, Watch, WatchEvent } from '../store/store';
+import type { KVEntry, Watch, WatchEvent } from '../store/store';
 import { errorMessage } from '../util/errors';
 import { KeyedMutex } from '../util/keyed-mutex';
-
-function sleepUnref(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref());
-}
-import { MissResponder, indexPeers, lookupMiss, missSubject, type MissOutcome, type PeerIndex } from './miss-responder';
+import { sleepUnref } from '../util/retry';
+import { HostLiveness, type LivenessOptions } from './host-liveness';
+import { HostRegistration } from './host-registration';
+import type { PeerSyncHooks } from './local-overlays';
+import { MissResponder, lookupMiss, missSubject, type MissOutcome } from './miss-responder';
+import { PeerView, peerId } from './peer-view';
 import type { RecordStore } from './record-store';
-import { nowIso } from './record-store';
-import {
-  decodeRecord,
-  endpointRecordSchema,
-  hostRecordSchema,
-  keys,
-  type EndpointRecord,
-  type HostRecord,
-  type NetworkRecord,
-} from './records';
-import type { PeerSyncHooks } from './network-driver';
+import { keys, type NetworkRecord } from './records';
+
+export { desiredPeersOf, type PeerEndpoint } from './peer-view';
 
 /** What peer distribution needs from the kernel side. */
 export interface PeerDataplane {
@@ -37,13 +32,16 @@ export interface PeerDataplane {
 
 export type WatchName = 'endpoints' | 'hosts';
 
+/** Why a network's peers are compared against the kernel (a metrics label, see src/metrics.ts). */
+export type ReconcileTrigger = 'periodic' | 'endpoint watch reset' | 'host watch reset' | 'network active' | 'overlay repaired';
+
 /** What peer distribution reports as it works (the daemon's metrics implement it). */
 export interface PeerSyncObserver {
   /** Peers now programmed in a network's namespace (0 when it goes inactive). */
   peersProgrammed(networkId: string, count: number): void;
   peersChanged(added: number, removed: number): void;
   /** One kernel-vs-store comparison of one network; `repairs` = entries added or removed by it. */
-  reconciled(trigger: string, repairs: number): void;
+  reconciled(trigger: ReconcileTrigger, repairs: number): void;
   /** A watch delivered the full state: on start (`reconnect` false) or after a reconnect/compaction. */
   watchReset(watch: WatchName, reconnect: boolean): void;
   watchError(watch: WatchName): void;
@@ -56,58 +54,19 @@ export interface PeerSyncOptions {
   leaseTtlSeconds: number;
   /** Full kernel-vs-store comparison period, which also repairs hand-made drift. */
   reconcileIntervalMs: number;
+  /** This machine's instance id; without one (library use, tests) an id for this process only. */
+  instance?: string;
+  /**
+   * Checks over the underlay whether a host the store dropped is still there (see HostLiveness).
+   * Without it a host is withdrawn as soon as its registration goes.
+   */
+  probe?: (target: ProbeTarget) => Promise<boolean>;
+  liveness?: LivenessOptions;
 }
 
 interface ActiveNetwork {
   networkKey: string;
   mode: NetworkRecord['mode'];
-}
-
-// join() builds one flat string; a template literal leaves a tree of parts beside the flattened
-// copy once the id is hashed (~65 bytes more per peer, kept twice for 10,000 peers).
-const peerId = (p: Peer) => [p.ip, p.mac, p.vtep].join('|');
-
-/** The fields of an endpoint record that decide whether and how it is a peer. */
-export type PeerEndpoint = Pick<EndpointRecord, 'ip' | 'mac' | 'host' | 'joined'>;
-
-/**
- * The peers one host should hold for one network: every joined endpoint of another host that
- * is live (has a `hosts/<name>` record), at that host's registered VTEP. Shared by peer-sync
- * and `tsoverlay inspect --check`.
- */
-export function desiredPeersOf(endpoints: Iterable<PeerEndpoint>, hosts: ReadonlyMap<string, HostRecord>, self: string): Peer[] {
-  const peers: Peer[] = [];
-  for (const ep of endpoints) {
-    if (!ep.joined || ep.host === self) continue;
-    const host = hosts.get(ep.host);
-    if (host) peers.push({ ip: ep.ip, mac: ep.mac, vtep: host.vtep });
-  }
-  return peers;
-}
-
-/**
- * A network's desired peers by peer id, kept up to date endpoint by endpoint so that a watch
- * event costs a lookup, not a rebuild of the whole set. Two endpoint records can map to the same
- * peer (a stale duplicate): the peer stays wanted until the last of them goes.
- */
-class DesiredPeers {
-  readonly peers = new Map<string, Peer>();
-  /** Records beyond the first per peer id (almost always empty). */
-  private readonly extra = new Map<string, number>();
-
-  add(peer: Peer): void {
-    const id = peerId(peer);
-    if (this.peers.has(id)) this.extra.set(id, (this.extra.get(id) ?? 0) + 1);
-    else this.peers.set(id, peer);
-  }
-
-  remove(peer: Peer): void {
-    const id = peerId(peer);
-    const n = this.extra.get(id);
-    if (n === undefined) this.peers.delete(id);
-    else if (n > 1) this.extra.set(id, n - 1);
-    else this.extra.delete(id);
-  }
 }
 
 /**
@@ -126,22 +85,13 @@ class DesiredPeers {
  * peer is programmed for them.
  */
 export class PeerSync implements PeerSyncHooks {
-  /**
-   * By network key, then store key: the endpoints that can be peers (joined, of another host),
-   * reduced to what programming needs. 10,000 remote containers are held here, so not the
-   * whole record (ids, timestamps) and nothing else of the store.
-   */
-  private readonly endpoints = new Map<string, Map<string, PeerEndpoint>>();
-  /** Desired peers per network key, built on first use; dropped when any host changes. */
-  private readonly desired = new Map<string, DesiredPeers>();
+  /** What the store wants (endpoints/ and hosts/ as the watches deliver them). */
+  private readonly view: PeerView;
   private reconciling = false;
-  private readonly hosts = new Map<string, HostRecord>();
   private readonly active = new Map<string, ActiveNetwork>();
   /** What we believe is programmed per network id, so that events cost a diff, not a dump. */
   private readonly programmed = new Map<string, Map<string, Peer>>();
   private readonly locks = new KeyedMutex();
-  /** Desired peers per network key, indexed for miss lookups; dropped on every store change. */
-  private readonly indexes = new Map<string, PeerIndex>();
   private readonly misses?: MissResponder;
   private readonly resets: Record<WatchName, number> = { endpoints: 0, hosts: 0 };
   private readonly watchTrouble: Partial<Record<WatchName, string>> = {};
@@ -155,7 +105,8 @@ export class PeerSync implements PeerSyncHooks {
   private readonly resetSeen = new Set<WatchName>();
   private markSynced: () => void = () => undefined;
   private readonly whenSynced = new Promise<void>((resolve) => (this.markSynced = resolve));
-  private lease?: Lease;
+  private readonly registration: HostRegistration;
+  private readonly liveness?: HostLiveness;
   private timer?: NodeJS.Timeout;
   private closed = false;
 
@@ -165,7 +116,16 @@ export class PeerSync implements PeerSyncHooks {
     private readonly options: PeerSyncOptions,
     private readonly logger: Logger,
     private readonly observer?: PeerSyncObserver,
+    registration?: HostRegistration,
   ) {
+    this.registration = registration ?? new HostRegistration(records, { ...options, instance: options.instance ?? randomUUID() }, logger);
+    const liveness = options.probe
+      ? new HostLiveness(options.probe, (name) => {
+          if (this.view.hostDead(name)) this.projectAll();
+        }, logger, options.liveness)
+      : undefined;
+    this.liveness = liveness;
+    this.view = new PeerView(options.hostName, logger, liveness);
     const dp = this.dataplane;
     if (dp.watchMisses) {
       const watchMisses = dp.watchMisses.bind(dp);
@@ -173,35 +133,32 @@ export class PeerSync implements PeerSyncHooks {
     }
   }
 
-  /** Store watches currently in trouble (empty when healthy), for /healthz. */
-  health(): { registered: boolean; watchTrouble: Partial<Record<WatchName, string>> } {
-    return { registered: this.lease !== undefined && !this.closed, watchTrouble: { ...this.watchTrouble } };
+  /** Store watches currently in trouble (empty when healthy), and hosts kept only because they answer probes, for /healthz. */
+  health(): { watchTrouble: Partial<Record<WatchName, string>>; unregisteredPeers: string[] } {
+    return { watchTrouble: { ...this.watchTrouble }, unregisteredPeers: this.liveness?.suspected() ?? [] };
   }
 
+  /** Registers this host (see HostRegistration), then follows the store. */
   async start(): Promise<void> {
-    await this.register();
+    await this.registration.start();
     this.watches = [
-      this.records.store.watch(keys.allEndpoints(), {
-        onReset: (entries) => {
-          this.watchResetSeen('endpoints');
-          this.resetEndpoints(entries);
-        },
-        onEvents: (events) => this.endpointEvents(events),
-        onError: (err) => {
-          this.watchErrorSeen('endpoints', err);
-          this.logger.warn('endpoint watch trouble', { error: err.message });
-        },
+      this.follow('endpoints', keys.allEndpoints(), (entries) => {
+        this.view.resetEndpoints(entries);
+        this.reconcileAll('endpoint watch reset');
+      }, (events) => {
+        const touched = this.view.endpointEvents(events);
+        for (const [networkId, net] of this.active) {
+          if (touched.has(net.networkKey)) void this.project(networkId);
+        }
       }),
-      this.records.store.watch(keys.hosts(), {
-        onReset: (entries) => {
-          this.watchResetSeen('hosts');
-          this.resetHosts(entries);
-        },
-        onEvents: (events) => this.hostEvents(events),
-        onError: (err) => {
-          this.watchErrorSeen('hosts', err);
-          this.logger.warn('host watch trouble', { error: err.message });
-        },
+      this.follow('hosts', keys.hosts(), (entries) => {
+        this.registration.noticeHosts(entries);
+        this.view.resetHosts(entries);
+        this.reconcileAll('host watch reset');
+      }, (events) => {
+        this.registration.noticeHostEvents(events);
+        this.view.hostEvents(events);
+        this.projectAll();
       }),
     ];
     this.timer = setInterval(() => void this.reconcileInTurn('periodic'), this.options.reconcileIntervalMs);
@@ -212,7 +169,7 @@ export class PeerSync implements PeerSyncHooks {
   }
 
   /** Re-programs a network's peers against what the kernel holds (its devices were rebuilt, say). */
-  async resync(networkId: string, reason: string): Promise<void> {
+  async resync(networkId: string, reason: ReconcileTrigger): Promise<void> {
     this.programmed.delete(networkId);
     // A rebuilt vxlan0 has a new index: the miss listener (which filters on it) starts over.
     if (this.active.get(networkId)?.mode === 'miss') this.misses?.unwatch(networkId);
@@ -220,18 +177,18 @@ export class PeerSync implements PeerSyncHooks {
   }
 
   /**
-   * `revokeLease` (default true) announces our departure at once: peers drop our containers'
-   * entries. The daemon stopping on SIGTERM passes false: that is a plugin restart (docker
-   * plugin disable/enable, upgrade, systemctl restart) while the containers and their overlay
-   * namespaces stay, and peers must keep reaching them; if this host does not come back, its
-   * lease expires after the TTL as after a crash.
+   * `revokeLease` (default true) announces our departure at once (see HostRegistration.close).
+   * The daemon stopping on SIGTERM passes false: that is a plugin restart (docker plugin
+   * disable/enable, upgrade, systemctl restart) while the containers and their overlay
+   * namespaces stay, and peers must keep reaching them.
    */
   async close(revokeLease = true): Promise<void> {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     this.misses?.close();
+    this.liveness?.close();
     await Promise.all(this.watches.map((w) => w.close()));
-    if (revokeLease) await this.lease?.revoke().catch(() => undefined);
+    await this.registration.close(revokeLease);
   }
 
   /** For Join: the network has a local container now, so its namespace wants every peer. */
@@ -254,52 +211,22 @@ export class PeerSync implements PeerSyncHooks {
 
   /** Peers the store wants programmed in a network's namespace. */
   desiredPeers(networkKey: string): Peer[] {
-    return desiredPeersOf(this.endpoints.get(networkKey)?.values() ?? [], this.hosts, this.options.hostName);
+    return this.view.desiredPeers(networkKey);
   }
 
-  /** The same peers by id, maintained incrementally (do not modify; it changes with the store). */
-  private desiredSet(networkKey: string): DesiredPeers {
-    let set = this.desired.get(networkKey);
-    if (!set) {
-      set = new DesiredPeers();
-      for (const p of this.desiredPeers(networkKey)) set.add(p);
-      this.desired.set(networkKey, set);
-    }
-    return set;
-  }
-
-  private async register(): Promise<void> {
-    const lease = await this.records.store.grantLease(this.options.leaseTtlSeconds);
-    lease.onLost(() => {
-      if (this.closed) return;
-      this.logger.warn('store lease lost: registering this host again');
-      this.registerUntilDone();
-    });
-    const record: HostRecord = { name: this.options.hostName, vtep: this.options.vtep, started: nowIso() };
-    try {
-      await this.records.put(keys.host(this.options.hostName), record, lease);
-    } catch (err) {
-      await lease.revoke().catch(() => undefined);
-      throw err;
-    }
-    this.lease = lease;
-    this.logger.info('host registered', { host: record.name, vtep: record.vtep, ttl: lease.ttlSeconds });
-  }
-
-  /**
-   * After a lost lease (e.g. the store was unreachable for longer than the TTL): register again,
-   * retrying with backoff until the store answers. Giving up would leave this host's key to
-   * expire, and every other host would drop this host's running containers.
-   */
-  private registerUntilDone(delayMs = 200): void {
-    if (this.closed) return;
-    this.register().catch((err: unknown) => {
-      if (this.closed) return;
-      this.logger.warn('host registration failed; retrying', { error: errorMessage(err), retryInMs: delayMs });
-      // Capped well below the TTL: the old lease (refreshed when etcd restarts) must not expire first.
-      const cap = Math.min(5_000, (this.options.leaseTtlSeconds * 1000) / 4);
-      const t = setTimeout(() => this.registerUntilDone(Math.min(delayMs * 2, cap)), delayMs);
-      t.unref();
+  /** A store watch whose resets and errors are reported under `watch`. */
+  private follow(watch: WatchName, prefix: string, onReset: (entries: KVEntry[]) => void, onEvents: (events: WatchEvent[]) => void): Watch {
+    return this.records.store.watch(prefix, {
+      onReset: (entries) => {
+        this.watchResetSeen(watch);
+        this.noteReset(watch);
+        onReset(entries);
+      },
+      onEvents,
+      onError: (err) => {
+        this.watchErrorSeen(watch, err);
+        this.logger.warn(`${watch === 'hosts' ? 'host' : 'endpoint'} watch trouble`, { error: err.message });
+      },
     });
   }
 
@@ -321,16 +248,6 @@ export class PeerSync implements PeerSyncHooks {
     this.observer?.watchError(watch);
   }
 
-  /** Desired peers of a network, indexed by IP and MAC (cached until the next store change). */
-  private peerIndex(networkKey: string): PeerIndex {
-    let index = this.indexes.get(networkKey);
-    if (!index) {
-      index = indexPeers(this.desiredPeers(networkKey));
-      this.indexes.set(networkKey, index);
-    }
-    return index;
-  }
-
   /**
    * `miss` mode: the kernel asks for one IP's MAC (L3) or one MAC's VTEP (L2). Both are answered
    * with the peer's neighbour + FDB pair, so an answered ARP needs no second round for the frame.
@@ -339,7 +256,7 @@ export class PeerSync implements PeerSyncHooks {
     return this.locks.run(networkId, async () => {
       const net = this.active.get(networkId);
       if (!net || net.mode !== 'miss') return 'unknown';
-      const peer = lookupMiss(this.peerIndex(net.networkKey), miss);
+      const peer = lookupMiss(this.view.peerIndex(net.networkKey), miss);
       if (!peer) {
         this.logger.debug('vxlan miss for an address the store does not know', { networkId, miss: missSubject(miss) });
         this.observer?.miss(miss.kind, 'unknown');
@@ -371,9 +288,9 @@ export class PeerSync implements PeerSyncHooks {
    * the store still wants (updated when the peer moved), never adds unasked ones.
    */
   private target(net: ActiveNetwork, current: Iterable<Peer>): ReadonlyMap<string, Peer> | undefined {
-    if (net.mode === 'static') return this.desiredSet(net.networkKey).peers;
+    if (net.mode === 'static') return this.view.desiredSet(net.networkKey);
     if (net.mode !== 'miss') return undefined;
-    const index = this.peerIndex(net.networkKey);
+    const index = this.view.peerIndex(net.networkKey);
     const keep = new Map<string, Peer>();
     for (const p of current) {
       const now = index.byIp.get(p.ip) ?? index.byMac.get(p.mac.toLowerCase());
@@ -382,107 +299,11 @@ export class PeerSync implements PeerSyncHooks {
     return keep;
   }
 
-  private decode<T>(schemaName: string, decode: () => T): T | undefined {
-    try {
-      return decode();
-    } catch (err) {
-      this.logger.warn(`ignoring malformed ${schemaName} record`, { error: errorMessage(err) });
-      return undefined;
-    }
-  }
-
-  /** The host record's copy of a host name when there is one: one string per host, not per endpoint. */
-  private hostName(name: string): string {
-    const known = this.hosts.get(name)?.name;
-    return known === name ? known : name;
-  }
-
-  /** The peer an endpoint is while its host is live. */
-  private peerOf(ep: PeerEndpoint): Peer | undefined {
-    const host = this.hosts.get(ep.host);
-    return host ? { ip: ep.ip, mac: ep.mac, vtep: host.vtep } : undefined;
-  }
-
-  /** Records (or, with undefined, forgets) one endpoint, and updates its network's desired set if built. */
-  private setEndpoint(key: string, ep: EndpointRecord | undefined): void {
-    const networkKey = key.split('/')[1] ?? '';
-    const kept: PeerEndpoint | undefined =
-      ep?.joined && ep.host !== this.options.hostName ? { ip: ep.ip, mac: ep.mac, host: this.hostName(ep.host), joined: true } : undefined;
-    let records = this.endpoints.get(networkKey);
-    const old = records?.get(key);
-    if (kept) {
-      if (!records) this.endpoints.set(networkKey, (records = new Map()));
-      records.set(key, kept);
-    } else if (records?.delete(key) && records.size === 0) {
-      this.endpoints.delete(networkKey);
-    }
-    const desired = this.desired.get(networkKey);
-    if (!desired) return;
-    // Hosts are unchanged since the set was built (a host change drops it): same VTEPs as then.
-    const before = old && this.peerOf(old);
-    const after = kept && this.peerOf(kept);
-    if (before) desired.remove(before);
-    if (after) desired.add(after);
-  }
-
-  private resetEndpoints(entries: KVEntry[]): void {
-    this.noteReset('endpoints');
-    this.endpoints.clear();
-    this.desired.clear();
-    this.indexes.clear();
-    for (const e of entries) {
-      const ep = this.decode('endpoint', () => decodeRecord(endpointRecordSchema, e.value, e.key));
-      if (ep) this.setEndpoint(e.key, ep);
-    }
-    this.reconcileAll('endpoint watch reset');
-  }
-
-  private resetHosts(entries: KVEntry[]): void {
-    this.noteReset('hosts');
-    this.hosts.clear();
-    this.desired.clear();
-    this.indexes.clear();
-    for (const e of entries) {
-      const host = this.decode('host', () => decodeRecord(hostRecordSchema, e.value, e.key));
-      if (host) this.hosts.set(host.name, host);
-    }
-    this.reconcileAll('host watch reset');
-  }
-
-  private endpointEvents(events: WatchEvent[]): void {
-    const touched = new Set<string>();
-    this.indexes.clear();
-    for (const ev of events) {
-      const networkKey = ev.key.split('/')[1];
-      if (networkKey) touched.add(networkKey);
-      if (ev.type === 'delete') {
-        this.setEndpoint(ev.key, undefined);
-      } else {
-        this.setEndpoint(ev.key, this.decode('endpoint', () => decodeRecord(endpointRecordSchema, ev.value, ev.key)));
-      }
-    }
-    for (const [networkId, net] of this.active) {
-      if (touched.has(net.networkKey)) void this.project(networkId);
-    }
-  }
-
-  private hostEvents(events: WatchEvent[]): void {
-    this.desired.clear();
-    this.indexes.clear();
-    for (const ev of events) {
-      const name = ev.key.slice(keys.hosts().length);
-      if (ev.type === 'delete') {
-        this.hosts.delete(name);
-        this.logger.info('host gone', { host: name });
-      } else {
-        const host = this.decode('host', () => decodeRecord(hostRecordSchema, ev.value, ev.key));
-        if (host) this.hosts.set(name, host);
-      }
-    }
+  private projectAll(): void {
     for (const networkId of this.active.keys()) void this.project(networkId);
   }
 
-  private reconcileAll(reason: string): void {
+  private reconcileAll(reason: ReconcileTrigger): void {
     for (const networkId of this.active.keys()) void this.reconcile(networkId, reason);
   }
 
@@ -491,7 +312,7 @@ export class PeerSync implements PeerSyncHooks {
    * tables, and doing them all at once would hold every network's dump in memory together.
    * A round still running when the next is due is not doubled.
    */
-  private async reconcileInTurn(reason: string): Promise<void> {
+  private async reconcileInTurn(reason: ReconcileTrigger): Promise<void> {
     if (this.reconciling) return;
     this.reconciling = true;
     try {
@@ -518,7 +339,7 @@ export class PeerSync implements PeerSyncHooks {
   }
 
   /** Resync path: diff desired against what the kernel actually holds (restarts, drift, reconnects). */
-  private reconcile(networkId: string, reason: string): Promise<void> {
+  private reconcile(networkId: string, reason: ReconcileTrigger): Promise<void> {
     return this.locks.run(networkId, async () => {
       const net = this.active.get(networkId);
       if (!net || !this.synced || (net.mode !== 'static' && net.mode !== 'miss')) return;
@@ -569,20 +390,8 @@ export class PeerSync implements PeerSyncHooks {
    * (forEach, as `for (const [id, p] of map)` allocates an entry array per element).
    */
   private async applyDiff(networkId: string, current: Map<string, Peer>, want: ReadonlyMap<string, Peer>): Promise<number> {
-    const add: Peer[] = [];
-    const addIds: string[] = [];
-    want.forEach((p, id) => {
-      if (current.has(id)) return;
-      add.push(p);
-      addIds.push(id);
-    });
-    const remove: Peer[] = [];
-    const removeIds: string[] = [];
-    current.forEach((p, id) => {
-      if (want.has(id)) return;
-      remove.push(p);
-      removeIds.push(id);
-    });
+    const [add, addIds] = notIn(want, current);
+    const [remove, removeIds] = notIn(current, want);
     if (add.length === 0 && remove.length === 0) {
       this.programmed.set(networkId, current);
       this.observer?.peersProgrammed(networkId, current.size);
@@ -604,4 +413,16 @@ export class PeerSync implements PeerSyncHooks {
     }
     return add.length + remove.length;
   }
+}
+
+/** The peers of `from` that `other` lacks, and their ids (forEach: no entry array per element). */
+function notIn(from: ReadonlyMap<string, Peer>, other: ReadonlyMap<string, Peer>): [Peer[], string[]] {
+  const peers: Peer[] = [];
+  const ids: string[] = [];
+  from.forEach((p, id) => {
+    if (other.has(id)) return;
+    peers.push(p);
+    ids.push(id);
+  });
+  return [peers, ids];
 }

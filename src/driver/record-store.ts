@@ -66,8 +66,27 @@ export class RecordStore {
     throw new Error(`store record ${key} kept changing under concurrent updates; try again`);
   }
 
+  /** Replaces `current` with `value` unless the record changed since it was read; false if it did. */
+  async compareAndSet<T>(current: Versioned<T>, value: T, lease?: Lease): Promise<boolean> {
+    return (await this.store.compareAndSet(current.key, encodeRecord(value), current.revision, lease ? { lease } : undefined)) !== undefined;
+  }
+
+  /** Deletes `current` unless the record changed since it was read; false if it did. */
+  async compareAndDelete(current: Pick<Versioned<unknown>, 'key' | 'revision'>): Promise<boolean> {
+    return this.store.compareAndDelete(current.key, current.revision);
+  }
+
+  /** Keys under `prefix`, whatever their values (a malformed record still takes its key). */
+  async keysUnder(prefix: string): Promise<string[]> {
+    return (await this.store.list(prefix)).map((e) => e.key);
+  }
+
   async delete(key: string): Promise<void> {
     await this.store.delete(key);
+  }
+
+  async deletePrefix(prefix: string): Promise<void> {
+    await this.store.deletePrefix(prefix);
   }
 }
 

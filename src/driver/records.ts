@@ -40,7 +40,11 @@ export const endpointRecordSchema = z.object({
   networkId: z.string(),
   ip: z.string(),
   mac: z.string(),
-  /** Underlay address of the VTEP of the host running the container. */
+  /**
+   * Underlay address of the VTEP of the host running the container, as it was when the record
+   * was written. Informational only (`inspect` shows it; older versions wrote it): peers take
+   * the VTEP from the live `hosts/<host>` record, which follows a host whose address changed.
+   */
   locator: z.string(),
   host: z.string(),
   name: z.string().optional(),
@@ -53,6 +57,8 @@ export type EndpointRecord = z.infer<typeof endpointRecordSchema>;
 export const hostRecordSchema = z.object({
   name: z.string(),
   vtep: z.string(),
+  /** Stable identity of the machine (kept under the state directory); absent in records of older versions. */
+  instance: z.string().optional(),
   started: z.string(),
 });
 export type HostRecord = z.infer<typeof hostRecordSchema>;
@@ -82,23 +88,64 @@ export const vniRecordSchema = z.object({
 });
 export type VniRecord = z.infer<typeof vniRecordSchema>;
 
-/** Store key layout, relative to the store prefix. One place so that `inspect` and docs agree. */
+const NETWORKS = 'networks/';
+const NETWORK_IDS = 'netids/';
+const ENDPOINTS = 'endpoints/';
+const HOSTS = 'hosts/';
+const POOLS = 'ipam/pools/';
+const ADDRESSES = 'ipam/addresses/';
+const VNIS = 'vni/';
+
+/** What follows `prefix` in `key`, if `key` is under it and names one record (no further `/`). */
+function leaf(prefix: string, key: string): string | undefined {
+  if (!key.startsWith(prefix)) return undefined;
+  const rest = key.slice(prefix.length);
+  return rest.length > 0 && !rest.includes('/') ? rest : undefined;
+}
+
+/** `a/b` under `prefix` split in two, if `key` has that shape. */
+function pair(prefix: string, key: string): [string, string] | undefined {
+  if (!key.startsWith(prefix)) return undefined;
+  const parts = key.slice(prefix.length).split('/');
+  return parts.length === 2 && parts[0] && parts[1] ? [parts[0], parts[1]] : undefined;
+}
+
+/**
+ * Store key layout, relative to the store prefix: every key is built and parsed here, so that
+ * the driver, `inspect` and the docs agree. The parsers answer undefined for a key of another shape.
+ */
 export const keys = {
-  network: (networkKey: string) => `networks/${networkKey}`,
-  networks: () => 'networks/',
-  networkId: (networkId: string) => `netids/${networkId}`,
-  networkIds: () => 'netids/',
-  endpoint: (networkKey: string, endpointId: string) => `endpoints/${networkKey}/${endpointId}`,
-  endpoints: (networkKey: string) => `endpoints/${networkKey}/`,
-  allEndpoints: () => 'endpoints/',
-  host: (host: string) => `hosts/${host}`,
-  hosts: () => 'hosts/',
-  pool: (poolKey: string) => `ipam/pools/${poolKey}`,
-  pools: () => 'ipam/pools/',
-  address: (poolKey: string, ip: string) => `ipam/addresses/${poolKey}/${ip}`,
-  addresses: (poolKey: string) => `ipam/addresses/${poolKey}/`,
-  vni: (vni: number) => `vni/${vni}`,
-  vnis: () => 'vni/',
+  network: (networkKey: string) => `${NETWORKS}${networkKey}`,
+  networks: () => NETWORKS,
+  /** The network key of a `networks/<key>` key. */
+  networkKeyOf: (key: string) => leaf(NETWORKS, key),
+  networkId: (networkId: string) => `${NETWORK_IDS}${networkId}`,
+  networkIds: () => NETWORK_IDS,
+  /** The Docker network id of a `netids/<id>` key. */
+  networkIdOf: (key: string) => leaf(NETWORK_IDS, key),
+  endpoint: (networkKey: string, endpointId: string) => `${ENDPOINTS}${networkKey}/${endpointId}`,
+  endpoints: (networkKey: string) => `${ENDPOINTS}${networkKey}/`,
+  allEndpoints: () => ENDPOINTS,
+  /** The network key and endpoint id of an `endpoints/<network key>/<endpoint id>` key. */
+  parseEndpoint: (key: string): { networkKey: string; endpointId: string } | undefined => {
+    const parts = pair(ENDPOINTS, key);
+    return parts && { networkKey: parts[0], endpointId: parts[1] };
+  },
+  host: (host: string) => `${HOSTS}${host}`,
+  hosts: () => HOSTS,
+  /** The host name of a `hosts/<name>` key. */
+  hostOf: (key: string) => leaf(HOSTS, key),
+  pool: (poolKey: string) => `${POOLS}${poolKey}`,
+  pools: () => POOLS,
+  address: (poolKey: string, ip: string) => `${ADDRESSES}${poolKey}/${ip}`,
+  addresses: (poolKey: string) => `${ADDRESSES}${poolKey}/`,
+  vni: (vni: number) => `${VNIS}${vni}`,
+  vnis: () => VNIS,
+  /** The VNI of a `vni/<n>` key. */
+  vniOf: (key: string): number | undefined => {
+    const text = leaf(VNIS, key);
+    return text !== undefined && /^\d+$/.test(text) ? Number(text) : undefined;
+  },
 };
 
 export function decodeRecord<T>(schema: z.ZodType<T>, value: string, key: string): T {

@@ -8,7 +8,7 @@
  * fails although the restarted plugin is ready to do it.
  *
  * Every stateful request is therefore written to a small file before it runs and removed once
- * it is answered. A restarted plugin reads what the previous process left (requests that were
+ * it is answered, with the id the request gate gave it (gate.ts): a replay keeps that id. A restarted plugin reads what the previous process left (requests that were
  * cut off) and, when an empty-bodied request for a method arrives within Docker's retry window
  * and exactly one cut-off request of that method exists, runs that one instead: it is the call
  * Docker is retrying. With several candidates the request fails as before (no guessing).
@@ -16,15 +16,26 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { z } from 'zod';
 import type { Logger } from '../log';
 import { errorMessage } from '../util/errors';
+import type { RequestContext } from './server';
 
 /** Docker gives up retrying after 30 s; a little slack for the restart itself. */
 export const REPLAY_WINDOW_MS = 40_000;
 
-interface CutOff {
-  method: string;
+/** What one journal file holds. */
+const entrySchema = z.object({ body: z.unknown(), requestId: z.string().optional() });
+
+/** A request the previous run was cut off in. */
+export interface LostRequest {
   body: unknown;
+  /** Absent for a request that was journaled without one (the gate gives every request its id). */
+  context?: RequestContext;
+}
+
+interface CutOff extends LostRequest {
+  method: string;
   at: number;
 }
 
@@ -54,7 +65,11 @@ export class InflightJournal {
       try {
         if (m) {
           const at = fs.statSync(file).mtimeMs;
-          if (this.now() - at < REPLAY_WINDOW_MS) this.cutOff.push({ method: m[1]!, body: JSON.parse(fs.readFileSync(file, 'utf8')) as unknown, at });
+          const entry = entrySchema.safeParse(JSON.parse(fs.readFileSync(file, 'utf8')));
+          if (entry.success && 'body' in entry.data && this.now() - at < REPLAY_WINDOW_MS) {
+            const { body, requestId } = entry.data;
+            this.cutOff.push({ method: m[1]!, body, ...(requestId !== undefined ? { context: { requestId } } : {}), at });
+          }
         }
       } catch {
         // unreadable or half-written: nothing to replay
@@ -68,11 +83,11 @@ export class InflightJournal {
   }
 
   /** Notes a request before it runs; the returned function forgets it once answered. */
-  begin(method: string, body: unknown): () => void {
+  begin(method: string, body: unknown, context?: RequestContext): () => void {
     if (!this.enabled) return () => undefined;
     const file = path.join(this.dir, `${method}.${process.pid}.${++this.seq}.json`);
     try {
-      fs.writeFileSync(file, JSON.stringify(body), { mode: 0o600 });
+      fs.writeFileSync(file, JSON.stringify({ body, ...(context ? { requestId: context.requestId } : {}) }), { mode: 0o600 });
     } catch (err) {
       this.logger.debug('cannot journal request', { method, error: errorMessage(err) });
       return () => undefined;
@@ -87,11 +102,17 @@ export class InflightJournal {
    * method from the last crash, if there is exactly one and it is recent; it is used up.
    */
   lostBody(method: string): unknown {
+    return this.lostRequest(method)?.body;
+  }
+
+  /** `lostBody` with the context the request ran with. */
+  lostRequest(method: string): LostRequest | undefined {
     const now = this.now();
     this.cutOff = this.cutOff.filter((c) => now - c.at < REPLAY_WINDOW_MS);
     const candidates = this.cutOff.filter((c) => c.method === method);
     if (candidates.length !== 1) return undefined;
-    this.cutOff = this.cutOff.filter((c) => c !== candidates[0]);
-    return candidates[0]!.body;
+    const lost = candidates[0]!;
+    this.cutOff = this.cutOff.filter((c) => c !== lost);
+    return { body: lost.body, ...(lost.context ? { context: lost.context } : {}) };
   }
 }

@@ -1,6 +1,7 @@
 import type { Logger } from '../log';
-import { GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, type IpamService } from '../driver/ipam';
+import { GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, REQUEST_ID_OPTION, type IpamService } from '../driver/ipam';
 import type { NetworkDriver } from '../driver/network-driver';
+import type { Recovery } from '../driver/recovery';
 import { route, type Route } from './server';
 import * as s from './schemas';
 
@@ -9,6 +10,8 @@ export type Scope = 'local' | 'global';
 export interface RouteDeps {
   network: NetworkDriver;
   ipam: IpamService;
+  /** For ReleaseAddress: endpoints whose DeleteEndpoint was lost. */
+  recovery: Recovery;
   scope: Scope;
   logger: Logger;
 }
@@ -17,7 +20,7 @@ export interface RouteDeps {
  * libnetwork's remote API, method by method: translate Docker's request shapes into driver
  * calls and the driver's answers into Docker's response shapes. No logic of its own.
  */
-export function pluginRoutes({ network, ipam, scope, logger }: RouteDeps): Record<string, Route> {
+export function pluginRoutes({ network, ipam, recovery, scope, logger }: RouteDeps): Record<string, Route> {
   const ok = async () => ({});
   return {
     'Plugin.Activate': route(s.emptyRequest, async () => ({ Implements: ['NetworkDriver', 'IpamDriver'] })),
@@ -99,13 +102,22 @@ export function pluginRoutes({ network, ipam, scope, logger }: RouteDeps): Recor
       await ipam.releasePool(r.PoolID);
       return {};
     }),
-    'IpamDriver.RequestAddress': route(s.requestAddressRequest, async (r) => {
-      const { address } = await ipam.requestAddress({ poolId: r.PoolID, address: r.Address || undefined, options: r.Options });
+    'IpamDriver.RequestAddress': route(s.requestAddressRequest, async (r, context) => {
+      // The request id is the gate's (a replay after a crash gets the same id back, and so the
+      // same address); one a caller put in Options is replaced. The option copy serves an IPAM
+      // that still reads the id from there.
+      const { [REQUEST_ID_OPTION]: _callers, ...options } = r.Options;
+      const { address } = await ipam.requestAddress({
+        poolId: r.PoolID,
+        address: r.Address || undefined,
+        options: context ? { ...options, [REQUEST_ID_OPTION]: context.requestId } : options,
+        ...(context ? { requestId: context.requestId } : {}),
+      });
       return { Address: address, Data: {} };
     }),
     'IpamDriver.ReleaseAddress': route(s.releaseAddressRequest, async (r) => {
-      // First: an endpoint still holding the address lost its DeleteEndpoint (see NetworkDriver).
-      await network.addressReleased(r.PoolID, r.Address);
+      // First: an endpoint still holding the address lost its DeleteEndpoint (see Recovery).
+      await recovery.deleteEndpointsLostWithAddress(r.PoolID, r.Address);
       await ipam.releaseAddress(r.PoolID, r.Address);
       return {};
     }),

@@ -33,21 +33,32 @@ export const SERVER_LIMITS = {
   largeBodyBudgetBytes: 8 * 1024 * 1024,
 } as const;
 
-/** A plugin endpoint: its request schema and what to do with a valid request. */
-export interface Route {
-  run(body: unknown): Promise<unknown>;
+/**
+ * What the request gate (gate.ts) gives a stateful request beside its body: an id of its own,
+ * journaled with the body, so that a request replayed after a crash carries the same id.
+ */
+export interface RequestContext {
+  requestId: string;
 }
 
-export function route<S extends z.ZodTypeAny>(schema: S, handle: (request: z.output<S>) => Promise<unknown>): Route {
+/** A plugin endpoint: its request schema and what to do with a valid request. */
+export interface Route {
+  run(body: unknown, context?: RequestContext): Promise<unknown>;
+}
+
+export function route<S extends z.ZodTypeAny>(
+  schema: S,
+  handle: (request: z.output<S>, context?: RequestContext) => Promise<unknown>,
+): Route {
   return {
-    async run(body) {
+    async run(body, context) {
       const parsed = schema.safeParse(body);
       if (!parsed.success) {
         const issue = parsed.error.issues[0];
         const where = issue && issue.path.length > 0 ? `${issue.path.join('.')}: ` : '';
         throw new PluginError(`invalid request: ${where}${issue?.message ?? 'malformed'}`);
       }
-      return handle(parsed.data as z.output<S>);
+      return handle(parsed.data as z.output<S>, context);
     },
   };
 }

@@ -2,6 +2,7 @@
 
 import { KVEntry, StoreUnavailableError, Watch, WatchEvent, WatchListener } from './store';
 import type { Logger } from '../log';
+import { errorMessage } from '../util/errors';
 
 export const DEFAULT_PREFIX = 'tsoverlay/v1/';
 /**
@@ -26,9 +27,8 @@ export function assertKey(key: string): void {
   }
 }
 
-export function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
+export { errorMessage };
+export { Backoff, sleep } from '../util/retry';
 
 export function toError(err: unknown): Error {
   return err instanceof Error ? err : new Error(String(err));
@@ -64,42 +64,6 @@ export const SLOW_CALL_MS = 1000;
 export function logIfSlow(logger: Logger, store: string, what: string, startedMs: number): void {
   const ms = performance.now() - startedMs;
   if (ms >= SLOW_CALL_MS) logger.warn('slow store call', { store, call: what, ms: Math.round(ms) });
-}
-
-/** Resolves after `ms`, or early when `signal` aborts (never rejects). */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise<void>((resolve) => {
-    if (signal?.aborted) {
-      resolve();
-      return;
-    }
-    const onAbort = (): void => {
-      clearTimeout(timer);
-      resolve();
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
-/** Exponential backoff with jitter: 100 ms, 200 ms, … capped at `maxMs`. */
-export class Backoff {
-  private attempt = 0;
-  constructor(
-    private readonly baseMs = 100,
-    private readonly maxMs = 5000,
-  ) {}
-  next(): number {
-    const ms = Math.min(this.maxMs, this.baseMs * 2 ** this.attempt);
-    this.attempt = Math.min(this.attempt + 1, 30);
-    return Math.round(ms / 2 + Math.random() * (ms / 2));
-  }
-  reset(): void {
-    this.attempt = 0;
-  }
 }
 
 /**

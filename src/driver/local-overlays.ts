@@ -1,0 +1,222 @@
+import { isDeepStrictEqual } from 'node:util';
+
+import type { AttachedEndpoint, EndpointAttachment, OrphanReport, OverlayInfo, OverlaySpec, Peer } from '../dataplane/types';
+import type { Logger } from '../log';
+import { errorMessage } from '../util/errors';
+import type { KeyedMutex } from '../util/keyed-mutex';
+import { parseNetworkOptions } from './options';
+import type { ReconcileTrigger } from './peer-sync';
+import type { RecordStore } from './record-store';
+import { endpointRecordSchema, keys, type NetworkRecord } from './records';
+import { parseSubnet } from './subnet';
+
+/** The part of the dataplane the driver uses; the kernel implementation lives in src/dataplane. */
+export interface OverlayDataplane {
+  ensureOverlay(spec: OverlaySpec): Promise<OverlayInfo>;
+  /** ensureOverlay that says whether anything had to be rebuilt (periodic drift repair). */
+  repairOverlay(spec: OverlaySpec): Promise<boolean>;
+  removeOverlay(networkId: string): Promise<void>;
+  findOverlay(networkId: string): OverlayInfo | undefined;
+  attachEndpoint(attachment: EndpointAttachment): Promise<AttachedEndpoint>;
+  detachEndpoint(networkId: string, endpointId: string): Promise<void>;
+  applyPeers(networkId: string, add: Peer[], remove: Peer[]): Promise<unknown>;
+  /** Endpoint port names (`ve…`) in the network's namespace. */
+  bridgePorts(networkId: string): Promise<string[]>;
+  /** Start-up sweep: removes our kernel objects that nothing in `keep` accounts for. */
+  removeOrphans(keep: { endpointIds: Iterable<string>; networkIds: Iterable<string> }): Promise<OrphanReport>;
+}
+
+/** Tells the peer distribution which networks have local containers (src/driver/peer-sync). */
+export interface PeerSyncHooks {
+  networkActive(networkId: string, network: NetworkRecord): Promise<void>;
+  networkInactive(networkId: string): Promise<void>;
+  /** The overlay's devices were rebuilt (kernel drift): re-program its peers now. */
+  resync?(networkId: string, reason: ReconcileTrigger): Promise<void>;
+}
+
+/** A veth pair made by CreateEndpoint for a Join to come. */
+interface PreparedPort {
+  networkId: string;
+  /** The overlay namespace its bridge end went into: one rebuilt since took that end with it. */
+  epoch: number;
+  attached: AttachedEndpoint;
+}
+
+/**
+ * Every overlay on this host (the role of libnetwork's joinSandbox/leaveSandbox): the spec it
+ * was last built from (for the periodic repair, which works without the store), the veth pairs
+ * prepared ahead of Join, the peer distribution's view of which networks have local containers,
+ * and the overlay's removal once no local container uses it. The kernel side is the dataplane's;
+ * callers hold the network's lock (the driver's `locks`, shared here).
+ */
+export class LocalOverlays {
+  /** Spec of every overlay this process built or checked. */
+  private readonly specs = new Map<string, OverlaySpec>();
+  private readonly prepared = new Map<string, PreparedPort>();
+
+  constructor(
+    private readonly dataplane: OverlayDataplane,
+    private readonly records: RecordStore,
+    private readonly host: { name: string; vtep: string },
+    private readonly locks: KeyedMutex,
+    private readonly logger: Logger,
+    private readonly peerSync?: PeerSyncHooks,
+  ) {}
+
+  /** What the overlay of a network should look like on this host (`localRemote`: p2p's per-host remote). */
+  specFor(networkId: string, network: NetworkRecord, localRemote?: string): OverlaySpec {
+    const options = parseNetworkOptions(network.options);
+    const remote = localRemote ?? options.remote;
+    const prefix = parseSubnet(network.subnet).prefixLength;
+    return {
+      networkId,
+      vni: network.vni,
+      mtu: network.mtu,
+      gatewayCidr: `${network.gateway}/${prefix}`,
+      vtep: this.host.vtep,
+      mode: network.mode,
+      ...(remote ? { remote } : {}),
+      ...(options.group ? { group: options.group } : {}),
+    };
+  }
+
+  find(networkId: string): OverlayInfo | undefined {
+    return this.dataplane.findOverlay(networkId);
+  }
+
+  isPrepared(endpointId: string): boolean {
+    return this.prepared.has(endpointId);
+  }
+
+  /**
+   * Join's kernel side: the overlay up to `spec`, the endpoint's veth pair in it, then `commit`
+   * (the store write that makes the endpoint joined) and the peer distribution told. Any failure
+   * rolls the kernel back (the veth pair; the overlay too if this call built it) before it is
+   * thrown, so that Docker's retry starts clean.
+   */
+  async join(spec: OverlaySpec, network: NetworkRecord, attachment: EndpointAttachment, commit: () => Promise<void>): Promise<AttachedEndpoint> {
+    const { networkId, endpointId } = attachment;
+    const existed = this.find(networkId) !== undefined;
+    const prepared = this.prepared.get(endpointId);
+    this.prepared.delete(endpointId);
+    try {
+      const attached = await this.attach(spec, attachment, prepared);
+      await commit();
+      await this.peerSync?.networkActive(networkId, network);
+      return attached;
+    } catch (err) {
+      this.logger.warn('join failed, rolling back', { networkId, endpointId, error: errorMessage(err) });
+      await this.detach(networkId, endpointId).catch((e: unknown) =>
+        this.logger.warn('rollback of a failed join left its veth pair', { networkId, endpointId, error: errorMessage(e) }),
+      );
+      if (!existed) {
+        await this.release(networkId).catch((e: unknown) =>
+          this.logger.warn('rollback of a failed join left its overlay namespace', { networkId, error: errorMessage(e) }),
+        );
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * An overlay this process already built or checked for the same spec is not re-checked (it
+   * would cost netlink round trips on every Join): drift is the periodic repair's job, and an
+   * attach that fails on such an overlay repairs it and tries once more. A pair prepared by
+   * CreateEndpoint in that very namespace is used as it is.
+   */
+  private async attach(spec: OverlaySpec, attachment: EndpointAttachment, prepared?: PreparedPort): Promise<AttachedEndpoint> {
+    const overlay = this.find(spec.networkId);
+    const known = this.specs.get(spec.networkId);
+    if (!overlay || !known || !isDeepStrictEqual(known, spec)) {
+      await this.dataplane.ensureOverlay(spec);
+      this.specs.set(spec.networkId, spec);
+      return this.dataplane.attachEndpoint(attachment);
+    }
+    // A prepared port damaged since is the periodic repair's, as one damaged right after a Join would be.
+    if (prepared && prepared.epoch === overlay.epoch) return prepared.attached;
+    try {
+      return await this.dataplane.attachEndpoint(attachment);
+    } catch (err) {
+      this.logger.warn('attach failed on a verified overlay; repairing it', { networkId: attachment.networkId, endpointId: attachment.endpointId, error: errorMessage(err) });
+      await this.dataplane.ensureOverlay(spec);
+      return this.dataplane.attachEndpoint(attachment);
+    }
+  }
+
+  /**
+   * CreateEndpoint: the endpoint's veth pair, made now if its network's overlay is up and was
+   * built or checked by this process (a cold network's Join builds the namespace first). Never
+   * fails: without a prepared pair, Join makes it as usual.
+   */
+  async prepare(attachment: EndpointAttachment): Promise<void> {
+    const { networkId, endpointId } = attachment;
+    const overlay = this.find(networkId);
+    if (!overlay || !this.specs.has(networkId)) return;
+    try {
+      const attached = await this.dataplane.attachEndpoint(attachment);
+      this.prepared.set(endpointId, { networkId, epoch: overlay.epoch, attached });
+    } catch (err) {
+      this.logger.debug('veth pair not prepared; Join will make it', { networkId, endpointId, error: errorMessage(err) });
+    }
+  }
+
+  /** Undoes `prepare` (the endpoint record was not written after all). Never fails. */
+  async unprepare(networkId: string, endpointId: string): Promise<void> {
+    if (!this.prepared.delete(endpointId)) return;
+    await this.dataplane.detachEndpoint(networkId, endpointId).catch((err: unknown) =>
+      this.logger.warn('cannot remove the veth pair of an endpoint that was not created', { networkId, endpointId, error: errorMessage(err) }),
+    );
+  }
+
+  /** The endpoint's veth pair, prepared or joined, is deleted. */
+  async detach(networkId: string, endpointId: string): Promise<void> {
+    this.prepared.delete(endpointId);
+    await this.dataplane.detachEndpoint(networkId, endpointId);
+  }
+
+  /** After a restart: an overlay that outlived the process is put right and gets its peers again. */
+  async resume(spec: OverlaySpec, network: NetworkRecord): Promise<void> {
+    await this.locks.run(spec.networkId, async () => {
+      await this.dataplane.ensureOverlay(spec);
+      this.specs.set(spec.networkId, spec);
+    });
+    await this.peerSync?.networkActive(spec.networkId, network);
+  }
+
+  /** The overlay goes: peers stop being programmed, then its namespace is removed. Idempotent. */
+  async release(networkId: string): Promise<void> {
+    await this.peerSync?.networkInactive(networkId);
+    this.specs.delete(networkId);
+    for (const [endpointId, port] of this.prepared) if (port.networkId === networkId) this.prepared.delete(endpointId);
+    await this.dataplane.removeOverlay(networkId);
+  }
+
+  /** The overlay goes if it is up and no endpoint of this host on the network is joined any more. */
+  async releaseIfUnused(networkId: string, network: NetworkRecord): Promise<void> {
+    if (!this.find(networkId)) return;
+    const endpoints = await this.records.list(endpointRecordSchema, keys.endpoints(network.key));
+    const stillJoined = endpoints.some((e) => e.value.host === this.host.name && e.value.networkId === networkId && e.value.joined);
+    if (stillJoined) return;
+    await this.release(networkId);
+    this.logger.info('overlay removed: no local container left', { networkId });
+  }
+
+  /**
+   * Periodic repair of kernel drift: re-asserts every local overlay (br0, vxlan0, the ports'
+   * master) from the spec of its last Join, so a device deleted by hand comes back; if anything
+   * had to be rebuilt, its peers are re-programmed at once. Needs no store.
+   */
+  async repairAll(): Promise<string[]> {
+    const repaired: string[] = [];
+    for (const networkId of [...this.specs.keys()]) {
+      await this.locks.run(networkId, async () => {
+        const spec = this.specs.get(networkId);
+        if (!spec || !this.find(networkId)) return; // removed meanwhile: nothing to repair
+        if (!(await this.dataplane.repairOverlay(spec))) return;
+        repaired.push(networkId);
+        await this.peerSync?.resync?.(networkId, 'overlay repaired');
+      });
+    }
+    return repaired;
+  }
+}

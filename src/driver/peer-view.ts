@@ -1,0 +1,238 @@
+import type { Peer } from '../dataplane/types';
+import type { Logger } from '../log';
+import type { KVEntry, WatchEvent } from '../store/store';
+import { errorMessage } from '../util/errors';
+import type { HostLiveness } from './host-liveness';
+import { indexPeers, type PeerIndex } from './miss-responder';
+import { decodeRecord, endpointRecordSchema, hostRecordSchema, keys, type EndpointRecord, type HostRecord } from './records';
+
+// join() builds one flat string; a template literal leaves a tree of parts beside the
+// flattened copy once the id is hashed, kept for every peer.
+export const peerId = (p: Peer) => [p.ip, p.mac, p.vtep].join('|');
+
+/** The fields of an endpoint record that decide whether and how it is a peer. */
+export type PeerEndpoint = Pick<EndpointRecord, 'ip' | 'mac' | 'host' | 'joined'>;
+
+/**
+ * The peers one host should hold for one network: every joined endpoint of another host that
+ * is live (has a `hosts/<name>` record), at that host's registered VTEP. Shared by peer-sync
+ * and `tsoverlay inspect --check`.
+ */
+export function desiredPeersOf(endpoints: Iterable<PeerEndpoint>, hosts: ReadonlyMap<string, HostRecord>, self: string): Peer[] {
+  const peers: Peer[] = [];
+  for (const ep of endpoints) {
+    if (!ep.joined || ep.host === self) continue;
+    const host = hosts.get(ep.host);
+    if (host) peers.push({ ip: ep.ip, mac: ep.mac, vtep: host.vtep });
+  }
+  return peers;
+}
+
+/**
+ * A network's desired peers by peer id, kept up to date endpoint by endpoint so that a watch
+ * event costs a lookup, not a rebuild of the whole set. Two endpoint records can map to the same
+ * peer (a stale duplicate): the peer stays wanted until the last of them goes.
+ */
+class DesiredPeers {
+  readonly peers = new Map<string, Peer>();
+  /** Records beyond the first per peer id (almost always empty). */
+  private readonly extra = new Map<string, number>();
+
+  add(peer: Peer): void {
+    const id = peerId(peer);
+    if (this.peers.has(id)) this.extra.set(id, (this.extra.get(id) ?? 0) + 1);
+    else this.peers.set(id, peer);
+  }
+
+  remove(peer: Peer): void {
+    const id = peerId(peer);
+    const n = this.extra.get(id);
+    if (n === undefined) this.peers.delete(id);
+    else if (n > 1) this.extra.set(id, n - 1);
+    else this.extra.delete(id);
+  }
+}
+
+/**
+ * The store as peer distribution sees it, fed by the `endpoints/` and `hosts/` watches: the
+ * remote endpoints that can be peers and the live hosts, and from them each network's desired
+ * peers. Knows nothing of the kernel (that is PeerSync's side).
+ */
+export class PeerView {
+  /**
+   * By network key, then store key: the endpoints that can be peers (joined, of another host),
+   * reduced to what programming needs. Every remote container of the cluster is held here, so
+   * not the whole record (ids, timestamps) and nothing else of the store.
+   */
+  private readonly endpoints = new Map<string, Map<string, PeerEndpoint>>();
+  private readonly hosts = new Map<string, HostRecord>();
+  /** Desired peers per network key, built on first use; dropped when any host changes. */
+  private readonly desired = new Map<string, DesiredPeers>();
+  /** Desired peers per network key, indexed for miss lookups; dropped on every store change. */
+  private readonly indexes = new Map<string, PeerIndex>();
+
+  constructor(
+    /** This host's name: its own endpoints are never its peers. */
+    private readonly self: string,
+    private readonly logger: Logger,
+    /** Decides when a host the store dropped is gone; without it, at once. */
+    private readonly liveness?: HostLiveness,
+  ) {}
+
+  /** Peers the store wants programmed in a network's namespace. */
+  desiredPeers(networkKey: string): Peer[] {
+    return desiredPeersOf(this.endpoints.get(networkKey)?.values() ?? [], this.hosts, this.self);
+  }
+
+  /** The same peers by id, maintained incrementally (do not modify; it changes with the store). */
+  desiredSet(networkKey: string): ReadonlyMap<string, Peer> {
+    let set = this.desired.get(networkKey);
+    if (!set) {
+      set = new DesiredPeers();
+      for (const p of this.desiredPeers(networkKey)) set.add(p);
+      this.desired.set(networkKey, set);
+    }
+    return set.peers;
+  }
+
+  /** Desired peers of a network, indexed by IP and MAC (cached until the next store change). */
+  peerIndex(networkKey: string): PeerIndex {
+    let index = this.indexes.get(networkKey);
+    if (!index) {
+      index = indexPeers(this.desiredPeers(networkKey));
+      this.indexes.set(networkKey, index);
+    }
+    return index;
+  }
+
+  /** The endpoint watch delivered the full state. */
+  resetEndpoints(entries: KVEntry[]): void {
+    this.endpoints.clear();
+    this.forgetDerived();
+    for (const e of entries) {
+      const ep = this.decode('endpoint', () => decodeRecord(endpointRecordSchema, e.value, e.key));
+      if (ep) this.setEndpoint(e.key, ep);
+    }
+  }
+
+  /** The host watch delivered the full state. */
+  resetHosts(entries: KVEntry[]): void {
+    const before = new Map(this.hosts);
+    this.hosts.clear();
+    this.forgetDerived();
+    for (const e of entries) {
+      const host = this.decode('host', () => decodeRecord(hostRecordSchema, e.value, e.key));
+      if (!host) continue;
+      this.hosts.set(host.name, host);
+      this.liveness?.cleared(host.name);
+    }
+    // A full state after a reconnect: hosts missing from it went while we were not listening.
+    for (const [name, host] of before) {
+      if (!this.hosts.has(name)) this.hostWent(name, host);
+    }
+  }
+
+  /** Endpoint changes; returns the network keys they touched. */
+  endpointEvents(events: WatchEvent[]): Set<string> {
+    const touched = new Set<string>();
+    this.indexes.clear();
+    for (const ev of events) {
+      const networkKey = keys.parseEndpoint(ev.key)?.networkKey;
+      if (networkKey) touched.add(networkKey);
+      if (ev.type === 'delete') {
+        this.setEndpoint(ev.key, undefined);
+      } else {
+        this.setEndpoint(ev.key, this.decode('endpoint', () => decodeRecord(endpointRecordSchema, ev.value, ev.key)));
+      }
+    }
+    return touched;
+  }
+
+  /** Hosts came or went (a VTEP may have changed): every network's desired peers may differ. */
+  hostEvents(events: WatchEvent[]): void {
+    this.forgetDerived();
+    for (const ev of events) {
+      const name = keys.hostOf(ev.key);
+      if (name === undefined) continue;
+      if (ev.type === 'delete') {
+        const host = this.hosts.get(name);
+        if (host) this.hostWent(name, host);
+      } else {
+        const host = this.decode('host', () => decodeRecord(hostRecordSchema, ev.value, ev.key));
+        if (host) {
+          this.hosts.set(name, host);
+          this.liveness?.cleared(name);
+        }
+      }
+    }
+  }
+
+  /** The host's probes went unanswered after its registration expired: withdraw it. True if it was still held. */
+  hostDead(name: string): boolean {
+    if (!this.hosts.delete(name)) return false;
+    this.forgetDerived();
+    return true;
+  }
+
+  /**
+   * Its registration is gone: a host that only lost the store is kept while it answers on the
+   * underlay (HostLiveness calls hostDead when it stops); without liveness checks it goes now.
+   */
+  private hostWent(name: string, host: HostRecord): void {
+    if (this.liveness && name !== this.self) {
+      this.hosts.set(name, host);
+      this.liveness.suspect(host);
+      return;
+    }
+    this.hosts.delete(name);
+    this.logger.info('host gone', { host: name });
+  }
+
+  private forgetDerived(): void {
+    this.desired.clear();
+    this.indexes.clear();
+  }
+
+  private decode<T>(schemaName: string, decode: () => T): T | undefined {
+    try {
+      return decode();
+    } catch (err) {
+      this.logger.warn(`ignoring malformed ${schemaName} record`, { error: errorMessage(err) });
+      return undefined;
+    }
+  }
+
+  /** The host record's copy of a host name when there is one: one string per host, not per endpoint. */
+  private hostName(name: string): string {
+    const known = this.hosts.get(name)?.name;
+    return known === name ? known : name;
+  }
+
+  /** The peer an endpoint is while its host is live. */
+  private peerOf(ep: PeerEndpoint): Peer | undefined {
+    const host = this.hosts.get(ep.host);
+    return host ? { ip: ep.ip, mac: ep.mac, vtep: host.vtep } : undefined;
+  }
+
+  /** Records (or, with undefined, forgets) one endpoint, and updates its network's desired set if built. */
+  private setEndpoint(key: string, ep: EndpointRecord | undefined): void {
+    const networkKey = keys.parseEndpoint(key)?.networkKey ?? '';
+    const kept: PeerEndpoint | undefined =
+      ep?.joined && ep.host !== this.self ? { ip: ep.ip, mac: ep.mac, host: this.hostName(ep.host), joined: true } : undefined;
+    let records = this.endpoints.get(networkKey);
+    const old = records?.get(key);
+    if (kept) {
+      if (!records) this.endpoints.set(networkKey, (records = new Map()));
+      records.set(key, kept);
+    } else if (records?.delete(key) && records.size === 0) {
+      this.endpoints.delete(networkKey);
+    }
+    const desired = this.desired.get(networkKey);
+    if (!desired) return;
+    // Hosts are unchanged since the set was built (a host change drops it): same VTEPs as then.
+    const before = old && this.peerOf(old);
+    const after = kept && this.peerOf(kept);
+    if (before) desired.remove(before);
+    if (after) desired.add(after);
+  }
+}

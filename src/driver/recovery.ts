@@ -1,0 +1,159 @@
+import { vethNames } from '../dataplane/dataplane';
+import type { OrphanReport } from '../dataplane/types';
+import type { Logger } from '../log';
+import { errorMessage } from '../util/errors';
+import type { KeyedMutex } from '../util/keyed-mutex';
+import type { LocalOverlays, OverlayDataplane } from './local-overlays';
+import type { HostIdentity, NetworkRecords } from './network-records';
+import type { RecordStore, Versioned } from './record-store';
+import { endpointRecordSchema, keys, networkRecordSchema, poolRecordSchema, type EndpointRecord } from './records';
+import { parseAddressCidr, parseSubnet, subnetKey } from './subnet';
+
+export interface RecoveryDeps {
+  records: RecordStore;
+  networks: NetworkRecords;
+  overlays: LocalOverlays;
+  dataplane: Pick<OverlayDataplane, 'bridgePorts' | 'removeOrphans'>;
+  host: HostIdentity;
+  locks: KeyedMutex;
+  logger: Logger;
+  /** DeleteEndpoint, for endpoints whose own DeleteEndpoint was lost. */
+  deleteEndpoint(networkId: string, endpointId: string): Promise<void>;
+}
+
+/**
+ * What a restart or a crash left half-done, put right from the store and the kernel: after a
+ * plugin restart (overlays that outlived the process), at start-up after a crash (before this
+ * host registers), and when Docker releases an address an endpoint of a lost DeleteEndpoint
+ * still holds.
+ */
+export class Recovery {
+  constructor(private readonly deps: RecoveryDeps) {}
+
+  /**
+   * After a plugin restart: overlays that outlived the process get their peers again, and
+   * endpoints this host still advertises as joined without an overlay (the host rebooted or
+   * died) are withdrawn, so that no host keeps entries pointing at containers that are gone.
+   */
+  async resumeAfterRestart(): Promise<void> {
+    const { records, networks, overlays, host, logger } = this.deps;
+    for (const { networkId, mapping } of await networks.mappings()) {
+      const network = await records.get(networkRecordSchema, keys.network(mapping.networkKey));
+      if (!network) continue;
+      const hasOverlay = overlays.find(networkId) !== undefined;
+      // Whatever drifted while no plugin was running is put right before peers are programmed.
+      if (hasOverlay) await overlays.resume(overlays.specFor(networkId, network.value, mapping.remote), network.value);
+      for (const ep of await records.list(endpointRecordSchema, keys.endpoints(network.value.key))) {
+        if (ep.value.host !== host.name || ep.value.networkId !== networkId) continue;
+        if (ep.value.joined && !hasOverlay) {
+          await records.compareAndSet(ep, { ...ep.value, joined: false });
+          logger.info('withdrew stale endpoint', { networkId, endpointId: ep.value.id });
+        } else if (ep.value.locator !== host.vtep) {
+          // Informational (peers read the VTEP from hosts/), kept current for `inspect`.
+          await records.compareAndSet(ep, { ...ep.value, locator: host.vtep });
+        }
+      }
+    }
+  }
+
+  /**
+   * Start-up, before this host registers (so that no peer is ever shown state a crash left
+   * behind): any step of a Join, Leave or DeleteEndpoint may have been cut short. Endpoints the
+   * store calls joined whose port is gone (the container died meanwhile, the host rebooted) are
+   * withdrawn; then every kernel object of ours that no endpoint record of this host accounts
+   * for is removed, and so are the namespaces of networks with no joined local endpoint.
+   */
+  async recoverAfterCrash(): Promise<OrphanReport> {
+    const { records, dataplane, host, logger } = this.deps;
+    await this.finishLostNetworkDeletions();
+    const mine = (await records.list(endpointRecordSchema, keys.allEndpoints())).filter((e) => e.value.host === host.name);
+    const byNetwork = new Map<string, Versioned<EndpointRecord>[]>();
+    for (const ep of mine) byNetwork.set(ep.value.networkId, [...(byNetwork.get(ep.value.networkId) ?? []), ep]);
+    const keepNetworks: string[] = [];
+    for (const [networkId, endpoints] of byNetwork) {
+      let ports: Set<string>;
+      try {
+        ports = new Set(await dataplane.bridgePorts(networkId));
+      } catch (err) {
+        logger.warn('cannot list the ports of an overlay', { networkId, error: errorMessage(err) });
+        continue;
+      }
+      let joined = 0;
+      for (const ep of endpoints) {
+        if (!ep.value.joined) continue;
+        if (ports.has(bridgePortOf(ep.value.id))) {
+          joined++;
+          continue;
+        }
+        await records.compareAndSet(ep, { ...ep.value, joined: false });
+        logger.info('withdrew endpoint whose port is gone', { networkId, endpointId: ep.value.id });
+      }
+      if (joined > 0) keepNetworks.push(networkId);
+    }
+    const report = await dataplane.removeOrphans({ endpointIds: mine.map((e) => e.value.id), networkIds: keepNetworks });
+    if (report.hostVeths.length + report.ports.length + report.namespaces.length > 0) {
+      logger.warn('removed what a previous run left behind', { ...report });
+    }
+    return report;
+  }
+
+  /**
+   * Docker is releasing an address (call before the IPAM frees it, so that no new endpoint can
+   * hold it yet): an endpoint of this host that still has it and is not joined is one whose
+   * DeleteEndpoint was lost (Docker calls ReleaseAddress right after it), or one Docker is rolling
+   * back; it is deleted now, with its veth.
+   */
+  async deleteEndpointsLostWithAddress(poolId: string, address: string): Promise<void> {
+    const { records, networks, host, logger } = this.deps;
+    if (/^(swarm|node):/.test(poolId)) return;
+    let subnet: string;
+    let ip: string;
+    try {
+      subnet = parseSubnet(poolId.split('@')[0]!).cidr;
+      ip = parseAddressCidr(address).ip;
+    } catch {
+      return;
+    }
+    for (const ep of await records.list(endpointRecordSchema, keys.allEndpoints())) {
+      if (ep.value.host !== host.name || ep.value.ip !== ip || ep.value.joined) continue;
+      const network = await networks.find(ep.value.networkId);
+      if (network && network.value.subnet !== subnet) continue;
+      logger.warn('deleting an endpoint whose DeleteEndpoint never arrived', { networkId: ep.value.networkId, endpointId: ep.value.id, ip });
+      if (network) await this.deps.deleteEndpoint(ep.value.networkId, ep.value.id);
+      else await records.delete(ep.key);
+    }
+  }
+
+  /**
+   * A network whose pool this host no longer holds was being deleted (Docker releases the pool
+   * first) and its DeleteNetwork was lost: finish it.
+   */
+  private async finishLostNetworkDeletions(): Promise<void> {
+    const { records, networks, overlays, host, locks, logger } = this.deps;
+    for (const { networkId, mapping } of await networks.mappings()) {
+      if (mapping.host !== host.name || !mapping.pool) continue;
+      let poolKey: string;
+      try {
+        poolKey = keys.pool(subnetKey(parseSubnet(mapping.pool)));
+      } catch {
+        continue; // not written by us
+      }
+      const pool = await records.get(poolRecordSchema, poolKey);
+      if (pool?.value.holders.includes(host.name)) continue;
+      logger.warn('finishing the deletion of a network whose DeleteNetwork was lost', { networkId, pool: mapping.pool });
+      await locks.run(networkId, async () => {
+        if (overlays.find(networkId)) await overlays.release(networkId);
+        await networks.forget(networkId, mapping);
+      });
+    }
+  }
+}
+
+/** The name of an endpoint's bridge port, or '' for an id the dataplane would never have used. */
+function bridgePortOf(endpointId: string): string {
+  try {
+    return vethNames(endpointId).bridgePortName;
+  } catch {
+    return '';
+  }
+}
