@@ -11,11 +11,12 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { e2eSkipReason, runContainer, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
 import { startEtcd, type EtcdServer } from '../helpers/etcd';
-import { startPlugin, type PluginProcess } from '../helpers/plugin';
+import { PLUGIN_MAIN, startPlugin, type PluginProcess } from '../helpers/plugin';
 import { cleanupAfter, runDir, spawnTracked, waitFor, type ManagedProcess } from '../helpers/proc';
 
 const skip = e2eSkipReason(['/usr/bin/etcd', '/usr/sbin/dnsmasq']);
@@ -130,6 +131,31 @@ test('by name, by alias (several addresses), reverse, from another host', { skip
   assert.match(await lookup(b, webIp), new RegExp(`web\\.${NET}`), 'reverse lookup');
 });
 
+function metricsOf(host: DockerHost): Promise<string> {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ socketPath: plugins.get(host.name)!.socketPath, path: '/metrics' }, (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c.toString()));
+        res.on('end', () => resolve(body));
+      })
+      .on('error', reject);
+  });
+}
+
+test('tsoverlay inspect lists the names a network serves; /metrics counts queries and answers', { skip, timeout: 120_000 }, async () => {
+  const b = hosts[1]!;
+  const r = await b.exec([process.execPath, PLUGIN_MAIN, 'inspect', NET, '--json', '--store', `etcd://${etcdEndpoint}`, '--host-name', b.name, '--docker-host', b.socketPath]);
+  const report = JSON.parse(r.stdout) as { networks: { names?: { container: string; names: string[]; host: string }[] }[] };
+  const names = report.networks[0]?.names ?? [];
+  assert.ok(names.some((n) => n.container === 'web' && n.names.includes('frontend') && n.host === hosts[0]!.name), JSON.stringify(names));
+  const text = (await b.exec([process.execPath, PLUGIN_MAIN, 'inspect', NET, '--store', `etcd://${etcdEndpoint}`, '--host-name', b.name, '--docker-host', b.socketPath])).stdout;
+  assert.match(text, new RegExp(`names \\(DNS on ${GATEWAY.replace(/\./g, '\\.')}:53\\)`));
+  const metrics = await metricsOf(b);
+  assert.match(metrics, /tsoverlay_dns_queries_total\{transport="udp"\} [1-9]/);
+  assert.match(metrics, /tsoverlay_dns_answers_total\{rcode="NOERROR"\} [1-9]/);
+});
+
 test('isolation: a second network with the same container names answers its own', { skip, timeout: 180_000 }, async () => {
   const [a, b, c] = hosts as [DockerHost, DockerHost, DockerHost];
   await run(c, 'web-n2', NET2, { aliases: ['web'] });
@@ -182,4 +208,23 @@ test('plugin restarts lose no names (the publishing host, then the asking host)'
   await restartPlugin(b);
   await eventually('B serves again after its restart', async () => answers(await lookup(b, 'web')).includes(webIp));
   assert.deepEqual(answers(await lookup(b, 'frontend')).length, 2);
+});
+
+test('cost of a DNS server a container cannot reach (a daemon-wide setting naming another network\'s gateway)', { skip, timeout: 180_000 }, async (t) => {
+  const b = hosts[1]!;
+  const timed = async (dns: string[]): Promise<{ ms: number; out: string }> => {
+    const r = await runContainer(
+      b.docker,
+      cluster.image,
+      ['sh', '-c', 'a=$(cut -d" " -f1 /proc/uptime); nslookup www.outside.test >/tmp/o 2>&1; b=$(cut -d" " -f1 /proc/uptime); cat /tmp/o; awk "BEGIN { print \\"ms=\\" int(($b - $a) * 1000) }"'],
+      { network: NET2, hostConfig: { Dns: dns }, timeoutMs: 60_000 },
+    );
+    return { ms: Number(/ms=(\d+)/.exec(r.stdout)?.[1]), out: r.stdout };
+  };
+  const own = await timed([GATEWAY2]);
+  const other = await timed([GATEWAY]);
+  t.diagnostic(`outside name from a container on ${NET2}: --dns ${GATEWAY2} (its own gateway) ${own.ms} ms; --dns ${GATEWAY} (${NET}'s gateway, unreachable from ${NET2}) ${other.ms} ms`);
+  assert.deepEqual(answers(own.out), [OUTSIDE_IP]);
+  assert.deepEqual(answers(other.out), [], 'another network\'s listener is not reachable (isolation)');
+  assert.ok(other.ms > own.ms);
 });
