@@ -56,7 +56,8 @@ export async function measureConvergence(
         log(`rep ${i + 1}/${reps}: docker run ${run} ms, lookup on B ${lookup.toFixed(0)} ms, ping on B ${ping.toFixed(0)} ms`);
       } catch (err) {
         failures++;
-        log(`rep ${i + 1}: ${(err as Error).message}`);
+        log(`rep ${i + 1}: ${(err as Error).message} (lookup ${Number.isFinite(lookup) ? 'seen' : 'not seen'}, ping ${Number.isFinite(ping) ? 'seen' : 'not seen'})`);
+        if (!Number.isFinite(lookup)) log(`resolver output: ${(await timestampedLogs(b, resolver)).map((l) => l.text).slice(-3).join(' | ')}`);
       }
       for (const id of [resolver, pinger]) await removeContainer(b, id);
       await removeContainer(a, name);
