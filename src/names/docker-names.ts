@@ -202,6 +202,15 @@ export class DockerNames {
     }
     if (desired.size > 0) this.published.set(containerId, desired);
     else this.published.delete(containerId);
+    const changed = [...desired].filter(([key, rec]) => JSON.stringify(before.get(key)) !== JSON.stringify(rec));
+    const removed = [...before.keys()].filter((key) => !desired.has(key));
+    if (changed.length > 0 || removed.length > 0) {
+      this.logger.info('container names published', {
+        container: containerId.slice(0, 12),
+        names: changed.map(([, rec]) => `${rec.networkName ?? rec.networkId.slice(0, 12)}: ${rec.names.join(',')}`),
+        removed: removed.length,
+      });
+    }
     if (desired.size > 0 || before.size > 0) this.observer?.published(this.publishedCount());
   }
 

@@ -3,7 +3,7 @@
  * host's container names, the store-side view of every host's names, and a DNS listener per
  * local overlay (started and stopped with the overlay).
  */
-import Docker from 'dockerode';
+import type Dockerode from 'dockerode';
 import type { Registry } from 'prom-client';
 import { DnsListeners, type OverlayDns } from '../dns/listeners';
 import { DnsMetrics } from '../dns/metrics';
@@ -30,7 +30,8 @@ const RESOLV_CONF_TTL_MS = 5_000;
 
 export class NamesService {
   readonly view: NamesView;
-  private readonly publisher: DockerNames;
+  private publisher: DockerNames | undefined;
+  private readonly records: RecordStore;
   private readonly listeners: DnsListeners;
   private readonly forwarder: Forwarder;
 
@@ -39,9 +40,8 @@ export class NamesService {
     private readonly options: NamesServiceOptions,
     private readonly logger: Logger,
   ) {
+    this.records = records;
     this.view = new NamesView(records.store, logger);
-    const docker = new Docker({ socketPath: options.dockerSocket });
-    this.publisher = new DockerNames(docker, records, { hostName: options.hostName }, logger);
     let cached: { at: number; upstreams: Upstream[] } | undefined;
     const upstreams = (): Upstream[] => {
       if (options.upstreams) return options.upstreams;
@@ -63,6 +63,9 @@ export class NamesService {
   /** Starts the store view (waits for its first state) and, in the background, the Docker side. */
   async start(): Promise<void> {
     await this.view.start();
+    // Loaded here, not with the daemon: with --dns off the Docker client is never loaded.
+    const { default: Docker } = (await import('dockerode')) as { default: new (opts: { socketPath: string }) => Dockerode };
+    this.publisher = new DockerNames(new Docker({ socketPath: this.options.dockerSocket }), this.records, { hostName: this.options.hostName }, this.logger);
     this.publisher.start();
     this.logger.info('names service started', {
       dockerSocket: this.options.dockerSocket,
@@ -89,7 +92,7 @@ export class NamesService {
 
   async close(): Promise<void> {
     await this.listeners.close();
-    await this.publisher.close();
+    await this.publisher?.close();
     await this.view.close();
     this.forwarder.close();
   }

@@ -31,9 +31,16 @@ export interface ServedName {
 
 type Section = 'names' | 'endpoints' | 'hosts' | 'networks';
 
+/** What a name needs of its endpoint record: kept small, the view holds every network's endpoints. */
+interface EndpointBrief {
+  ip: string;
+  joined: boolean;
+  host: string;
+}
+
 export class NamesView {
   private readonly names = new Map<string, Map<string, NamesRecord>>();
-  private readonly endpoints = new Map<string, Map<string, EndpointRecord>>();
+  private readonly endpoints = new Map<string, Map<string, EndpointBrief>>();
   private readonly hosts = new Set<string>();
   private readonly subnets = new Map<string, Subnet>();
   private readonly indexes = new Map<string, NetworkIndex>();
@@ -137,7 +144,7 @@ export class NamesView {
     return out.sort((a, b) => a.networkKey.localeCompare(b.networkKey) || a.container.localeCompare(b.container));
   }
 
-  private live(ep: EndpointRecord): boolean {
+  private live(ep: EndpointBrief): boolean {
     return ep.joined && this.hosts.has(ep.host);
   }
 
@@ -218,7 +225,8 @@ export class NamesView {
         case 'endpoints': {
           const m = /^endpoints\/([^/]+)\/([^/]+)$/.exec(key);
           if (!m) return undefined;
-          const rec = decodeRecord(endpointRecordSchema, value, key);
+          const full: EndpointRecord = decodeRecord(endpointRecordSchema, value, key);
+          const rec: EndpointBrief = { ip: full.ip, joined: full.joined, host: full.host };
           const map = mapOf(this.endpoints, m[1]!);
           const before = map.get(m[2]!);
           map.set(m[2]!, rec);
