@@ -57,7 +57,12 @@ export async function measureConvergence(
       } catch (err) {
         failures++;
         log(`rep ${i + 1}: ${(err as Error).message} (lookup ${Number.isFinite(lookup) ? 'seen' : 'not seen'}, ping ${Number.isFinite(ping) ? 'seen' : 'not seen'})`);
-        if (!Number.isFinite(lookup)) log(`resolver output: ${(await timestampedLogs(b, resolver)).map((l) => l.text).slice(-3).join(' | ')}`);
+        if (!Number.isFinite(lookup)) {
+          // Asked straight at B's listener (not through Docker's embedded resolver): tells which of the two misses it.
+          const direct = await bc.docker(b, ['run', '--rm', '--net', NET, bc.image, 'nslookup', name, GATEWAY], 30_000).catch((e: unknown) => ({ stdout: String(e) }));
+          const embedded = await bc.docker(b, ['run', '--rm', '--net', NET, '--dns', GATEWAY, bc.image, 'nslookup', name], 30_000).catch((e: unknown) => ({ stdout: String(e) }));
+          log(`asked at ${GATEWAY} directly: ${direct.stdout.replace(/\s+/g, ' ')}; through Docker's resolver: ${embedded.stdout.replace(/\s+/g, ' ')}`);
+        }
       }
       for (const id of [resolver, pinger]) await removeContainer(b, id);
       await removeContainer(a, name);
