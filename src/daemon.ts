@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { DaemonConfig } from './config';
 import { Dataplane } from './dataplane/dataplane';
 import { detectUnderlay } from './dataplane/underlay';
-import { HostRegistration } from './driver/host-registration';
+import { HostRegistration, HostNameTakenError } from './driver/host-registration';
 import { loadOrCreateInstanceId } from './driver/host-identity';
 import { DEFAULT_LIVENESS } from './driver/host-liveness';
 import { ProbeResponder, UnderlayProber, type ProbeTarget } from './dataplane/underlay-probe';
@@ -35,7 +35,14 @@ export interface RunningDaemon {
  * Overlay namespaces are left in place on close: running containers keep their network
  * while the plugin restarts, and the next start reconciles them.
  */
-export async function startDaemon(config: DaemonConfig, logger: Logger): Promise<RunningDaemon> {
+export async function startDaemon(
+  config: DaemonConfig,
+  logger: Logger,
+  /** A start-up that completes in the background (the store was down) can still fail for good. */
+  onFatal: (err: Error) => void = (err) => {
+    throw err;
+  },
+): Promise<RunningDaemon> {
   const underlay = await detectUnderlay(config.vtep);
   const tls = config.etcdTls;
   const auth = config.etcdAuth;
@@ -91,7 +98,7 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     responder?.close();
     prober?.close();
   };
-  const ipam = new IpamService(records, config.hostName, logger);
+  const ipam = new IpamService(records, config.hostName, logger, { requestTimeoutMs: config.storeTimeoutSeconds * 1000 });
   const names = config.dns.enabled
     ? new NamesService(
         records,
@@ -176,19 +183,26 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     }
     await network.recovery.resumeAfterRestart();
   };
+  /** Stops everything a failed start-up opened; the overlay namespaces stay, as on close(). */
+  const abandon = async (): Promise<void> => {
+    startup.close();
+    closeProbes();
+    await closeServers();
+    await names?.close();
+    await peerSync.close().catch((e: unknown) =>
+      logger.warn('cannot stop peer distribution cleanly; the host lease expires by itself', { error: errorMessage(e) }),
+    );
+    await store.close();
+    dataplane.close();
+  };
   try {
     await initialise();
     startup.done();
   } catch (err) {
     if (!(err instanceof StoreUnavailableError)) {
-      // Misconfiguration (credentials, certificates…): say so and stop rather than limp along.
-      await closeServers();
-      await names?.close();
-      await peerSync.close().catch((e: unknown) =>
-        logger.warn('cannot stop peer distribution cleanly; the host lease expires by itself', { error: errorMessage(e) }),
-      );
-      await store.close();
-      dataplane.close();
+      // Misconfiguration (credentials, certificates, a host name another live host holds…):
+      // say so and stop rather than limp along.
+      await abandon();
       throw err;
     }
     logger.warn('store unreachable at start: serving the socket and retrying', { store: store.description, error: errorMessage(err) });
@@ -203,6 +217,12 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
           logger.info('tsoverlay serving', { store: store.description, host: host.name, vtep: host.vtep, storeWasUnreachable: true });
           return;
         } catch (e) {
+          if (e instanceof HostNameTakenError) {
+            logger.error('refusing to start', { error: e.message });
+            await abandon();
+            onFatal(e);
+            return;
+          }
           logger.warn('start-up still waiting for the store', { store: store.description, error: errorMessage(e) });
         }
       }
@@ -234,6 +254,7 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     async close() {
       startup.close();
       clearInterval(repairTimer);
+      closeProbes();
       await closeServers();
       await names?.close();
       // Keep the host's lease: a stopping daemon is a plugin restart, not a departure (see PeerSync.close).

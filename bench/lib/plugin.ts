@@ -73,6 +73,7 @@ export async function startBenchPlugin(opts: BenchPluginOptions): Promise<BenchP
     '--store', opts.store ?? `local://${path.join(dir, 'state')}`,
     '--netns-dir', path.join(runTmp, 'netns'),
     '--host-name', opts.name,
+    '--state-dir', path.join(dir, 'id'),
     '--vtep', opts.vtep,
     ...(opts.extraArgs ?? []),
   ];

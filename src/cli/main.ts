@@ -11,7 +11,10 @@ async function serve(argv: string[]): Promise<void> {
   const config = parseConfig(argv, process.env);
   const logger = createLogger(config.logLevel);
   const { startDaemon } = await import('../daemon');
-  const daemon = await startDaemon(config, logger);
+  const daemon = await startDaemon(config, logger, (err) => {
+    logger.error('tsoverlay cannot run', { error: err.message });
+    process.exit(1);
+  });
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

@@ -48,7 +48,7 @@ export interface VxlanSpec {
  * This host's p2p remote: its own `-o remote` (each of the two hosts names the other), else the
  * one stored with the network record (the first creator's).
  */
-export function p2pRemote(hostRemote: string | undefined, options: Readonly<Record<string, string | undefined>>): string | undefined {
+export function p2pRemote(hostRemote: string | undefined, options: { readonly remote?: string | undefined }): string | undefined {
   return hostRemote ?? options.remote;
 }
 

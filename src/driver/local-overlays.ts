@@ -1,6 +1,7 @@
 import { isDeepStrictEqual } from 'node:util';
 
 import type { AttachedEndpoint, EndpointAttachment, OrphanReport, OverlayInfo, OverlaySpec, Peer } from '../dataplane/types';
+import { p2pRemote } from '../dataplane/overlay-check';
 import type { Logger } from '../log';
 import { errorMessage } from '../util/errors';
 import type { KeyedMutex } from '../util/keyed-mutex';
@@ -66,7 +67,7 @@ export class LocalOverlays {
   /** What the overlay of a network should look like on this host (`localRemote`: p2p's per-host remote). */
   specFor(networkId: string, network: NetworkRecord, localRemote?: string): OverlaySpec {
     const options = parseNetworkOptions(network.options);
-    const remote = localRemote ?? options.remote;
+    const remote = p2pRemote(localRemote, options);
     const prefix = parseSubnet(network.subnet).prefixLength;
     return {
       networkId,

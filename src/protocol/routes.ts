@@ -25,7 +25,13 @@ export function pluginRoutes({ network, ipam, recovery, scope, logger }: RouteDe
   return {
     'Plugin.Activate': route(s.emptyRequest, async () => ({ Implements: ['NetworkDriver', 'IpamDriver'] })),
 
-    'NetworkDriver.GetCapabilities': route(s.emptyRequest, async () => ({ Scope: scope, ConnectivityScope: scope })),
+    // GwAllocChecker stays false: br0 in every overlay namespace carries the gateway address, so
+    // Docker (28 and later ask only drivers that advertise it) must keep reserving it.
+    'NetworkDriver.GetCapabilities': route(s.emptyRequest, async () => ({
+      Scope: scope,
+      ConnectivityScope: scope,
+      GwAllocChecker: false,
+    })),
     'NetworkDriver.CreateNetwork': route(s.createNetworkRequest, async (r) => {
       await network.createNetwork({
         networkId: r.NetworkID,
@@ -80,6 +86,9 @@ export function pluginRoutes({ network, ipam, recovery, scope, logger }: RouteDe
       logger.info('discovery: delete', { type: r.DiscoveryType, ...discoverySummary(r.DiscoveryData) });
       return {};
     }),
+    // Join names no gateway, so Docker 29 (which calls these only for the endpoint that is a
+    // sandbox's gateway) never sends them; older engines may, and outside access is
+    // docker_gwbridge's business either way: nothing to program, for any endpoint.
     'NetworkDriver.ProgramExternalConnectivity': route(s.programConnectivityRequest, ok),
     'NetworkDriver.RevokeExternalConnectivity': route(s.endpointRequest, ok),
     'NetworkDriver.GwAllocCheck': route(s.gwAllocCheckRequest, async () => ({ SkipIPv4: false, SkipIPv6: false })),
@@ -103,14 +112,13 @@ export function pluginRoutes({ network, ipam, recovery, scope, logger }: RouteDe
       return {};
     }),
     'IpamDriver.RequestAddress': route(s.requestAddressRequest, async (r, context) => {
-      // The request id is the gate's (a replay after a crash gets the same id back, and so the
-      // same address); one a caller put in Options is replaced. The option copy serves an IPAM
-      // that still reads the id from there.
+      // The request id is the gate's (journaled with the body: a replay after a crash gets the
+      // same id back, and so the same address); one a caller put in Options is dropped.
       const { [REQUEST_ID_OPTION]: _callers, ...options } = r.Options;
       const { address } = await ipam.requestAddress({
         poolId: r.PoolID,
         address: r.Address || undefined,
-        options: context ? { ...options, [REQUEST_ID_OPTION]: context.requestId } : options,
+        options,
         ...(context ? { requestId: context.requestId } : {}),
       });
       return { Address: address, Data: {} };

@@ -9,16 +9,19 @@
  *   with a lease, put = `lock` (acquire), create/CAS = `check-not-exists`/`check-index` + `lock`
  *   (the KV endpoint ignores `cas` when `acquire` is present, a transaction does not);
  * - leases = sessions (`behavior: delete`, TTL ≥ 10 s as Consul requires, lock-delay 0, no
- *   health checks) renewed every TTL/2; `onLost` when Consul says the session is gone or
- *   it could not be renewed for a whole TTL; `close()` stops renewing without destroying;
+ *   health checks) renewed every TTL/2; `onLost` when Consul says the session is gone (an
+ *   unreachable Consul is retried: its own outage ends no session); `close()` stops renewing
+ *   without destroying;
  * - watch = blocking queries on the prefix (`recurse`, `index`, `wait`); consecutive results
  *   are diffed into events; a first result, an index that goes backwards or is 0, or any
  *   error restarts from index 0 and delivers onReset;
  * - every call has a deadline (papi request timeout, raced as well); timeouts, connection
  *   errors and 5xx answers surface as StoreUnavailableError.
  *
- * Known difference: a put without lease on a key currently held by a session keeps that
- * session's hold (Consul has no "detach" verb short of knowing the session); etcd detaches.
+ * A put or compare-and-set with a lease on a key another session holds (a restarted host's
+ * previous session, alive until its TTL ends) releases that hold and takes the key in one
+ * transaction, as etcd moves a key to the lease of the latest put. Known difference: a put
+ * without lease on a key held by a session keeps that session's hold; etcd detaches.
  */
 
 import { EventEmitter } from 'node:events';
@@ -77,6 +80,7 @@ type TxnVerb =
   | 'set'
   | 'cas'
   | 'lock'
+  | 'unlock'
   | 'delete'
   | 'delete-cas'
   | 'delete-tree'
@@ -110,6 +114,7 @@ const kvItemSchema = z.object({
   ModifyIndex: z.number(),
 });
 const kvListSchema = z.array(kvItemSchema);
+const kvHolderSchema = z.array(z.object({ ModifyIndex: z.number(), Session: z.string().optional() }));
 const txnResultSchema = z.object({
   Results: z
     .array(z.object({ KV: z.object({ Key: z.string(), ModifyIndex: z.number() }).optional() }).passthrough())
@@ -159,7 +164,12 @@ function classify(err: unknown): Failure {
     if (status >= 500 || status === 429) return { kind: 'unavailable', message };
     if (status === 409) {
       const body = txnErrorBodySchema.safeParse(parseMaybeJson(response?.body));
-      return { kind: 'conflict', message, errors: (body.success && body.data.Errors) || [] };
+      const errors = (body.success && body.data.Errors) || [];
+      // A transaction refused by ACLs is a 409 too, its ops failing with "Permission denied":
+      // not a failed condition (a create would read as "key exists"), an access error.
+      const denied = errors.find((e) => /permission denied|acl not found/i.test(e.What));
+      if (denied) return { kind: 'forbidden', message: denied.What };
+      return { kind: 'conflict', message, errors };
     }
     if (status === 404) return { kind: 'notfound', message };
     if (status === 401 || status === 403) return { kind: 'forbidden', message };
@@ -274,12 +284,18 @@ class ConsulLease implements Lease {
         this.markLost('Consul no longer knows the session (expired or destroyed)');
         return;
       }
+      // Unreachable: keep trying, and let Consul say whether the session survived once it
+      // answers (a 404 above). Consul restarts every session's TTL when a leader is elected,
+      // so an outage of the store itself ends none; a host cut off alone finds its session
+      // gone. Declaring it lost here instead would make the host register under a new session
+      // while the old one still holds its key, and the old one's expiry would then delete that
+      // key: every other host would drop this host's containers for a moment.
       const silentFor = Date.now() - this.lastRenew;
-      if (silentFor >= this.ttlSeconds * 1000) {
-        this.markLost(`could not renew the session for ${Math.round(silentFor / 1000)} s: ${errorMessage(err)}`);
-        return;
-      }
-      this.logger.warn('consul session renewal failed; retrying', { session: this.id, error: errorMessage(err) });
+      this.logger.warn('consul session renewal failed; retrying', {
+        session: this.id,
+        silentSeconds: Math.round(silentFor / 1000),
+        error: errorMessage(err),
+      });
       this.schedule(1000);
     }
   }
@@ -530,9 +546,54 @@ export class ConsulStore implements Store {
     assertKey(key);
     const lease = this.lease(options);
     const what = `put ${key}`;
-    const rev = ConsulStore.written(what, await this.txn(what, this.writeOps(this.prefix + key, value, lease), [], lease));
-    if (rev === undefined) throw new Error(`${this.description}: ${what}: refused by Consul`);
-    return rev;
+    const full = this.prefix + key;
+    try {
+      const rev = ConsulStore.written(what, await this.txn(what, this.writeOps(full, value, lease), [], lease));
+      if (rev === undefined) throw new Error(`${this.description}: ${what}: refused by Consul`);
+      return rev;
+    } catch (err) {
+      if (!lease || !ConsulStore.heldByAnother(err)) throw err;
+    }
+    // Another session holds the key (this host's previous run, whose session lives until its
+    // TTL): move the key to ours, as etcd moves a key to the lease of the latest put.
+    for (let attempt = 0; attempt < 8; attempt++) {
+      const holder = await this.holder(full);
+      const rev = await this.takeOver(what, full, value, lease, holder);
+      if (rev !== undefined) return rev;
+    }
+    throw new Error(`${this.description}: ${what}: the key kept changing hands, try again`);
+  }
+
+  /** A lock refused because another session holds the key. */
+  private static heldByAnother(err: unknown): boolean {
+    return err instanceof ConsulConflictError && err.errors.some((e) => /already held/i.test(e.What));
+  }
+
+  /** The key's ModifyIndex and the session holding it, if any. */
+  private async holder(full: string): Promise<{ index: number; session: string | undefined }> {
+    const body = await this.request(`read holder of ${full.slice(this.prefix.length)}`, (api, o) => api.kv.get({ key: full, ...o }));
+    const item = body === undefined || body === null ? undefined : kvHolderSchema.parse(Array.isArray(body) ? body : [body])[0];
+    return { index: item?.ModifyIndex ?? 0, session: item?.Session };
+  }
+
+  /**
+   * Writes `full` under `lease` if it is still at `holder.index` (0: absent), releasing the
+   * holder's lock in the same transaction. undefined when the key changed meanwhile.
+   */
+  private async takeOver(
+    what: string,
+    full: string,
+    value: string,
+    lease: ConsulLease,
+    holder: { index: number; session: string | undefined },
+  ): Promise<number | undefined> {
+    const condition: TxnOp =
+      holder.index === 0 ? { KV: { Verb: 'check-not-exists', Key: full } } : { KV: { Verb: 'check-index', Key: full, Index: holder.index } };
+    const release: TxnOp[] =
+      holder.session && holder.session !== lease.id ? [{ KV: { Verb: 'unlock', Key: full, Session: holder.session } }] : [];
+    const ops = [condition, ...release, ...this.writeOps(full, value, lease)];
+    const rev = await this.txn(what, ops, release.length > 0 ? [0, 1] : [0], lease);
+    return rev === undefined ? undefined : ConsulStore.written(what, rev);
   }
 
   async create(key: string, value: string, options?: PutOptions): Promise<number | undefined> {
@@ -559,7 +620,15 @@ export class ConsulStore implements Store {
     } else {
       ops = this.writeOps(full, value, lease, { KV: { Verb: 'check-index', Key: full, Index: revision } });
     }
-    return ConsulStore.written(what, await this.txn(what, ops, [0], lease));
+    try {
+      return ConsulStore.written(what, await this.txn(what, ops, [0], lease));
+    } catch (err) {
+      if (!lease || revision === 0 || !ConsulStore.heldByAnother(err)) throw err;
+    }
+    // At the expected revision but held by another session: take it over, as put does.
+    const holder = await this.holder(full);
+    if (holder.index !== revision) return undefined;
+    return this.takeOver(what, full, value, lease, holder);
   }
 
   async delete(key: string): Promise<void> {

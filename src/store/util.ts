@@ -1,6 +1,6 @@
 /** Small helpers shared by the store backends (no backend-specific imports here). */
 
-import { KVEntry, StoreUnavailableError, Watch, WatchEvent, WatchListener } from './store';
+import { KVEntry, PutOptions, Store, StoreUnavailableError, Watch, WatchEvent, WatchListener } from './store';
 import type { Logger } from '../log';
 import { errorMessage } from '../util/errors';
 
@@ -39,23 +39,106 @@ export function toError(err: unknown): Error {
  * the underlying request may still complete later (its outcome is then unknown to the caller).
  */
 export function withDeadline<T>(work: Promise<T>, ms: number, what: () => string): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => {
+  return new Deadline(ms).race(work, () => new StoreUnavailableError(`${what()}: no answer within ${ms} ms (outcome unknown)`));
+}
+
+/**
+ * The time one request may take in all: its waits for locks and every store call made for it.
+ * Each store backend bounds a single call, but a request queued behind others, or making several
+ * calls, would otherwise add those bounds up and answer long after the timeout it was given.
+ */
+export class Deadline {
+  private readonly at: number;
+
+  constructor(
+    readonly ms: number,
+    now: number = performance.now(),
+  ) {
+    this.at = now + ms;
+  }
+
+  remaining(): number {
+    return Math.max(0, this.at - performance.now());
+  }
+
+  get expired(): boolean {
+    return this.remaining() <= 0;
+  }
+
+  /**
+   * `work` raced against what is left of the deadline, rejecting with `onExpiry()` once it has
+   * passed (at once if it already has). An answer that is already waiting when the timer runs wins.
+   */
+  race<T>(work: Promise<T>, onExpiry: () => Error): Promise<T> {
+    const left = this.remaining();
+    if (left <= 0) {
+      work.catch(() => undefined); // abandoned: its rejection is nobody's to handle
+      return Promise.reject(onExpiry());
+    }
+    return new Promise<T>((resolve, reject) => {
       // Node runs expired timers before it reads sockets: after the process was starved of CPU
       // an answer may already be waiting. setImmediate runs after that read, so the answer wins.
-      setImmediate(() => reject(new StoreUnavailableError(`${what()}: no answer within ${ms} ms (outcome unknown)`)));
-    }, ms);
-    work.then(
-      (v) => {
-        clearTimeout(timer);
-        resolve(v);
-      },
-      (e: unknown) => {
-        clearTimeout(timer);
-        reject(e);
-      },
-    );
-  });
+      const timer = setTimeout(() => setImmediate(() => reject(onExpiry())), left);
+      work.then(
+        (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        (e: unknown) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      );
+    });
+  }
+}
+
+/** A create whose outcome the caller never learnt (no answer before the deadline, or an error). */
+export interface UncertainCreate {
+  key: string;
+  value: string;
+}
+
+/**
+ * `store` seen through one request's deadline: every call is raced against what is left of it,
+ * and none is started once it has passed. Creates that did not answer are reported to
+ * `onUncertainCreate`, because the store may still apply them after the request has failed.
+ */
+export function storeWithDeadline(store: Store, deadline: Deadline, onUncertainCreate?: (c: UncertainCreate) => void): Store {
+  const bound = <T>(what: string, call: () => Promise<T>): Promise<T> => {
+    const expired = (): Error =>
+      new StoreUnavailableError(`${store.description}: ${what}: the request's ${deadline.ms} ms deadline passed (outcome unknown)`);
+    if (deadline.expired) return Promise.reject(expired());
+    return deadline.race(call(), expired);
+  };
+  return {
+    get description() {
+      return store.description;
+    },
+    get distributed() {
+      return store.distributed;
+    },
+    get: (key) => bound(`get ${key}`, () => store.get(key)),
+    list: (prefix) => bound(`list ${prefix}`, () => store.list(prefix)),
+    put: (key, value, options?: PutOptions) => bound(`put ${key}`, () => store.put(key, value, options)),
+    create: async (key, value, options?: PutOptions) => {
+      const started = !deadline.expired;
+      try {
+        return await bound(`create ${key}`, () => store.create(key, value, options));
+      } catch (err) {
+        if (started) onUncertainCreate?.({ key, value });
+        throw err;
+      }
+    },
+    compareAndSet: (key, value, revision, options?: PutOptions) =>
+      bound(`compare-and-set ${key}`, () => store.compareAndSet(key, value, revision, options)),
+    delete: (key) => bound(`delete ${key}`, () => store.delete(key)),
+    compareAndDelete: (key, revision) => bound(`compare-and-delete ${key}`, () => store.compareAndDelete(key, revision)),
+    deletePrefix: (prefix) => bound(`delete ${prefix}*`, () => store.deletePrefix(prefix)),
+    watch: (prefix, listener) => store.watch(prefix, listener),
+    grantLease: (ttl) => bound('grant lease', () => store.grantLease(ttl)),
+    close: () => store.close(),
+  };
 }
 
 /** A store call this slow is logged: a request that then fails or lags shows where the time went. */

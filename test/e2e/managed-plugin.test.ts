@@ -4,7 +4,8 @@
  * registry (Debian's docker-registry on the underlay), installed from it on two Docker hosts
  * with settings, a cross-host ping, then `docker plugin disable -f` + `enable` on one host while
  * a ping runs between the hosts: the overlay namespaces outlive the plugin's container, so
- * (almost) no packet is lost and nothing is duplicated afterwards.
+ * (almost) no packet is lost and nothing is duplicated afterwards. Last, the upgrade exactly as
+ * docs/install.md writes it (run with no terminal, as scripts do) to a second tag in the registry.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -23,6 +24,7 @@ import {
   pluginLog,
   pluginPid,
   socketsVisibleTo,
+  REPO_ROOT,
   removePlugin,
   startBuildHost,
   startRegistry,
@@ -30,7 +32,7 @@ import {
   type BuiltPlugin,
   type Registry,
 } from '../helpers/managed-plugin';
-import { cleanupAfter, sleep, waitFor } from '../helpers/proc';
+import { cleanupAfter, run, sleep, waitFor } from '../helpers/proc';
 
 const skip = e2eSkipReason(['/usr/bin/etcd', REGISTRY_BIN]);
 
@@ -240,4 +242,55 @@ test('docker plugin disable -f && enable on one host while a ping runs between h
   const afterView = await kernelView(a);
   assert.deepEqual(afterView.namespaces, before.namespaces, 'the same namespace file before and after the restart');
   assert.deepEqual(afterView.mountLines.map((l) => l.split(' ').slice(3, 5).join(' ')), before.mountLines.map((l) => l.split(' ').slice(3, 5).join(' ')), 'no namespace mounted again');
+});
+
+/** The shell lines of the "### Upgrade" block of docs/install.md, as users copy them. */
+function documentedUpgrade(): string[] {
+  const doc = fs.readFileSync(path.join(REPO_ROOT, 'docs/install.md'), 'utf8');
+  const m = /### Upgrade\s+```sh\n([\s\S]*?)```/.exec(doc);
+  assert.ok(m, 'docs/install.md has an "### Upgrade" sh block');
+  return m[1]!.split('\n').map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#'));
+}
+
+test('upgrade with the commands docs/install.md gives, without a terminal; containers keep their network', { skip, timeout: 300_000 }, async (t) => {
+  const [a, b] = hosts;
+  // The "new version": the same build with another description (so another config digest),
+  // under a second tag in the registry. The build daemon drops the first one (already pushed):
+  // it refuses to create a plugin whose content it holds already.
+  const next = `${registry.address}/tsoverlay:e2e-next`;
+  const nextDir = path.join(path.dirname(plugin.dir), 'plugin-next');
+  fs.rmSync(nextDir, { recursive: true, force: true });
+  fs.mkdirSync(nextDir);
+  const config = JSON.parse(fs.readFileSync(path.join(plugin.dir, 'config.json'), 'utf8')) as { description?: string };
+  fs.writeFileSync(path.join(nextDir, 'config.json'), JSON.stringify({ ...config, description: `${config.description ?? 'tsoverlay'} (next)` }));
+  await run(['cp', '-al', path.join(plugin.dir, 'rootfs'), path.join(nextDir, 'rootfs')]); // hard links: no copy of the rootfs
+  await build.host.cli(['plugin', 'rm', '-f', plugin.ref], { allowFailure: true, timeoutMs: 60_000 });
+  try {
+    await build.host.cli(['plugin', 'create', next, nextDir], { timeoutMs: 180_000 });
+  } finally {
+    fs.rmSync(nextDir, { recursive: true, force: true });
+  }
+  await build.host.cli(['plugin', 'push', next], { timeoutMs: 180_000 });
+  const lines = documentedUpgrade();
+  assert.equal(lines.length, 3, `three commands: ${lines.join(' | ')}`);
+  const before = (await a.cli(['plugin', 'inspect', '--format', '{{.PluginReference}}', PLUGIN_DRIVER])).stdout.trim();
+  assert.equal(before, plugin.ref);
+  const t0 = Date.now();
+  for (const line of lines) {
+    const argv = line.replace('registry.example.com/tsoverlay:0.2.0', next).split(/\s+/);
+    assert.equal(argv[0], 'docker', line);
+    // stdin at end-of-file, no terminal: what a script or CI run gives a prompt.
+    const r = await a.cli(argv.slice(1), { input: '', timeoutMs: 180_000, allowFailure: true });
+    assert.equal(r.code, 0, `${line}: ${r.stdout}${r.stderr}`);
+    assert.doesNotMatch(r.stdout + r.stderr, /are you sure/i, `${line} asked a question nobody can answer`);
+  }
+  t.diagnostic(`documented upgrade on ${a.name}: ${Date.now() - t0} ms`);
+  const after = (await a.cli(['plugin', 'inspect', '--format', '{{.PluginReference}} {{.Enabled}}', PLUGIN_DRIVER])).stdout.trim();
+  assert.equal(after, `${next} true`, 'the plugin now runs the new reference, enabled');
+  // Containers from before the upgrade are still reachable, and new ones get connected.
+  const ping = await b.cli(['exec', 'target', 'ping', '-c', '2', '-W', '2', await containerIp(a, 'idle-a')], { allowFailure: true });
+  assert.equal(ping.code, 0, `h2 → container on h1 started before the upgrade: ${ping.stdout}${ping.stderr}\n${pluginLog(a)}`);
+  const fresh = await startSleeper(a, 'after-upgrade');
+  const back = await b.cli(['run', '--rm', '--net', NET, cluster.image, 'ping', '-c', '2', '-W', '2', fresh], { allowFailure: true });
+  assert.equal(back.code, 0, `h2 → new container on h1 after the upgrade: ${back.stdout}${back.stderr}\n${pluginLog(a)}`);
 });

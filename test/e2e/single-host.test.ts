@@ -96,6 +96,14 @@ test('user flow: create network, two containers ping through br0, clean removal'
   assert.match(ping.stdout, /mtu 1450 /);
   assert.match(ping.stdout, /3 packets received/);
 
+  // Where the engines differ: both reserve the gateway themselves (tsoverlay does not advertise
+  // GwAllocChecker, so no engine asks GwAllocCheck); 28 asks EndpointOperInfo after every Join,
+  // and the answer keeps the container running.
+  const calls = plugin.process.output();
+  assert.doesNotMatch(calls, /NetworkDriver\.GwAllocCheck/, 'no GwAllocCheck without the capability');
+  if (host.engine.name === '28') assert.match(calls, /NetworkDriver\.EndpointOperInfo/, 'Docker 28 asks EndpointOperInfo');
+  assert.equal(((await a.inspect()) as { State: { Running: boolean } }).State.Running, true);
+
   await a.remove({ force: true });
   assert.deepEqual(await overlayFiles(), [], 'namespace removed with the last container');
   await net.remove();
@@ -181,4 +189,25 @@ test('repeated Join/CreateEndpoint (Docker retries) create nothing twice', { ski
   assert.deepEqual(await overlayFiles(), []);
   assert.doesNotMatch(await inHost(['ip', '-o', 'link']), new RegExp(srcName));
   await net.remove();
+});
+
+test('the default route goes through docker_gwbridge; an --internal network gives the overlay only', { skip, timeout: 120_000 }, async () => {
+  const show = ['sh', '-c', 'ip -o -4 addr show; echo ---; ip route'];
+  await docker.createNetwork({ Name: 'outside', Driver: 'tsoverlay', IPAM: { Driver: 'tsoverlay', Config: [{ Subnet: '10.26.0.0/24' }] } });
+  const open = await runContainer(docker, cluster.image, show, { network: 'outside' });
+  assert.equal(open.exitCode, 0, open.stderr);
+  assert.match(open.stdout, /eth0\s+inet 10\.26\.0\.2\/24/, 'eth0 on the overlay');
+  const gw = ((await docker.getNetwork('docker_gwbridge').inspect()) as { IPAM: { Config: { Gateway: string }[] } }).IPAM.Config[0]!.Gateway;
+  assert.match(open.stdout, /eth1\s+inet /, `eth1 on docker_gwbridge: ${open.stdout}`);
+  assert.match(open.stdout, new RegExp(`default via ${gw.replace(/\./g, '\\.')} dev eth1`), `default route via docker_gwbridge: ${open.stdout}`);
+  assert.doesNotMatch(open.stdout, /default via [^\n]* dev eth0/, 'no default route on the overlay');
+
+  await docker.createNetwork({ Name: 'inside', Driver: 'tsoverlay', Internal: true, IPAM: { Driver: 'tsoverlay', Config: [{ Subnet: '10.27.0.0/24' }] } });
+  const closed = await runContainer(docker, cluster.image, show, { network: 'inside' });
+  assert.equal(closed.exitCode, 0, closed.stderr);
+  assert.match(closed.stdout, /eth0\s+inet 10\.27\.0\.2\/24/);
+  assert.doesNotMatch(closed.stdout, /eth1/, `--internal: no docker_gwbridge leg: ${closed.stdout}`);
+  assert.doesNotMatch(closed.stdout, /^default/m, `--internal: no default route: ${closed.stdout}`);
+  await docker.getNetwork('outside').remove();
+  await docker.getNetwork('inside').remove();
 });

@@ -132,6 +132,31 @@ test('two-node swarm: attachable global-scope tsoverlay network, containers on b
   assert.match(mlog, /discovery: new/, 'DiscoverNew reached the plugin');
   assert.match(pluginLog(worker, 400_000), /discovery: new/);
 
+  // A service on the network, the way docs/operations.md says: --endpoint-mode dnsrr (the
+  // default VIP needs a load-balancer endpoint Docker makes only for its own overlay). Its
+  // name resolves to the tasks' addresses on both nodes, and they answer.
+  await manager.cli([
+    'service', 'create', '--detach', '--no-resolve-image', '--name', 'websvc', '--network', NET,
+    '--endpoint-mode', 'dnsrr', '--replicas', '2', '--replicas-max-per-node', '1', cluster.image, 'sleep', '3600',
+  ], { timeoutMs: 60_000 });
+  await waitFor(
+    async () => (await manager.cli(['service', 'ps', '--filter', 'desired-state=running', '--format', '{{.CurrentState}}', 'websvc'])).stdout.split('\n').filter((l) => l.startsWith('Running')).length === 2,
+    { timeoutMs: 90_000, intervalMs: 500, what: 'two websvc tasks running' },
+  );
+  const lookup = await manager.cli(['exec', 'on-manager', 'nslookup', 'websvc'], { allowFailure: true });
+  const taskIps = [...lookup.stdout.matchAll(/Address(?: \d+)?:\s*(192\.168\.70\.\d+)/g)].map((m) => m[1]!);
+  assert.equal(new Set(taskIps).size, 2, `websvc resolves to both tasks (dnsrr): ${lookup.stdout}${lookup.stderr}`);
+  for (const tip of taskIps) {
+    const r = await manager.cli(['exec', 'on-manager', 'ping', '-c', '2', '-W', '2', tip], { allowFailure: true });
+    assert.equal(r.code, 0, `on-manager → websvc task ${tip}: ${r.stdout}${r.stderr}`);
+  }
+  const byName = await worker.cli(['exec', 'on-worker', 'ping', '-c', '2', '-W', '2', 'websvc'], { allowFailure: true });
+  assert.equal(byName.code, 0, `on-worker → websvc by name: ${byName.stdout}${byName.stderr}`);
+  await manager.cli(['service', 'rm', 'websvc']);
+  for (const h of [manager, worker]) {
+    await waitFor(async () => (await h.cli(['ps', '-aq', '--filter', 'name=websvc'])).stdout.trim() === '', { timeoutMs: 60_000, what: `websvc tasks gone on ${h.name}` });
+  }
+
   // Removing the network frees it on the manager.
   for (const c of ['on-manager']) await manager.cli(['rm', '-f', c]);
   await worker.cli(['rm', '-f', 'on-worker']);

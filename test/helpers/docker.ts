@@ -1,7 +1,7 @@
 /**
  * Real dockerd "hosts" for end-to-end tests: one network and mount namespace each on this machine.
  *
- * Each host is a dockerd 20.10 started as
+ * Each host is a dockerd (20.10 or 28: see Engine, chosen with TSO_ENGINE) started as
  *
  *   nsenter --net=/run/netns/<prefix>h1 unshare -m --propagation private \
  *     docker-init -s -p SIGTERM -- sh -c 'mount -t tmpfs none /run/docker/plugins; …; exec dockerd
@@ -60,19 +60,123 @@ import {
 /** The Docker 20.10 CLI from docker.io (/usr/local/bin/docker, first on PATH, is a 28.x client). */
 export const DOCKER_CLI = '/usr/bin/docker';
 export const DOCKERD = '/usr/sbin/dockerd';
+export const DOCKER_INIT = '/usr/bin/docker-init';
+
+/**
+ * The Docker engines the end-to-end suites run on. "20.10" is Debian 12's docker.io; "28" is
+ * Docker 28.5.2 from Debian sid, unpacked by .ci/provision-extras.sh into one folder (its
+ * dockerd, docker CLI, containerd, shim, docker-init and a link to the system's runc) that is
+ * put first on that dockerd's PATH so it starts its own containerd.
+ */
+export type EngineName = '20.10' | '28';
+export const ENGINE_NAMES: readonly EngineName[] = ['20.10', '28'];
+
+export interface Engine {
+  readonly name: EngineName;
+  readonly dockerd: string;
+  /** The CLI of the same version. */
+  readonly cli: string;
+  readonly dockerInit: string;
+  /** Folder put first on dockerd's PATH, or undefined for the system's packages. */
+  readonly binDir: string | undefined;
+  /** A folder holding the docker-compose CLI plugin, when provisioned. */
+  readonly cliPluginsDir: string | undefined;
+  /** dockerd flags this engine needs beside the common ones. */
+  readonly extraArgs: readonly string[];
+  /** 20.10 keeps its engine ID in a key file whose path daemon.json can move; 28 refuses that key. */
+  readonly keyPathOption: boolean;
+}
+
+const EXTRAS_CACHE = process.env.TSO_EXTRAS_CACHE ?? '/var/cache/tsoverlay-ci';
+
+/** Where .ci/provision-extras.sh leaves Docker 28 (its env file names it; this is its default). */
+export function docker28Dir(): string {
+  return process.env.TSO_DOCKER28_DIR ?? path.join(EXTRAS_CACHE, 'docker-28.5.2', 'bin');
+}
+
+function composePluginsDir(): string | undefined {
+  const dir = process.env.TSO_DOCKER28_CLI_PLUGINS ?? path.join(EXTRAS_CACHE, 'docker-28.5.2', 'cli-plugins');
+  return fs.existsSync(path.join(dir, 'docker-compose')) ? dir : undefined;
+}
+
+export function engineByName(name: EngineName): Engine {
+  if (name === '20.10') {
+    return {
+      name,
+      dockerd: DOCKERD,
+      cli: DOCKER_CLI,
+      dockerInit: DOCKER_INIT,
+      binDir: undefined,
+      cliPluginsDir: composePluginsDir(),
+      extraArgs: [],
+      keyPathOption: true,
+    };
+  }
+  const dir = docker28Dir();
+  return {
+    name,
+    dockerd: path.join(dir, 'dockerd'),
+    cli: path.join(dir, 'docker'),
+    dockerInit: path.join(dir, 'docker-init'),
+    binDir: dir,
+    cliPluginsDir: composePluginsDir(),
+    // 28 programs ip6tables by default; the test hosts must not touch the machine's firewall.
+    extraArgs: ['--ip6tables=false'],
+    keyPathOption: false,
+  };
+}
+
+/** TSO_ENGINE (default 20.10): the engine this test process runs its hosts on. */
+export function currentEngine(): Engine {
+  const raw = process.env.TSO_ENGINE ?? '20.10';
+  if (raw !== '20.10' && raw !== '28') throw new Error(`TSO_ENGINE must be 20.10 or 28, not ${JSON.stringify(raw)}`);
+  return engineByName(raw);
+}
+
+/** Why an engine's binaries are unusable here, or false. */
+export function engineMissing(engine: Engine): string | false {
+  for (const bin of [engine.dockerd, engine.cli, engine.dockerInit]) {
+    if (!fs.existsSync(bin)) {
+      return engine.binDir === undefined
+        ? `${bin} missing (.ci/run installs it)`
+        : `${bin} missing (run .ci/provision-extras.sh, or set TSO_DOCKER28_DIR)`;
+    }
+  }
+  return false;
+}
+
+/** Under CI a missing prerequisite is a failure, never a silent skip. */
+export function isCi(): boolean {
+  return /^(1|true|yes)$/i.test(process.env.CI ?? '');
+}
+
+/**
+ * For the heaviest cases of the suites that run on both engines: a named skip on Docker 28.
+ * CI runs the matrix within its time budget by running these once, on 20.10, where what they
+ * measure does not depend on the engine (test/README.md lists them).
+ */
+export function heavyCaseSkip(what: string): string | false {
+  return currentEngine().name === '20.10' ? false : `${what}: runs on Docker 20.10 only (CI time budget)`;
+}
 
 /**
  * Why end-to-end tests cannot run here, or false: node:test's `skip` value for them, so a
  * missing prerequisite shows up as a named skip rather than a failure or a silent pass.
- * `binaries` lists further programs a test needs (e.g. /usr/bin/etcd).
+ * `binaries` lists further programs a test needs (e.g. /usr/bin/etcd). The engine's own
+ * binaries are checked too; in CI (CI=true) a missing Docker 28 throws instead, so the
+ * matrix cannot shrink to one engine unnoticed.
  */
-export function e2eSkipReason(binaries: readonly string[] = []): string | false {
+export function e2eSkipReason(binaries: readonly string[] = [], engine: Engine = currentEngine()): string | false {
   if (process.getuid?.() !== 0) return 'needs root';
-  for (const bin of [DOCKERD, ...binaries]) if (!fs.existsSync(bin)) return `${bin} missing (.ci/run installs it)`;
+  const missingEngine = engineMissing(engine);
+  if (missingEngine) {
+    if (isCi()) throw new Error(`Docker ${engine.name} is required in CI: ${missingEngine}`);
+    return missingEngine;
+  }
+  for (const bin of binaries) if (!fs.existsSync(bin)) return `${bin} missing (.ci/run installs it)`;
   if (!canBuildImage()) return 'static /bin/busybox missing (apt-get install busybox-static)';
   return false;
 }
-export const DOCKER_INIT = '/usr/bin/docker-init';
 
 /** Directories that get a private tmpfs inside each host's mount namespace. */
 export const DEFAULT_PRIVATE_TMPFS: readonly string[] = ['/run/docker/plugins', '/run/containerd', '/run/tsoverlay'];
@@ -103,6 +207,8 @@ export interface DockerHostOptions {
   importImage?: boolean;
   /** Environment for dockerd. */
   env?: NodeJS.ProcessEnv;
+  /** Default currentEngine() (TSO_ENGINE). */
+  engine?: Engine;
 }
 
 export interface HostExecOptions extends RunOptions {
@@ -133,6 +239,7 @@ export interface DockerHostTimings {
 export interface DockerHost {
   readonly name: string;
   readonly prefix: string;
+  readonly engine: Engine;
   /** /run/<prefix>-<name>.sock */
   readonly socketPath: string;
   /** unix:///run/<prefix>-<name>.sock (for DOCKER_HOST). */
@@ -165,8 +272,13 @@ export interface DockerHost {
    */
   exec(argv: readonly string[], opts?: HostExecOptions): Promise<RunResult>;
   exec(argv: readonly string[], opts: BackgroundExecOptions): ManagedProcess;
-  /** Runs the 20.10 docker CLI against this daemon (from the root namespaces). */
+  /**
+   * Runs the engine's own docker CLI against this daemon (from the root namespaces), with a
+   * per-host DOCKER_CONFIG whose cli-plugins holds docker-compose when it is provisioned.
+   */
   cli(args: readonly string[], opts?: RunOptions): Promise<RunResult>;
+  /** Environment under which a `docker` command talks to this daemon (DOCKER_HOST, DOCKER_CONFIG, PATH). */
+  cliEnv(): NodeJS.ProcessEnv;
   /** Tail of dockerd's log. */
   logs(maxChars?: number): string;
   running(): boolean;
@@ -261,19 +373,36 @@ export async function startDockerHost(opts: DockerHostOptions): Promise<DockerHo
   const pidFile = path.join(dir, 'dockerd.pid');
   const logFile = path.join(dir, 'dockerd.log');
   const configFile = path.join(dir, 'daemon.json');
+  const engine = opts.engine ?? currentEngine();
+  const missing = engineMissing(engine);
+  if (missing) throw new Error(`host ${name}: Docker ${engine.name}: ${missing}`);
   recordResource({ kind: 'dir', path: execRoot });
   recordResource({ kind: 'dir', path: socketPath });
   recordResource({ kind: 'dir', path: `${execRoot}.cgroup` });
   recordResource({ kind: 'dir', path: dir });
   // A per-host engine key (20.10 otherwise writes /etc/docker/key.json, shared by all hosts
   // and giving them the same engine ID).
+  // 28 keeps its engine ID in the data root already.
   fs.writeFileSync(
     configFile,
-    JSON.stringify({ 'deprecated-key-path': path.join(dir, 'key.json'), ...(opts.daemonConfig ?? {}) }, null, 2),
+    JSON.stringify(
+      { ...(engine.keyPathOption ? { 'deprecated-key-path': path.join(dir, 'key.json') } : {}), ...(opts.daemonConfig ?? {}) },
+      null,
+      2,
+    ),
   );
+  // The CLI's config folder: its cli-plugins makes `docker compose` available to either CLI.
+  const cliConfigDir = path.join(dir, 'cli-config');
+  fs.mkdirSync(cliConfigDir, { recursive: true });
+  if (engine.cliPluginsDir !== undefined) fs.symlinkSync(engine.cliPluginsDir, path.join(cliConfigDir, 'cli-plugins'));
+  const dockerdEnv: NodeJS.ProcessEnv = {
+    ...process.env,
+    ...(engine.binDir !== undefined ? { PATH: `${engine.binDir}:${process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin'}` } : {}),
+    ...(opts.env ?? {}),
+  };
 
   const dockerdArgs = [
-    DOCKERD,
+    engine.dockerd,
     '--data-root', dataRoot,
     '--exec-root', execRoot,
     '-H', `unix://${socketPath}`,
@@ -286,6 +415,7 @@ export async function startDockerHost(opts: DockerHostOptions): Promise<DockerHo
     '--shutdown-timeout', '5',
     // In the root network namespace leave net.ipv4.ip_forward alone (nothing must be routed off the machine).
     ...(netnsPath === undefined ? ['--ip-forward=false'] : []),
+    ...engine.extraArgs,
     ...(opts.extraArgs ?? []),
   ];
   const tmpfs = opts.privateTmpfs ?? DEFAULT_PRIVATE_TMPFS;
@@ -309,11 +439,12 @@ export async function startDockerHost(opts: DockerHostOptions): Promise<DockerHo
     ...tmpfs.map((d) => `mkdir -p ${shQuote(d)} && mount -t tmpfs -o mode=0755 none ${shQuote(d)}`),
     `exec ${dockerdArgs.map(shQuote).join(' ')}`,
   ].join('\n');
-  const useInit = fs.existsSync(DOCKER_INIT);
+  const dockerInit = engine.dockerInit;
+  const useInit = fs.existsSync(dockerInit);
   const argv = [
     ...(netnsPath !== undefined ? ['nsenter', `--net=${netnsPath}`, '--'] : []),
     'unshare', '-m', '--propagation', 'private', '--',
-    ...(useInit ? [DOCKER_INIT, '-s', '-p', 'SIGTERM', '--'] : []),
+    ...(useInit ? [dockerInit, '-s', '-p', 'SIGTERM', '--'] : []),
     'sh', '-c', script,
   ];
 
@@ -321,7 +452,7 @@ export async function startDockerHost(opts: DockerHostOptions): Promise<DockerHo
   const launcher = spawnTracked(argv, {
     name: `dockerd-${name}`,
     logFile,
-    env: { ...process.env, ...(opts.env ?? {}) },
+    env: dockerdEnv,
     registerCleanup: false,
     keepChars: 64 * 1024,
   });
@@ -378,10 +509,10 @@ export async function startDockerHost(opts: DockerHostOptions): Promise<DockerHo
     if (stopped) return;
     stopped = true;
     if (dockerdRef && isAlive(dockerdRef)) {
-      // No promises at exit: the 20.10 CLI, synchronously, so that plugins still get their
+      // No promises at exit: the engine's CLI, synchronously, so that plugins still get their
       // Leave/DeleteEndpoint/DeleteNetwork calls and root-netns bridges (single host) go.
       const cli = (args: string[]): string =>
-        runSync([DOCKER_CLI, '-H', `unix://${socketPath}`, ...args], { allowFailure: true, timeoutMs: 20_000 }).stdout;
+        runSync([engine.cli, '-H', `unix://${socketPath}`, ...args], { allowFailure: true, timeoutMs: 20_000 }).stdout;
       const ids = cli(['ps', '-aq']).split('\n').filter(Boolean);
       if (ids.length > 0) cli(['rm', '-f', ...ids]);
       const nets = cli(['network', 'ls', '--format', '{{.Name}}']).split('\n').filter((n) => n && !DEFAULT_NETWORKS.has(n));
@@ -498,6 +629,13 @@ export async function startDockerHost(opts: DockerHostOptions): Promise<DockerHo
     return run(full, o);
   }
 
+  const cliEnv = (): NodeJS.ProcessEnv => ({
+    ...process.env,
+    DOCKER_HOST: `unix://${socketPath}`,
+    DOCKER_CONFIG: cliConfigDir,
+    PATH: `${path.dirname(engine.cli)}:${process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin'}`,
+  });
+
   const host: DockerHost = {
     name,
     prefix,
@@ -519,7 +657,9 @@ export async function startDockerHost(opts: DockerHostOptions): Promise<DockerHo
     netNs,
     timings,
     exec,
-    cli: (args, o) => run([DOCKER_CLI, '-H', `unix://${socketPath}`, ...args], o),
+    engine,
+    cli: (args, o) => run([engine.cli, '-H', `unix://${socketPath}`, ...args], { ...o, env: { ...cliEnv(), ...(o?.env ?? {}) } }),
+    cliEnv,
     logs: (max = 8000) => tail(launcher.output(), max),
     running: () => !stopped && dockerdRef !== undefined && isAlive(dockerdRef),
     restartDaemon: async (ro = {}) => {
@@ -568,8 +708,8 @@ export async function startDockerHost(opts: DockerHostOptions): Promise<DockerHo
     if (dockerdRef && isAlive(dockerdRef)) return;
     const previous = dockerdRef?.pid;
     const relaunch = spawnTracked(
-      ['nsenter', '-t', String(anchor.pid), '-n', '-m', '--', ...(useInit ? [DOCKER_INIT, '-s', '-p', 'SIGTERM', '--'] : []), ...dockerdArgs],
-      { name: `dockerd-${name}`, logFile, env: { ...process.env, ...(opts.env ?? {}) }, registerCleanup: false, keepChars: 64 * 1024 },
+      ['nsenter', '-t', String(anchor.pid), '-n', '-m', '--', ...(useInit ? [dockerInit, '-s', '-p', 'SIGTERM', '--'] : []), ...dockerdArgs],
+      { name: `dockerd-${name}`, logFile, env: dockerdEnv, registerCleanup: false, keepChars: 64 * 1024 },
     );
     background.push(relaunch);
     recordResource({ kind: 'pid', pid: relaunch.pid, startTime: relaunch.startTime });

@@ -21,7 +21,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { startSingleDockerHost, type DockerHost } from './docker';
-import { listProcs, nsId, registerCleanup, run, runDir, spawnTracked, waitFor, type ManagedProcess } from './proc';
+import { listProcs, nsId, recordResource, registerCleanup, run, runDir, spawnTracked, waitFor, type ManagedProcess } from './proc';
 
 export const REPO_ROOT = path.resolve(__dirname, '../../..');
 export const BUILD_SCRIPT = path.join(REPO_ROOT, 'plugin/build.sh');
@@ -91,7 +91,7 @@ export interface BuiltPlugin {
  */
 export async function buildPlugin(build: DockerHost, ref: string): Promise<BuiltPlugin> {
   const env = { ...process.env, DOCKER: '/usr/bin/docker', DOCKER_HOST: build.dockerHost };
-  const prebuilt = process.env.TSO_PLUGIN_DIR;
+  const prebuilt = process.env.TSO_PLUGIN_DIR ?? builtInThisProcess;
   if (prebuilt) {
     const t = Date.now();
     await build.cli(['plugin', 'create', ref, prebuilt], { timeoutMs: 180_000 });
@@ -115,7 +115,26 @@ export async function buildPlugin(build: DockerHost, ref: string): Promise<Built
   ]);
   if (!exit) await proc.stop();
   if (!exit || exit.code !== 0) throw new Error(`plugin/build.sh failed (${JSON.stringify(exit)}):\n${proc.output().slice(-6000)}`);
-  return { ref, dir, baseMs, buildMs: Date.now() - t, log: proc.output() };
+  return { ref, dir: keepBuild(dir), baseMs, buildMs: Date.now() - t, log: proc.output() };
+}
+
+/**
+ * A plugin built earlier in this test process (same sources): when one process runs several
+ * suites that need the plugin (test/e2e/docker28/managed-plugin-swarm), the later ones create
+ * and push it from this directory instead of building it again.
+ */
+let builtInThisProcess: string | undefined;
+
+/** Moves build.sh's output out of the run directory (whose cleanup runs after every suite) to one removed at process exit. */
+function keepBuild(dir: string): string {
+  const kept = `${runDir()}-plugin-build`;
+  fs.rmSync(kept, { recursive: true, force: true });
+  fs.renameSync(dir, kept);
+  recordResource({ kind: 'dir', path: kept }); // a run killed with SIGKILL: the next run removes it
+  const remove = (): void => fs.rmSync(kept, { recursive: true, force: true });
+  process.once('exit', remove);
+  builtInThisProcess = kept;
+  return kept;
 }
 
 export interface Registry {

@@ -10,6 +10,11 @@ export const PLUGIN_MAIN = path.resolve(__dirname, '../../src/cli/main.js');
 export const PLUGIN_SOCKET = '/run/docker/plugins/tsoverlay.sock';
 export const NETNS_DIR = '/run/tsoverlay/netns';
 
+/** Where a test host's plugin keeps its instance id: per host, surviving a crash of the host, as /var/lib does. */
+export function pluginStateDir(host: DockerHost): string {
+  return path.join(host.dir, 'tsoverlay-id');
+}
+
 export interface PluginOptions {
   /** Default: an embedded store in the host's scratch directory. */
   store?: string;
@@ -46,6 +51,8 @@ export async function startPlugin(host: DockerHost, opts: PluginOptions = {}): P
     NETNS_DIR,
     '--host-name',
     host.name,
+    '--state-dir',
+    pluginStateDir(host),
     '--log-level',
     'debug',
     ...(opts.vtep ? ['--vtep', opts.vtep] : []),

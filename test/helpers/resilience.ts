@@ -7,7 +7,7 @@ import type Dockerode from 'dockerode';
 import { NODE_FLAGS } from '../../src/node-flags';
 import { demuxDockerStream, type DockerHost } from './docker';
 import type { EtcdServer } from './etcd';
-import { NETNS_DIR, PLUGIN_MAIN, PLUGIN_SOCKET, startPlugin, type PluginOptions, type PluginProcess } from './plugin';
+import { NETNS_DIR, PLUGIN_MAIN, PLUGIN_SOCKET, pluginStateDir, startPlugin, type PluginOptions, type PluginProcess } from './plugin';
 import { sleep, waitFor, type ManagedProcess } from './proc';
 
 /** TSO_FULL=1 selects the full-size variants (100 crash iterations, 3 × 50 containers, …). */
@@ -184,7 +184,7 @@ export async function startPluginTimed(host: DockerHost, opts: PluginOptions): P
 export function spawnPlugin(host: DockerHost, store: string, extraArgs: readonly string[] = []): ManagedProcess {
   const argv = [
     process.execPath, ...NODE_FLAGS, PLUGIN_MAIN, 'serve', '--store', store, '--socket', PLUGIN_SOCKET, '--netns-dir', NETNS_DIR,
-    '--host-name', host.name, '--log-level', 'debug', ...extraArgs,
+    '--host-name', host.name, '--state-dir', pluginStateDir(host), '--log-level', 'debug', ...extraArgs,
   ];
   return host.exec(argv, { background: true, name: 'tsoverlay' });
 }

@@ -47,7 +47,7 @@ function startPlugin(args: readonly string[], env: NodeJS.ProcessEnv = {}): Star
   const proc = spawnTracked(
     [
       'nsenter', `--net=${h.netnsPath}`, '--', 'unshare', '-m', '--propagation', 'private', '--',
-      process.execPath, PLUGIN_MAIN, 'serve', '--socket', socket, '--netns-dir', path.join(dir, `netns${n}`), '--host-name', `access${n}`,
+      process.execPath, PLUGIN_MAIN, 'serve', '--socket', socket, '--netns-dir', path.join(dir, `netns${n}`), '--host-name', `access${n}`, '--state-dir', path.join(dir, `id${n}`),
       '--log-level', 'debug', ...args,
     ],
     { name: `tsoverlay-${n}`, logFile, env: { ...process.env, ...env } },

@@ -340,7 +340,7 @@ before(async () => {
     [
       'nsenter', `--net=/run/netns/${netns}`, '--', 'unshare', '-m', '--propagation', 'private', '--',
       process.execPath, PLUGIN_MAIN, 'serve', '--store', `local://${dir}/state`, '--socket', socket, '--netns-dir', `${dir}/run/netns`,
-      '--host-name', 'fuzz', '--vtep', '192.0.2.1', '--log-level', 'info',
+      '--host-name', 'fuzz', '--state-dir', `${dir}/id`, '--vtep', '192.0.2.1', '--log-level', 'info',
     ],
     { name: 'tsoverlay-fuzz', logFile: path.join(dir, 'plugin.log'), keepChars: 64 * 1024 },
   );

@@ -84,7 +84,7 @@ before(async () => {
     [
       'nsenter', `--net=${underlay.hosts[0]!.netnsPath}`, '--', 'unshare', '-m', '--propagation', 'private', '--',
       process.execPath, ...NODE_FLAGS, PLUGIN_MAIN, 'serve', '--socket', socket, '--netns-dir', path.join(dir, 'netns'),
-      '--store', `local://${dir}/state`, '--host-name', 'hostile1', '--log-level', 'info',
+      '--store', `local://${dir}/state`, '--host-name', 'hostile1', '--state-dir', path.join(dir, 'id'), '--log-level', 'info',
     ],
     { name: 'tsoverlay-hostile', logFile: path.join(dir, 'daemon.log') },
   );

@@ -46,7 +46,7 @@ function start(store: string): Daemon {
     [
       'nsenter', `--net=${underlay.hosts[0]!.netnsPath}`, '--', 'unshare', '-m', '--propagation', 'private', '--',
       process.execPath, PLUGIN_MAIN, 'serve', '--socket', socket, '--netns-dir', path.join(dir, `netns${n}`),
-      '--host-name', `secrets${n}`, '--log-level', 'debug', '--store-timeout', '3',
+      '--host-name', `secrets${n}`, '--state-dir', path.join(dir, `id${n}`), '--log-level', 'debug', '--store-timeout', '3',
       '--etcd-ca', pki.caFile, '--etcd-cert', pki.certFile, '--etcd-key', pki.keyFile,
     ],
     { name: `tsoverlay-secrets-${n}`, logFile, env: { ...process.env, TSOVERLAY_STORE: store } },

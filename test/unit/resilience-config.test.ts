@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { parseConfig, socketGroup } from '../../src/config';
-import { IpamService, LOCAL_ADDRESS_SPACE, REQUEST_ID_OPTION } from '../../src/driver/ipam';
+import { IpamService, LOCAL_ADDRESS_SPACE } from '../../src/driver/ipam';
 import { RecordStore } from '../../src/driver/record-store';
 import { openLocalStore } from '../../src/store/local';
 import { silentLogger } from '../../src/log';
@@ -97,10 +97,10 @@ test('IPAM: a RequestAddress run again after a crash (same request id) gets the 
     const b = new IpamService(records, 'host-b', silentLogger());
     const { poolId } = await a.requestPool({ addressSpace: LOCAL_ADDRESS_SPACE, pool: '10.30.0.0/24', v6: false });
     await b.requestPool({ addressSpace: LOCAL_ADDRESS_SPACE, pool: '10.30.0.0/24', v6: false });
-    const first = await a.requestAddress({ poolId, options: { [REQUEST_ID_OPTION]: 'r-1' } });
-    assert.deepEqual(await a.requestAddress({ poolId, options: { [REQUEST_ID_OPTION]: 'r-1' } }), first, 'the replay');
-    assert.notDeepEqual(await a.requestAddress({ poolId, options: { [REQUEST_ID_OPTION]: 'r-2' } }), first, 'another request');
-    assert.notDeepEqual(await b.requestAddress({ poolId, options: { [REQUEST_ID_OPTION]: 'r-1' } }), first, 'never another host’s address');
+    const first = await a.requestAddress({ poolId, options: {}, requestId: 'r-1' });
+    assert.deepEqual(await a.requestAddress({ poolId, options: {}, requestId: 'r-1' }), first, 'the replay');
+    assert.notDeepEqual(await a.requestAddress({ poolId, options: {}, requestId: 'r-2' }), first, 'another request');
+    assert.notDeepEqual(await b.requestAddress({ poolId, options: {}, requestId: 'r-1' }), first, 'never another host’s address');
     await a.releaseAddress(poolId, first.address);
     assert.deepEqual(await a.requestAddress({ poolId, options: {} }), first, 'released, it is free again');
   } finally {
