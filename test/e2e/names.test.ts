@@ -14,7 +14,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { e2eSkipReason, runContainer, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
+import { currentEngine, e2eSkipReason, runContainer, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
 import { startEtcd, type EtcdServer } from '../helpers/etcd';
 import { PLUGIN_MAIN, startPlugin, type PluginProcess } from '../helpers/plugin';
 import { cleanupAfter, runDir, spawnTracked, waitFor, type ManagedProcess } from '../helpers/proc';
@@ -198,6 +198,48 @@ test('a stopped container\'s name is NXDOMAIN on other hosts', { skip, timeout: 
   await a.docker.getContainer('web').start();
   const webIp = await ipOf(a, 'web', NET);
   await eventually('web back after start', async () => answers(await lookup(b, 'web')).includes(webIp));
+});
+
+const composeSkip = skip || (currentEngine().cliPluginsDir === undefined ? 'docker-compose CLI plugin missing (run .ci/provision-extras.sh)' : false);
+const COMPOSE_SUBNET = '10.63.0.0/24';
+const COMPOSE_GATEWAY = '10.63.0.1';
+
+function composeFile(service: string, extra: string): string {
+  return `name: shop
+services:
+  ${service}:
+    image: ${cluster.image}
+    pull_policy: never
+    command: ["sleep", "3600"]
+${extra}    networks: [shared]
+networks:
+  shared:
+    name: names-compose
+    driver: tsoverlay
+    ipam:
+      driver: tsoverlay
+      config:
+        - subnet: ${COMPOSE_SUBNET}
+`;
+}
+
+async function compose(host: DockerHost, args: readonly string[]): Promise<string> {
+  const r = await host.cli(['compose', '-f', path.join(host.dir, 'compose.yaml'), ...args], { timeoutMs: 120_000, allowFailure: true });
+  return `${r.stdout}${r.stderr}`;
+}
+
+test('compose service names across hosts (dns: [gateway] in the compose file)', { skip: composeSkip, timeout: 240_000 }, async () => {
+  const [a, , c] = hosts as [DockerHost, DockerHost, DockerHost];
+  fs.writeFileSync(path.join(a.dir, 'compose.yaml'), composeFile('api', ''));
+  fs.writeFileSync(path.join(c.dir, 'compose.yaml'), composeFile('client', `    dns: [${COMPOSE_GATEWAY}]\n`));
+  await compose(a, ['up', '-d']);
+  await compose(c, ['up', '-d']);
+  const apiIp = ((await a.docker.getContainer('shop-api-1').inspect()) as { NetworkSettings: { Networks: Record<string, { IPAddress: string }> } })
+    .NetworkSettings.Networks['names-compose']!.IPAddress;
+  await eventually('the api service resolves on C', async () => answers(await compose(c, ['exec', '-T', 'client', 'nslookup', 'api'])).includes(apiIp));
+  assert.deepEqual(answers(await compose(c, ['exec', '-T', 'client', 'nslookup', 'shop-api-1'])), [apiIp], 'and its container name');
+  await compose(c, ['down']);
+  await compose(a, ['down']);
 });
 
 test('plugin restarts lose no names (the publishing host, then the asking host)', { skip, timeout: 240_000 }, async () => {
