@@ -279,6 +279,11 @@ test('upgrade with the commands docs/install.md gives, without a terminal; conta
   for (const line of lines) {
     const argv = line.replace('registry.example.com/tsoverlay:0.2.0', next).split(/\s+/);
     assert.equal(argv[0], 'docker', line);
+    if (argv[2] === 'enable') {
+      // An upgrade takes mount sources from the new config.json: a test host's API socket is not
+      // at the default /var/run/docker.sock, so it is set again (docs/install.md says so).
+      await a.cli(['plugin', 'set', PLUGIN_DRIVER, `docker-sock.source=${a.socketPath}`], { timeoutMs: 60_000 });
+    }
     // stdin at end-of-file, no terminal: what a script or CI run gives a prompt.
     const r = await a.cli(argv.slice(1), { input: '', timeoutMs: 180_000, allowFailure: true });
     assert.equal(r.code, 0, `${line}: ${r.stdout}${r.stderr}`);
