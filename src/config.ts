@@ -7,6 +7,7 @@ import { DEFAULT_PROBE_PORT } from './dataplane/underlay-probe';
 import { DEFAULT_ENCRYPTED_VXLAN_PORT } from './dataplane/overlay-check';
 import { DEFAULT_ROTATION_INTERVAL_SECONDS } from './crypto/ring';
 import { DEFAULT_TIMEOUT_MS } from './store/util';
+import { parseUpstreams, type Upstream } from './dns/upstream';
 
 export interface DaemonConfig {
   socket: string;
@@ -31,6 +32,8 @@ export interface DaemonConfig {
   socketGroup?: number;
   /** Also serve /metrics and /healthz over TCP here; undefined = only on the plugin socket. */
   metricsAddress?: ListenAddress;
+  /** Names across hosts: a DNS server on each network's gateway, names learned from this Docker API socket. */
+  dns: { enabled: boolean; dockerSocket: string; upstreams?: Upstream[] };
   /** Where this host keeps what must survive reboots and is not in the store (its instance id). */
   stateDir: string;
   /** UDP port of the underlay liveness probe (see dataplane/underlay-probe.ts). */
@@ -86,6 +89,9 @@ export const OPTIONS = {
   'etcd-password-file': { env: 'TSOVERLAY_ETCD_PASSWORD_FILE', help: 'etcd authentication: file holding the password (shows in neither ps nor docker plugin inspect)' },
   'socket-group': { env: 'TSOVERLAY_SOCKET_GROUP', help: 'group name or gid that may use the plugin socket (mode 0660; default: root only, 0600)' },
   'metrics-address': { env: 'TSOVERLAY_METRICS_ADDRESS', help: 'host:port to serve /metrics and /healthz over TCP as well (default: off; the plugin socket always serves them)' },
+  dns: { env: 'TSOVERLAY_DNS', default: 'on', help: "on: serve container names across hosts on each network's gateway address (port 53); off: no names service" },
+  'docker-socket': { env: 'TSOVERLAY_DOCKER_SOCKET', default: '/var/run/docker.sock', help: "Docker API socket the container names are read from (with --dns on)" },
+  'dns-upstream': { env: 'TSOVERLAY_DNS_UPSTREAM', help: "resolvers for names outside the networks, ip[:port],… (default: the host's /etc/resolv.conf)" },
 } satisfies Record<string, OptionSpec>;
 
 type OptionName = keyof typeof OPTIONS;
@@ -177,6 +183,15 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfi
   if (!stateDir.startsWith('/')) throw new Error(`invalid --state-dir "${stateDir}": an absolute path`);
   const metricsText = get('metrics-address') || undefined;
   const metricsAddress = metricsText ? parseListenAddress(metricsText) : undefined;
+  const dnsText = get('dns');
+  if (dnsText !== 'on' && dnsText !== 'off') throw new Error(`invalid --dns "${dnsText}" (on or off)`);
+  const upstreamText = get('dns-upstream') || undefined;
+  let upstreams: Upstream[] | undefined;
+  try {
+    upstreams = upstreamText ? parseUpstreams(upstreamText) : undefined;
+  } catch (err) {
+    throw new Error(`invalid --dns-upstream: ${(err as Error).message}`);
+  }
   const hostName = get('host-name') || os.hostname();
   if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(hostName)) throw new Error(`invalid --host-name "${hostName}"`);
   return {
@@ -196,6 +211,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfi
     ...etcdAuth(get('etcd-user'), get('etcd-password'), get('etcd-password-file')),
     ...socketGroup(get('socket-group')),
     ...(metricsAddress ? { metricsAddress } : {}),
+    dns: { enabled: dnsText === 'on', dockerSocket: get('docker-socket')!, ...(upstreams ? { upstreams } : {}) },
     stateDir,
     probePort,
     encryptedVxlanPort,

@@ -10,7 +10,10 @@ import { DEFAULT_LIVENESS } from './driver/host-liveness';
 import { ProbeResponder, UnderlayProber, type ProbeTarget } from './dataplane/underlay-probe';
 import { IpamService } from './driver/ipam';
 import { NetworkDriver } from './driver/network-driver';
-import { PeerSync } from './driver/peer-sync';
+import { PeerSync, type ReconcileTrigger } from './driver/peer-sync';
+import type { PeerSyncHooks } from './driver/local-overlays';
+import type { NetworkRecord } from './driver/records';
+import { NamesService } from './names/service';
 import { RecordStore } from './driver/record-store';
 import type { Logger } from './log';
 import { Metrics, healthHandler, listenStatus, type HealthReport } from './metrics';
@@ -102,7 +105,14 @@ export async function startDaemon(
   };
   const ipam = new IpamService(records, config.hostName, logger, { requestTimeoutMs: config.storeTimeoutSeconds * 1000 });
   const encryption = startEncryption(config, store, { name: host.name, instance, vtep: host.vtep }, metrics, logger);
-  const network = new NetworkDriver(records, dataplane, host, logger, peerSync, ipam, encryption.hooks);
+  const names = config.dns.enabled
+    ? new NamesService(
+        records,
+        { hostName: host.name, dockerSocket: config.dns.dockerSocket, registry: metrics.registry, ...(config.dns.upstreams ? { upstreams: config.dns.upstreams } : {}) },
+        logger,
+      )
+    : undefined;
+  const network = new NetworkDriver(records, dataplane, host, logger, names ? withNamesHooks(peerSync, names, dataplane) : peerSync, ipam, encryption.hooks);
   const health = (): HealthReport => {
     const h = peerSync.health();
     const problems = [
@@ -174,6 +184,8 @@ export async function startDaemon(
       }
       await peerSync.start();
       await encryption.start();
+      // Before the overlays resume: their DNS listeners answer from a loaded view.
+      await names?.start();
       syncStarted = true;
     }
     await network.recovery.resumeAfterRestart();
@@ -183,6 +195,7 @@ export async function startDaemon(
     startup.close();
     closeProbes();
     await closeServers();
+    await names?.close();
     await peerSync.close().catch((e: unknown) =>
       logger.warn('cannot stop peer distribution cleanly; the host lease expires by itself', { error: errorMessage(e) }),
     );
@@ -251,6 +264,7 @@ export async function startDaemon(
       clearInterval(repairTimer);
       closeProbes();
       await closeServers();
+      await names?.close();
       // Keep the host's lease: a stopping daemon is a plugin restart, not a departure (see PeerSync.close).
       await peerSync.close(false);
       // The SAs stay in the kernel, like the overlays: a restart must not cut encrypted traffic.
@@ -325,6 +339,37 @@ function startEncryption(
     close: async () => {
       await controller.close().catch((e: unknown) => logger.warn('cannot stop encryption cleanly', { error: errorMessage(e) }));
       xfrm.close();
+    },
+  };
+}
+
+/**
+ * The overlay life cycle as the names service needs it, beside the peer distribution: a DNS
+ * listener on the network's gateway inside the overlay namespace while the overlay is up. Not
+ * awaited: a Join neither waits for nor fails because of its network's DNS listener.
+ */
+function withNamesHooks(peerSync: PeerSync, names: NamesService, dataplane: Dataplane): PeerSyncHooks {
+  const active = new Map<string, NetworkRecord>();
+  const listen = (networkId: string, network: NetworkRecord): void => {
+    const overlay = dataplane.findOverlay(networkId);
+    if (overlay) void names.overlayActive({ networkId, networkKey: network.key, netnsPath: overlay.netnsPath, gateway: network.gateway });
+  };
+  return {
+    async networkActive(networkId, network) {
+      await peerSync.networkActive(networkId, network);
+      active.set(networkId, network);
+      listen(networkId, network);
+    },
+    async networkInactive(networkId) {
+      active.delete(networkId);
+      void names.overlayReleased(networkId);
+      await peerSync.networkInactive(networkId);
+    },
+    async resync(networkId: string, reason: ReconcileTrigger) {
+      await peerSync.resync(networkId, reason);
+      // A rebuilt namespace took the listener's sockets with it.
+      const network = active.get(networkId);
+      if (network) listen(networkId, network);
     },
   };
 }

@@ -67,7 +67,7 @@ export async function startBenchCluster(opts: BenchClusterOptions = {}): Promise
       const endpoint = etcd.endpoints.find((e) => e.startsWith(cluster.underlay.gateway));
       if (!endpoint) throw new Error('etcd does not listen on the underlay');
       log(`etcd on ${endpoint}; starting tsoverlay on each host`);
-      for (const h of hosts) plugins.push(await startPlugin(h, { store: `etcd://${endpoint}`, extraArgs: ['--log-level', 'info'] }));
+      for (const h of hosts) plugins.push(await startPlugin(h, { store: `etcd://${endpoint}`, extraArgs: ['--log-level', 'info', '--docker-socket', h.socketPath] }));
     }
     if (opts.swarm) {
       const [manager, ...workers] = hosts as [DockerHost, ...DockerHost[]];

@@ -6,6 +6,7 @@
 import { vethNames } from '../dataplane/dataplane';
 import type { OverlayView } from '../dataplane/dataplane';
 import type { Peer, ResolutionMode } from '../dataplane/types';
+import type { ServedNameReport } from '../names/served';
 import type { LinkInfo } from '../dataplane/encode';
 import type { FdbEntry, NeighbourEntry } from '../dataplane/peers';
 import {
@@ -81,6 +82,8 @@ export interface NetworkReport {
   desiredPeers: Peer[];
   /** With --check: each difference between kernel and store (empty = consistent). */
   differences?: string[];
+  /** Names the network's DNS listener (gateway, port 53) answers, from every host. */
+  names?: ServedNameReport[];
 }
 
 export interface InspectReport {
@@ -259,6 +262,10 @@ export function formatNetwork(r: NetworkReport): string {
       rows.push([e.container ?? e.name ?? e.id.slice(0, 12), e.ip, e.mac, e.locator, `${e.host}${e.local ? ' (this host)' : ''}`, e.joined ? 'joined' : 'created']);
     }
     lines.push(...indent(table(rows)));
+  }
+  if (r.names) {
+    lines.push(`  names (DNS on ${r.gateway}:53): ${r.names.length}`);
+    lines.push(...indent(table(r.names.map((n) => [n.names.join(','), n.ip, n.host]))));
   }
   if (r.differences) {
     if (r.differences.length === 0) lines.push('  check: ok (kernel matches the store)');

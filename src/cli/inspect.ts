@@ -24,6 +24,8 @@ import {
   type NetworkRecord,
 } from '../driver/records';
 import { silentLogger } from '../log';
+import { namesKeys, namesRecordSchema, parseNamesKey, type NamesRecord } from '../names/records';
+import { servedNames } from '../names/served';
 import { readLocalStoreSnapshot } from '../store/local';
 import { openStore, parseStoreUrl, redactUrl } from '../store/open';
 import type { KVEntry } from '../store/store';
@@ -117,6 +119,8 @@ interface StoreView {
   hosts: Map<string, HostRecord>;
   /** Encrypted networks' records (`encryption/`): checked by ipsecDifferences. */
   encryption: KVEntry[];
+  /** DNS names records per network key. */
+  names: Map<string, NamesRecord[]>;
   problems: string[];
 }
 
@@ -150,12 +154,13 @@ async function readStore(url: string, prefix: string): Promise<StoreView> {
     return out;
   };
   try {
-    const [ids, nets, eps, hs, encryption] = await Promise.all([
+    const [ids, nets, eps, hs, encryption, ns] = await Promise.all([
       list(keys.networkIds()),
       list(keys.networks()),
       list(keys.allEndpoints()),
       list(keys.hosts()),
       list(encryptionKeys.prefix()),
+      list(namesKeys.all()),
     ]);
     const netids = new Map(decodeAll(ids, (e) => decodeRecord(networkIdRecordSchema, e.value, e.key)).map(([e, v]) => [keys.networkIdOf(e.key) ?? '', v]));
     const networks = new Map(decodeAll(nets, (e) => decodeRecord(networkRecordSchema, e.value, e.key)).map(([e, v]) => [keys.networkKeyOf(e.key) ?? '', v]));
@@ -165,7 +170,12 @@ async function readStore(url: string, prefix: string): Promise<StoreView> {
       endpoints.set(networkKey, [...(endpoints.get(networkKey) ?? []), ep]);
     }
     const hosts = new Map(decodeAll(hs, (e) => decodeRecord(hostRecordSchema, e.value, e.key)).map(([, v]) => [v.name, v]));
-    return { description, netids, networks, endpoints, hosts, encryption, problems };
+    const names = new Map<string, NamesRecord[]>();
+    for (const [e, rec] of decodeAll(ns, (x) => decodeRecord(namesRecordSchema, x.value, x.key))) {
+      const networkKey = parseNamesKey(e.key)?.networkKey ?? '';
+      names.set(networkKey, [...(names.get(networkKey) ?? []), rec]);
+    }
+    return { description, netids, networks, endpoints, hosts, encryption, names, problems };
   } finally {
     await close();
   }
@@ -236,7 +246,7 @@ export async function inspect(opts: InspectOptions): Promise<InspectReport> {
     // Without the store the kernel side is still worth showing (a store outage is when one looks).
     readStore(config.store, config.storePrefix).catch((err: unknown): StoreView => {
       storeError = errorMessage(err);
-      return { description: redactUrl(config.store), netids: new Map(), networks: new Map(), endpoints: new Map(), hosts: new Map(), encryption: [], problems: [] };
+      return { description: redactUrl(config.store), netids: new Map(), networks: new Map(), endpoints: new Map(), hosts: new Map(), encryption: [], names: new Map(), problems: [] };
     }),
     readDocker(opts.dockerSocket),
   ]);
@@ -287,6 +297,7 @@ export async function inspect(opts: InspectOptions): Promise<InspectReport> {
         ...kernelPart(view),
         endpoints,
         desiredPeers: desiredPeersOf(records, store.hosts, config.hostName),
+        names: servedNames(store.names.get(network.key) ?? [], records, new Set(store.hosts.keys())),
       };
       if (report.vxlan?.underlayIndex) {
         const name = interfaceName(report.vxlan.underlayIndex);

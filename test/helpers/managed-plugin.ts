@@ -260,7 +260,8 @@ export function socketsVisibleTo(pid: number): string[] {
 export async function installPlugin(host: DockerHost, ref: string, settings: Record<string, string>): Promise<void> {
   await prepareHost(host);
   const args = ['plugin', 'install', '--grant-all-permissions', '--alias', PLUGIN_ALIAS, ref];
-  for (const [k, v] of Object.entries(settings)) args.push(`${k}=${v}`);
+  // A test host's API socket is not /var/run/docker.sock (the mount's default source).
+  for (const [k, v] of Object.entries({ 'docker-sock.source': host.socketPath, ...settings })) args.push(`${k}=${v}`);
   registerCleanup(`plugin rm ${host.name}`, () => removePlugin(host));
   await host.cli(args, { timeoutMs: 180_000 });
 }

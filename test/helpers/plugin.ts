@@ -56,6 +56,8 @@ export async function startPlugin(host: DockerHost, opts: PluginOptions = {}): P
     '--log-level',
     'debug',
     ...(opts.vtep ? ['--vtep', opts.vtep] : []),
+    // Names are read from this host's own engine (not whatever /var/run/docker.sock is).
+    ...(opts.extraArgs?.includes('--docker-socket') ? [] : ['--docker-socket', host.socketPath]),
     ...(opts.extraArgs ?? []),
   ];
   const proc = host.exec(argv, { background: true, name: 'tsoverlay', env: { ...process.env, ...(opts.env ?? {}) } });

@@ -1,0 +1,287 @@
+/**
+ * Every host's view of the cluster's names, from the store: `names/` (who is called what),
+ * `endpoints/` (which address, and whether the container is up), `hosts/` (whether its host is
+ * alive) and `networks/` (the subnet, for reverse lookups). A name is served exactly while its
+ * endpoint would be programmed as a peer: joined, on a live host.
+ */
+import type { Addresses, ZoneView } from '../dns/types';
+import { endpointRecordSchema, hostRecordSchema, networkRecordSchema, keys, decodeRecord, type EndpointRecord } from '../driver/records';
+import { contains, parseSubnet, type Subnet } from '../driver/subnet';
+import type { Logger } from '../log';
+import type { KVEntry, Store, Watch, WatchEvent } from '../store/store';
+import { errorMessage } from '../util/errors';
+import { dnsName, namesKeys, namesRecordSchema, parseNamesKey, type NamesRecord } from './records';
+
+interface NetworkIndex {
+  byName: Map<string, string[]>;
+  byAddress: Map<string, string[]>;
+  /** The network's names as hosts know it: `<name>.<network>` is in the zone. */
+  suffixes: Set<string>;
+}
+
+/** One served name, for `tsoverlay inspect` and the daemon's logs. */
+export interface ServedName {
+  networkKey: string;
+  endpointId: string;
+  host: string;
+  container: string;
+  ip: string;
+  names: string[];
+}
+
+type Section = 'names' | 'endpoints' | 'hosts' | 'networks';
+
+/** What a name needs of its endpoint record: kept small, the view holds every network's endpoints. */
+interface EndpointBrief {
+  ip: string;
+  joined: boolean;
+  host: string;
+}
+
+export class NamesView {
+  private readonly names = new Map<string, Map<string, NamesRecord>>();
+  private readonly endpoints = new Map<string, Map<string, EndpointBrief>>();
+  private readonly hosts = new Set<string>();
+  private readonly subnets = new Map<string, Subnet>();
+  private readonly indexes = new Map<string, NetworkIndex>();
+  private readonly watches: Watch[] = [];
+  private readonly ready = new Set<Section>();
+  private readonly zones = new Map<string, ZoneView>();
+  /** Bumped on every change; the DNS servers' answer caches are keyed by it. */
+  generation = 0;
+
+  constructor(
+    private readonly store: Store,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Starts the four watches; resolves once each has delivered its first full state. */
+  async start(): Promise<void> {
+    const sections: [Section, string][] = [
+      ['names', namesKeys.all()],
+      ['endpoints', keys.allEndpoints()],
+      ['hosts', keys.hosts()],
+      ['networks', keys.networks()],
+    ];
+    await Promise.all(
+      sections.map(
+        ([section, prefix]) =>
+          new Promise<void>((resolve) => {
+            this.watches.push(
+              this.store.watch(prefix, {
+                onReset: (entries) => {
+                  this.reset(section, entries);
+                  this.ready.add(section);
+                  resolve();
+                },
+                onEvents: (events) => this.apply(section, events),
+                onError: (err) => this.logger.debug('names watch trouble', { section, error: errorMessage(err) }),
+              }),
+            );
+          }),
+      ),
+    );
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.watches.splice(0).map((w) => w.close().catch(() => undefined)));
+  }
+
+  /** The zone of one network (by store key), for its DNS server. Stable object per network. */
+  zone(networkKey: string): ZoneView {
+    let z = this.zones.get(networkKey);
+    if (!z) {
+      // eslint-disable-next-line @typescript-eslint/no-this-alias
+      const view = this;
+      z = {
+        get generation() {
+          return view.generation;
+        },
+        lookupName: (name) => this.lookupName(networkKey, name),
+        lookupAddress: (ip) => this.lookupAddress(networkKey, ip),
+      };
+      this.zones.set(networkKey, z);
+    }
+    return z;
+  }
+
+  lookupName(networkKey: string, name: string): Addresses | null | undefined {
+    const index = this.index(networkKey);
+    const hit = index.byName.get(name);
+    if (hit) return { v4: hit, v6: [] };
+    if (!name.includes('.')) return null;
+    for (const suffix of index.suffixes) {
+      if (name.endsWith(`.${suffix}`)) {
+        const short = name.slice(0, -suffix.length - 1);
+        const found = index.byName.get(short);
+        if (found) return { v4: found, v6: [] };
+        if (!short.includes('.')) return null;
+      }
+    }
+    return undefined;
+  }
+
+  lookupAddress(networkKey: string, ip: string): string[] | null | undefined {
+    const subnet = this.subnets.get(networkKey);
+    const index = this.index(networkKey);
+    const hit = index.byAddress.get(ip);
+    if (hit) return hit;
+    if (subnet && ip.includes('.') && contains(subnet, ip)) return null;
+    return undefined;
+  }
+
+  /** Every name served on a network (or all networks), for `tsoverlay inspect`. */
+  served(networkKey?: string): ServedName[] {
+    const out: ServedName[] = [];
+    for (const [key, records] of this.names) {
+      if (networkKey !== undefined && key !== networkKey) continue;
+      for (const [endpointId, rec] of records) {
+        const ep = this.endpoints.get(key)?.get(endpointId);
+        if (!ep || !this.live(ep)) continue;
+        out.push({ networkKey: key, endpointId, host: rec.host, container: rec.container, ip: ep.ip, names: rec.names });
+      }
+    }
+    return out.sort((a, b) => a.networkKey.localeCompare(b.networkKey) || a.container.localeCompare(b.container));
+  }
+
+  private live(ep: EndpointBrief): boolean {
+    return ep.joined && this.hosts.has(ep.host);
+  }
+
+  private index(networkKey: string): NetworkIndex {
+    let index = this.indexes.get(networkKey);
+    if (index) return index;
+    index = { byName: new Map(), byAddress: new Map(), suffixes: new Set() };
+    for (const [endpointId, rec] of this.names.get(networkKey) ?? []) {
+      const ep = this.endpoints.get(networkKey)?.get(endpointId);
+      const suffix = rec.networkName !== undefined ? dnsName(rec.networkName) : undefined;
+      if (suffix) index.suffixes.add(suffix);
+      if (!ep || !this.live(ep)) continue;
+      for (const raw of rec.names) {
+        const n = dnsName(raw);
+        if (!n) continue;
+        const ips = index.byName.get(n) ?? [];
+        if (!ips.includes(ep.ip)) ips.push(ep.ip);
+        index.byName.set(n, ips);
+      }
+      // The reverse name is the container's own, qualified by the network as Docker does.
+      const primary = dnsName(rec.container);
+      if (primary) {
+        const ptr = suffix ? `${primary}.${suffix}` : primary;
+        const list = index.byAddress.get(ep.ip) ?? [];
+        if (!list.includes(ptr)) list.push(ptr);
+        index.byAddress.set(ep.ip, list);
+      }
+    }
+    for (const ips of index.byName.values()) ips.sort();
+    this.indexes.set(networkKey, index);
+    return index;
+  }
+
+  private changed(networkKey?: string): void {
+    this.generation++;
+    if (networkKey === undefined) this.indexes.clear();
+    else this.indexes.delete(networkKey);
+  }
+
+  private reset(section: Section, entries: KVEntry[]): void {
+    switch (section) {
+      case 'names':
+        this.names.clear();
+        break;
+      case 'endpoints':
+        this.endpoints.clear();
+        break;
+      case 'hosts':
+        this.hosts.clear();
+        break;
+      case 'networks':
+        this.subnets.clear();
+        break;
+    }
+    for (const e of entries) this.put(section, e.key, e.value);
+    this.changed();
+  }
+
+  private apply(section: Section, events: WatchEvent[]): void {
+    for (const ev of events) {
+      const networkKey = ev.type === 'put' ? this.put(section, ev.key, ev.value) : this.remove(section, ev.key);
+      if (networkKey === null) this.changed();
+      else if (networkKey !== undefined) this.changed(networkKey);
+    }
+  }
+
+  /** Stores one record; returns the network it touched, null for all of them, undefined for none. */
+  private put(section: Section, key: string, value: string): string | null | undefined {
+    try {
+      switch (section) {
+        case 'names': {
+          const k = parseNamesKey(key);
+          if (!k) return undefined;
+          const rec = decodeRecord(namesRecordSchema, value, key);
+          mapOf(this.names, k.networkKey).set(k.endpointId, rec);
+          return k.networkKey;
+        }
+        case 'endpoints': {
+          const m = /^endpoints\/([^/]+)\/([^/]+)$/.exec(key);
+          if (!m) return undefined;
+          const full: EndpointRecord = decodeRecord(endpointRecordSchema, value, key);
+          const rec: EndpointBrief = { ip: full.ip, joined: full.joined, host: full.host };
+          const map = mapOf(this.endpoints, m[1]!);
+          const before = map.get(m[2]!);
+          map.set(m[2]!, rec);
+          // Only what a name resolves to matters here (most endpoint writes change neither).
+          if (before && before.ip === rec.ip && before.joined === rec.joined && before.host === rec.host) return undefined;
+          return this.names.get(m[1]!)?.has(m[2]!) ? m[1]! : undefined;
+        }
+        case 'hosts': {
+          const rec = decodeRecord(hostRecordSchema, value, key);
+          if (this.hosts.has(rec.name)) return undefined;
+          this.hosts.add(rec.name);
+          return null;
+        }
+        case 'networks': {
+          const rec = decodeRecord(networkRecordSchema, value, key);
+          this.subnets.set(rec.key, parseSubnet(rec.subnet));
+          return rec.key;
+        }
+      }
+    } catch (err) {
+      // Another host's malformed record costs that record, not the view.
+      this.logger.warn('names view: skipping a malformed record', { key, error: errorMessage(err) });
+      return undefined;
+    }
+  }
+
+  private remove(section: Section, key: string): string | null | undefined {
+    switch (section) {
+      case 'names': {
+        const k = parseNamesKey(key);
+        if (!k) return undefined;
+        return this.names.get(k.networkKey)?.delete(k.endpointId) ? k.networkKey : undefined;
+      }
+      case 'endpoints': {
+        const m = /^endpoints\/([^/]+)\/([^/]+)$/.exec(key);
+        if (!m) return undefined;
+        return this.endpoints.get(m[1]!)?.delete(m[2]!) && this.names.get(m[1]!)?.has(m[2]!) ? m[1]! : undefined;
+      }
+      case 'hosts': {
+        const name = key.slice(keys.hosts().length);
+        return this.hosts.delete(name) ? null : undefined;
+      }
+      case 'networks': {
+        const networkKey = key.slice(keys.networks().length);
+        return this.subnets.delete(networkKey) ? networkKey : undefined;
+      }
+    }
+  }
+}
+
+function mapOf<V>(outer: Map<string, Map<string, V>>, key: string): Map<string, V> {
+  let inner = outer.get(key);
+  if (!inner) {
+    inner = new Map();
+    outer.set(key, inner);
+  }
+  return inner;
+}

@@ -1,0 +1,118 @@
+/**
+ * The cluster's names as every host sees them (src/names/view.ts), on the embedded store:
+ * a name is served while its endpoint is joined on a live host, per network only.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { silentLogger } from '../../src/log';
+import { keys } from '../../src/driver/records';
+import { namesKeys } from '../../src/names/records';
+import { NamesView } from '../../src/names/view';
+import { openLocalStore, type LocalStore } from '../../src/store/local';
+
+let dir = '';
+let store: LocalStore;
+let view: NamesView;
+
+const put = (key: string, value: unknown) => store.put(key, JSON.stringify(value));
+const created = new Date().toISOString();
+
+function endpoint(net: string, id: string, ip: string, host: string, joined = true) {
+  return put(keys.endpoint(net, id), { id, networkId: `nid-${net}`, ip, mac: '02:42:00:00:00:00', locator: '192.0.2.1', host, joined, created });
+}
+function names(net: string, id: string, container: string, aliases: string[], host: string, networkName = 'demo') {
+  return put(namesKeys.endpoint(net, id), {
+    endpointId: id,
+    networkId: `nid-${net}`,
+    networkName,
+    host,
+    containerId: `c-${id}`,
+    container,
+    names: [container, ...aliases],
+    updated: created,
+  });
+}
+
+async function until(check: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !check(); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(check(), 'condition not reached');
+}
+
+before(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'tso-names-'));
+  store = await openLocalStore({ dir, logger: silentLogger() });
+  await put(keys.host('a'), { name: 'a', vtep: '192.0.2.1', started: created });
+  await put(keys.host('b'), { name: 'b', vtep: '192.0.2.2', started: created });
+  await put(keys.network('10.20.0.0-24'), { key: '10.20.0.0-24', ids: ['x'], vni: 256, subnet: '10.20.0.0/24', gateway: '10.20.0.1', mtu: 1450, mode: 'static', options: {}, created });
+  await put(keys.network('10.30.0.0-24'), { key: '10.30.0.0-24', ids: ['y'], vni: 257, subnet: '10.30.0.0/24', gateway: '10.30.0.1', mtu: 1450, mode: 'static', options: {}, created });
+  await endpoint('10.20.0.0-24', 'e1', '10.20.0.2', 'a');
+  await names('10.20.0.0-24', 'e1', 'Web', ['frontend', 'svc'], 'a');
+  await endpoint('10.20.0.0-24', 'e2', '10.20.0.3', 'b');
+  await names('10.20.0.0-24', 'e2', 'web2', ['svc'], 'b');
+  // Same container name on another network: must not leak across.
+  await endpoint('10.30.0.0-24', 'e3', '10.30.0.2', 'b');
+  await names('10.30.0.0-24', 'e3', 'web', [], 'b', 'other');
+  view = new NamesView(store, silentLogger());
+  await view.start();
+});
+
+after(async () => {
+  await view?.close();
+  await store?.close();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+test('names, aliases (several addresses for a shared one), <name>.<network>, reverse', () => {
+  const z = view.zone('10.20.0.0-24');
+  assert.deepEqual(z.lookupName('web')?.v4, ['10.20.0.2']);
+  assert.deepEqual(z.lookupName('frontend.demo')?.v4, ['10.20.0.2']);
+  assert.deepEqual(z.lookupName('svc')?.v4, ['10.20.0.2', '10.20.0.3']);
+  assert.equal(z.lookupName('nobody'), null);
+  assert.equal(z.lookupName('nobody.demo'), null);
+  assert.equal(z.lookupName('example.com'), undefined);
+  assert.deepEqual(z.lookupAddress('10.20.0.2'), ['web.demo']);
+  assert.equal(z.lookupAddress('10.20.0.99'), null);
+  assert.equal(z.lookupAddress('10.99.0.1'), undefined);
+});
+
+test('isolation: each network answers only its own names', () => {
+  assert.deepEqual(view.zone('10.30.0.0-24').lookupName('web')?.v4, ['10.30.0.2']);
+  assert.equal(view.zone('10.30.0.0-24').lookupName('frontend'), null);
+  assert.equal(view.zone('10.30.0.0-24').lookupAddress('10.20.0.2'), undefined);
+});
+
+test('a stopped container (not joined), a dead host or a removed record: NXDOMAIN', async () => {
+  const z = view.zone('10.20.0.0-24');
+  let g = view.generation;
+  await endpoint('10.20.0.0-24', 'e2', '10.20.0.3', 'b', false);
+  await until(() => view.generation > g);
+  assert.deepEqual(z.lookupName('svc')?.v4, ['10.20.0.2']);
+  assert.equal(z.lookupName('web2'), null);
+  g = view.generation;
+  await store.delete(keys.host('a'));
+  await until(() => view.generation > g);
+  assert.equal(z.lookupName('web'), null);
+  assert.equal(z.lookupAddress('10.20.0.2'), null);
+  g = view.generation;
+  await put(keys.host('a'), { name: 'a', vtep: '192.0.2.1', started: created });
+  await until(() => view.generation > g);
+  assert.deepEqual(z.lookupName('web')?.v4, ['10.20.0.2']);
+  g = view.generation;
+  await store.delete(namesKeys.endpoint('10.20.0.0-24', 'e1'));
+  await until(() => view.generation > g);
+  assert.equal(z.lookupName('web'), null);
+  assert.equal(view.served('10.20.0.0-24').length, 0);
+  assert.equal(view.served().length, 1);
+});
+
+test('a malformed record is skipped, the rest still served', async () => {
+  const g = view.generation;
+  await store.put(namesKeys.endpoint('10.30.0.0-24', 'bad'), '{"names": 5}');
+  await endpoint('10.30.0.0-24', 'e4', '10.30.0.4', 'b');
+  await names('10.30.0.0-24', 'e4', 'db', [], 'b', 'other');
+  await until(() => view.generation > g && view.zone('10.30.0.0-24').lookupName('db') !== null);
+  assert.deepEqual(view.zone('10.30.0.0-24').lookupName('db.other')?.v4, ['10.30.0.4']);
+});
