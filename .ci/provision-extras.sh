@@ -149,4 +149,4 @@ sed 's/^/  /' "$D28/VERSIONS" "$CON/VERSIONS"
 "$D28/bin/dockerd" --version | sed 's/^/  /'
 "$D28/bin/docker" --version | sed 's/^/  /'
 "$D28/cli-plugins/docker-compose" version | sed 's/^/  /'
-"$CON/bin/consul" version | head -1 | sed 's/^/  /'
+"$CON/bin/consul" version | sed -n '1s/^/  /p'  # not head: consul dies of SIGPIPE under pipefail
