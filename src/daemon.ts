@@ -182,6 +182,7 @@ export async function startDaemon(
         if (err instanceof StoreUnavailableError) throw err;
         logger.error('start-up sweep of leftovers failed; continuing', { error: errorMessage(err) });
       }
+      registration.settledAt(network.recovery.settledRevision);
       await peerSync.start();
       await encryption.start();
       // Before the overlays resume: their DNS listeners answer from a loaded view.

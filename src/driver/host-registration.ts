@@ -36,6 +36,7 @@ export class HostRegistration {
   private registering = false;
   /** Why this host is not registered, when it is not for a reason a person must fix. */
   private blocked?: string;
+  private settled?: number;
 
   constructor(
     private readonly records: RecordStore,
@@ -64,6 +65,11 @@ export class HostRegistration {
     if (claim.kind === 'taken') throw new HostNameTakenError(claim.message);
   }
 
+  /** The revision of the last endpoint crash recovery withdrew: published so that peers wait for it (HostRecord.settled). */
+  settledAt(revision: number | undefined): void {
+    this.settled = revision;
+  }
+
   /** Registers once; throws when the store refuses or the name is taken (the caller's start-up decides). */
   async start(): Promise<void> {
     const lease = await this.records.store.grantLease(this.options.leaseTtlSeconds);
@@ -73,7 +79,13 @@ export class HostRegistration {
       this.logger.warn('store lease lost: registering this host again');
       this.registerUntilDone();
     });
-    const record: HostRecord = { name: this.options.hostName, vtep: this.options.vtep, instance: this.options.instance, started: nowIso() };
+    const record: HostRecord = {
+      name: this.options.hostName,
+      vtep: this.options.vtep,
+      instance: this.options.instance,
+      ...(this.settled !== undefined ? { settled: this.settled } : {}),
+      started: nowIso(),
+    };
     try {
       await this.claim(record, lease);
     } catch (err) {

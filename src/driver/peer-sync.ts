@@ -125,7 +125,7 @@ export class PeerSync implements PeerSyncHooks {
         }, logger, options.liveness)
       : undefined;
     this.liveness = liveness;
-    this.view = new PeerView(options.hostName, logger, liveness);
+    this.view = new PeerView(options.hostName, logger, liveness, () => this.projectAll());
     const dp = this.dataplane;
     if (dp.watchMisses) {
       const watchMisses = dp.watchMisses.bind(dp);
@@ -144,9 +144,14 @@ export class PeerSync implements PeerSyncHooks {
     this.watches = [
       this.follow('endpoints', keys.allEndpoints(), (entries) => {
         this.view.resetEndpoints(entries);
+        this.view.promoteSettled();
         this.reconcileAll('endpoint watch reset');
       }, (events) => {
         const touched = this.view.endpointEvents(events);
+        if (this.view.promoteSettled()) {
+          this.projectAll();
+          return;
+        }
         for (const [networkId, net] of this.active) {
           if (touched.has(net.networkKey)) void this.project(networkId);
         }

@@ -58,6 +58,9 @@ class DesiredPeers {
  * remote endpoints that can be peers and the live hosts, and from them each network's desired
  * peers. Knows nothing of the kernel (that is PeerSync's side).
  */
+/** How long a host's start-up withdrawals may take to show in the endpoint watch before it is let in anyway. */
+const SETTLE_WAIT_MS = 5_000;
+
 export class PeerView {
   /**
    * By network key, then store key: the endpoints that can be peers (joined, of another host),
@@ -77,7 +80,65 @@ export class PeerView {
     private readonly logger: Logger,
     /** Decides when a host the store dropped is gone; without it, at once. */
     private readonly liveness?: HostLiveness,
+    /** A host held back for its start-up withdrawals (HostRecord.settled) was let in without them being seen. */
+    private readonly onLateHost?: () => void,
   ) {}
+
+  /** Hosts registered with a `settled` revision this view has not reached yet, kept out of `hosts`. */
+  private readonly unsettled = new Map<string, { host: HostRecord; timer: NodeJS.Timeout }>();
+  /** The newest store revision the endpoint watch has shown this view. */
+  private endpointRevision = 0;
+
+  /** After endpoint changes: hosts whose start-up withdrawals are now in view become peers. True if any did. */
+  promoteSettled(): boolean {
+    let any = false;
+    for (const [name, w] of this.unsettled) {
+      if ((w.host.settled ?? 0) <= this.endpointRevision) any = this.promote(name) || any;
+    }
+    return any;
+  }
+
+  /** A host record seen in the hosts watch: a peer now, or once its start-up withdrawals are in view. */
+  private admit(name: string, host: HostRecord): void {
+    const waiting = this.unsettled.get(name);
+    if (name !== this.self && host.settled !== undefined && host.settled > this.endpointRevision) {
+      if (waiting) {
+        waiting.host = host;
+        return;
+      }
+      this.hosts.delete(name);
+      // Should the withdrawn record have been rewritten in a way this view never shows, the host
+      // must not stay out for good.
+      const timer = setTimeout(() => {
+        if (this.promote(name)) this.onLateHost?.();
+      }, SETTLE_WAIT_MS);
+      timer.unref();
+      this.unsettled.set(name, { host, timer });
+      return;
+    }
+    if (waiting) {
+      clearTimeout(waiting.timer);
+      this.unsettled.delete(name);
+    }
+    this.hosts.set(name, host);
+  }
+
+  private promote(name: string): boolean {
+    const w = this.unsettled.get(name);
+    if (!w) return false;
+    clearTimeout(w.timer);
+    this.unsettled.delete(name);
+    this.hosts.set(name, w.host);
+    this.forgetDerived();
+    return true;
+  }
+
+  private dropUnsettled(name: string): void {
+    const w = this.unsettled.get(name);
+    if (!w) return;
+    clearTimeout(w.timer);
+    this.unsettled.delete(name);
+  }
 
   /** Peers the store wants programmed in a network's namespace. */
   desiredPeers(networkKey: string): Peer[] {
@@ -107,6 +168,7 @@ export class PeerView {
 
   /** The endpoint watch delivered the full state. */
   resetEndpoints(entries: KVEntry[]): void {
+    for (const e of entries) this.endpointRevision = Math.max(this.endpointRevision, e.revision);
     this.endpoints.clear();
     this.forgetDerived();
     for (const e of entries) {
@@ -118,22 +180,26 @@ export class PeerView {
   /** The host watch delivered the full state. */
   resetHosts(entries: KVEntry[]): void {
     const before = new Map(this.hosts);
+    const seen = new Set<string>();
     this.hosts.clear();
     this.forgetDerived();
     for (const e of entries) {
       const host = this.decode('host', () => decodeRecord(hostRecordSchema, e.value, e.key));
       if (!host) continue;
-      this.hosts.set(host.name, host);
+      seen.add(host.name);
+      this.admit(host.name, host);
       this.liveness?.cleared(host.name);
     }
+    for (const name of [...this.unsettled.keys()]) if (!seen.has(name)) this.dropUnsettled(name);
     // A full state after a reconnect: hosts missing from it went while we were not listening.
     for (const [name, host] of before) {
-      if (!this.hosts.has(name)) this.hostWent(name, host);
+      if (!seen.has(name)) this.hostWent(name, host);
     }
   }
 
   /** Endpoint changes; returns the network keys they touched. */
   endpointEvents(events: WatchEvent[]): Set<string> {
+    for (const ev of events) this.endpointRevision = Math.max(this.endpointRevision, ev.revision);
     const touched = new Set<string>();
     this.indexes.clear();
     for (const ev of events) {
@@ -155,12 +221,13 @@ export class PeerView {
       const name = keys.hostOf(ev.key);
       if (name === undefined) continue;
       if (ev.type === 'delete') {
+        this.dropUnsettled(name);
         const host = this.hosts.get(name);
         if (host) this.hostWent(name, host);
       } else {
         const host = this.decode('host', () => decodeRecord(hostRecordSchema, ev.value, ev.key));
         if (host) {
-          this.hosts.set(name, host);
+          this.admit(name, host);
           this.liveness?.cleared(name);
         }
       }

@@ -67,8 +67,9 @@ export class RecordStore {
   }
 
   /** Replaces `current` with `value` unless the record changed since it was read; false if it did. */
-  async compareAndSet<T>(current: Versioned<T>, value: T, lease?: Lease): Promise<boolean> {
-    return (await this.store.compareAndSet(current.key, encodeRecord(value), current.revision, lease ? { lease } : undefined)) !== undefined;
+  /** Returns the record's new revision, or undefined when it changed since it was read. */
+  async compareAndSet<T>(current: Versioned<T>, value: T, lease?: Lease): Promise<number | undefined> {
+    return this.store.compareAndSet(current.key, encodeRecord(value), current.revision, lease ? { lease } : undefined);
   }
 
   /** Deletes `current` unless the record changed since it was read; false if it did. */

@@ -59,6 +59,12 @@ export const hostRecordSchema = z.object({
   vtep: z.string(),
   /** Stable identity of the machine (kept under the state directory); absent in records of older versions. */
   instance: z.string().optional(),
+  /**
+   * Store revision of the last endpoint this host withdrew at start-up (crash recovery): peers
+   * program its endpoints only once their view of `endpoints/` has reached it, so a host that
+   * comes back never has its dead containers advertised, whatever order the watches deliver in.
+   */
+  settled: z.number().int().nonnegative().optional(),
   started: z.string(),
 });
 export type HostRecord = z.infer<typeof hostRecordSchema>;

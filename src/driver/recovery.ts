@@ -28,6 +28,9 @@ export interface RecoveryDeps {
  * still holds.
  */
 export class Recovery {
+  /** Revision of the last endpoint withdrawn by recoverAfterCrash (see HostRecord.settled). */
+  settledRevision?: number;
+
   constructor(private readonly deps: RecoveryDeps) {}
 
   /**
@@ -85,7 +88,8 @@ export class Recovery {
           joined++;
           continue;
         }
-        await records.compareAndSet(ep, { ...ep.value, joined: false });
+        const revision = await records.compareAndSet(ep, { ...ep.value, joined: false });
+        if (revision !== undefined) this.settledRevision = Math.max(this.settledRevision ?? 0, revision);
         logger.info('withdrew endpoint whose port is gone', { networkId, endpointId: ep.value.id });
       }
       if (joined > 0) keepNetworks.push(networkId);
