@@ -170,7 +170,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfi
     throw new Error(`invalid --reconcile-interval "${get('reconcile-interval')}" (1..3600 seconds)`);
   }
   const probePort = Number(get('probe-port'));
-  if (!Number.isInteger(probePort) || probePort < 1 || probePort > 65535) throw new Error(`invalid --probe-port "${get('probe-port')}" (1..65535)`);
+  if (!Number.isInteger(probePort) || probePort < 0 || probePort > 65535) throw new Error(`invalid --probe-port "${get('probe-port')}" (1..65535, or 0 for no probes)`);
   const encryptedVxlanPort = Number(get('encrypted-vxlan-port'));
   if (!Number.isInteger(encryptedVxlanPort) || encryptedVxlanPort < 1 || encryptedVxlanPort > 65535 || encryptedVxlanPort === 4789) {
     throw new Error(`invalid --encrypted-vxlan-port "${get('encrypted-vxlan-port')}" (1..65535, not 4789: plain networks use it)`);

@@ -7,7 +7,7 @@ import { detectUnderlay } from './dataplane/underlay';
 import { HostRegistration, HostNameTakenError } from './driver/host-registration';
 import { loadOrCreateInstanceId } from './driver/host-identity';
 import { DEFAULT_LIVENESS } from './driver/host-liveness';
-import { ProbeResponder, UnderlayProber, type ProbeTarget } from './dataplane/underlay-probe';
+import { UnderlayProbe, type ProbeTarget } from './dataplane/underlay-probe';
 import { IpamService } from './driver/ipam';
 import { NetworkDriver } from './driver/network-driver';
 import { PeerSync, type ReconcileTrigger } from './driver/peer-sync';
@@ -74,35 +74,32 @@ export async function startDaemon(
   }
   const identity = { hostName: host.name, vtep: host.vtep, leaseTtlSeconds: config.leaseTtlSeconds, instance };
   const registration = new HostRegistration(records, identity, logger);
-  // Peers decide whether this host is alive by asking here when its registration lapses. Not
-  // fatal: without it this host is withdrawn everywhere as soon as its lease expires, as before.
-  const responder = await ProbeResponder.listen(host.vtep, config.probePort, () => ({ name: host.name, instance }), logger).catch((err: unknown) => {
-    logger.warn('cannot answer underlay probes: peers will withdraw this host as soon as its store registration lapses', {
-      address: `${host.vtep}:${config.probePort}`,
-      error: errorMessage(err),
-    });
-    return undefined;
-  });
-  const prober = await UnderlayProber.open(host.vtep, logger).catch((err: unknown) => {
-    logger.warn('cannot probe peers over the underlay: a peer is withdrawn as soon as its store registration lapses', { error: errorMessage(err) });
-    return undefined;
-  });
+  // Peers decide whether this host is alive by asking here when its registration lapses. Only a
+  // cluster store has peers, so the embedded store opens no port. Not fatal: without it this host
+  // is withdrawn everywhere as soon as its lease expires.
+  const probe =
+    config.probePort === 0 || config.store.startsWith('local:')
+      ? undefined
+      : await UnderlayProbe.listen(host.vtep, config.probePort, () => ({ name: host.name, instance }), logger).catch((err: unknown) => {
+          logger.warn('cannot answer or send underlay probes: a host is withdrawn as soon as its store registration lapses', {
+            address: `${host.vtep}:${config.probePort}`,
+            error: errorMessage(err),
+          });
+          return undefined;
+        });
   const peerSync = new PeerSync(
     records,
     dataplane,
     {
       ...identity,
       reconcileIntervalMs: config.reconcileIntervalSeconds * 1000,
-      ...(prober ? { probe: (target: ProbeTarget) => prober.probe(target, config.probePort, DEFAULT_LIVENESS) } : {}),
+      ...(probe ? { probe: (target: ProbeTarget) => probe.probe(target, config.probePort, DEFAULT_LIVENESS) } : {}),
     },
     logger,
     metrics,
     registration,
   );
-  const closeProbes = (): void => {
-    responder?.close();
-    prober?.close();
-  };
+  const closeProbes = (): void => probe?.close();
   const ipam = new IpamService(records, config.hostName, logger, { requestTimeoutMs: config.storeTimeoutSeconds * 1000 });
   const encryption = startEncryption(config, store, { name: host.name, instance, vtep: host.vtep }, metrics, logger);
   const names = config.dns.enabled

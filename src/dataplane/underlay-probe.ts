@@ -51,38 +51,6 @@ function bindSocket(address: string, port: number): Promise<dgram.Socket> {
   });
 }
 
-/** Answers other hosts' probes on this host's VTEP address. */
-export class ProbeResponder {
-  private constructor(
-    private readonly socket: dgram.Socket,
-    readonly port: number,
-  ) {}
-
-  static async listen(address: string, port: number, identity: () => ProbeIdentity, logger: Logger): Promise<ProbeResponder> {
-    const socket = await bindSocket(address, port);
-    socket.on('error', (err) => logger.warn('underlay probe responder error', { error: errorMessage(err) }));
-    socket.on('message', (buf, from) => {
-      const req = requestSchema.safeParse(parseJson(buf));
-      const me = identity();
-      // A probe for another name is not ours to answer: this address may have changed hands.
-      if (!req.success || req.data.to !== me.name) return;
-      const answer = Buffer.from(JSON.stringify({ p: PROBE_PROTOCOL, n: req.data.n, name: me.name, instance: me.instance }));
-      socket.send(answer, from.port, from.address, (err) => {
-        if (err) logger.debug('underlay probe answer not sent', { to: from.address, error: errorMessage(err) });
-      });
-    });
-    return new ProbeResponder(socket, socket.address().port);
-  }
-
-  close(): void {
-    try {
-      this.socket.close();
-    } catch {
-      // already closed
-    }
-  }
-}
-
 export interface ProbeTarget {
   name: string;
   vtep: string;
@@ -90,23 +58,39 @@ export interface ProbeTarget {
   instance?: string;
 }
 
-/** Sends probes from this host's VTEP; one socket for every target. */
-export class UnderlayProber {
+/**
+ * One UDP socket on this host's VTEP address that answers other hosts' probes and sends this
+ * host's own: a single port is all a firewall has to open, and nothing else listens.
+ */
+export class UnderlayProbe {
   private readonly pending = new Map<string, (answer: z.infer<typeof answerSchema>) => void>();
 
-  private constructor(private readonly socket: dgram.Socket) {
-    socket.on('message', (buf) => {
-      const answer = answerSchema.safeParse(parseJson(buf));
-      if (!answer.success) return;
-      this.pending.get(answer.data.n)?.(answer.data);
-    });
-  }
+  private constructor(
+    private readonly socket: dgram.Socket,
+    readonly port: number,
+  ) {}
 
-  static async open(vtep: string, logger: Logger): Promise<UnderlayProber> {
-    const socket = await bindSocket(vtep, 0);
-    socket.on('error', (err) => logger.warn('underlay prober error', { error: errorMessage(err) }));
-    socket.unref();
-    return new UnderlayProber(socket);
+  static async listen(address: string, port: number, identity: () => ProbeIdentity, logger: Logger): Promise<UnderlayProbe> {
+    const socket = await bindSocket(address, port);
+    const probe = new UnderlayProbe(socket, socket.address().port);
+    socket.on('error', (err) => logger.warn('underlay probe socket error', { error: errorMessage(err) }));
+    socket.on('message', (buf, from) => {
+      const body = parseJson(buf);
+      const answer = answerSchema.safeParse(body);
+      if (answer.success) {
+        probe.pending.get(answer.data.n)?.(answer.data);
+        return;
+      }
+      const req = requestSchema.safeParse(body);
+      const me = identity();
+      // A probe for another name is not ours to answer: this address may have changed hands.
+      if (!req.success || req.data.to !== me.name) return;
+      const reply = Buffer.from(JSON.stringify({ p: PROBE_PROTOCOL, n: req.data.n, name: me.name, instance: me.instance }));
+      socket.send(reply, from.port, from.address, (err) => {
+        if (err) logger.debug('underlay probe answer not sent', { to: from.address, error: errorMessage(err) });
+      });
+    });
+    return probe;
   }
 
   /** True when the target's daemon answers, as itself, within `attempts` tries of `timeoutMs` each. */
@@ -132,10 +116,14 @@ export class UnderlayProber {
         finish(true);
       });
       const req = Buffer.from(JSON.stringify({ p: PROBE_PROTOCOL, n: nonce, to: target.name }));
-      this.socket.send(req, port, target.vtep, (err) => {
-        // Unreachable network, no route: as good as no answer, but there is no point waiting.
-        if (err) finish(false);
-      });
+      try {
+        this.socket.send(req, port, target.vtep, (err) => {
+          // Unreachable network, no route: as good as no answer, but there is no point waiting.
+          if (err) finish(false);
+        });
+      } catch {
+        finish(false); // socket closed
+      }
     });
   }
 

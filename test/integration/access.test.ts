@@ -114,7 +114,7 @@ after(async () => {
   await underlay?.teardown();
 });
 
-test('socket: root-only 0600 by default, 0660 to --socket-group; no TCP/UDP listener unless configured', { skip, timeout: 60_000 }, async () => {
+test('socket: root-only 0600 by default, 0660 to --socket-group; no TCP/UDP listener unless configured (the embedded store has no peers to probe)', { skip, timeout: 60_000 }, async () => {
   const plain = startPlugin(['--store', `local://${dir}/state1`]);
   await plain.proc.waitForOutput('tsoverlay serving', 20_000);
   const st = fs.statSync(plain.socket);
@@ -155,6 +155,10 @@ test('etcd with TLS client certificates and user/password, from flags, a variabl
   // Password from the environment (as a managed plugin's settings are).
   const viaEnv = startPlugin(tlsArgs, { TSOVERLAY_ETCD_PASSWORD: PASSWORD });
   await viaEnv.proc.waitForOutput('tsoverlay serving', 30_000);
+  // With a cluster store there are peers, and exactly one socket answers (and sends) their
+  // liveness probes: on the VTEP address, nowhere else.
+  const vtepHex = underlay.hosts[0]!.address.split('.').map((o) => Number(o).toString(16).padStart(2, '0')).reverse().join('').toUpperCase();
+  assert.deepEqual(listeners(viaEnv.proc.pid), [`udp ${vtepHex}:1F0B`], 'only the probe socket, on the VTEP address, UDP 7947');
   const pool = await call(viaEnv.socket, 'IpamDriver.RequestPool', { AddressSpace: 'tsoverlay-global', Pool: '10.66.0.0/24', Options: {}, V6: false });
   assert.equal(pool.status, 200, JSON.stringify(pool.body));
   const addr = await call(viaEnv.socket, 'IpamDriver.RequestAddress', { PoolID: '10.66.0.0/24', Address: '', Options: {} });

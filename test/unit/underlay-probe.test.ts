@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import { after, test } from 'node:test';
-import { ProbeResponder, UnderlayProber, type ProbeTarget } from '../../src/dataplane/underlay-probe';
+import { UnderlayProbe, type ProbeTarget } from '../../src/dataplane/underlay-probe';
 import { HostLiveness } from '../../src/driver/host-liveness';
 import type { HostRecord } from '../../src/driver/records';
 import { silentLogger } from '../../src/log';
@@ -17,9 +17,10 @@ after(() => {
 
 const fast = { attempts: 2, timeoutMs: 150 };
 
-async function pair(name = 'h1', instance = 'i-1'): Promise<{ responder: ProbeResponder; prober: UnderlayProber }> {
-  const responder = await ProbeResponder.listen('127.0.0.1', 0, () => ({ name, instance }), silentLogger());
-  const prober = await UnderlayProber.open('127.0.0.1', silentLogger());
+/** Two daemons' probe sockets: each answers and asks on its one port. */
+async function pair(name = 'h1', instance = 'i-1'): Promise<{ responder: UnderlayProbe; prober: UnderlayProbe }> {
+  const responder = await UnderlayProbe.listen('127.0.0.1', 0, () => ({ name, instance }), silentLogger());
+  const prober = await UnderlayProbe.listen('127.0.0.1', 0, () => ({ name: 'asker', instance: 'i-asker' }), silentLogger());
   closers.push(() => responder.close(), () => prober.close());
   return { responder, prober };
 }
@@ -44,6 +45,12 @@ test('no daemon, no answer: false after the attempts, not a hang', async () => {
   const t0 = Date.now();
   assert.equal(await prober.probe({ name: 'h1', vtep: '127.0.0.1' }, port, fast), false);
   assert.ok(Date.now() - t0 < 2_000);
+});
+
+test('both ways on one socket each: the asker answers too', async () => {
+  const { responder, prober } = await pair('h1', 'i-1');
+  assert.equal(await responder.probe({ name: 'asker', vtep: '127.0.0.1', instance: 'i-asker' }, prober.port, fast), true);
+  assert.equal(await prober.probe({ name: 'h1', vtep: '127.0.0.1', instance: 'i-1' }, responder.port, fast), true);
 });
 
 test('junk and oversized datagrams are ignored and the responder keeps answering', async () => {
