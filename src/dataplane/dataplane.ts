@@ -7,13 +7,13 @@
  * restart everything is found again by name. What is cached (namespace descriptors, netlink
  * sockets, device indexes) is only a shortcut and is re-read when missing.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from '../log';
 import type { AttachedEndpoint, EndpointAttachment, OrphanReport, OverlayInfo, OverlaySpec, Peer } from './types';
 import { LinkInfo, formatMac, parseUnicastMac } from './encode';
 import { NlMessage, NlSocket, RTNLGRP_NEIGH, isNetlinkError } from './nlsock';
-import { createNetns, deleteNetns, ensureNetnsDir, hostNetnsFd, isNetnsMounted, listNetns, openNetns, withNetns } from './netns';
+import { createNetns, deleteNetns, ensureNetnsDir, hostNetnsFd, isNetnsMounted, withNetns } from './netns';
+import { type Overlay, type OverlayListing, OverlayNamespaces, networkPrefix, vethNames } from './overlay-namespaces';
 import {
   BRIDGE_NAME,
   HOST_VETH_NAME,
@@ -34,7 +34,6 @@ import {
   ensureLoopbackUp,
   ensureVxlan,
   getLink,
-  linkIndex,
   listIPv4Addresses,
   listLinks,
   setLink,
@@ -54,35 +53,12 @@ import {
 
 export { BRIDGE_NAME, VXLAN_NAME } from './overlay-check';
 export const DEFAULT_NETNS_DIR = '/run/tsoverlay/netns';
+export { type OverlayListing, networkPrefix, vethNames } from './overlay-namespaces';
 
 export interface DataplaneOptions {
   netnsDir: string;
   logger: Logger;
 }
-
-export interface OverlayListing {
-  networkIdPrefix: string;
-  netnsPath: string;
-  epoch: number;
-}
-
-/** Namespace file name prefix of a network: its first 10 characters, as in `<epoch>-<prefix>`. */
-export function networkPrefix(networkId: string): string {
-  if (typeof networkId !== 'string' || !/^[A-Za-z0-9_.-]+$/.test(networkId)) {
-    throw new Error(`invalid network id ${JSON.stringify(networkId)}`);
-  }
-  return networkId.slice(0, 10);
-}
-
-/** Deterministic veth names from the endpoint id: `vc…` (Join's SrcName) and `ve…` (br0 port). */
-export function vethNames(endpointId: string): AttachedEndpoint {
-  if (typeof endpointId !== 'string' || !/^[A-Za-z0-9_-]+$/.test(endpointId)) {
-    throw new Error(`invalid endpoint id ${JSON.stringify(endpointId)}`);
-  }
-  const id = endpointId.slice(0, 11);
-  return { srcName: `vc${id}`, bridgePortName: `ve${id}` };
-}
-
 /** A network's namespace as `tsoverlay inspect` shows it (read-only; see inspectOverlay). */
 export interface OverlayView {
   netnsPath: string;
@@ -96,141 +72,20 @@ export interface OverlayView {
   fdb: FdbEntry[];
 }
 
-const NETNS_NAME = /^([0-9]+)-(.+)$/;
-
-interface Overlay {
-  prefix: string;
-  netnsPath: string;
-  epoch: number;
-  nsFd: number;
-  sock: NlSocket;
-  watchers: Set<NlSocket>;
-  /**
-   * br0's index as last ensured. Interface indexes are not reused within a namespace, so a
-   * stale one (br0 deleted by hand) fails the enslave instead of hitting another device.
-   */
-  bridgeIndex?: number;
-}
-
 export class Dataplane {
-  private readonly netnsDir: string;
+  private readonly ns: OverlayNamespaces;
   private readonly log: Logger;
-  private readonly overlays = new Map<string, Overlay>();
-  private readonly epochs = new Map<string, number>();
-  private readonly locks = new Map<string, Promise<void>>();
-  private hostSocketCache: NlSocket | undefined;
-  private closed = false;
 
   constructor(opts: DataplaneOptions) {
-    this.netnsDir = path.resolve(opts.netnsDir);
+    this.ns = new OverlayNamespaces(opts.netnsDir);
     this.log = opts.logger;
-  }
-
-  // ------------------------------------------------------------ plumbing
-
-  /** A netlink socket in the plugin's own namespace (the main thread is always back there between calls). */
-  private hostSocket(): NlSocket {
-    if (this.closed) throw new Error('dataplane closed');
-    if (!this.hostSocketCache || this.hostSocketCache.isClosed) this.hostSocketCache = new NlSocket();
-    return this.hostSocketCache;
-  }
-
-  /** Runs `fn` after every earlier operation on the same network has settled. */
-  private serial<T>(networkId: string, fn: () => Promise<T>): Promise<T> {
-    if (this.closed) return Promise.reject(new Error('dataplane closed'));
-    let key: string;
-    try {
-      key = networkPrefix(networkId);
-    } catch (e) {
-      return Promise.reject(e);
-    }
-    const prev = this.locks.get(key) ?? Promise.resolve();
-    const run = prev.then(fn);
-    const tail = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.locks.set(key, tail);
-    void tail.then(() => {
-      if (this.locks.get(key) === tail) this.locks.delete(key);
-    });
-    return run;
-  }
-
-  private filesOf(prefix: string): OverlayListing[] {
-    return this.listOverlays().filter((o) => o.networkIdPrefix === prefix);
-  }
-
-  private openOverlay(prefix: string, netnsPath: string, epoch: number): Overlay {
-    const nsFd = openNetns(netnsPath);
-    try {
-      const sock = withNetns(nsFd, () => new NlSocket());
-      const o: Overlay = { prefix, netnsPath, epoch, nsFd, sock, watchers: new Set() };
-      this.overlays.set(prefix, o);
-      if (epoch > (this.epochs.get(prefix) ?? 0)) this.epochs.set(prefix, epoch);
-      return o;
-    } catch (e) {
-      fs.closeSync(nsFd);
-      throw e;
-    }
-  }
-
-  private dropOverlay(o: Overlay): void {
-    if (this.overlays.get(o.prefix) === o) this.overlays.delete(o.prefix);
-    for (const w of o.watchers) w.close();
-    o.watchers.clear();
-    o.sock.close();
-    try {
-      fs.closeSync(o.nsFd);
-    } catch {
-      // already closed
-    }
-  }
-
-  /** The cached overlay, or the one found in the netns directory; undefined if none is live. */
-  private existing(networkId: string): Overlay | undefined {
-    const prefix = networkPrefix(networkId);
-    const cached = this.overlays.get(prefix);
-    if (cached && isNetnsMounted(cached.netnsPath)) return cached;
-    if (cached) this.dropOverlay(cached);
-    const found = this.findOverlay(networkId);
-    return found ? this.openOverlay(prefix, found.netnsPath, found.epoch) : undefined;
-  }
-
-  private required(networkId: string): Overlay {
-    const o = this.existing(networkId);
-    if (!o) throw new Error(`no overlay namespace for network ${networkId}`);
-    return o;
-  }
-
-  /** `fn` on the network's live overlay, in the network's turn; `none` when it has no namespace here. */
-  private withOverlay<T>(networkId: string, none: T, fn: (o: Overlay) => Promise<T>): Promise<T> {
-    return this.serial(networkId, async () => {
-      const o = this.existing(networkId);
-      return o ? fn(o) : none;
-    });
-  }
-
-  /** `fn` with vxlan0's index in the network's overlay (which must exist), in the network's turn. */
-  private withVxlan<T>(networkId: string, fn: (o: Overlay, vxlanIndex: number) => Promise<T>): Promise<T> {
-    return this.serial(networkId, async () => {
-      const o = this.required(networkId);
-      return fn(o, await this.indexOf(o, VXLAN_NAME));
-    });
-  }
-
-  /** Device indexes are looked up on each use (one round trip): a device replaced behind our back is then just found again. */
-  private async indexOf(o: Overlay, name: string): Promise<number> {
-    const index = await linkIndex(o.sock, name);
-    if (index === undefined) throw new Error(`${name} missing in ${o.netnsPath}: ensureOverlay first`);
-    return index;
   }
 
   /** vxlan0 as overlay-check expects it, plus the multicast underlay device (found by the VTEP's address). */
   private async vxlanSpec(spec: OverlaySpec): Promise<VxlanSpec> {
     const v = expectedVxlan(spec);
     if (spec.mode === 'multicast' && spec.vtep) {
-      const a = (await listIPv4Addresses(this.hostSocket())).find((x) => x.ip === spec.vtep);
+      const a = (await listIPv4Addresses(this.ns.hostSocket())).find((x) => x.ip === spec.vtep);
       if (a) v.underlayIndex = a.index;
     }
     return v;
@@ -256,23 +111,23 @@ export class Dataplane {
   }
 
   private ensure(spec: OverlaySpec): Promise<{ info: OverlayInfo; changed: boolean }> {
-    return this.serial(spec.networkId, async () => {
+    return this.ns.serial(spec.networkId, async () => {
       validateOverlayTarget(spec);
       const vx = await this.vxlanSpec(spec);
       const prefix = networkPrefix(spec.networkId);
       const started = process.hrtime.bigint();
 
-      let o = this.existing(spec.networkId);
+      let o = this.ns.existing(spec.networkId);
       let createdNs = false;
       if (!o) {
-        ensureNetnsDir(this.netnsDir);
+        ensureNetnsDir(this.ns.netnsDir);
         // A file left without a namespace (crash mid-create) is reused rather than leaked.
-        const leftover = this.filesOf(prefix).sort((a, b) => b.epoch - a.epoch)[0];
-        const epoch = leftover?.epoch ?? (this.epochs.get(prefix) ?? 0) + 1;
-        const netnsPath = leftover?.netnsPath ?? path.join(this.netnsDir, `${epoch}-${prefix}`);
+        const leftover = this.ns.filesOf(prefix).sort((a, b) => b.epoch - a.epoch)[0];
+        const epoch = leftover?.epoch ?? this.ns.lastEpoch(prefix) + 1;
+        const netnsPath = leftover?.netnsPath ?? path.join(this.ns.netnsDir, `${epoch}-${prefix}`);
         createdNs = createNetns(netnsPath);
         try {
-          o = this.openOverlay(prefix, netnsPath, epoch);
+          o = this.ns.open(prefix, netnsPath, epoch);
         } catch (e) {
           if (createdNs) deleteNetns(netnsPath);
           throw e;
@@ -286,7 +141,7 @@ export class Dataplane {
         o.bridgeIndex = br.link.index;
         if (br.created) created.push(br.link);
         await ensureAddress(o.sock, br.link.index, spec.gatewayCidr);
-        const v = await ensureVxlan(this.hostSocket(), o.sock, o.nsFd, vx, br.link.index);
+        const v = await ensureVxlan(this.ns.hostSocket(), o.sock, o.nsFd, vx, br.link.index);
         if (v.replaced) this.log.warn('replaced incompatible vxlan device', { network: spec.networkId, reason: v.replaced });
         if (v.created) created.push(v.link);
         // A br0 deleted (or a port released) by hand leaves the containers' ports without a master.
@@ -343,19 +198,19 @@ export class Dataplane {
         await deleteLink(o.sock, l.index);
       }
     } finally {
-      this.dropOverlay(o);
+      this.ns.drop(o);
       deleteNetns(o.netnsPath);
     }
   }
 
   /** Removes the network's namespace (every epoch of it) and its devices; nothing there is fine. */
   removeOverlay(networkId: string): Promise<void> {
-    return this.serial(networkId, async () => {
+    return this.ns.serial(networkId, async () => {
       const prefix = networkPrefix(networkId);
-      const cached = this.overlays.get(prefix);
+      const cached = this.ns.cached(prefix);
       if (cached) await this.destroy(cached);
-      for (const f of this.filesOf(prefix)) {
-        if (isNetnsMounted(f.netnsPath)) await this.destroy(this.openOverlay(prefix, f.netnsPath, f.epoch));
+      for (const f of this.ns.filesOf(prefix)) {
+        if (isNetnsMounted(f.netnsPath)) await this.destroy(this.ns.open(prefix, f.netnsPath, f.epoch));
         else deleteNetns(f.netnsPath);
       }
       this.log.info('overlay removed', { network: networkId });
@@ -364,19 +219,11 @@ export class Dataplane {
 
   /** The live namespace file of a network (highest epoch if several), found in the netns directory. */
   findOverlay(networkId: string): OverlayInfo | undefined {
-    const live = this.filesOf(networkPrefix(networkId))
-      .filter((f) => isNetnsMounted(f.netnsPath))
-      .sort((a, b) => b.epoch - a.epoch)[0];
-    return live ? { netnsPath: live.netnsPath, epoch: live.epoch } : undefined;
+    return this.ns.findOverlay(networkId);
   }
 
   listOverlays(): OverlayListing[] {
-    const out: OverlayListing[] = [];
-    for (const name of listNetns(this.netnsDir)) {
-      const m = NETNS_NAME.exec(name);
-      if (m) out.push({ networkIdPrefix: m[2]!, netnsPath: path.join(this.netnsDir, name), epoch: Number(m[1]) });
-    }
-    return out;
+    return this.ns.listOverlays();
   }
 
   // ------------------------------------------------------------ endpoints
@@ -387,12 +234,12 @@ export class Dataplane {
    * kept (and corrected); a host end already moved away by Docker is fine; a broken pair is rebuilt.
    */
   attachEndpoint(a: EndpointAttachment): Promise<AttachedEndpoint> {
-    return this.serial(a.networkId, async () => {
+    return this.ns.serial(a.networkId, async () => {
       const names = vethNames(a.endpointId);
       const mac = parseUnicastMac(a.mac);
       validateMtu(a.mtu);
-      const o = this.required(a.networkId);
-      const master = o.bridgeIndex ?? (await this.indexOf(o, BRIDGE_NAME));
+      const o = this.ns.required(a.networkId);
+      const master = o.bridgeIndex ?? (await this.ns.indexOf(o, BRIDGE_NAME));
       const veth = { hostName: names.srcName, peerName: names.bridgePortName, mtu: a.mtu, mac, masterIndex: master };
       const create = async (): Promise<AttachedEndpoint> => {
         await createVeth(o.sock, hostNetnsFd(), veth);
@@ -405,7 +252,7 @@ export class Dataplane {
       } catch (e) {
         if (!isNetlinkError(e, 'EEXIST')) throw e;
       }
-      const hostSock = this.hostSocket();
+      const hostSock = this.ns.hostSocket();
       const peer = await getLink(o.sock, names.bridgePortName);
       const hostEnd = await getLink(hostSock, names.srcName);
 
@@ -431,10 +278,10 @@ export class Dataplane {
 
   /** Deletes the endpoint's pair through whichever end still exists; none is fine. */
   detachEndpoint(networkId: string, endpointId: string): Promise<void> {
-    return this.serial(networkId, async () => {
+    return this.ns.serial(networkId, async () => {
       const names = vethNames(endpointId);
-      await deleteLink(this.hostSocket(), names.srcName);
-      const o = this.existing(networkId);
+      await deleteLink(this.ns.hostSocket(), names.srcName);
+      const o = this.ns.existing(networkId);
       if (o) await deleteLink(o.sock, names.bridgePortName);
       this.log.debug('endpoint detached', { network: networkId, endpoint: endpointId });
     });
@@ -442,15 +289,15 @@ export class Dataplane {
 
   /** How many veths are br0 ports in the network's namespace (0 if it has none). */
   countAttachedEndpoints(networkId: string): Promise<number> {
-    return this.withOverlay(networkId, 0, async (o) => {
-      const master = await this.indexOf(o, BRIDGE_NAME);
+    return this.ns.withOverlay(networkId, 0, async (o) => {
+      const master = await this.ns.indexOf(o, BRIDGE_NAME);
       return (await listLinks(o.sock)).filter((l) => l.kind === 'veth' && l.master === master).length;
     });
   }
 
   /** Names of the endpoint ports (`ve…`) in the network's namespace (empty if it has none). */
   bridgePorts(networkId: string): Promise<string[]> {
-    return this.withOverlay(networkId, [], async (o) =>
+    return this.ns.withOverlay(networkId, [], async (o) =>
       (await listLinks(o.sock)).filter((l) => l.kind === 'veth' && PORT_VETH_NAME.test(l.name)).map((l) => l.name),
     );
   }
@@ -472,7 +319,7 @@ export class Dataplane {
     }
     const keepNets = new Set([...keep.networkIds].map(networkPrefix));
     const report: OrphanReport = { hostVeths: [], ports: [], namespaces: [] };
-    const hostSock = this.hostSocket();
+    const hostSock = this.ns.hostSocket();
     for (const l of await listLinks(hostSock)) {
       if (l.kind !== 'veth' || !HOST_VETH_NAME.test(l.name) || keepHost.has(l.name)) continue;
       await deleteLink(hostSock, l.index);
@@ -485,14 +332,14 @@ export class Dataplane {
     for (const f of this.listOverlays()) {
       const prefix = f.networkIdPrefix;
       if (!/^[A-Za-z0-9_.-]+$/.test(prefix)) continue; // not a file of ours
-      await this.serial(prefix, async () => {
+      await this.ns.serial(prefix, async () => {
         if (!isNetnsMounted(f.netnsPath)) {
           deleteNetns(f.netnsPath);
           report.namespaces.push(path.basename(f.netnsPath));
           return;
         }
-        const cached = this.overlays.get(prefix);
-        const o = cached && cached.netnsPath === f.netnsPath ? cached : this.openOverlay(prefix, f.netnsPath, f.epoch);
+        const cached = this.ns.cached(prefix);
+        const o = cached && cached.netnsPath === f.netnsPath ? cached : this.ns.open(prefix, f.netnsPath, f.epoch);
         if (!keepNets.has(prefix) || newest.get(prefix) !== f.epoch) {
           await this.destroy(o);
           report.namespaces.push(path.basename(f.netnsPath));
@@ -512,22 +359,22 @@ export class Dataplane {
 
   /** Removes `remove` then adds `add` (see peers.applyPeerDiff). */
   applyPeers(networkId: string, add: Peer[], remove: Peer[]): Promise<PeerChangeResult> {
-    return this.withVxlan(networkId, (o, vxlanIndex) => applyPeerDiff(o.sock, vxlanIndex, add, remove));
+    return this.ns.withVxlan(networkId, (o, vxlanIndex) => applyPeerDiff(o.sock, vxlanIndex, add, remove));
   }
 
   /** Makes the tables hold exactly `desired` (see peers.setPeers). */
   setPeers(networkId: string, desired: Peer[]): Promise<PeerChangeResult> {
-    return this.withVxlan(networkId, (o, vxlanIndex) => kernelSetPeers(o.sock, vxlanIndex, desired));
+    return this.ns.withVxlan(networkId, (o, vxlanIndex) => kernelSetPeers(o.sock, vxlanIndex, desired));
   }
 
   /** Remote containers as programmed: PERMANENT neighbours joined with their `self` FDB entries. */
   listPeers(networkId: string): Promise<Peer[]> {
-    return this.withOverlay(networkId, [], async (o) => kernelPeers(o.sock, await this.indexOf(o, VXLAN_NAME)));
+    return this.ns.withOverlay(networkId, [], async (o) => kernelPeers(o.sock, await this.ns.indexOf(o, VXLAN_NAME)));
   }
 
   /** Devices, addresses and vxlan0's tables of a network's namespace; undefined when it has none. */
   inspectOverlay(networkId: string): Promise<OverlayView | undefined> {
-    return this.withOverlay<OverlayView | undefined>(networkId, undefined, async (o) => {
+    return this.ns.withOverlay<OverlayView | undefined>(networkId, undefined, async (o) => {
       const [links, addresses] = await Promise.all([listLinks(o.sock), listIPv4Addresses(o.sock)]);
       const vx = links.find((l) => l.name === VXLAN_NAME);
       const [neighbours, fdb] = vx ? await Promise.all([listNeighbours(o.sock, vx.index), listFdb(o.sock, vx.index)]) : [[], []];
@@ -542,7 +389,7 @@ export class Dataplane {
    * miss lost to a receive-buffer overrun costs only a retry.
    */
   watchMisses(networkId: string, onMiss: (m: Miss) => void): Promise<() => void> {
-    return this.withVxlan(networkId, async (o, vxlanIndex) => {
+    return this.ns.withVxlan(networkId, async (o, vxlanIndex) => {
       const sock = withNetns(o.nsFd, () => new NlSocket({ groups: [RTNLGRP_NEIGH] }));
       sock.on('notification', (m: NlMessage) => {
         const miss = parseMiss(m.type, m.data);
@@ -561,12 +408,8 @@ export class Dataplane {
       };
     });
   }
-
   /** Closes sockets and descriptors. Namespaces and devices stay: they must outlive the process. */
   close(): void {
-    this.closed = true;
-    for (const o of [...this.overlays.values()]) this.dropOverlay(o);
-    this.hostSocketCache?.close();
-    this.hostSocketCache = undefined;
+    this.ns.close();
   }
 }
