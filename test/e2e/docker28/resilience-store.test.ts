@@ -1,4 +1,0 @@
-// test/e2e/resilience-store.test.ts on Docker 28 (see test/helpers/engine-suite.ts).
-import { onEngine } from '../../helpers/engine-suite';
-
-onEngine('28', () => require('../resilience-store.test'));
