@@ -185,6 +185,20 @@ function isRefused(err: unknown): boolean {
   return code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH';
 }
 
+/**
+ * The server answered 500 because it has no leader to forward the call to ("No cluster
+ * leader", or it cannot connect to the leader that just died): the call was applied nowhere.
+ */
+function isNotForwarded(err: unknown): boolean {
+  const response = errorShapeSchema.safeParse(err).data?.response;
+  if (response?.statusCode !== 500) return false;
+  const body = response.body;
+  const text = Buffer.isBuffer(body) ? body.toString('utf8') : typeof body === 'string' ? body : '';
+  return /no cluster leader|rpc error getting client/i.test(text);
+}
+
+const NO_LEADER_PAUSE_MS = 200;
+
 /** A response body papi did not decode (wrong content type) is still JSON text. */
 function parseMaybeJson(body: unknown): unknown {
   const text = Buffer.isBuffer(body) ? body.toString('utf8') : typeof body === 'string' ? body : undefined;
@@ -478,14 +492,22 @@ export class ConsulStore implements Store {
     const deadline = Date.now() + ms;
     let at = this.current;
     try {
-      for (let tried = 1; ; tried++) {
+      for (let refused = 0; ; ) {
         try {
           return await withDeadline(fn(this.apis[at]!, { timeout: Math.max(1, deadline - Date.now()) }), deadline - Date.now() + 250, () => `${this.description}: ${what}`);
         } catch (err) {
-          // A refused connection delivered nothing: the next address may take the call at once.
-          if (tried >= this.apis.length || !isRefused(err) || Date.now() >= deadline) throw err;
-          this.failover(at, errorMessage(err));
-          at = this.current;
+          if (Date.now() + NO_LEADER_PAUSE_MS >= deadline) throw err;
+          if (isRefused(err) && ++refused < this.apis.length) {
+            // A refused connection delivered nothing: the next address may take the call at once.
+            this.failover(at, errorMessage(err));
+            at = this.current;
+          } else if (isNotForwarded(err)) {
+            // The servers are electing a leader (the leader died): nothing was applied, and an
+            // election ends within seconds. Wait for it, within the deadline, as etcd does.
+            await sleep(NO_LEADER_PAUSE_MS);
+          } else {
+            throw err;
+          }
         }
       }
     } catch (err) {
@@ -496,7 +518,8 @@ export class ConsulStore implements Store {
       const f = classify(err);
       switch (f.kind) {
         case 'unavailable':
-          this.failover(at, f.message);
+          // A server that answered (a 5xx) is alive: only silence moves calls elsewhere.
+          if (errorShapeSchema.safeParse(err).data?.response?.statusCode === undefined) this.failover(at, f.message);
           throw new StoreUnavailableError(`${this.description}: ${what} failed, Consul unreachable: ${f.message}`);
         case 'conflict':
           throw new ConsulConflictError(`${this.description}: ${what}: ${f.errors.map((e) => e.What).join('; ') || f.message}`, f.errors);
