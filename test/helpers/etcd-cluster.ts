@@ -29,6 +29,8 @@ export interface EtcdClusterOptions {
   /** etcd's --heartbeat-interval / --election-timeout in ms (etcd's defaults 100 / 1000 when unset). */
   heartbeatMs?: number;
   electionTimeoutMs?: number;
+  /** More etcd flags for every member (e.g. `--quota-backend-bytes` for a benchmark). */
+  extraArgs?: readonly string[];
 }
 
 export interface EtcdMember {
@@ -137,6 +139,7 @@ export async function startEtcdCluster(opts: EtcdClusterOptions = {}): Promise<E
       '--logger', 'zap',
       '--log-outputs', 'stderr',
       '--log-level', 'warn',
+      ...(opts.extraArgs ?? []),
     ];
     const state: MemberState = {
       args,
