@@ -1,7 +1,9 @@
 /**
  * Issue 19, "A store that loses a member": three Docker hosts whose daemons are given every
  * member of a 3-member etcd cluster (`etcd://a,b,c`; with TSO_STORE_BACKEND=consul, three
- * Consul servers as `consul://a,b,c`: test/e2e/consul/). During a burst of `docker run`s on the
+ * Consul servers as `consul://a,b,c`: test/e2e/consul/; with TSO_CONSUL_LAYOUT=agent too, each
+ * daemon talks to its own Consul client agent instead, the other layout docs/install.md
+ * describes; not in CI). During a burst of `docker run`s on the
  * three hosts the store's leader is SIGKILLed. Then:
  * - no request started once the store took writes again failed (failures are confined to the
  *   election), and every container of the burst runs (a user retries what failed);
@@ -38,6 +40,7 @@ import {
 } from '../helpers/resilience';
 
 const backend = process.env.TSO_STORE_BACKEND === 'consul' ? 'consul' : 'etcd';
+const consulAgents = backend === 'consul' && process.env.TSO_CONSUL_LAYOUT === 'agent';
 const skip = e2eSkipReason(backend === 'etcd' ? ['/usr/bin/etcd', '/usr/bin/etcdctl'] : []) || (backend === 'consul' && consulSkipReason());
 cleanupAfter();
 
@@ -55,7 +58,8 @@ let cluster: Cluster;
 let etcd: EtcdCluster | undefined;
 let consul: ConsulCluster | undefined;
 let hosts: DockerHost[];
-let storeUrl: string;
+/** Each host's store URL. */
+const storeUrls = new Map<string, string>();
 let probeUrl: string;
 const plugins = new Map<string, PluginProcess>();
 const netIds = new Map<string, string>();
@@ -108,17 +112,17 @@ before(async () => {
   cluster = await startCluster({ hosts: 3 });
   hosts = [...cluster.hosts];
   if (backend === 'consul') {
-    consul = await startConsulCluster({ clientAddress: cluster.underlay.gateway });
-    storeUrl = `consul://${consul.reachableAddresses.join(',')}`;
-    probeUrl = `consul://${consul.members.map((m) => m.address).join(',')}`;
+    consul = await startConsulCluster({ clientAddress: cluster.underlay.gateway, clients: consulAgents ? hosts.length : 0 });
+    hosts.forEach((h, i) => storeUrls.set(h.name, `consul://${consulAgents ? consul!.agents[i]! : consul!.reachableAddresses.join(',')}`));
+    probeUrl = consulAgents ? storeUrls.get(hosts[0]!.name)! : `consul://${consul.members.map((m) => m.address).join(',')}`;
   } else {
     etcd = await startEtcdCluster({ alsoListenOn: cluster.underlay.gateway });
-    storeUrl = `etcd://${etcd.reachableEndpoints.join(',')}`;
+    for (const h of hosts) storeUrls.set(h.name, `etcd://${etcd.reachableEndpoints.join(',')}`);
     probeUrl = `etcd://${etcd.endpoints.join(',')}`;
   }
   await Promise.all(
     hosts.map(async (h) => {
-      plugins.set(h.name, await startPlugin(h, { store: storeUrl }));
+      plugins.set(h.name, await startPlugin(h, { store: storeUrls.get(h.name)! }));
     }),
   );
   for (const h of hosts) {
@@ -175,7 +179,9 @@ function startWriteProbe(store: Store, everyMs = 100): { stop(): Promise<Probe[]
   };
 }
 
-test(`${backend}: the store's leader SIGKILLed during a burst of docker runs on three hosts`, { skip, timeout: 170_000 }, async (t) => {
+const label = consulAgents ? 'consul (client agent per host)' : backend;
+
+test(`${label}: the store's leader SIGKILLed during a burst of docker runs on three hosts`, { skip, timeout: 170_000 }, async (t) => {
   const [a, b, c] = hosts as [DockerHost, DockerHost, DockerHost];
   const a1 = await runSleeper(a, 'a1');
   const b1 = await runSleeper(b, 'b1');
@@ -245,12 +251,12 @@ test(`${backend}: the store's leader SIGKILLed during a burst of docker runs on 
   const succeeded = attempts.filter((x) => x.error === undefined);
   const longestFailed = Math.max(0, ...failed.map((x) => x.ms));
   const longestOk = Math.max(...succeeded.map((x) => x.ms));
-  t.diagnostic(`${backend}: member ${leader} (leader) SIGKILLed; member ${newLeader} leads ${electionMs} ms later`);
+  t.diagnostic(`${label}: member ${leader} (leader) SIGKILLed; member ${newLeader} leads ${electionMs} ms later`);
   t.diagnostic(
-    `${backend}: first successful store write ${recoveredMs} ms after the kill; ${failedProbes} of ${probes.length} probe writes failed; longest probe write ${longestProbe} ms; the last write begun before the election ended ${lastStalled} ms after the kill`,
+    `${label}: first successful store write ${recoveredMs} ms after the kill; ${failedProbes} of ${probes.length} probe writes failed; longest probe write ${longestProbe} ms; the last write begun before the election ended ${lastStalled} ms after the kill`,
   );
   t.diagnostic(
-    `${backend}: burst of ${hosts.length * PER_HOST} docker runs in ${burstEnd - killAt} ms after the kill: ${failed.length} attempts failed (longest ${longestFailed} ms), longest successful run ${longestOk} ms`,
+    `${label}: burst of ${hosts.length * PER_HOST} docker runs in ${burstEnd - killAt} ms after the kill: ${failed.length} attempts failed (longest ${longestFailed} ms), longest successful run ${longestOk} ms`,
   );
   for (const f of failed) t.diagnostic(`  failed ${f.name} at kill${f.start - killAt >= 0 ? '+' : ''}${f.start - killAt} ms after ${f.ms} ms: ${f.error!.slice(0, 240)}`);
   // Failures are confined to the election: nothing that started once the store was writable failed.
@@ -260,7 +266,7 @@ test(`${backend}: the store's leader SIGKILLed during a burst of docker runs on 
 
   // The member is back, and nothing needed a restart.
   await waitFor(converged, { timeoutMs: 30_000, intervalMs: 250, what: 'every host to match the store after the member loss' });
-  t.diagnostic(`${backend}: every host's tables match the store ${Date.now() - restartedAt} ms after the member restarted`);
+  t.diagnostic(`${label}: every host's tables match the store ${Date.now() - restartedAt} ms after the member restarted`);
   for (const [name, m] of monitors) {
     const r = await m.stop();
     t.diagnostic(`ping ${name} across the member loss: ${r.sent} sent, ${r.lost} lost`);

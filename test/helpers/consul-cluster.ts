@@ -5,6 +5,9 @@
  * underlay gateway so that plugins inside test hosts reach it), serf and server RPC on free
  * loopback ports, DNS and gRPC off, data under the per-run directory.
  *
+ * With `clients`, that many client agents join them too (the layout where each host talks to
+ * its own agent): their HTTP addresses are `agents`.
+ *
  * `kill(i)` SIGKILLs one server by PID and keeps its data; `restart(i)` starts it again with
  * the same node name, ports and data, so it rejoins. `leader()` maps /v1/status/leader to a
  * member. `stop()` stops every server by PID and removes the data (also from the harness's
@@ -25,6 +28,8 @@ export interface ConsulClusterOptions {
   clientAddress?: string;
   /** Until the cluster has a leader, default 60 s. */
   startTimeoutMs?: number;
+  /** Client agents to start besides the servers, default 0. */
+  clients?: number;
 }
 
 export interface ConsulMember {
@@ -44,6 +49,8 @@ export interface ConsulCluster {
   readonly members: readonly ConsulMember[];
   /** HTTP addresses on `clientAddress` (for consul://a,b,c in test hosts). */
   readonly reachableAddresses: string[];
+  /** The client agents' HTTP addresses on `clientAddress` (loopback when not given). */
+  readonly agents: string[];
   /** Index of the server that leads now, waiting up to `waitMs` (default 30 s). */
   leader(waitMs?: number): Promise<number>;
   /** SIGKILL one server (by PID), data kept. */
@@ -105,18 +112,20 @@ export async function startConsulCluster(opts: ConsulClusterOptions = {}): Promi
   const n = opts.servers ?? 3;
   const startTimeoutMs = opts.startTimeoutMs ?? 60_000;
   const dir = fs.mkdtempSync(path.join(runDir(), 'consul-cluster-'));
-  const ports = await freePorts(4 * n);
+  const clients = opts.clients ?? 0;
+  const ports = await freePorts(4 * (n + clients));
   const serfOf = (i: number): number => ports[4 * i + 1]!;
   const states: ServerState[] = [];
-  for (let i = 0; i < n; i++) {
+  for (let i = 0; i < n + clients; i++) {
+    const isServer = i < n;
     const [httpPort, serfLan, serfWan, serverPort] = ports.slice(4 * i, 4 * i + 4) as [number, number, number, number];
     const serverDir = path.join(dir, `s${i}`);
     fs.mkdirSync(path.join(serverDir, 'data'), { recursive: true });
-    const nodeName = `${path.basename(dir)}-s${i}`;
+    const nodeName = `${path.basename(dir)}-${isServer ? `s${i}` : `c${i - n}`}`;
     const config = {
       node_name: nodeName,
-      server: true,
-      bootstrap_expect: n,
+      server: isServer,
+      ...(isServer ? { bootstrap_expect: n } : {}),
       data_dir: path.join(serverDir, 'data'),
       bind_addr: '127.0.0.1',
       client_addr: opts.clientAddress ? `127.0.0.1 ${opts.clientAddress}` : '127.0.0.1',
@@ -151,6 +160,8 @@ export async function startConsulCluster(opts: ConsulClusterOptions = {}): Promi
     states.push(state);
   }
 
+  const agentStates = states.slice(n);
+  states.length = n;
   const live = (): ServerState[] => states.filter((s) => s.proc?.running());
 
   const api = async (method: string, urlPath: string, body?: unknown): Promise<{ status: number; body: unknown; text: string }> => {
@@ -222,13 +233,13 @@ export async function startConsulCluster(opts: ConsulClusterOptions = {}): Promi
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
-    await Promise.all(states.map((s) => killServer(s, 'SIGTERM')));
+    await Promise.all([...agentStates, ...states].map((s) => killServer(s, 'SIGTERM')));
     removeTree(dir);
     unregister();
   };
   const unregister = registerCleanup(`consul cluster ${path.basename(dir)}`, stop, {
     sync: () => {
-      for (const s of states) {
+      for (const s of [...agentStates, ...states]) {
         if (s.proc?.running()) {
           try {
             process.kill(s.proc.pid, 'SIGKILL');
@@ -242,8 +253,8 @@ export async function startConsulCluster(opts: ConsulClusterOptions = {}): Promi
   });
 
   try {
-    for (const s of states) spawnServer(s);
-    await Promise.all(states.map(waitServing));
+    for (const s of [...states, ...agentStates]) spawnServer(s);
+    await Promise.all([...states, ...agentStates].map(waitServing));
     // The KV store answers once the leader has established itself (its first barrier).
     const deadline = Date.now() + startTimeoutMs;
     while ((await api('PUT', '/v1/kv/tso-cluster-ready', 'x').catch(() => ({ status: 0 }))).status !== 200) {
@@ -265,6 +276,7 @@ export async function startConsulCluster(opts: ConsulClusterOptions = {}): Promi
   return {
     members: states.map((s) => s.member),
     reachableAddresses: states.map((s) => s.member.reachableAddress),
+    agents: agentStates.map((s) => s.member.reachableAddress),
     leader,
     kill: (i) => killServer(server(i), 'SIGKILL'),
     async restart(i) {
