@@ -194,6 +194,14 @@ test(`${label}: the store's leader SIGKILLed during a burst of docker runs on th
   ];
   const probeStore = await openStore(probeUrl, { logger: silentLogger(), prefix: 'tso-member-loss-probe/' });
   const probe = startWriteProbe(probeStore);
+  let probing = true;
+  const stopProbe = async (): Promise<Probe[]> => {
+    const probes = await probe.stop();
+    if (probing) await probeStore.close();
+    probing = false;
+    return probes;
+  };
+  t.after(stopProbe); // also when an assertion fails first
   await sleep(1000);
 
   // The burst: each host starts PER_HOST containers, CONCURRENCY at a time, retrying what fails.
@@ -236,8 +244,7 @@ test(`${label}: the store's leader SIGKILLed during a burst of docker runs on th
 
   await storeCluster.restart(leader);
   const restartedAt = Date.now();
-  const probes = await probe.stop();
-  await probeStore.close();
+  const probes = await stopProbe();
 
   // The window: from the kill to the first write started after it that succeeded (writes
   // in flight at the kill may finish later than writes started after the election).
