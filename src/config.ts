@@ -66,7 +66,7 @@ interface OptionSpec {
 /** Every option: a `--flag`, and a `TSOVERLAY_*` variable because managed plugins are configured through env. */
 export const OPTIONS = {
   socket: { env: 'TSOVERLAY_SOCKET', default: '/run/docker/plugins/tsoverlay.sock', help: 'Unix socket Docker talks to' },
-  store: { env: 'TSOVERLAY_STORE', default: 'local:///var/lib/tsoverlay', help: 'local:///dir, etcd://host:2379[,host2:2379] or consul://host:8500 (no user:password@ here: it shows in ps; use --etcd-user and --etcd-password-file)' },
+  store: { env: 'TSOVERLAY_STORE', default: 'local:///var/lib/tsoverlay', help: 'local:///dir, etcd://host:2379[,host2:2379] or consul://host:8500[,host2:8500] (no user:password@ here: it shows in ps; use --etcd-user and --etcd-password-file)' },
   'store-prefix': { env: 'TSOVERLAY_STORE_PREFIX', default: 'tsoverlay/v1/', help: 'key prefix in the store' },
   'netns-dir': { env: 'TSOVERLAY_NETNS_DIR', default: '/run/tsoverlay/netns', help: 'where overlay namespace files are mounted' },
   vtep: { env: 'TSOVERLAY_VTEP', help: 'underlay IPv4 address of this host (default: address of the default-route interface)' },

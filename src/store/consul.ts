@@ -48,6 +48,8 @@ import {
 export interface ConsulStoreOptions {
   host: string;
   port: number;
+  /** More agents or servers, used in turn when the current one does not answer. */
+  fallbacks?: Array<{ host: string; port: number }>;
   /** HTTPS (system CA store; add a private CA with NODE_EXTRA_CA_CERTS). */
   secure?: boolean;
   /** ACL token; defaults to nothing (the agent's default token applies). */
@@ -176,6 +178,26 @@ function classify(err: unknown): Failure {
   }
   return { kind: 'other', message };
 }
+
+/** The connection was refused or had no route: the request never reached Consul. */
+function isRefused(err: unknown): boolean {
+  const code = errorShapeSchema.safeParse(err).data?.code;
+  return code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH';
+}
+
+/**
+ * The server answered 500 because it has no leader to forward the call to ("No cluster
+ * leader", or it cannot connect to the leader that just died): the call was applied nowhere.
+ */
+function isNotForwarded(err: unknown): boolean {
+  const response = errorShapeSchema.safeParse(err).data?.response;
+  if (response?.statusCode !== 500) return false;
+  const body = response.body;
+  const text = Buffer.isBuffer(body) ? body.toString('utf8') : typeof body === 'string' ? body : '';
+  return /no cluster leader|rpc error getting client/i.test(text);
+}
+
+const NO_LEADER_PAUSE_MS = 200;
 
 /** A response body papi did not decode (wrong content type) is still JSON text. */
 function parseMaybeJson(body: unknown): unknown {
@@ -414,7 +436,10 @@ export class ConsulStore implements Store {
   readonly timeoutMs: number;
   readonly watchWaitSeconds: number;
 
-  private readonly api: ConsulApi;
+  /** One client per address given; calls go to `apis[current]`. */
+  private readonly apis: ConsulApi[];
+  private readonly addresses: string[];
+  private current = 0;
   private readonly logger: Logger;
   private readonly leases = new Set<ConsulLease>();
   private readonly watches = new Set<ConsulWatch>();
@@ -426,17 +451,35 @@ export class ConsulStore implements Store {
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.watchWaitSeconds = options.watchWaitSeconds ?? 30;
     if (this.prefix.startsWith('/')) throw new Error('consul store: the key prefix must not start with "/"');
-    const hostPart = options.host.includes(':') ? `[${options.host}]` : options.host;
-    this.description = `${options.secure ? 'consuls' : 'consul'}://${hostPart}:${options.port}`;
-    const client = new Consul({
-      host: options.host,
-      port: options.port,
-      secure: options.secure ?? false,
-      defaults: options.token ? { token: options.token } : undefined,
-    });
+    const targets = [{ host: options.host, port: options.port }, ...(options.fallbacks ?? [])];
+    this.addresses = targets.map((t) => `${t.host.includes(':') ? `[${t.host}]` : t.host}:${t.port}`);
+    this.description = `${options.secure ? 'consuls' : 'consul'}://${this.addresses.join(',')}`;
     // The package's typings omit call options (timeout, ctx, index, wait) and the txn wire
     // format; ConsulApi describes exactly the calls made here.
-    this.api = client as unknown as ConsulApi;
+    this.apis = targets.map(
+      (t) =>
+        new Consul({
+          host: t.host,
+          port: t.port,
+          secure: options.secure ?? false,
+          defaults: options.token ? { token: options.token } : undefined,
+        }) as unknown as ConsulApi,
+    );
+  }
+
+  /**
+   * After a failure on `apis[failed]`, later calls go to the next address (unless another call
+   * has moved on already). Any server forwards to the leader, and sessions carry no node health
+   * check, so which one answers does not matter.
+   */
+  private failover(failed: number, error: string): void {
+    if (this.apis.length < 2 || this.current !== failed) return;
+    this.current = (failed + 1) % this.apis.length;
+    this.logger.warn('consul address not answering; using the next one', {
+      failed: this.addresses[failed],
+      next: this.addresses[this.current],
+      error,
+    });
   }
 
   // ---- plumbing ----
@@ -446,13 +489,37 @@ export class ConsulStore implements Store {
     if (this.closed) throw new Error(`${this.description}: store is closed`);
     const ms = timeoutMs ?? this.timeoutMs;
     const started = performance.now();
+    const deadline = Date.now() + ms;
+    let at = this.current;
     try {
-      return await withDeadline(fn(this.api, { timeout: ms }), ms + 250, () => `${this.description}: ${what}`);
+      for (let refused = 0; ; ) {
+        try {
+          return await withDeadline(fn(this.apis[at]!, { timeout: Math.max(1, deadline - Date.now()) }), deadline - Date.now() + 250, () => `${this.description}: ${what}`);
+        } catch (err) {
+          if (Date.now() + NO_LEADER_PAUSE_MS >= deadline) throw err;
+          if (isRefused(err) && ++refused < this.apis.length) {
+            // A refused connection delivered nothing: the next address may take the call at once.
+            this.failover(at, errorMessage(err));
+            at = this.current;
+          } else if (isNotForwarded(err)) {
+            // The servers are electing a leader (the leader died): nothing was applied, and an
+            // election ends within seconds. Wait for it, within the deadline, as etcd does.
+            await sleep(NO_LEADER_PAUSE_MS);
+          } else {
+            throw err;
+          }
+        }
+      }
     } catch (err) {
-      if (err instanceof StoreUnavailableError) throw err;
+      if (err instanceof StoreUnavailableError) {
+        this.failover(at, err.message);
+        throw err;
+      }
       const f = classify(err);
       switch (f.kind) {
         case 'unavailable':
+          // A server that answered (a 5xx) is alive: only silence moves calls elsewhere.
+          if (errorShapeSchema.safeParse(err).data?.response?.statusCode === undefined) this.failover(at, f.message);
           throw new StoreUnavailableError(`${this.description}: ${what} failed, Consul unreachable: ${f.message}`);
         case 'conflict':
           throw new ConsulConflictError(`${this.description}: ${what}: ${f.errors.map((e) => e.What).join('; ') || f.message}`, f.errors);
@@ -686,7 +753,7 @@ export class ConsulStore implements Store {
       lease.stop();
     }
     this.leases.clear();
-    this.api.destroy();
+    for (const api of this.apis) api.destroy();
   }
 }
 

@@ -4,8 +4,9 @@
  *   etcd://h1:2379[,h2:2379]            etcd (etcds:// for TLS; `user:pass@` accepted, but it
  *                                       shows in `ps` and `docker plugin inspect`: prefer
  *                                       --etcd-user with --etcd-password-file)
- *   consul://h:8500                     Consul (consuls:// for HTTPS); `consul://` alone uses
- *                                       CONSUL_HTTP_ADDR (else 127.0.0.1:8500)
+ *   consul://h:8500[,h2:8500]           Consul (consuls:// for HTTPS): the host's local agent, or
+ *                                       the servers, tried in order when one does not answer;
+ *                                       `consul://` alone uses CONSUL_HTTP_ADDR (else 127.0.0.1:8500)
  * Store.description never contains credentials.
  */
 
@@ -47,7 +48,7 @@ export interface HostPort {
 export type StoreLocation =
   | { kind: 'local'; dir: string }
   | { kind: 'etcd'; secure: boolean; endpoints: HostPort[]; username?: string; password?: string }
-  | { kind: 'consul'; secure: boolean; host: string; port: number };
+  | { kind: 'consul'; secure: boolean; host: string; port: number; fallbacks?: HostPort[] };
 
 export class StoreUrlError extends Error {
   constructor(url: string, reason: string) {
@@ -100,7 +101,7 @@ function formatHostPort(hp: HostPort): string {
 }
 
 export function parseStoreUrl(url: string, env: NodeJS.ProcessEnv = process.env): StoreLocation {
-  const usage = 'expected local:///dir, etcd://host:port[,host:port] or consul://host:port';
+  const usage = 'expected local:///dir, etcd://host:port[,host:port] or consul://host:port[,host:port]';
   const sm = /^([a-z][a-z0-9+.-]*):/i.exec(url.trim());
   if (!sm) throw new StoreUrlError(url, usage);
   const scheme = (sm[1] ?? '').toLowerCase();
@@ -170,8 +171,9 @@ export function parseStoreUrl(url: string, env: NodeJS.ProcessEnv = process.env)
     if (userinfo !== undefined || hostText.includes('@')) {
       throw new StoreUrlError(url, 'credentials in a Consul URL are not supported; use CONSUL_HTTP_TOKEN_FILE (or CONSUL_HTTP_TOKEN)');
     }
-    const hp = parseHostPort(url, hostText, 8500);
-    return { kind: 'consul', secure, host: hp.host, port: hp.port };
+    const [hp, ...fallbacks] = hostText.split(',').map((h) => parseHostPort(url, h.trim(), 8500));
+    if (!hp) throw new StoreUrlError(url, 'no Consul address given');
+    return { kind: 'consul', secure, host: hp.host, port: hp.port, ...(fallbacks.length > 0 ? { fallbacks } : {}) };
   }
   throw new StoreUrlError(url, `unknown scheme "${scheme}:"`);
 }
@@ -252,6 +254,7 @@ export async function openStore(url: string, opts: OpenStoreOptions): Promise<St
       store = new ConsulStore({
         host: loc.host,
         port: loc.port,
+        fallbacks: loc.fallbacks,
         secure: loc.secure,
         token: await consulToken(opts, env),
         prefix: opts.prefix,

@@ -241,7 +241,7 @@ export async function startConsul(opts: ConsulOptions = {}): Promise<ConsulServe
 }
 
 /** Every key below `prefix` with its JSON value, keys relative to `prefix` (as etcdDump reads etcd). */
-export async function consulDump(server: ConsulServer, prefix = 'tsoverlay/v1/'): Promise<Map<string, Record<string, unknown>>> {
+export async function consulDump(server: Pick<ConsulServer, 'api'>, prefix = 'tsoverlay/v1/'): Promise<Map<string, Record<string, unknown>>> {
   const r = await server.api('GET', `/v1/kv/${prefix}?recurse=true`);
   const out = new Map<string, Record<string, unknown>>();
   if (r.status === 404) return out;

@@ -117,7 +117,7 @@ export async function startPingMonitor(docker: Dockerode, container: string, ip:
 }
 
 /** Every key under the plugin's prefix (relative), with its JSON value. */
-export async function etcdDump(etcd: EtcdServer, prefix = STORE_PREFIX): Promise<Map<string, Record<string, unknown>>> {
+export async function etcdDump(etcd: Pick<EtcdServer, 'etcdctl'>, prefix = STORE_PREFIX): Promise<Map<string, Record<string, unknown>>> {
   const text = await etcd.etcdctl('get', '--prefix', prefix, '-w', 'json');
   const parsed = JSON.parse(text) as { kvs?: { key: string; value: string }[] };
   const out = new Map<string, Record<string, unknown>>();

@@ -118,6 +118,34 @@ if (skip) {
     }
   });
 
+  test('consul://a,b: an address that refuses connections is passed over at once, for calls, sessions and watches', async (t) => {
+    if (!server) {
+      t.skip('CONSUL_HTTP_ADDR names an outside agent');
+      return;
+    }
+    // Port 1 on loopback refuses: the first address is a server that is down.
+    const store = await openStore(`consul://127.0.0.1:1,${server.address}`, { logger, prefix: `${RUN_PREFIX}/list-${randomBytes(3).toString('hex')}/`, timeoutMs: 5000 });
+    try {
+      assert.equal(store.description, `consul://127.0.0.1:1,${server.address}`);
+      const seen: string[] = [];
+      const watch = store.watch('w/', { onReset: () => undefined, onEvents: (evs) => seen.push(...evs.map((e) => e.key)), onError: () => undefined });
+      const t0 = Date.now();
+      await store.put('w/a', '1');
+      assert.equal((await store.get('w/a'))?.value, '1');
+      const lease = await store.grantLease(CONSUL_MIN_TTL_SECONDS);
+      await store.put('w/b', '2', { lease });
+      assert.ok(Date.now() - t0 < 4000, `calls answered without waiting on the dead address (${Date.now() - t0} ms)`);
+      const until = Date.now() + 10_000;
+      while (!seen.includes('w/b') && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+      assert.ok(seen.includes('w/b'), `the watch delivered through the second address: ${seen.join(' ')}`);
+      await watch.close();
+      await lease.revoke();
+      await store.deletePrefix('');
+    } finally {
+      await store.close();
+    }
+  });
+
   test('a session outlives an outage of Consul longer than its TTL: no loss, its keys stay', { timeout: 120_000 }, async (t) => {
     if (!server) {
       t.skip('CONSUL_HTTP_ADDR names an outside agent: this test stops and starts the server it starts itself');

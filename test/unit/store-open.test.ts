@@ -64,6 +64,20 @@ describe('store URL parsing', () => {
     assert.deepEqual(parseStoreUrl('consuls://c', {}), { kind: 'consul', secure: true, host: 'c', port: 8500 });
   });
 
+  test('consul: several servers (or agents), tried in order', () => {
+    assert.deepEqual(parseStoreUrl('consul://s1:8500,s2,[fd00::3]:8501', {}), {
+      kind: 'consul',
+      secure: false,
+      host: 's1',
+      port: 8500,
+      fallbacks: [
+        { host: 's2', port: 8500 },
+        { host: 'fd00::3', port: 8501 },
+      ],
+    });
+    assert.throws(() => parseStoreUrl('consul://s1,,s2', {}), /bad host/);
+  });
+
   test('unknown scheme and credential redaction', () => {
     assert.throws(() => parseStoreUrl('redis://h'), /unknown scheme/);
     assert.throws(() => parseStoreUrl('etcd://u:secret@h:99999'), (err: unknown) => {
