@@ -34,6 +34,8 @@ const RUNS: Run[] = [
   { id: 'encryption', script: 'encryption', args: [], timeoutS: 600 },
   // What the deployed node flags (src/node-flags.ts) buy: the same run with node's defaults.
   { id: 'footprint-node-defaults', script: 'footprint', args: ['--node-defaults', '1'], timeoutS: 1200 },
+  // What the names service (on by default) costs: the same run with --dns off.
+  { id: 'footprint-dns-off', script: 'footprint', args: ['--dns', '0'], timeoutS: 1200 },
 ];
 
 const NOTES_BEGIN = '<!-- notes:begin -->';
