@@ -11,9 +11,11 @@
  * RSS (VmRSS) and CPU time (utime + stime) are read from /proc every 500 ms. The command runs
  * in network and mount namespaces of its own (etcd and the plugin too; see lib/isolate.ts).
  *
- * The plugin runs with the node flags it is deployed with (src/node-flags.ts) unless told otherwise.
+ * The plugin runs with the node flags it is deployed with (src/node-flags.ts) unless told otherwise,
+ * and with its default names service (a view of every network's names and endpoints, and a DNS
+ * listener per local overlay) unless `--dns 0` runs it with `--dns off`.
  *
- *   node dist/bench/footprint.js [--peers 10000] [--networks 10] [--churn-rate 100] [--churn-seconds 30] [--idle-seconds 20] [--semi-space N] [--node-defaults 1] [--profile 0|1|2] [--json FILE]
+ *   node dist/bench/footprint.js [--peers 10000] [--networks 10] [--churn-rate 100] [--churn-seconds 30] [--idle-seconds 20] [--semi-space N] [--node-defaults 1] [--dns 0] [--profile 0|1|2] [--json FILE]
  */
 import { Etcd3 } from 'etcd3';
 import { parseSubnet, subnetKey } from '../src/driver/subnet';
@@ -110,6 +112,7 @@ if (runIsolated()) {
         'churn-seconds': { full: 30, smoke: 3, help: 'length of the churn measurement' },
         'semi-space': { full: 0, smoke: 0, help: 'MB: run the plugin with --max-semi-space-size=N instead of the deployed value (0: as deployed, src/node-flags.ts)' },
         'node-defaults': { full: 0, smoke: 0, help: "1: run the plugin with node's default flags instead of the deployed ones (what they buy)" },
+        dns: { full: 1, smoke: 1, help: '0: run the plugin with --dns off (no names service), to compare with the default' },
         profile: { full: 0, smoke: 0, help: '1: run the plugin under --cpu-prof, 2: under --heap-prof (sampled allocations), and summarise the profile' },
       },
     },
@@ -130,6 +133,7 @@ if (runIsolated()) {
         store: `etcd://${endpoint}`,
         profile: p.profile === 1 ? true : p.profile === 2 ? 'heap' : false,
         nodeArgs,
+        ...(p.dns === 0 ? { extraArgs: ['--dns', 'off'] } : {}),
       });
       const pid = plugin.process.pid;
       const client = new PluginClient(plugin.socketPath);
@@ -313,6 +317,7 @@ if (runIsolated()) {
       const maxRss = Math.max(...phases.map((ph) => ph.rssMaxMB));
       return {
         ...(deployed ? {} : { title: `5b. Footprint as 5, the plugin run with ${nodeArgs.length ? `node ${nodeArgs.join(' ')}` : "node's default flags"} instead of the deployed ${NODE_FLAGS.join(' ')}` }),
+        ...(deployed && p.dns === 0 ? { title: '5c. Footprint as 5, the plugin run with --dns off (no names service)' } : {}),
         tables,
         targets: [target(`RSS with ${fmtInt(nPeers)} peers, idle and under churn (max sample)`, maxRss, '<', 100, 'MB')],
         notes,

@@ -31,8 +31,11 @@ const RUNS: Run[] = [
   { id: 'dataplane', script: 'dataplane', args: [], timeoutS: 1800 },
   { id: 'footprint', script: 'footprint', args: [], timeoutS: 1200 },
   { id: 'names', script: 'names', args: [], timeoutS: 1200 },
+  { id: 'encryption', script: 'encryption', args: [], timeoutS: 600 },
   // What the deployed node flags (src/node-flags.ts) buy: the same run with node's defaults.
   { id: 'footprint-node-defaults', script: 'footprint', args: ['--node-defaults', '1'], timeoutS: 1200 },
+  // What the names service (on by default) costs: the same run with --dns off.
+  { id: 'footprint-dns-off', script: 'footprint', args: ['--dns', '0'], timeoutS: 1200 },
 ];
 
 const NOTES_BEGIN = '<!-- notes:begin -->';
@@ -129,6 +132,8 @@ async function main(): Promise<void> {
     }
     if (report && res.code === 0) {
       sections.push(reportMarkdown(report, 2));
+      if (report.skipped) summary.push([report.title.replace(/:.*$/, ''), 'skipped', 'n/a', '', `skipped: ${report.skipped}`]);
+      else if (report.targets.length === 0) summary.push([report.title.replace(/:.*$/, ''), 'measured, no target', 'see its section', '', '']);
       for (const t of report.targets) summary.push([report.title.replace(/:.*$/, ''), t.name, fmtTarget(t), `${t.op} ${t.unit === '×' ? `${t.limit}×` : `${t.limit} ${t.unit}`}`, t.met ? 'yes' : '**no**']);
     } else {
       const cmd = `node dist/bench/${r.script}.js ${r.args.join(' ')}`.trim();

@@ -109,7 +109,9 @@ export async function startDaemon(
         logger,
       )
     : undefined;
-  const network = new NetworkDriver(records, dataplane, host, logger, names ? withNamesHooks(peerSync, names, dataplane) : peerSync, ipam, encryption.hooks);
+  const network = new NetworkDriver(records, dataplane, host, logger, names ? withNamesHooks(peerSync, names, dataplane) : peerSync, ipam, encryption.hooks, {
+    requestTimeoutMs: config.storeTimeoutSeconds * 1000,
+  });
   const health = (): HealthReport => {
     const h = peerSync.health();
     const problems = [

@@ -30,6 +30,8 @@ export interface BenchBody {
   targets: TargetResult[];
   notes: string[];
   complete: boolean;
+  /** Why nothing was measured on this machine (the benchmark needs what it lacks). */
+  skipped?: string;
 }
 
 export interface BenchContext {

@@ -43,6 +43,8 @@ export interface BenchReport {
   notes: string[];
   /** Whether every measurement completed (targets aside). */
   complete: boolean;
+  /** Why nothing was measured on this machine (the benchmark needs what it lacks). */
+  skipped?: string;
 }
 
 export function target(name: string, value: number, op: Comparator, limit: number, unit = '×'): TargetResult {

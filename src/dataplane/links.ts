@@ -4,6 +4,7 @@
  * that cannot (a vxlan0 with another VNI or port). Every multi-step creation undoes what it
  * created when a later step fails.
  */
+import { randomBytes } from 'node:crypto';
 import { AttrStream, ifla } from 'netlink';
 import type { StreamData } from 'netlink';
 import {
@@ -26,6 +27,7 @@ import {
   parseIPv4,
   parseIPv4Cidr,
   parseLinkMessage,
+  parseMac,
 } from './encode';
 import { NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NlSocket, isNetlinkError } from './nlsock';
 import { BRIDGE_NAME, VXLAN_PORT, type VxlanSpec, bridgeDifferences, deviceState, firstIncompat, vxlanDifferences, vxlanState } from './overlay-check';
@@ -143,6 +145,18 @@ async function mustGet(sock: NlSocket, name: string): Promise<LinkInfo> {
   return l;
 }
 
+/**
+ * An address of br0's own (random, locally administered, unicast). Left to the kernel, a bridge
+ * takes the lowest of its ports' addresses and changes it whenever a port with a lower one joins
+ * or that port leaves; containers that had resolved the gateway (br0: the DNS listener) then
+ * send to an address br0 drops as not its own until their neighbour entry expires.
+ */
+function randomBridgeMac(): Buffer {
+  const mac = randomBytes(6);
+  mac[0] = (mac[0]! & 0xfe) | 0x02;
+  return mac;
+}
+
 /** A bridge `name` at `mtu`, up (see overlay-check.bridgeDifferences). A non-bridge device of that name is replaced. */
 export async function ensureBridge(sock: NlSocket, name: string, mtu: number): Promise<EnsureResult> {
   let link = await getLink(sock, name);
@@ -154,10 +168,18 @@ export async function ensureBridge(sock: NlSocket, name: string, mtu: number): P
   }
   if (!link) {
     const linkinfo = streamToBuffer(ifla.formatInfo({ kind: 'bridge' }));
-    await sock.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, linkPayload(0, { ifname: name, mtu, linkinfo }), `create bridge ${name}`);
+    await sock.request(
+      RTM_NEWLINK,
+      NLM_F_CREATE | NLM_F_EXCL,
+      linkPayload(0, { ifname: name, mtu, linkinfo, address: randomBridgeMac() }),
+      `create bridge ${name}`,
+    );
     created = true;
     link = await mustGet(sock, name);
     fix = bridgeDifferences(deviceState(link, () => undefined), { mtu });
+  } else if (link.mac) {
+    // A bridge made before it got an address of its own: setting the one it has pins it.
+    await setLink(sock, link.index, { mac: parseMac(link.mac) });
   }
   try {
     if (fix.length > 0) await setLink(sock, link.index, { mtu, up: true });

@@ -1,6 +1,9 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Logger } from '../log';
+import { StoreUnavailableError, type Store } from '../store/store';
+import { Backoff, DEFAULT_TIMEOUT_MS, Deadline, storeWithDeadline } from '../store/util';
 import { PluginError, errorMessage } from '../util/errors';
-import { KeyedMutex } from '../util/keyed-mutex';
+import { KeyedMutex, type TurnDeadline } from '../util/keyed-mutex';
 import { GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE } from './ipam';
 import type { EspSupport } from '../dataplane/xfrm';
 import { type EncryptionHooks, LocalOverlays, type OverlayDataplane, type PeerSyncHooks } from './local-overlays';
@@ -28,6 +31,52 @@ export interface CreateNetworkInput {
   ipv6: IPv4Data[];
 }
 
+export interface NetworkDriverOptions {
+  /** One request's time in all: its wait for the network's lock and every store call it makes (--store-timeout). */
+  requestTimeoutMs?: number;
+}
+
+/** The request a store call is made for, while Docker still waits for its answer. */
+interface RequestTurn {
+  deadline: Deadline;
+  open: boolean;
+}
+
+/**
+ * The driver's requests reach the store through NetworkRecords, LocalOverlays and Recovery as
+ * well as directly; the request's deadline travels with its async context rather than through
+ * every signature. Work a request leaves behind (timers, peer programming) inherits that
+ * context, so the deadline binds only while the request is open.
+ */
+const currentRequest = new AsyncLocalStorage<RequestTurn>();
+
+/** `store` with every call made for an open request raced against that request's deadline. */
+function requestBoundStore(store: Store): Store {
+  const now = (): Store => {
+    const turn = currentRequest.getStore();
+    return turn?.open ? storeWithDeadline(store, turn.deadline) : store;
+  };
+  return {
+    get description() {
+      return store.description;
+    },
+    get distributed() {
+      return store.distributed;
+    },
+    get: (key) => now().get(key),
+    list: (prefix) => now().list(prefix),
+    put: (key, value, options) => now().put(key, value, options),
+    create: (key, value, options) => now().create(key, value, options),
+    compareAndSet: (key, value, revision, options) => now().compareAndSet(key, value, revision, options),
+    delete: (key) => now().delete(key),
+    compareAndDelete: (key, revision) => now().compareAndDelete(key, revision),
+    deletePrefix: (prefix) => now().deletePrefix(prefix),
+    watch: (prefix, listener) => store.watch(prefix, listener),
+    grantLease: (ttl) => now().grantLease(ttl),
+    close: () => store.close(),
+  };
+}
+
 export interface CreateEndpointInput {
   networkId: string;
   endpointId: string;
@@ -47,16 +96,26 @@ export class NetworkDriver {
   readonly networks: NetworkRecords;
   readonly overlays: LocalOverlays;
   readonly recovery: Recovery;
+  /** The store as requests see it: bounded by the deadline of the request a call is made for. */
+  private readonly records: RecordStore;
+  /** The store without request deadlines: clean-up that outlives a failed request. */
+  private readonly unbounded: RecordStore;
+  private readonly requestTimeoutMs: number;
 
   constructor(
-    private readonly records: RecordStore,
+    records: RecordStore,
     dataplane: OverlayDataplane,
     private readonly host: HostIdentity,
     private readonly logger: Logger,
     peerSync?: PeerSyncHooks,
     ipam?: AddressReleaser,
     private readonly encryption?: EncryptionHooks & { capability(): Promise<EspSupport> },
+    options: NetworkDriverOptions = {},
   ) {
+    this.unbounded = records;
+    records = new RecordStore(requestBoundStore(records.store));
+    this.records = records;
+    this.requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.networks = new NetworkRecords(records, host, logger, ipam);
     this.overlays = new LocalOverlays(dataplane, records, host, this.locks, logger, peerSync, encryption);
     this.recovery = new Recovery({
@@ -71,7 +130,11 @@ export class NetworkDriver {
     });
   }
 
-  async createNetwork(input: CreateNetworkInput): Promise<void> {
+  createNetwork(input: CreateNetworkInput): Promise<void> {
+    return this.request(() => this.createNetworkNow(input));
+  }
+
+  private async createNetworkNow(input: CreateNetworkInput): Promise<void> {
     const options = parse(() => parseNetworkOptions(input.genericOptions));
     if (input.ipv6.length > 0) throw new PluginError('tsoverlay does not support IPv6 yet; create the network without --ipv6');
     const [v4, ...more] = input.ipv4;
@@ -98,7 +161,7 @@ export class NetworkDriver {
       if (!support.ok) throw new PluginError(`-o encrypted: this host's kernel cannot encrypt VXLAN (missing: ${support.missing.join('; ')})`);
     }
 
-    await this.locks.run(input.networkId, async () => {
+    await this.locked('CreateNetwork', input.networkId, async () => {
       const network = await this.networks.create({
         networkId: input.networkId,
         networkKey,
@@ -112,7 +175,7 @@ export class NetworkDriver {
   }
 
   async deleteNetwork(networkId: string): Promise<void> {
-    await this.locks.run(networkId, async () => {
+    await this.locked('DeleteNetwork', networkId, async () => {
       const mapping = await this.networks.mapping(networkId);
       if (this.overlays.find(networkId)) await this.overlays.release(networkId);
       if (!mapping) return;
@@ -131,11 +194,11 @@ export class NetworkDriver {
   /** Swarm managers: see NetworkRecords.allocateSwarm. */
   async allocateNetwork(networkId: string, rawOptions: Record<string, string>): Promise<Record<string, string>> {
     const options: NetworkOptions = parse(() => parseNetworkOptions(rawOptions));
-    return this.networks.allocateSwarm(networkId, options, rawOptions);
+    return this.request(() => this.networks.allocateSwarm(networkId, options, rawOptions));
   }
 
   async freeNetwork(networkId: string): Promise<void> {
-    await this.locks.run(networkId, () => this.networks.freeSwarm(networkId));
+    await this.locked('FreeNetwork', networkId, () => this.networks.freeSwarm(networkId));
   }
 
   async createEndpoint(input: CreateEndpointInput): Promise<{ macAddress?: string }> {
@@ -147,7 +210,7 @@ export class NetworkDriver {
     const mac = givenMac ?? macFromIp(ip);
     const { networkId, endpointId } = input;
 
-    return this.locks.run(networkId, async () => {
+    return this.locked('CreateEndpoint', networkId, async () => {
       const network = await this.networks.require(networkId);
       const subnet = parseSubnet(network.value.subnet);
       if (!contains(subnet, ip)) throw new PluginError(`address ${ip} is not inside the network's subnet ${subnet.cidr}`);
@@ -179,6 +242,7 @@ export class NetworkDriver {
         } catch (err) {
           await preparing;
           await this.overlays.unprepare(networkId, endpointId);
+          if (err instanceof StoreUnavailableError) this.forgetUnacknowledged(key, record);
           throw err;
         }
         await preparing;
@@ -190,7 +254,7 @@ export class NetworkDriver {
   }
 
   async deleteEndpoint(networkId: string, endpointId: string): Promise<void> {
-    await this.locks.run(networkId, async () => {
+    await this.locked('DeleteEndpoint', networkId, async () => {
       const network = await this.networks.find(networkId);
       await this.overlays.detach(networkId, endpointId);
       if (!network) return;
@@ -200,7 +264,11 @@ export class NetworkDriver {
     });
   }
 
-  async endpointInfo(networkId: string, endpointId: string): Promise<Record<string, string>> {
+  endpointInfo(networkId: string, endpointId: string): Promise<Record<string, string>> {
+    return this.request(() => this.endpointInfoNow(networkId, endpointId));
+  }
+
+  private async endpointInfoNow(networkId: string, endpointId: string): Promise<Record<string, string>> {
     const network = await this.networks.require(networkId);
     const endpoint = await this.requireEndpoint(network.value, endpointId);
     const overlay = this.overlays.find(networkId);
@@ -213,7 +281,7 @@ export class NetworkDriver {
   }
 
   async join(networkId: string, endpointId: string): Promise<{ srcName: string }> {
-    return this.locks.run(networkId, async () => {
+    return this.locked('Join', networkId, async () => {
       const network = await this.networks.require(networkId);
       const endpoint = await this.requireEndpoint(network.value, endpointId);
       // p2p: the remote is per host (each names the other), kept with this host's network id.
@@ -229,13 +297,68 @@ export class NetworkDriver {
   }
 
   async leave(networkId: string, endpointId: string): Promise<void> {
-    await this.locks.run(networkId, async () => {
+    await this.locked('Leave', networkId, async () => {
       const network = await this.networks.require(networkId);
       const endpoint = await this.records.get(endpointRecordSchema, keys.endpoint(network.value.key, endpointId));
       if (endpoint?.value.joined) await this.records.put(endpoint.key, { ...endpoint.value, joined: false });
       await this.overlays.releaseIfUnused(networkId, network.value);
       this.logger.info('endpoint left', { networkId, endpointId });
     });
+  }
+
+  /** Runs one of Docker's requests under one deadline (see requestBoundStore); nested calls share it. */
+  private async request<T>(work: () => Promise<T>): Promise<T> {
+    if (currentRequest.getStore()?.open) return work();
+    const turn: RequestTurn = { deadline: new Deadline(this.requestTimeoutMs), open: true };
+    try {
+      return await currentRequest.run(turn, work);
+    } finally {
+      turn.open = false;
+    }
+  }
+
+  /** A request that works on one network: its wait for the network's lock counts against its deadline. */
+  private locked<T>(method: string, networkId: string, work: () => Promise<T>): Promise<T> {
+    return this.request(() => {
+      const turn = currentRequest.getStore();
+      const deadline: TurnDeadline | undefined = turn && {
+        remaining: () => turn.deadline.remaining(),
+        onTimeout: () =>
+          new PluginError(
+            `${method} timed out waiting for its turn on network ${networkId.slice(0, 12)} after ${turn.deadline.ms} ms: ` +
+              `earlier requests are still waiting for the store (${this.records.store.description}); try again`,
+            503,
+          ),
+      };
+      return this.locks.run(networkId, work, deadline);
+    });
+  }
+
+  /**
+   * CreateEndpoint failed after a write whose outcome it never learnt: the store may still apply
+   * it. Docker was told the endpoint does not exist and will neither join nor delete it, so the
+   * record is removed once the store answers, while it is still exactly the one written.
+   */
+  private forgetUnacknowledged(key: string, record: EndpointRecord): void {
+    void (async () => {
+      const backoff = new Backoff(200, 5000);
+      const started = performance.now();
+      // Looked for twice: once the store answers, and a request timeout later for a late apply.
+      for (let looks = 0; looks < 2 && performance.now() - started < UNACKNOWLEDGED_GIVE_UP_MS; ) {
+        await pauseUnref(looks === 0 ? backoff.next() : this.requestTimeoutMs);
+        try {
+          const entry = await this.unbounded.get(endpointRecordSchema, key);
+          if (entry && entry.value.id === record.id && entry.value.created === record.created && !entry.value.joined) {
+            if (await this.unbounded.store.compareAndDelete(key, entry.revision)) {
+              this.logger.warn('removed the endpoint record a failed CreateEndpoint wrote after it had given up', { key });
+            }
+          }
+          looks++;
+        } catch (err) {
+          this.logger.debug('store still unavailable to undo a failed CreateEndpoint', { key, error: errorMessage(err) });
+        }
+      }
+    })();
   }
 
   private async requireEndpoint(network: NetworkRecord, endpointId: string): Promise<Versioned<EndpointRecord>> {
@@ -254,6 +377,13 @@ export class NetworkDriver {
       return undefined;
     }
   }
+}
+
+/** How long a failed CreateEndpoint's unacknowledged record is chased before it is left to the logs. */
+const UNACKNOWLEDGED_GIVE_UP_MS = 10 * 60_000;
+
+function pauseUnref(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
 
 /** Runs a parser of user input; what it throws goes back to Docker as a 400. */

@@ -11,6 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, test } from 'node:test';
 import { validateReport, type BenchReport } from '../../bench/lib/report';
+import { probeEspSupport } from '../../src/dataplane/xfrm';
 import { e2eSkipReason } from '../helpers/docker';
 
 const skip = e2eSkipReason(['/usr/bin/etcd', '/usr/bin/iperf3']);
@@ -70,3 +71,20 @@ for (const b of BENCHES) {
     }
   });
 }
+
+test('benchmark encryption runs at smoke size: measures ESP against clear, or says why it cannot on this kernel', { skip, timeout: 180_000 }, async (t) => {
+  const r = await runSmoke('encryption', 90);
+  assert.equal(r.code, 0, `encryption failed:\n${r.output.slice(-4000)}`);
+  assert.deepEqual(validateReport(r.report), [], JSON.stringify(r.report).slice(0, 2000));
+  const report = r.report as BenchReport;
+  assert.equal(report.complete, true, report.notes.join(' '));
+  const support = await probeEspSupport();
+  t.diagnostic(support.ok ? 'kernel has ESP: measured' : `skipped: ${report.skipped}`);
+  if (support.ok) {
+    assert.equal(report.skipped, undefined);
+    assert.equal(report.tables[0]?.rows.length, 2, 'a clear and an ESP row');
+  } else {
+    assert.match(report.skipped ?? '', /cannot do IPsec ESP: missing /, 'the skip names what the kernel lacks');
+    for (const m of support.missing) assert.ok(report.skipped!.includes(m), `the skip names ${m}`);
+  }
+});

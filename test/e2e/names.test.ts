@@ -4,7 +4,7 @@
  * Docker's embedded resolver, the names, aliases and addresses of containers on other hosts;
  * names follow stop, rename, connect and disconnect; networks are isolated; outside names are
  * forwarded to the host's resolver (dnsmasq on the underlay, put in the hosts' resolv.conf);
- * a plugin restart loses no names.
+ * a plugin restart and a dockerd restart lose no names.
  *
  * The engine is whatever test/helpers/docker.ts starts (20.10 today); nothing here depends on
  * its version: names are read back through `nslookup` inside containers.
@@ -250,6 +250,32 @@ test('plugin restarts lose no names (the publishing host, then the asking host)'
   await restartPlugin(b);
   await eventually('B serves again after its restart', async () => answers(await lookup(b, 'web')).includes(webIp));
   assert.deepEqual(answers(await lookup(b, 'frontend')).length, 2);
+});
+
+test('a dockerd restart loses no names: the publishing host re-learns them from the engine', { skip, timeout: 300_000 }, async () => {
+  const [a, b] = hosts as [DockerHost, DockerHost];
+  const c = await a.docker.createContainer({
+    Image: cluster.image,
+    name: 'phoenix',
+    Cmd: ['sleep', '3600'],
+    HostConfig: { NetworkMode: NET, RestartPolicy: { Name: 'always' } },
+    NetworkingConfig: { EndpointsConfig: { [NET]: { Aliases: ['firebird'] } } },
+  });
+  await c.start();
+  await eventually('phoenix resolves on B', async () => answers(await lookup(b, 'phoenix')).includes(await ipOf(a, 'phoenix', NET)));
+  // dockerd stops its containers (their names go) and starts them again with their restart
+  // policy; the plugin's event stream breaks meanwhile and its re-read after reconnecting
+  // publishes what runs then.
+  await a.restartDaemon();
+  const ip = await waitFor(async () => (await a.docker.getContainer('phoenix').inspect()).State.Running && (await ipOf(a, 'phoenix', NET)), {
+    timeoutMs: 60_000,
+    intervalMs: 500,
+    what: 'phoenix running again on A',
+  });
+  await eventually('phoenix resolves on B after A\'s dockerd restart', async () => answers(await lookup(b, 'phoenix')).includes(ip), 60_000);
+  assert.deepEqual(answers(await lookup(b, 'firebird')), [ip], 'and its alias');
+  await a.docker.getContainer('phoenix').remove({ force: true });
+  await eventually('phoenix is NXDOMAIN once removed', async () => /NXDOMAIN|can't find/i.test(await lookup(b, 'phoenix')));
 });
 
 test('cost of a DNS server a container cannot reach (a daemon-wide setting naming another network\'s gateway)', { skip, timeout: 180_000 }, async (t) => {
