@@ -175,8 +175,10 @@ export class DockerNames {
       for (const [id, m] of mine) {
         if (!this.published.has(id)) this.published.set(id, m);
       }
+      // A container missing from the list is inspected, not assumed gone: one started after the
+      // list was read may already have been published by its event, and must stay.
       for (const id of new Set([...alive, ...mine.keys(), ...this.published.keys()])) {
-        await this.mutex.run(id, () => this.syncContainer(id, alive.has(id)));
+        await this.mutex.run(id, () => this.syncContainer(id));
       }
       this.logger.debug('container names re-read', { reason, containers: alive.size, published: this.publishedCount() });
     } catch (err) {
@@ -185,8 +187,8 @@ export class DockerNames {
     }
   }
 
-  private async syncContainer(containerId: string, running?: boolean): Promise<void> {
-    const desired = running === false ? new Map<string, Published>() : await this.desired(containerId);
+  private async syncContainer(containerId: string): Promise<void> {
+    const desired = await this.desired(containerId);
     const before = this.published.get(containerId) ?? new Map<string, Published>();
     for (const [key, rec] of desired) {
       const old = before.get(key);
