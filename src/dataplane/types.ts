@@ -45,7 +45,16 @@ export interface AttachedEndpoint {
 
 /** A remote container: what a PERMANENT neighbour entry and a `dst` FDB entry are made of. */
 export interface Peer {
+  /**
+   * The container's address: IPv4, or IPv6 on an IPv6-only network (`--ipv4=false`), where the
+   * container has no IPv4 address. Tell the family by the text (`net.isIPv6`).
+   */
   ip: string;
+  /**
+   * Dual-stack networks only: the container's IPv6 address, beside the IPv4 `ip`. A second
+   * PERMANENT neighbour (NDP) for the same MAC; the FDB entry is the same one.
+   */
+  ip6?: string;
   mac: string;
   /** Underlay address of the host running the container. */
   vtep: string;
