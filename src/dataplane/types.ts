@@ -11,8 +11,13 @@ export interface OverlaySpec {
   vni: number;
   /** MTU of br0, vxlan0 and every veth end (underlay MTU - 50 unless overridden). */
   mtu: number;
-  /** Gateway address with prefix length, put on br0, e.g. `10.20.0.1/24`. */
+  /**
+   * Gateway address with prefix length, put on br0, e.g. `10.20.0.1/24`; on an IPv6-only
+   * network (`--ipv4=false`) the IPv6 one, e.g. `fd00:20::1/64`.
+   */
   gatewayCidr: string;
+  /** Dual-stack networks only: the IPv6 gateway with prefix length, also on br0, e.g. `fd00:20::1/64`. */
+  gateway6Cidr?: string;
   /** Underlay address the VXLAN socket binds to (`local`); undefined = any. */
   vtep?: string;
   mode: ResolutionMode;
