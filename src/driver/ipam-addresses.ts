@@ -15,7 +15,7 @@ import {
 } from './records';
 import type { DockerReplay } from './ipam-replay';
 import type { PoolKind } from './ipam-pools';
-import { contains, hostRange, intToIp, subnetKey, type Subnet } from './subnet';
+import { bigToIp, contains, hostRange, subnetKey, type Subnet } from './subnet';
 
 /** A request for an address, as far as telling its holder apart is concerned. */
 export interface AddressAsk {
@@ -126,7 +126,7 @@ export function heldFor(
 export function firstFree(range: Subnet, taken: Set<string>): string | undefined {
   const { first, last } = hostRange(range);
   for (let n = first; n <= last; n++) {
-    const ip = intToIp(n);
+    const ip = bigToIp(n, range.family);
     if (!taken.has(ip)) return ip;
   }
   return undefined;

@@ -19,7 +19,7 @@ import {
 } from './ipam-pools';
 import { DockerReplays } from './ipam-replay';
 import { RequestScopes } from './ipam-scope';
-import { contains, hostRange, intToIp, parseSubnet, subnetKey, type Subnet } from './subnet';
+import { firstHost, parseSubnet, subnetKey, type Subnet } from './subnet';
 
 export {
   DEFAULT_POOL_PREFIX,
@@ -86,16 +86,20 @@ export class IpamService {
   }
 
   async requestPool(req: PoolRequest): Promise<{ poolId: string; pool: string }> {
-    if (req.v6) throw new PluginError('tsoverlay does not support IPv6 pools yet; create the network without --ipv6');
     if (req.addressSpace !== LOCAL_ADDRESS_SPACE && req.addressSpace !== GLOBAL_ADDRESS_SPACE) {
       throw new PluginError(`unknown address space "${req.addressSpace}" (tsoverlay has ${LOCAL_ADDRESS_SPACE} and ${GLOBAL_ADDRESS_SPACE})`);
     }
     if (req.subPool && !req.pool) throw new PluginError('an --ip-range needs a --subnet');
     return this.scopes.run('RequestPool', async ({ records, lock }) => {
-      const subnet = req.pool ? parsePool(req.pool) : await pickDefaultPool(records);
+      const family = req.v6 ? 6 : 4;
+      const subnet = req.pool ? parsePool(req.pool) : await pickDefaultPool(records, family);
+      if (subnet.family !== family) {
+        throw new PluginError(`--subnet ${subnet.cidr} is given as an IPv${family} pool: Docker asks for IPv${subnet.family} subnets separately`);
+      }
       if (req.subPool) {
         const sub = parsePool(req.subPool);
-        if (!contains(subnet, intToIp(sub.network)) || sub.prefixLength < subnet.prefixLength) {
+        const inside = sub.family === subnet.family && sub.network >= subnet.network && sub.network + sub.size <= subnet.network + subnet.size;
+        if (!inside) {
           throw new PluginError(`--ip-range ${sub.cidr} is not inside --subnet ${subnet.cidr}`);
         }
       }
@@ -148,7 +152,10 @@ export class IpamService {
         });
         if (after === undefined) {
           const stillThere = await records.get(poolRecordSchema, keys.pool(sKey));
-          if (!stillThere) await records.store.deletePrefix(keys.addresses(sKey));
+          if (!stillThere) {
+            await records.store.deletePrefix(keys.addresses(sKey));
+            await records.store.deletePrefix(keys.macs(sKey));
+          }
         } else {
           await this.releaseHostAddresses(records, sKey, owner);
         }
@@ -163,11 +170,11 @@ export class IpamService {
     const withPrefix = (ip: string) => ({ address: `${ip}/${subnet.prefixLength}` });
     if (kind === 'node' && (req.address || isGateway)) {
       // A swarm manager allocated this address (or it is the gateway): this engine just uses it.
-      return withPrefix(req.address ? checkAddress(subnet, req.address) : intToIp(hostRange(subnet).first));
+      return withPrefix(req.address ? checkAddress(subnet, req.address) : firstHost(subnet));
     }
     // Docker's start-up replay asks for explicit addresses only: anything else means it is over.
     if (!req.address && !isGateway) this.dockerReplay.end();
-    const explicit = req.address || isGateway ? (req.address ? checkAddress(subnet, req.address) : intToIp(hostRange(subnet).first)) : undefined;
+    const explicit = req.address || isGateway ? (req.address ? checkAddress(subnet, req.address) : firstHost(subnet)) : undefined;
     // Taken when the request arrives: what follows in the replay comes right after it.
     const replay = explicit && !isGateway && kind === 'cluster' ? this.dockerReplay.current(subnet.cidr) : undefined;
     return this.scopes.run('RequestAddress', async (scope) => {

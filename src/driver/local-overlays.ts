@@ -117,6 +117,7 @@ export class LocalOverlays {
       vni: network.vni,
       mtu: network.mtu,
       gatewayCidr: `${network.gateway}/${prefix}`,
+      ...(network.subnet6 && network.gateway6 ? { gateway6Cidr: `${network.gateway6}/${parseSubnet(network.subnet6).prefixLength}` } : {}),
       vtep: this.host.vtep,
       mode: network.mode,
       ...(remote ? { remote } : {}),

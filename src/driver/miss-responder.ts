@@ -24,6 +24,7 @@ export function indexPeers(peers: readonly Peer[]): PeerIndex {
   const byMac = new Map<string, Peer>();
   for (const p of peers) {
     byIp.set(p.ip, p);
+    if (p.ip6) byIp.set(p.ip6, p);
     byMac.set(p.mac.toLowerCase(), p);
   }
   return { byIp, byMac };

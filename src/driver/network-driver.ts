@@ -4,18 +4,19 @@ import { KeyedMutex } from '../util/keyed-mutex';
 import { GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE } from './ipam';
 import type { EspSupport } from '../dataplane/xfrm';
 import { type EncryptionHooks, LocalOverlays, type OverlayDataplane, type PeerSyncHooks } from './local-overlays';
-import { macFromIp, normalizeMac } from './mac';
+import { macFor, normalizeMac, releaseMac } from './mac';
 import { NetworkRecords, type AddressReleaser, type HostIdentity } from './network-records';
 import { parseNetworkOptions, type NetworkOptions } from './options';
 import { RecordStore, nowIso, type Versioned } from './record-store';
 import { Recovery } from './recovery';
 import { addressRecordSchema, endpointRecordSchema, keys, type EndpointRecord, type NetworkRecord } from './records';
-import { contains, intToIp, parseAddressCidr, parseSubnet, subnetKey } from './subnet';
+import { contains, firstHost, parseAddressCidr, parseSubnet, subnetKey, type Subnet } from './subnet';
 
 export type { AddressReleaser, HostIdentity } from './network-records';
 export type { OverlayDataplane, PeerSyncHooks } from './local-overlays';
 
-export interface IPv4Data {
+/** One family's IPAM data of CreateNetwork (IPv4Data or IPv6Data). */
+export interface IpData {
   addressSpace: string;
   pool: string;
   gateway?: string;
@@ -24,8 +25,8 @@ export interface IPv4Data {
 export interface CreateNetworkInput {
   networkId: string;
   genericOptions: Record<string, string>;
-  ipv4: IPv4Data[];
-  ipv6: IPv4Data[];
+  ipv4: IpData[];
+  ipv6: IpData[];
 }
 
 export interface CreateEndpointInput {
@@ -73,20 +74,24 @@ export class NetworkDriver {
 
   async createNetwork(input: CreateNetworkInput): Promise<void> {
     const options = parse(() => parseNetworkOptions(input.genericOptions));
-    if (input.ipv6.length > 0) throw new PluginError('tsoverlay does not support IPv6 yet; create the network without --ipv6');
-    const [v4, ...more] = input.ipv4;
-    if (!v4) throw new PluginError('the network has no IPv4 subnet; pass --subnet');
-    if (more.length > 0) throw new PluginError('tsoverlay supports one IPv4 subnet per network');
-    const subnet = parse(() => parseSubnet(v4.pool));
-    const ours = v4.addressSpace === LOCAL_ADDRESS_SPACE || v4.addressSpace === GLOBAL_ADDRESS_SPACE;
-    if (this.records.store.distributed && !ours && !options.allowDefaultIpam) {
+    const v4 = onePool(input.ipv4, 4);
+    const v6 = onePool(input.ipv6, 6);
+    // IPv4 is the network's primary family when it has one; an IPv6-only network (Docker 28's
+    // --ipv4=false) keeps its IPv6 subnet where the IPv4 one would be.
+    const primary = v4 ?? v6;
+    if (!primary) throw new PluginError('the network has no subnet; pass --subnet');
+    const second = v4 ? v6 : undefined;
+    const ours = (d: ParsedPool) => d.data.addressSpace === LOCAL_ADDRESS_SPACE || d.data.addressSpace === GLOBAL_ADDRESS_SPACE;
+    if (second && ours(primary) !== ours(second)) {
+      throw new PluginError('use one IPAM driver for both families: tsoverlay (--ipam-driver tsoverlay) or the default one for both');
+    }
+    if (this.records.store.distributed && !ours(primary) && !options.allowDefaultIpam) {
       throw new PluginError(
         'with a distributed store every host must allocate from the same cluster-wide IPAM: ' +
           'create the network with --ipam-driver tsoverlay (or -o allow-default-ipam=true to accept per-host address allocation)',
       );
     }
-    const gateway = v4.gateway ? parse(() => parseAddressCidr(v4.gateway!)).ip : intToIp(subnet.network + 1);
-    if (!contains(subnet, gateway)) throw new PluginError(`gateway ${gateway} is not inside ${subnet.cidr}`);
+    const subnet = primary.subnet;
     const networkKey = options.vni !== undefined ? `vni-${options.vni}` : subnetKey(subnet);
     if (options.remote && options.remote === this.host.vtep) {
       throw new PluginError(`-o remote=${options.remote} is this host's own address: name the other host of the p2p link`);
@@ -103,11 +108,19 @@ export class NetworkDriver {
         networkId: input.networkId,
         networkKey,
         subnet: subnet.cidr,
-        gateway,
+        gateway: primary.gateway,
+        ...(second ? { v6: { subnet: second.subnet.cidr, gateway: second.gateway } } : {}),
         options,
-        ...(v4.addressSpace === LOCAL_ADDRESS_SPACE ? { pool: subnet.cidr } : {}),
+        ...(primary.data.addressSpace === LOCAL_ADDRESS_SPACE ? { pool: subnet.cidr } : {}),
+        ...(second?.data.addressSpace === LOCAL_ADDRESS_SPACE ? { pool6: second.subnet.cidr } : {}),
       });
-      this.logger.info('network created', { networkId: input.networkId, networkKey, vni: network.vni, subnet: network.subnet });
+      this.logger.info('network created', {
+        networkId: input.networkId,
+        networkKey,
+        vni: network.vni,
+        subnet: network.subnet,
+        ...(network.subnet6 ? { subnet6: network.subnet6 } : {}),
+      });
     });
   }
 
@@ -139,29 +152,39 @@ export class NetworkDriver {
   }
 
   async createEndpoint(input: CreateEndpointInput): Promise<{ macAddress?: string }> {
-    if (input.addressIPv6) throw new PluginError('tsoverlay does not support IPv6 endpoints yet');
-    if (!input.address) throw new PluginError('the endpoint has no IPv4 address: the network must use an IPAM driver that assigns one');
-    const { ip } = parse(() => parseAddressCidr(input.address!));
+    const ip4 = input.address ? parse(() => parseAddressCidr(input.address!)).ip : undefined;
+    const ip6 = input.addressIPv6 ? parse(() => parseAddressCidr(input.addressIPv6!)).ip : undefined;
+    const ip = ip4 ?? ip6;
+    if (!ip) throw new PluginError('the endpoint has no address: the network must use an IPAM driver that assigns one');
     const givenMac = input.macAddress ? normalizeMac(input.macAddress) : undefined;
     if (input.macAddress && !givenMac) throw new PluginError(`invalid MAC address "${input.macAddress}"`);
-    const mac = givenMac ?? macFromIp(ip);
     const { networkId, endpointId } = input;
 
     return this.locks.run(networkId, async () => {
       const network = await this.networks.require(networkId);
       const subnet = parseSubnet(network.value.subnet);
       if (!contains(subnet, ip)) throw new PluginError(`address ${ip} is not inside the network's subnet ${subnet.cidr}`);
+      const subnet6 = network.value.subnet6 ? parseSubnet(network.value.subnet6) : undefined;
+      const second = ip4 ? ip6 : undefined;
+      if (second && !subnet6) throw new PluginError(`the network has no IPv6 subnet for address ${second}`);
+      if (subnet6 && !second) throw new PluginError(`the endpoint has no IPv6 address in the network's IPv6 subnet ${subnet6.cidr}`);
+      if (second && subnet6 && !contains(subnet6, second)) {
+        throw new PluginError(`address ${second} is not inside the network's IPv6 subnet ${subnet6.cidr}`);
+      }
       const key = keys.endpoint(network.value.key, endpointId);
       const existing = await this.records.get(endpointRecordSchema, key);
-      if (existing && (existing.value.ip !== ip || existing.value.host !== this.host.name)) {
+      if (existing && (existing.value.ip !== ip || existing.value.ip6 !== second || existing.value.host !== this.host.name)) {
         throw new PluginError(`endpoint ${endpointId} already exists with address ${existing.value.ip}`, 409);
       }
+      // A replayed CreateEndpoint keeps the MAC it was given (an IPv6-only one was allocated).
+      const mac = existing?.value.mac ?? givenMac ?? (await macFor(this.records, { subnet, ip, endpointId, host: this.host.name }));
       if (!existing) {
-        const name = await this.endpointName(subnet.cidr, ip);
+        const name = await this.endpointName(subnet, ip);
         const record: EndpointRecord = {
           id: endpointId,
           networkId,
           ip,
+          ...(second ? { ip6: second } : {}),
           mac,
           locator: this.host.vtep,
           host: this.host.name,
@@ -183,7 +206,7 @@ export class NetworkDriver {
         }
         await preparing;
       }
-      this.logger.info('endpoint created', { networkId, endpointId, ip, mac, portReady: this.overlays.isPrepared(endpointId) });
+      this.logger.info('endpoint created', { networkId, endpointId, ip, ...(second ? { ip6: second } : {}), mac, portReady: this.overlays.isPrepared(endpointId) });
       // Docker fails the call with "driver modified interface" if we echo a field it set.
       return givenMac ? {} : { macAddress: mac };
     });
@@ -194,7 +217,14 @@ export class NetworkDriver {
       const network = await this.networks.find(networkId);
       await this.overlays.detach(networkId, endpointId);
       if (!network) return;
-      await this.records.delete(keys.endpoint(network.value.key, endpointId));
+      const key = keys.endpoint(network.value.key, endpointId);
+      const endpoint = await this.records.get(endpointRecordSchema, key);
+      await this.records.delete(key);
+      if (endpoint && endpoint.value.host === this.host.name) {
+        await releaseMac(this.records, parseSubnet(network.value.subnet), endpoint.value.ip, endpoint.value.mac).catch((err: unknown) =>
+          this.logger.warn('allocated MAC not released (the next container with this address takes it over)', { endpointId, error: errorMessage(err) }),
+        );
+      }
       await this.overlays.releaseIfUnused(networkId, network.value);
       this.logger.info('endpoint deleted', { networkId, endpointId });
     });
@@ -206,6 +236,7 @@ export class NetworkDriver {
     const overlay = this.overlays.find(networkId);
     return {
       ip: endpoint.value.ip,
+      ...(endpoint.value.ip6 ? { ip6: endpoint.value.ip6 } : {}),
       mac: endpoint.value.mac,
       vni: String(network.value.vni),
       ...(overlay ? { netns: overlay.netnsPath } : {}),
@@ -245,8 +276,8 @@ export class NetworkDriver {
   }
 
   /** The container name Docker passed to IPAM's RequestAddress, kept for `inspect`; none if it cannot be read. */
-  private async endpointName(subnetCidr: string, ip: string): Promise<string | undefined> {
-    const key = keys.address(subnetKey(parseSubnet(subnetCidr)), ip);
+  private async endpointName(subnet: Subnet, ip: string): Promise<string | undefined> {
+    const key = keys.address(subnetKey(subnet), ip);
     try {
       return (await this.records.get(addressRecordSchema, key))?.value.name;
     } catch (err) {
@@ -254,6 +285,24 @@ export class NetworkDriver {
       return undefined;
     }
   }
+}
+
+interface ParsedPool {
+  data: IpData;
+  subnet: Subnet;
+  gateway: string;
+}
+
+/** The one pool of a family in CreateNetwork, with its gateway (the first host address unless given). */
+function onePool(list: IpData[], family: 4 | 6): ParsedPool | undefined {
+  const [data, ...more] = list;
+  if (!data) return undefined;
+  if (more.length > 0) throw new PluginError(`tsoverlay supports one IPv${family} subnet per network`);
+  const subnet = parse(() => parseSubnet(data.pool));
+  if (subnet.family !== family) throw new PluginError(`subnet ${subnet.cidr} was given as an IPv${family} subnet`);
+  const gateway = data.gateway ? parse(() => parseAddressCidr(data.gateway!)).ip : firstHost(subnet);
+  if (!contains(subnet, gateway)) throw new PluginError(`gateway ${gateway} is not inside ${subnet.cidr}`);
+  return { data, subnet, gateway };
 }
 
 /** Runs a parser of user input; what it throws goes back to Docker as a 400. */

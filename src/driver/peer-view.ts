@@ -8,10 +8,15 @@ import { decodeRecord, endpointRecordSchema, hostRecordSchema, keys, type Endpoi
 
 // join() builds one flat string; a template literal leaves a tree of parts beside the
 // flattened copy once the id is hashed, kept for every peer.
-export const peerId = (p: Peer) => [p.ip, p.mac, p.vtep].join('|');
+export const peerId = (p: Peer) => (p.ip6 === undefined ? [p.ip, p.mac, p.vtep] : [p.ip, p.mac, p.vtep, p.ip6]).join('|');
 
 /** The fields of an endpoint record that decide whether and how it is a peer. */
-export type PeerEndpoint = Pick<EndpointRecord, 'ip' | 'mac' | 'host' | 'joined'>;
+export type PeerEndpoint = Pick<EndpointRecord, 'ip' | 'ip6' | 'mac' | 'host' | 'joined'>;
+
+/** A remote endpoint as a peer at `vtep`: a dual-stack container carries its IPv6 address too. */
+function peerAt(ep: PeerEndpoint, vtep: string): Peer {
+  return ep.ip6 ? { ip: ep.ip, ip6: ep.ip6, mac: ep.mac, vtep } : { ip: ep.ip, mac: ep.mac, vtep };
+}
 
 /**
  * The peers one host should hold for one network: every joined endpoint of another host that
@@ -23,7 +28,7 @@ export function desiredPeersOf(endpoints: Iterable<PeerEndpoint>, hosts: Readonl
   for (const ep of endpoints) {
     if (!ep.joined || ep.host === self) continue;
     const host = hosts.get(ep.host);
-    if (host) peers.push({ ip: ep.ip, mac: ep.mac, vtep: host.vtep });
+    if (host) peers.push(peerAt(ep, host.vtep));
   }
   return peers;
 }
@@ -278,14 +283,16 @@ export class PeerView {
   /** The peer an endpoint is while its host is live. */
   private peerOf(ep: PeerEndpoint): Peer | undefined {
     const host = this.hosts.get(ep.host);
-    return host ? { ip: ep.ip, mac: ep.mac, vtep: host.vtep } : undefined;
+    return host ? peerAt(ep, host.vtep) : undefined;
   }
 
   /** Records (or, with undefined, forgets) one endpoint, and updates its network's desired set if built. */
   private setEndpoint(key: string, ep: EndpointRecord | undefined): void {
     const networkKey = keys.parseEndpoint(key)?.networkKey ?? '';
     const kept: PeerEndpoint | undefined =
-      ep?.joined && ep.host !== this.self ? { ip: ep.ip, mac: ep.mac, host: this.hostName(ep.host), joined: true } : undefined;
+      ep?.joined && ep.host !== this.self
+        ? { ip: ep.ip, ...(ep.ip6 ? { ip6: ep.ip6 } : {}), mac: ep.mac, host: this.hostName(ep.host), joined: true }
+        : undefined;
     let records = this.endpoints.get(networkKey);
     const old = records?.get(key);
     if (kept) {

@@ -13,8 +13,12 @@ export const networkRecordSchema = z.object({
   /** Docker network ids that map to this network (one per host in standalone mode, one in swarm). */
   ids: z.array(z.string()),
   vni: z.number().int(),
+  /** The IPv4 subnet, or the IPv6 one on an IPv6-only network (`--ipv4=false`). */
   subnet: z.string(),
   gateway: z.string(),
+  /** Dual-stack networks: the IPv6 subnet and gateway beside the IPv4 ones. */
+  subnet6: z.string().optional(),
+  gateway6: z.string().optional(),
   mtu: z.number().int(),
   mode: modeSchema,
   options: z.record(z.string()),
@@ -31,6 +35,8 @@ export const networkIdRecordSchema = z.object({
   remote: z.string().optional(),
   /** The subnet of tsoverlay's IPAM pool this host requested for the network (absent with Docker's IPAM or in swarm). */
   pool: z.string().optional(),
+  /** Dual-stack: the IPv6 pool beside `pool`. */
+  pool6: z.string().optional(),
   created: z.string(),
 });
 export type NetworkIdRecord = z.infer<typeof networkIdRecordSchema>;
@@ -38,7 +44,10 @@ export type NetworkIdRecord = z.infer<typeof networkIdRecordSchema>;
 export const endpointRecordSchema = z.object({
   id: z.string(),
   networkId: z.string(),
+  /** The container's address in the network's `subnet` (IPv6 on an IPv6-only network). */
   ip: z.string(),
+  /** Dual-stack networks: the container's IPv6 address. */
+  ip6: z.string().optional(),
   mac: z.string(),
   /**
    * Underlay address of the VTEP of the host running the container, as it was when the record
@@ -88,6 +97,14 @@ export const addressRecordSchema = z.object({
 });
 export type AddressRecord = z.infer<typeof addressRecordSchema>;
 
+/** A MAC allocated for a container with no IPv4 address in a large IPv6 subnet (see mac.ts). */
+export const macRecordSchema = z.object({
+  ip: z.string(),
+  host: z.string(),
+  created: z.string(),
+});
+export type MacRecord = z.infer<typeof macRecordSchema>;
+
 export const vniRecordSchema = z.object({
   networkKey: z.string(),
   created: z.string(),
@@ -100,6 +117,7 @@ const ENDPOINTS = 'endpoints/';
 const HOSTS = 'hosts/';
 const POOLS = 'ipam/pools/';
 const ADDRESSES = 'ipam/addresses/';
+const MACS = 'ipam/macs/';
 const VNIS = 'vni/';
 
 /** What follows `prefix` in `key`, if `key` is under it and names one record (no further `/`). */
@@ -147,6 +165,8 @@ export const keys = {
   addresses: (poolKey: string) => `${ADDRESSES}${poolKey}/`,
   /** The IP of an `ipam/addresses/<pool key>/<ip>` key of that pool. */
   addressOf: (poolKey: string, key: string) => leaf(`${ADDRESSES}${poolKey}/`, key),
+  mac: (poolKey: string, mac: string) => `${MACS}${poolKey}/${mac}`,
+  macs: (poolKey: string) => `${MACS}${poolKey}/`,
   vni: (vni: number) => `${VNIS}${vni}`,
   vnis: () => VNIS,
   /** The VNI of a `vni/<n>` key. */

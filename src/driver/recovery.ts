@@ -119,9 +119,9 @@ export class Recovery {
       return;
     }
     for (const ep of await records.list(endpointRecordSchema, keys.allEndpoints())) {
-      if (ep.value.host !== host.name || ep.value.ip !== ip || ep.value.joined) continue;
+      if (ep.value.host !== host.name || (ep.value.ip !== ip && ep.value.ip6 !== ip) || ep.value.joined) continue;
       const network = await networks.find(ep.value.networkId);
-      if (network && network.value.subnet !== subnet) continue;
+      if (network && network.value.subnet !== subnet && network.value.subnet6 !== subnet) continue;
       logger.warn('deleting an endpoint whose DeleteEndpoint never arrived', { networkId: ep.value.networkId, endpointId: ep.value.id, ip });
       if (network) await this.deps.deleteEndpoint(ep.value.networkId, ep.value.id);
       else await records.delete(ep.key);

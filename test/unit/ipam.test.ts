@@ -74,11 +74,12 @@ test('sub-pool (--ip-range) limits allocation; exhaustion is a clear error', asy
   await assert.rejects(a.requestAddress({ poolId, options: {} }), /no free address left in 10\.50\.0\.128\/30/);
 });
 
-test('bad input: overlap, IPv6, unknown pool, foreign address, address space', async () => {
+test('bad input: overlap, family, unknown pool, foreign address, address space', async () => {
   const { a } = await fixture();
   await a.requestPool({ addressSpace: space, pool: '10.60.0.0/16', v6: false });
   await assert.rejects(a.requestPool({ addressSpace: space, pool: '10.60.5.0/24', v6: false }), /overlaps pool 10\.60\.0\.0\/16/);
-  await assert.rejects(a.requestPool({ addressSpace: space, v6: true }), /IPv6/);
+  await assert.rejects(a.requestPool({ addressSpace: space, pool: '10.62.0.0/24', v6: true }), /given as an IPv6 pool/);
+  await assert.rejects(a.requestPool({ addressSpace: space, pool: 'fd00:62::/64', v6: false }), /given as an IPv4 pool/);
   await assert.rejects(a.requestPool({ addressSpace: 'nope', pool: '10.61.0.0/24', v6: false }), /unknown address space/);
   await assert.rejects(a.requestPool({ addressSpace: space, pool: '10.61.0.0/33', v6: false }), /invalid IPv4 subnet/);
   await assert.rejects(a.requestAddress({ poolId: '10.99.0.0/24', options: {} }), /unknown pool/);
