@@ -4,6 +4,8 @@
  * regex/split based parsing cost more than the kernel's work per entry.
  */
 
+import ipaddr from 'ipaddr.js';
+
 const HEX = Array.from({ length: 256 }, (_v, i) => i.toString(16).padStart(2, '0'));
 
 function hexDigit(c: number): number {
@@ -110,4 +112,47 @@ export function parseIPv4Cidr(s: string): { ip: Buffer; prefix: number } {
 
 export function isMulticastIPv4(b: Uint8Array): boolean {
   return b[0]! >= 224 && b[0]! <= 239;
+}
+
+// IPv6 goes through ipaddr.js: the IPv4 hot paths above stay hand-written, IPv6 peers are parsed
+// once per (re)programming and RFC 5952 formatting is easy to get subtly wrong by hand.
+
+/** An IPv6 address (any RFC 4291 text form, no zone) → 16 bytes. Throws on anything else, IPv4 included. */
+export function parseIPv6(s: string): Buffer {
+  if (typeof s !== 'string' || s.includes('%') || !ipaddr.IPv6.isValid(s)) throw new Error(`invalid IPv6 address: ${JSON.stringify(s)}`);
+  return Buffer.from(ipaddr.IPv6.parse(s).toByteArray());
+}
+
+/** 16 bytes → the RFC 5952 text form (what `ip -6 neigh` prints): dumps and input compare as text. */
+export function formatIPv6(b: Uint8Array): string {
+  return ipaddr.fromByteArray(Array.from(b.subarray(0, 16))).toString();
+}
+
+/** An IPv6 address in its canonical (RFC 5952) text form. Throws on anything else. */
+export function canonicalIPv6(s: string): string {
+  return formatIPv6(parseIPv6(s));
+}
+
+export function isIPv6Text(s: string): boolean {
+  return typeof s === 'string' && s.includes(':');
+}
+
+/** An underlay or overlay address of either family → its 4 or 16 bytes. */
+export function parseIP(s: string): Buffer {
+  return isIPv6Text(s) ? parseIPv6(s) : parseIPv4(s);
+}
+
+/** 4 or 16 bytes → text (IPv4 dotted quad, IPv6 RFC 5952); undefined for any other length. */
+export function formatIP(b: Uint8Array): string | undefined {
+  return b.length === 4 ? formatIPv4(b) : b.length === 16 ? formatIPv6(b) : undefined;
+}
+
+export function parseIPv6Cidr(s: string): { ip: Buffer; prefix: number } {
+  const m = /^([^/]+)\/(\d{1,3})$/.exec(typeof s === 'string' ? s : '');
+  if (!m || Number(m[2]) > 128) throw new Error(`invalid IPv6 CIDR: ${JSON.stringify(s)}`);
+  return { ip: parseIPv6(m[1]!), prefix: Number(m[2]) };
+}
+
+export function isMulticastIPv6(b: Uint8Array): boolean {
+  return b[0] === 0xff;
 }

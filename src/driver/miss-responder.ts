@@ -23,7 +23,7 @@ export function indexPeers(peers: readonly Peer[]): PeerIndex {
   const byIp = new Map<string, Peer>();
   const byMac = new Map<string, Peer>();
   for (const p of peers) {
-    byIp.set(p.ip, p);
+    if (p.ip) byIp.set(p.ip, p);
     if (p.ip6) byIp.set(p.ip6, p);
     byMac.set(p.mac.toLowerCase(), p);
   }

@@ -10,7 +10,7 @@ import { parseNetworkOptions, type NetworkOptions } from './options';
 import { RecordStore, nowIso, type Versioned } from './record-store';
 import { Recovery } from './recovery';
 import { addressRecordSchema, endpointRecordSchema, keys, type EndpointRecord, type NetworkRecord } from './records';
-import { contains, firstHost, parseAddressCidr, parseSubnet, subnetKey, type Subnet } from './subnet';
+import { contains, familyOf, firstHost, parseAddressCidr, parseSubnet, subnetKey, type Subnet } from './subnet';
 
 export type { AddressReleaser, HostIdentity } from './network-records';
 export type { OverlayDataplane, PeerSyncHooks } from './local-overlays';
@@ -76,22 +76,28 @@ export class NetworkDriver {
     const options = parse(() => parseNetworkOptions(input.genericOptions));
     const v4 = onePool(input.ipv4, 4);
     const v6 = onePool(input.ipv6, 6);
-    // IPv4 is the network's primary family when it has one; an IPv6-only network (Docker 28's
-    // --ipv4=false) keeps its IPv6 subnet where the IPv4 one would be.
-    const primary = v4 ?? v6;
-    if (!primary) throw new PluginError('the network has no subnet; pass --subnet');
-    const second = v4 ? v6 : undefined;
+    // IPv4 fields hold IPv4 and IPv6 fields IPv6: an IPv6-only network (Docker 28's
+    // --ipv4=false) has empty IPv4 ones, as its containers have an empty IPv4 address.
+    const first = v4 ?? v6;
+    if (!first) throw new PluginError('the network has no subnet; pass --subnet');
     const ours = (d: ParsedPool) => d.data.addressSpace === LOCAL_ADDRESS_SPACE || d.data.addressSpace === GLOBAL_ADDRESS_SPACE;
-    if (second && ours(primary) !== ours(second)) {
+    if (v4 && v6 && ours(v4) !== ours(v6)) {
       throw new PluginError('use one IPAM driver for both families: tsoverlay (--ipam-driver tsoverlay) or the default one for both');
     }
-    if (this.records.store.distributed && !ours(primary) && !options.allowDefaultIpam) {
+    if (this.records.store.distributed && !ours(first) && !options.allowDefaultIpam) {
       throw new PluginError(
         'with a distributed store every host must allocate from the same cluster-wide IPAM: ' +
           'create the network with --ipam-driver tsoverlay (or -o allow-default-ipam=true to accept per-host address allocation)',
       );
     }
-    const subnet = primary.subnet;
+    const underlay = familyOf(this.host.vtep);
+    if (underlay !== undefined && options.remote && familyOf(options.remote) !== underlay) {
+      throw new PluginError(`-o remote=${options.remote} is not of this host's underlay family (its VTEP is ${this.host.vtep})`);
+    }
+    if (underlay !== undefined && options.group && familyOf(options.group) !== underlay) {
+      throw new PluginError(`-o group=${options.group} is not of this host's underlay family (its VTEP is ${this.host.vtep})`);
+    }
+    const subnet = first.subnet;
     const networkKey = options.vni !== undefined ? `vni-${options.vni}` : subnetKey(subnet);
     if (options.remote && options.remote === this.host.vtep) {
       throw new PluginError(`-o remote=${options.remote} is this host's own address: name the other host of the p2p link`);
@@ -107,12 +113,12 @@ export class NetworkDriver {
       const network = await this.networks.create({
         networkId: input.networkId,
         networkKey,
-        subnet: subnet.cidr,
-        gateway: primary.gateway,
-        ...(second ? { v6: { subnet: second.subnet.cidr, gateway: second.gateway } } : {}),
+        subnet: v4?.subnet.cidr ?? '',
+        gateway: v4?.gateway ?? '',
+        ...(v6 ? { v6: { subnet: v6.subnet.cidr, gateway: v6.gateway } } : {}),
         options,
-        ...(primary.data.addressSpace === LOCAL_ADDRESS_SPACE ? { pool: subnet.cidr } : {}),
-        ...(second?.data.addressSpace === LOCAL_ADDRESS_SPACE ? { pool6: second.subnet.cidr } : {}),
+        ...(v4?.data.addressSpace === LOCAL_ADDRESS_SPACE ? { pool: v4.subnet.cidr } : {}),
+        ...(v6?.data.addressSpace === LOCAL_ADDRESS_SPACE ? { pool6: v6.subnet.cidr } : {}),
       });
       this.logger.info('network created', {
         networkId: input.networkId,
@@ -154,37 +160,40 @@ export class NetworkDriver {
   async createEndpoint(input: CreateEndpointInput): Promise<{ macAddress?: string }> {
     const ip4 = input.address ? parse(() => parseAddressCidr(input.address!)).ip : undefined;
     const ip6 = input.addressIPv6 ? parse(() => parseAddressCidr(input.addressIPv6!)).ip : undefined;
-    const ip = ip4 ?? ip6;
-    if (!ip) throw new PluginError('the endpoint has no address: the network must use an IPAM driver that assigns one');
+    if (!ip4 && !ip6) throw new PluginError('the endpoint has no address: the network must use an IPAM driver that assigns one');
     const givenMac = input.macAddress ? normalizeMac(input.macAddress) : undefined;
     if (input.macAddress && !givenMac) throw new PluginError(`invalid MAC address "${input.macAddress}"`);
     const { networkId, endpointId } = input;
 
     return this.locks.run(networkId, async () => {
       const network = await this.networks.require(networkId);
-      const subnet = parseSubnet(network.value.subnet);
-      if (!contains(subnet, ip)) throw new PluginError(`address ${ip} is not inside the network's subnet ${subnet.cidr}`);
+      const subnet4 = network.value.subnet ? parseSubnet(network.value.subnet) : undefined;
       const subnet6 = network.value.subnet6 ? parseSubnet(network.value.subnet6) : undefined;
-      const second = ip4 ? ip6 : undefined;
-      if (second && !subnet6) throw new PluginError(`the network has no IPv6 subnet for address ${second}`);
-      if (subnet6 && !second) throw new PluginError(`the endpoint has no IPv6 address in the network's IPv6 subnet ${subnet6.cidr}`);
-      if (second && subnet6 && !contains(subnet6, second)) {
-        throw new PluginError(`address ${second} is not inside the network's IPv6 subnet ${subnet6.cidr}`);
+      // Each family the network has, the endpoint has, inside its subnet; no other.
+      for (const [family, subnet, ip] of [
+        [4, subnet4, ip4],
+        [6, subnet6, ip6],
+      ] as const) {
+        if (subnet && !ip) throw new PluginError(`the endpoint has no IPv${family} address in the network's subnet ${subnet.cidr}`);
+        if (ip && !subnet) throw new PluginError(`the network has no IPv${family} subnet for address ${ip}`);
+        if (ip && subnet && !contains(subnet, ip)) throw new PluginError(`address ${ip} is not inside the network's subnet ${subnet.cidr}`);
       }
       const key = keys.endpoint(network.value.key, endpointId);
       const existing = await this.records.get(endpointRecordSchema, key);
-      if (existing && (existing.value.ip !== ip || existing.value.ip6 !== second || existing.value.host !== this.host.name)) {
-        throw new PluginError(`endpoint ${endpointId} already exists with address ${existing.value.ip}`, 409);
+      if (existing && (existing.value.ip !== (ip4 ?? '') || existing.value.ip6 !== ip6 || existing.value.host !== this.host.name)) {
+        throw new PluginError(`endpoint ${endpointId} already exists with address ${existing.value.ip || existing.value.ip6}`, 409);
       }
-      // A replayed CreateEndpoint keeps the MAC it was given (an IPv6-only one was allocated).
-      const mac = existing?.value.mac ?? givenMac ?? (await macFor(this.records, { subnet, ip, endpointId, host: this.host.name }));
+      // The MAC comes from the IPv4 address; without one, from the IPv6 address (see mac.ts).
+      const [macSubnet, macIp] = ip4 ? [subnet4!, ip4] : [subnet6!, ip6!];
+      // A replayed CreateEndpoint keeps the MAC it was given (an IPv6-only one may be allocated).
+      const mac = existing?.value.mac ?? givenMac ?? (await macFor(this.records, { subnet: macSubnet, ip: macIp, host: this.host.name }));
       if (!existing) {
-        const name = await this.endpointName(subnet, ip);
+        const name = await this.endpointName(macSubnet, macIp);
         const record: EndpointRecord = {
           id: endpointId,
           networkId,
-          ip,
-          ...(second ? { ip6: second } : {}),
+          ip: ip4 ?? '',
+          ...(ip6 ? { ip6 } : {}),
           mac,
           locator: this.host.vtep,
           host: this.host.name,
@@ -206,7 +215,7 @@ export class NetworkDriver {
         }
         await preparing;
       }
-      this.logger.info('endpoint created', { networkId, endpointId, ip, ...(second ? { ip6: second } : {}), mac, portReady: this.overlays.isPrepared(endpointId) });
+      this.logger.info('endpoint created', { networkId, endpointId, ...(ip4 ? { ip: ip4 } : {}), ...(ip6 ? { ip6 } : {}), mac, portReady: this.overlays.isPrepared(endpointId) });
       // Docker fails the call with "driver modified interface" if we echo a field it set.
       return givenMac ? {} : { macAddress: mac };
     });
@@ -220,8 +229,8 @@ export class NetworkDriver {
       const key = keys.endpoint(network.value.key, endpointId);
       const endpoint = await this.records.get(endpointRecordSchema, key);
       await this.records.delete(key);
-      if (endpoint && endpoint.value.host === this.host.name) {
-        await releaseMac(this.records, parseSubnet(network.value.subnet), endpoint.value.ip, endpoint.value.mac).catch((err: unknown) =>
+      if (endpoint && endpoint.value.host === this.host.name && !endpoint.value.ip && endpoint.value.ip6 && network.value.subnet6) {
+        await releaseMac(this.records, parseSubnet(network.value.subnet6), endpoint.value.ip6, endpoint.value.mac).catch((err: unknown) =>
           this.logger.warn('allocated MAC not released (the next container with this address takes it over)', { endpointId, error: errorMessage(err) }),
         );
       }
@@ -235,7 +244,7 @@ export class NetworkDriver {
     const endpoint = await this.requireEndpoint(network.value, endpointId);
     const overlay = this.overlays.find(networkId);
     return {
-      ip: endpoint.value.ip,
+      ...(endpoint.value.ip ? { ip: endpoint.value.ip } : {}),
       ...(endpoint.value.ip6 ? { ip6: endpoint.value.ip6 } : {}),
       mac: endpoint.value.mac,
       vni: String(network.value.vni),

@@ -83,7 +83,7 @@ export class NetworkRecords {
     networkKey: string;
     subnet: string;
     gateway: string;
-    /** Dual-stack: the IPv6 subnet and gateway beside the IPv4 ones. */
+    /** The IPv6 subnet and gateway; `subnet` and `gateway` are empty on an IPv6-only network. */
     v6?: { subnet: string; gateway: string };
     options: NetworkOptions;
     /** The tsoverlay IPAM pool(s) this host requested for the network, if any. */
@@ -232,7 +232,7 @@ export class NetworkRecords {
         await this.records.update(networkRecordSchema, keys.network(network.key), (current) =>
           current ? { ...current, ids: current.ids.filter((id) => id !== networkId) } : undefined,
         );
-        throw new PluginError(`subnet ${network.subnet} is already used by network ${otherId} on this host`, 409);
+        throw new PluginError(`subnet ${network.subnet || network.subnet6} is already used by network ${otherId} on this host`, 409);
       }
     }
   }
@@ -278,7 +278,7 @@ export class NetworkRecords {
 
 function checkCompatible(current: NetworkRecord, subnet: string, subnet6: string | undefined, options: NetworkOptions): void {
   if (current.subnet !== subnet) {
-    throw new PluginError(`VNI ${current.vni} is already used by a network on ${current.subnet}, not ${subnet}`, 409);
+    throw new PluginError(`VNI ${current.vni} is already used by a network on ${current.subnet || 'no IPv4 subnet'}, not ${subnet || 'no IPv4 subnet'}`, 409);
   }
   // Every host's containers must have the same families, or some peers could not reach others.
   if (current.subnet6 !== subnet6) {

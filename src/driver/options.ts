@@ -1,6 +1,7 @@
 import type { ResolutionMode } from '../dataplane/types';
 import { encryptedOverlayMtu } from '../dataplane/xfrm';
-import { isIPv4 } from './subnet';
+import ipaddr from 'ipaddr.js';
+import { canonicalIp, isIPv4, isIPv6 } from './subnet';
 
 /**
  * The `-o key=value` options of `docker network create -d tsoverlay`, as they arrive in
@@ -55,14 +56,15 @@ export function parseNetworkOptions(raw: Record<string, string>): NetworkOptions
         options.mode = value as ResolutionMode;
         break;
       case 'remote':
-        if (!isIPv4(value)) throw new Error(`option remote="${value}" is not an IPv4 address`);
-        options.remote = value;
+        // Of the underlay's family: checked against this host's VTEP at CreateNetwork.
+        if (!isIPv4(value) && !isIPv6(value)) throw new Error(`option remote="${value}" is not an IPv4 or IPv6 address`);
+        options.remote = canonicalIp(value);
         break;
       case 'group':
-        if (!isIPv4(value) || Number(value.split('.')[0]) < 224 || Number(value.split('.')[0]) > 239) {
-          throw new Error(`option group="${value}" is not an IPv4 multicast address`);
+        if (isIPv6(value) ? ipaddr.IPv6.parse(value).range() !== 'multicast' : !isIPv4(value) || Number(value.split('.')[0]) < 224 || Number(value.split('.')[0]) > 239) {
+          throw new Error(`option group="${value}" is not an IPv4 or IPv6 multicast address`);
         }
-        options.group = value;
+        options.group = canonicalIp(value);
         break;
       case MTU_OPTION:
       case 'mtu':

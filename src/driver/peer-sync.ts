@@ -269,7 +269,7 @@ export class PeerSync implements PeerSyncHooks {
       }
       const programmed = new Map(this.programmed.get(networkId) ?? []);
       // Whatever held the same IP or MAC before (a container that left) goes first.
-      const replaced = [...programmed.values()].filter((p) => peerId(p) !== peerId(peer) && (p.ip === peer.ip || p.mac === peer.mac));
+      const replaced = [...programmed.values()].filter((p) => peerId(p) !== peerId(peer) && (sameAddress(p, peer) || p.mac === peer.mac));
       for (const p of replaced) programmed.delete(peerId(p));
       try {
         await this.dataplane.applyPeers(networkId, [peer], replaced);
@@ -298,7 +298,7 @@ export class PeerSync implements PeerSyncHooks {
     const index = this.view.peerIndex(net.networkKey);
     const keep = new Map<string, Peer>();
     for (const p of current) {
-      const now = index.byIp.get(p.ip) ?? index.byMac.get(p.mac.toLowerCase());
+      const now = (p.ip ? index.byIp.get(p.ip) : p.ip6 ? index.byIp.get(p.ip6) : undefined) ?? index.byMac.get(p.mac.toLowerCase());
       if (now) keep.set(peerId(now), now);
     }
     return keep;
@@ -430,4 +430,9 @@ function notIn(from: ReadonlyMap<string, Peer>, other: ReadonlyMap<string, Peer>
     ids.push(id);
   });
   return [peers, ids];
+}
+
+/** Two peers share an address of either family (an IPv6-only peer's IPv4 address is empty, never shared). */
+function sameAddress(a: Peer, b: Peer): boolean {
+  return (a.ip !== '' && a.ip === b.ip) || (a.ip6 !== undefined && a.ip6 === b.ip6);
 }

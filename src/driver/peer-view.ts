@@ -13,7 +13,7 @@ export const peerId = (p: Peer) => (p.ip6 === undefined ? [p.ip, p.mac, p.vtep] 
 /** The fields of an endpoint record that decide whether and how it is a peer. */
 export type PeerEndpoint = Pick<EndpointRecord, 'ip' | 'ip6' | 'mac' | 'host' | 'joined'>;
 
-/** A remote endpoint as a peer at `vtep`: a dual-stack container carries its IPv6 address too. */
+/** A remote endpoint as a peer at `vtep` (`ip` empty on an IPv6-only network, as in the record). */
 function peerAt(ep: PeerEndpoint, vtep: string): Peer {
   return ep.ip6 ? { ip: ep.ip, ip6: ep.ip6, mac: ep.mac, vtep } : { ip: ep.ip, mac: ep.mac, vtep };
 }

@@ -13,10 +13,10 @@ export const networkRecordSchema = z.object({
   /** Docker network ids that map to this network (one per host in standalone mode, one in swarm). */
   ids: z.array(z.string()),
   vni: z.number().int(),
-  /** The IPv4 subnet, or the IPv6 one on an IPv6-only network (`--ipv4=false`). */
+  /** The IPv4 subnet and gateway: empty on an IPv6-only network (`--ipv4=false`). */
   subnet: z.string(),
   gateway: z.string(),
-  /** Dual-stack networks: the IPv6 subnet and gateway beside the IPv4 ones. */
+  /** The IPv6 subnet and gateway (dual-stack and IPv6-only networks). */
   subnet6: z.string().optional(),
   gateway6: z.string().optional(),
   mtu: z.number().int(),
@@ -35,7 +35,7 @@ export const networkIdRecordSchema = z.object({
   remote: z.string().optional(),
   /** The subnet of tsoverlay's IPAM pool this host requested for the network (absent with Docker's IPAM or in swarm). */
   pool: z.string().optional(),
-  /** Dual-stack: the IPv6 pool beside `pool`. */
+  /** The IPv6 pool, beside `pool` (dual-stack) or alone (IPv6-only). */
   pool6: z.string().optional(),
   created: z.string(),
 });
@@ -44,9 +44,9 @@ export type NetworkIdRecord = z.infer<typeof networkIdRecordSchema>;
 export const endpointRecordSchema = z.object({
   id: z.string(),
   networkId: z.string(),
-  /** The container's address in the network's `subnet` (IPv6 on an IPv6-only network). */
+  /** The container's IPv4 address: empty on an IPv6-only network. */
   ip: z.string(),
-  /** Dual-stack networks: the container's IPv6 address. */
+  /** The container's IPv6 address (dual-stack and IPv6-only networks). */
   ip6: z.string().optional(),
   mac: z.string(),
   /**

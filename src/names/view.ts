@@ -167,8 +167,8 @@ export class NamesView {
       const suffix = rec.networkName !== undefined ? dnsName(rec.networkName) : undefined;
       if (suffix) index.suffixes.add(suffix);
       if (!ep || !this.live(ep)) continue;
-      // On an IPv6-only network `ip` itself is the IPv6 address.
-      const addresses = ep.ip6 ? [ep.ip, ep.ip6] : [ep.ip];
+      // An IPv6-only container's IPv4 address is empty.
+      const addresses = [ep.ip, ep.ip6].filter((a): a is string => Boolean(a));
       for (const raw of rec.names) {
         const n = dnsName(raw);
         if (!n) continue;
@@ -262,7 +262,7 @@ export class NamesView {
         }
         case 'networks': {
           const rec = decodeRecord(networkRecordSchema, value, key);
-          this.subnets.set(rec.key, [rec.subnet, ...(rec.subnet6 ? [rec.subnet6] : [])].map(parseSubnet));
+          this.subnets.set(rec.key, [rec.subnet, rec.subnet6].filter((x): x is string => Boolean(x)).map(parseSubnet));
           return rec.key;
         }
       }

@@ -61,8 +61,8 @@ before(async () => {
   await names('10.40.0.0-24', 'e4', 'dual', ['both'], 'a', 'ds');
   await endpoint('10.40.0.0-24', 'e5', '10.40.0.3', 'b', true, 'fd00:40::3');
   await names('10.40.0.0-24', 'e5', 'dual2', ['both'], 'b', 'ds');
-  await put(keys.network('fd00:60::-64'), { key: 'fd00:60::-64', ids: ['w'], vni: 259, subnet: 'fd00:60::/64', gateway: 'fd00:60::1', mtu: 1450, mode: 'static', options: {}, created });
-  await endpoint('fd00:60::-64', 'e6', 'fd00:60::a', 'b');
+  await put(keys.network('fd00:60::-64'), { key: 'fd00:60::-64', ids: ['w'], vni: 259, subnet: '', gateway: '', subnet6: 'fd00:60::/64', gateway6: 'fd00:60::1', mtu: 1450, mode: 'static', options: {}, created });
+  await endpoint('fd00:60::-64', 'e6', '', 'b', true, 'fd00:60::a');
   await names('fd00:60::-64', 'e6', 'only6', [], 'b', 'v6net');
   view = new NamesView(store, silentLogger());
   await view.start();

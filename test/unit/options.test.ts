@@ -28,7 +28,7 @@ test('invalid values say what is wrong', () => {
   assert.throws(() => parseNetworkOptions({ vni: '12a' }), /not a whole number/);
   assert.throws(() => parseNetworkOptions({ mode: 'bogus' }), /not one of static, miss, p2p, multicast/);
   assert.throws(() => parseNetworkOptions({ mode: 'p2p' }), /needs -o remote/);
-  assert.throws(() => parseNetworkOptions({ mode: 'multicast', group: '10.1.1.1' }), /not an IPv4 multicast/);
+  assert.throws(() => parseNetworkOptions({ mode: 'multicast', group: '10.1.1.1' }), /not an IPv4 or IPv6 multicast/);
   assert.throws(() => parseNetworkOptions({ remote: '10.0.0.2' }), /only valid with mode=p2p/);
   assert.throws(() => parseNetworkOptions({ mtu: '100' }), /out of range/);
 });

@@ -5,7 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { PeerView } from '../../src/driver/peer-view';
+import { PeerView, desiredPeersOf, peerId } from '../../src/driver/peer-view';
+import { indexPeers } from '../../src/driver/miss-responder';
 import { keys, type EndpointRecord, type HostRecord } from '../../src/driver/records';
 import { silentLogger } from '../../src/log';
 
@@ -44,4 +45,27 @@ test('a host record without settled, or one already reached, is a peer at once',
   assert.deepEqual(view.desiredPeers('net').map((p) => p.ip), ['10.0.0.2']);
   view.hostEvents([put(keys.host('a'), host(30), 42)]);
   assert.deepEqual(view.desiredPeers('net').map((p) => p.ip), ['10.0.0.2']);
+});
+
+test('IPv6 peers: a dual-stack endpoint carries ip6 beside ip, an IPv6-only one an empty ip; both are distinct peers', () => {
+  const hosts = new Map([['b', { name: 'b', vtep: '192.0.2.2', started: 'x' }]]);
+  const peers = desiredPeersOf(
+    [
+      { ip: '10.9.0.2', ip6: 'fd00:9::2', mac: '02:42:0a:09:00:02', host: 'b', joined: true },
+      { ip: '', ip6: 'fd00:7::2', mac: '06:42:00:00:00:02', host: 'b', joined: true },
+      { ip: '', ip6: 'fd00:7::3', mac: '06:42:00:00:00:03', host: 'b', joined: true },
+    ],
+    hosts,
+    'a',
+  );
+  assert.deepEqual(peers, [
+    { ip: '10.9.0.2', ip6: 'fd00:9::2', mac: '02:42:0a:09:00:02', vtep: '192.0.2.2' },
+    { ip: '', ip6: 'fd00:7::2', mac: '06:42:00:00:00:02', vtep: '192.0.2.2' },
+    { ip: '', ip6: 'fd00:7::3', mac: '06:42:00:00:00:03', vtep: '192.0.2.2' },
+  ]);
+  assert.equal(new Set(peers.map(peerId)).size, 3);
+  const index = indexPeers(peers);
+  assert.equal(index.byIp.get('fd00:9::2')?.mac, '02:42:0a:09:00:02', 'an IPv6 l3 miss finds a dual-stack peer');
+  assert.equal(index.byIp.get('fd00:7::3')?.mac, '06:42:00:00:00:03');
+  assert.equal(index.byIp.has(''), false, 'no IPv6-only peer under an empty IPv4 address');
 });
