@@ -65,6 +65,11 @@ export const hostRecordSchema = z.object({
    * comes back never has its dead containers advertised, whatever order the watches deliver in.
    */
   settled: z.number().int().nonnegative().optional(),
+  /**
+   * The same per network key (the revision of the last withdrawal in that network): a peer
+   * follows only the networks it has containers on, and waits only for those.
+   */
+  settledIn: z.record(z.number().int().nonnegative()).optional(),
   started: z.string(),
 });
 export type HostRecord = z.infer<typeof hostRecordSchema>;

@@ -373,7 +373,9 @@ class ConsulWatch implements Watch {
         backoff.reset();
         const current = new Map(entries.map((e) => [e.key, e]));
         if (previous === undefined) {
-          this.listener.reset(entries);
+          let revision = newIndex;
+          for (const e of entries) if (e.revision > revision) revision = e.revision;
+          this.listener.reset(entries, revision);
         } else if (newIndex !== index) {
           this.listener.events(diff(previous, current, newIndex));
         }
