@@ -75,6 +75,8 @@ export class IpamService {
   /** Subnets whose pool Docker just asked for again although this host held it. */
   private readonly dockerReplay: DockerReplays;
   private readonly allocator: PoolAllocator;
+  /** Pools (by subnet key) this host holds, as seen in their record since it last let go of one. */
+  private readonly heldPools = new Set<string>();
 
   constructor(
     records: RecordStore,
@@ -150,6 +152,7 @@ export class IpamService {
           return holders.length === 0 ? null : { ...current, holders };
         });
         this.allocator.forget(sKey);
+        this.heldPools.delete(sKey);
         if (after === undefined) {
           const stillThere = await records.get(poolRecordSchema, keys.pool(sKey));
           if (!stillThere) {
@@ -180,8 +183,14 @@ export class IpamService {
     const replay = explicit && !isGateway && kind === 'cluster' ? this.dockerReplay.current(subnet.cidr) : undefined;
     return this.scopes.run('RequestAddress', async (scope) => {
       const sKey = subnetKey(subnet);
-      const pool = await scope.records.get(poolRecordSchema, keys.pool(sKey));
-      if (!pool) throw new PluginError(`unknown pool "${req.poolId}": request the pool first`, 404);
+      // A pool this host holds cannot go while it does (it is released when its last holder lets
+      // go): once seen, it needs no read per request until this host releases it.
+      if (!this.heldPools.has(sKey)) {
+        const pool = await scope.records.get(poolRecordSchema, keys.pool(sKey));
+        if (!pool) throw new PluginError(`unknown pool "${req.poolId}": request the pool first`, 404);
+        // Not a swarm pool: its holder (the swarm) may let go of it from another host.
+        if (kind === 'cluster' && pool.value.holders.includes(this.hostName)) this.heldPools.add(sKey);
+      }
       const name = req.options[ENDPOINT_NAME_OPTION];
       const requestId = req.requestId;
       const owner = kind === 'cluster' ? this.hostName : SWARM_HOLDER;
