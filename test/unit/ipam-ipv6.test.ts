@@ -49,7 +49,11 @@ test('IPv6 /64: gateway, sequential addresses, explicit address in any spelling,
   await assert.rejects(b.requestAddress({ poolId, address: 'fd00:20:0:0:0:0:0:a0', options: {} }), /fd00:20::a0 is already in use/);
   assert.ok(await store.get(`${keys.address('fd00:20::-64', 'fd00:20::a0')}`), 'the key holds the RFC 5952 form');
   await a.releaseAddress(poolId, 'fd00:20::2/64');
-  assert.deepEqual(await b.requestAddress({ poolId, options: {} }), { address: 'fd00:20::2/64' });
+  assert.deepEqual(await a.requestAddress({ poolId, options: {} }), { address: 'fd00:20::2/64' }, 'freed, then reused');
+  // Another host allocates from an address block of its own (ipam-blocks.ts), in the same keys.
+  const fromB = (await b.requestAddress({ poolId, options: {} })).address;
+  assert.match(fromB, /^fd00:20::[0-9a-f]+\/64$/);
+  assert.ok(await store.get(keys.address('fd00:20::-64', fromB.split('/')[0]!)));
   // The gateway is shared by every host.
   assert.deepEqual(await b.requestAddress({ poolId, options: gw }), { address: 'fd00:20::1/64' });
 });
