@@ -350,7 +350,8 @@ function withNamesHooks(peerSync: PeerSync, names: NamesService, dataplane: Data
   const active = new Map<string, NetworkRecord>();
   const listen = (networkId: string, network: NetworkRecord): void => {
     const overlay = dataplane.findOverlay(networkId);
-    if (overlay) void names.overlayActive({ networkId, networkKey: network.key, netnsPath: overlay.netnsPath, gateway: network.gateway });
+    // The listener is IPv4 (it answers AAAA too): an IPv6-only network has no IPv4 gateway to bind.
+    if (overlay && network.gateway) void names.overlayActive({ networkId, networkKey: network.key, netnsPath: overlay.netnsPath, gateway: network.gateway });
   };
   return {
     async networkActive(networkId, network) {

@@ -38,8 +38,8 @@ async function ok(host: DockerHost, args: string[]): Promise<string> {
 }
 
 async function addresses(host: DockerHost, name: string, net: string): Promise<{ ip: string; ip6: string; mac: string; id: string }> {
-  const f = `{{with index .NetworkSettings.Networks "${net}"}}{{.IPAddress}} {{.GlobalIPv6Address}} {{.MacAddress}} {{.NetworkID}}{{end}}`;
-  const [ip = '', ip6 = '', mac = '', id = ''] = (await ok(host, ['inspect', '--format', f, name])).split(' ');
+  const f = `{{with index .NetworkSettings.Networks "${net}"}}{{.IPAddress}}|{{.GlobalIPv6Address}}|{{.MacAddress}}|{{.NetworkID}}{{end}}`;
+  const [ip = '', ip6 = '', mac = '', id = ''] = (await ok(host, ['inspect', '--format', f, name])).split('|');
   return { ip, ip6, mac, id };
 }
 
