@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { PeerView } from '../../src/driver/peer-view';
+import { PeerView, desiredPeersOf } from '../../src/driver/peer-view';
 import { keys, type EndpointRecord, type HostRecord } from '../../src/driver/records';
 import { silentLogger } from '../../src/log';
 
@@ -44,4 +44,19 @@ test('a host record without settled, or one already reached, is a peer at once',
   assert.deepEqual(view.desiredPeers('net').map((p) => p.ip), ['10.0.0.2']);
   view.hostEvents([put(keys.host('a'), host(30), 42)]);
   assert.deepEqual(view.desiredPeers('net').map((p) => p.ip), ['10.0.0.2']);
+});
+
+test('mixed underlays: a host whose VTEP is of the other family is refused (not a peer), once logged', () => {
+  const hosts = new Map([
+    ['a', { name: 'a', vtep: 'fd00:79::a', instance: 'i', started: 'now' }],
+    ['b', { name: 'b', vtep: 'fd00:79::b', instance: 'i', started: 'now' }],
+    ['c', { name: 'c', vtep: '10.0.0.3', instance: 'i', started: 'now' }],
+  ] as [string, HostRecord][]);
+  const eps = [
+    { ip: '', mac: '02:42:00:00:00:01', host: 'a', joined: true },
+    { ip: '', mac: '02:42:00:00:00:03', host: 'c', joined: true },
+  ];
+  assert.deepEqual(desiredPeersOf(eps, hosts, 'b').map((p) => p.vtep), ['fd00:79::a']);
+  // Without its own record (inspect before registration) nothing is filtered.
+  assert.deepEqual(desiredPeersOf(eps, new Map([...hosts].filter(([k]) => k !== 'b')), 'b').length, 2);
 });
