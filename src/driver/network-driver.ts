@@ -6,7 +6,7 @@ import type { EspSupport } from '../dataplane/xfrm';
 import { type EncryptionHooks, LocalOverlays, type OverlayDataplane, type PeerSyncHooks } from './local-overlays';
 import { macFromIp, normalizeMac } from './mac';
 import { NetworkRecords, type AddressReleaser, type HostIdentity } from './network-records';
-import { parseNetworkOptions, type NetworkOptions } from './options';
+import { checkUnderlayFamily, parseNetworkOptions, type NetworkOptions } from './options';
 import { RecordStore, nowIso, type Versioned } from './record-store';
 import { Recovery } from './recovery';
 import { addressRecordSchema, endpointRecordSchema, keys, type EndpointRecord, type NetworkRecord } from './records';
@@ -73,6 +73,7 @@ export class NetworkDriver {
 
   async createNetwork(input: CreateNetworkInput): Promise<void> {
     const options = parse(() => parseNetworkOptions(input.genericOptions));
+    parse(() => checkUnderlayFamily(options, this.host.vtep));
     if (input.ipv6.length > 0) throw new PluginError('tsoverlay does not support IPv6 yet; create the network without --ipv6');
     const [v4, ...more] = input.ipv4;
     if (!v4) throw new PluginError('the network has no IPv4 subnet; pass --subnet');
@@ -131,6 +132,7 @@ export class NetworkDriver {
   /** Swarm managers: see NetworkRecords.allocateSwarm. */
   async allocateNetwork(networkId: string, rawOptions: Record<string, string>): Promise<Record<string, string>> {
     const options: NetworkOptions = parse(() => parseNetworkOptions(rawOptions));
+    parse(() => checkUnderlayFamily(options, this.host.vtep));
     return this.networks.allocateSwarm(networkId, options, rawOptions);
   }
 

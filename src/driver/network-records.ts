@@ -17,7 +17,7 @@ export interface HostIdentity {
   name: string;
   /** Underlay address other hosts send VXLAN traffic to. */
   vtep: string;
-  /** MTU of the underlay interface; the overlay gets 50 bytes less. */
+  /** MTU of the underlay interface; the overlay gets 50 bytes less (70 on an IPv6 underlay). */
   underlayMtu: number;
 }
 
@@ -197,7 +197,7 @@ export class NetworkRecords {
         vni,
         subnet,
         gateway,
-        mtu: overlayMtu(this.host.underlayMtu, options.mtu, options.encrypted),
+        mtu: overlayMtu(this.host.underlayMtu, options.mtu, options.encrypted, this.host.vtep),
         mode: options.mode,
         options: storedOptions(options),
         created: nowIso(),
