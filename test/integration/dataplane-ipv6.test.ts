@@ -164,7 +164,7 @@ describe('IPv6 dataplane (two hosts, real kernel)', () => {
     const vni = 0x200000 + Math.floor(Math.random() * 0xfffff);
     const spec: OverlaySpec = { networkId, vni, mtu: 1400, gateway6Cidr: 'fd00:96::1/64', mode: 'miss' };
     const dirs = [runDir('ns-m1'), runDir('ns-m2')];
-    await agent(h1, { op: 'ensureOverlay', netnsDir: dirs[0]!, spec: { ...spec, vtep: h1.address6! } });
+    const info1 = await agent<{ netnsPath: string }>(h1, { op: 'ensureOverlay', netnsDir: dirs[0]!, spec: { ...spec, vtep: h1.address6! } });
     await agent(h2, { op: 'ensureOverlay', netnsDir: dirs[1]!, spec: { ...spec, vtep: h2.address6! } });
     const c1 = await container(h1, dirs[0]!, networkId, 1, undefined, 'fd00:96');
     const c2 = await container(h2, dirs[1]!, networkId, 1, undefined, 'fd00:96');
@@ -179,7 +179,13 @@ describe('IPv6 dataplane (two hosts, real kernel)', () => {
       await watch.stop();
     }
     await agent(h1, { op: 'applyPeers', netnsDir: dirs[0]!, networkId, add: [peerOf(c2, h2.address6!)], remove: [] });
-    assert.match(ping6(c1, c2.ip6), / 0% packet loss/);
+    assert.match(vxlanNs({ netnsPath: info1.netnsPath }, '-6', 'neigh', 'show', 'dev', 'vxlan0'), new RegExp(`${c2.ip6} lladdr ${c2.mac} PERMANENT`));
+    // The sender's next solicitation (its retry) is the first one answered, as with ARP in miss mode.
+    const pinged = await waitFor(() => / 0% packet loss/.test(inNs(c1.ns, 'ping', ['-6', '-c', '1', '-W', '1', c2.ip6], { allowFail: true })), {
+      timeoutMs: 10_000,
+      what: 'ping6 after the miss was answered',
+    }).then(() => true, () => false);
+    assert.ok(pinged, inNs(c1.ns, 'ip', ['-6', 'neigh', 'show']) + inNs(info1.netnsPath, 'bridge', ['fdb', 'show', 'dev', 'vxlan0']));
   });
 
   test('multicast mode with an IPv6 group on an IPv6 underlay: vxlan0 joins ff05::79 on eth0, ping6 across hosts', { timeout: 60_000 }, async (t) => {
