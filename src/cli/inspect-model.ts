@@ -7,7 +7,7 @@ import { vethNames } from '../dataplane/dataplane';
 import type { OverlayView } from '../dataplane/dataplane';
 import type { Peer, ResolutionMode } from '../dataplane/types';
 import type { ServedNameReport } from '../names/served';
-import type { LinkInfo } from '../dataplane/encode';
+import { parseIPv6, type LinkInfo } from '../dataplane/encode';
 import type { FdbEntry, NeighbourEntry } from '../dataplane/peers';
 import {
   BRIDGE_NAME,
@@ -154,7 +154,12 @@ export function kernelPart(view: OverlayView | undefined): Pick<NetworkReport, '
   };
 }
 
+/** IPv4 addresses in numeric order, then IPv6 ones in byte order. */
 function ipOrder(a: string, b: string): number {
+  const v6a = a.includes(':');
+  const v6b = b.includes(':');
+  if (v6a !== v6b) return v6a ? 1 : -1;
+  if (v6a) return Buffer.compare(parseIPv6(a), parseIPv6(b));
   const n = (ip: string) => ip.split('.').reduce((acc, x) => acc * 256 + Number(x), 0);
   return n(a) - n(b);
 }

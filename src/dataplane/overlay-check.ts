@@ -399,19 +399,26 @@ export function peerDifferences(
     if (!isPeerFdb({ mac: f.mac, self: f.flags.includes('self'), permanent: f.state === 'permanent' })) continue;
     selfFdb.set(f.mac, [...(selfFdb.get(f.mac) ?? []), f]);
   }
-  const wantIp = new Map(desired.map((p) => [p.ip, p]));
+  // A dual-stack peer has a neighbour per family; IPv6 compared in the canonical form dumps give.
+  const ipsOf = (p: Peer): string[] => [...(p.ip ? [p.ip] : []), ...(p.ip6 !== undefined ? [canonicalIPv6(p.ip6)] : [])];
+  const wantIp = new Map(desired.flatMap((p) => ipsOf(p).map((ip) => [ip, p] as const)));
   const wantMac = new Map(desired.map((p) => [p.mac.toLowerCase(), p]));
 
   if (t.mode === 'static' || t.mode === 'miss') {
     for (const p of desired) {
       const mac = p.mac.toLowerCase();
-      const n = permNeigh.get(p.ip);
+      const ips = ipsOf(p);
       const fdb = selfFdb.get(mac) ?? [];
-      if (t.mode === 'miss' && !n && fdb.length === 0) continue; // not asked for yet: fine
-      if (!n) out.push(`missing neighbour ${p.ip} lladdr ${mac} PERMANENT (peer at ${p.vtep})`);
-      else if (n.mac !== mac) out.push(`neighbour ${p.ip} has lladdr ${n.mac ?? 'none'}, the store says ${mac}`);
-      if (fdb.length === 0) out.push(`missing fdb ${mac} dst ${p.vtep} self permanent (peer ${p.ip})`);
-      else if (!fdb.some((f) => f.dst === p.vtep)) out.push(`fdb ${mac} points at ${fdb.map((f) => f.dst).join(', ')}, the store says ${p.vtep}`);
+      if (t.mode === 'miss' && ips.every((ip) => !permNeigh.has(ip)) && fdb.length === 0) continue; // not asked for yet: fine
+      const vtep = canonicalIP(p.vtep);
+      for (const ip of ips) {
+        const n = permNeigh.get(ip);
+        if (!n) out.push(`missing neighbour ${ip} lladdr ${mac} PERMANENT (peer at ${vtep})`);
+        else if (n.mac !== mac) out.push(`neighbour ${ip} has lladdr ${n.mac ?? 'none'}, the store says ${mac}`);
+      }
+      const label = ips.join(' ');
+      if (fdb.length === 0) out.push(`missing fdb ${mac} dst ${vtep} self permanent (peer ${label})`);
+      else if (!fdb.some((f) => f.dst === vtep)) out.push(`fdb ${mac} points at ${fdb.map((f) => f.dst).join(', ')}, the store says ${vtep}`);
     }
     for (const n of permNeigh.values()) {
       if (!wantIp.has(n.ip)) out.push(`stale neighbour ${n.ip} lladdr ${n.mac ?? 'none'} PERMANENT: no such peer in the store`);
@@ -420,7 +427,8 @@ export function peerDifferences(
       if (!wantMac.has(mac)) for (const f of entries) out.push(`stale fdb ${mac} dst ${f.dst ?? 'none'} self permanent: no such peer in the store`);
     }
   } else {
-    const want = floodDestination(t);
+    const dest = floodDestination(t);
+    const want = dest && canonicalIP(dest);
     const dflt = tables.fdb.filter((f) => f.mac === ZERO_MAC && f.flags.includes('self'));
     if (want && !dflt.some((f) => f.dst === want)) {
       out.push(`missing default fdb ${ZERO_MAC} dst ${want} self permanent (unknown traffic has nowhere to go)`);

@@ -16,9 +16,8 @@ import {
   NUD_PERMANENT,
   RTM_DELNEIGH,
   RTM_NEWNEIGH,
-  canonicalIPv6,
+  formatIPv6,
   ipv4ToNumber,
-  isIPv6Text,
   NLMSG_HDRLEN,
   parseIP,
   parseIPv6,
@@ -52,7 +51,22 @@ function canonicalMac(mac: string): string {
 
 /** A VTEP as setPeers keys it: IPv4 as a number (no string per entry on the hot path), IPv6 as canonical text. */
 export function vtepKey(vtep: string): number | string {
-  return isIPv6Text(vtep) ? canonicalIPv6(vtep) : ipv4ToNumber(vtep);
+  return parseVtep(vtep).key;
+}
+
+/** A few hosts' VTEPs behind thousands of peers: each parsed once (IPv6 ones cost a parse and a format). */
+const vteps = new Map<string, { bytes: Buffer; text: string; key: number | string }>();
+
+function parseVtep(s: string): { bytes: Buffer; text: string; key: number | string } {
+  let v = vteps.get(s);
+  if (!v) {
+    const bytes = parseIP(s);
+    const text = bytes.length === 16 ? formatIPv6(bytes) : s;
+    v = { bytes, text, key: bytes.length === 16 ? text : bytes.readUInt32BE(0) };
+    if (vteps.size >= 4096) vteps.clear();
+    vteps.set(s, v);
+  }
+  return v;
 }
 
 export function parsePeer(p: Peer): ParsedPeer {
@@ -60,20 +74,18 @@ export function parsePeer(p: Peer): ParsedPeer {
   const ip = hasV4 ? ipv4ToNumber(p.ip) : -1;
   const ip6 = p.ip6 !== undefined ? parseIPv6(p.ip6) : undefined;
   const mac = parseMac(p.mac);
-  const vtep = parseIP(p.vtep);
-  const v6 = vtep.length === 16;
-  const vtepText = v6 ? canonicalIPv6(p.vtep) : p.vtep;
+  const vtep = parseVtep(p.vtep);
   return {
     peer: p,
     ip,
     ip6,
     mac,
-    vtep,
+    vtep: vtep.bytes,
     ipText: p.ip,
-    ip6Text: ip6 && canonicalIPv6(p.ip6!),
+    ip6Text: ip6 && formatIPv6(ip6),
     macText: canonicalMac(p.mac),
-    vtepText,
-    vtepKey: v6 ? vtepText : vtep.readUInt32BE(0),
+    vtepText: vtep.text,
+    vtepKey: vtep.key,
   };
 }
 

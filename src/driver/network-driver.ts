@@ -6,11 +6,11 @@ import type { EspSupport } from '../dataplane/xfrm';
 import { type EncryptionHooks, LocalOverlays, type OverlayDataplane, type PeerSyncHooks } from './local-overlays';
 import { macFor, normalizeMac, releaseMac } from './mac';
 import { NetworkRecords, type AddressReleaser, type HostIdentity } from './network-records';
-import { parseNetworkOptions, type NetworkOptions } from './options';
+import { checkUnderlayFamily, parseNetworkOptions, type NetworkOptions } from './options';
 import { RecordStore, nowIso, type Versioned } from './record-store';
 import { Recovery } from './recovery';
 import { addressRecordSchema, endpointRecordSchema, keys, type EndpointRecord, type NetworkRecord } from './records';
-import { contains, familyOf, firstHost, parseAddressCidr, parseSubnet, subnetKey, type Subnet } from './subnet';
+import { contains, firstHost, parseAddressCidr, parseSubnet, subnetKey, type Subnet } from './subnet';
 
 export type { AddressReleaser, HostIdentity } from './network-records';
 export type { OverlayDataplane, PeerSyncHooks } from './local-overlays';
@@ -74,6 +74,7 @@ export class NetworkDriver {
 
   async createNetwork(input: CreateNetworkInput): Promise<void> {
     const options = parse(() => parseNetworkOptions(input.genericOptions));
+    parse(() => checkUnderlayFamily(options, this.host.vtep));
     const v4 = onePool(input.ipv4, 4);
     const v6 = onePool(input.ipv6, 6);
     // IPv4 fields hold IPv4 and IPv6 fields IPv6: an IPv6-only network (Docker 28's
@@ -89,13 +90,6 @@ export class NetworkDriver {
         'with a distributed store every host must allocate from the same cluster-wide IPAM: ' +
           'create the network with --ipam-driver tsoverlay (or -o allow-default-ipam=true to accept per-host address allocation)',
       );
-    }
-    const underlay = familyOf(this.host.vtep);
-    if (underlay !== undefined && options.remote && familyOf(options.remote) !== underlay) {
-      throw new PluginError(`-o remote=${options.remote} is not of this host's underlay family (its VTEP is ${this.host.vtep})`);
-    }
-    if (underlay !== undefined && options.group && familyOf(options.group) !== underlay) {
-      throw new PluginError(`-o group=${options.group} is not of this host's underlay family (its VTEP is ${this.host.vtep})`);
     }
     const subnet = first.subnet;
     const networkKey = options.vni !== undefined ? `vni-${options.vni}` : subnetKey(subnet);
@@ -150,6 +144,7 @@ export class NetworkDriver {
   /** Swarm managers: see NetworkRecords.allocateSwarm. */
   async allocateNetwork(networkId: string, rawOptions: Record<string, string>): Promise<Record<string, string>> {
     const options: NetworkOptions = parse(() => parseNetworkOptions(rawOptions));
+    parse(() => checkUnderlayFamily(options, this.host.vtep));
     return this.networks.allocateSwarm(networkId, options, rawOptions);
   }
 

@@ -17,7 +17,7 @@ export interface HostIdentity {
   name: string;
   /** Underlay address other hosts send VXLAN traffic to. */
   vtep: string;
-  /** MTU of the underlay interface; the overlay gets 50 bytes less. */
+  /** MTU of the underlay interface; the overlay gets 50 bytes less (70 on an IPv6 underlay). */
   underlayMtu: number;
 }
 
@@ -203,7 +203,7 @@ export class NetworkRecords {
         subnet,
         gateway,
         ...(v6 ? { subnet6: v6.subnet, gateway6: v6.gateway } : {}),
-        mtu: overlayMtu(this.host.underlayMtu, options.mtu, options.encrypted),
+        mtu: overlayMtu(this.host.underlayMtu, options.mtu, options.encrypted, this.host.vtep),
         mode: options.mode,
         options: storedOptions(options),
         created: nowIso(),

@@ -139,7 +139,7 @@ export class PeerSync implements PeerSyncHooks {
         }, logger, options.liveness)
       : undefined;
     this.liveness = liveness;
-    this.view = new PeerView(options.hostName, logger, liveness, () => this.projectAll());
+    this.view = new PeerView(options.hostName, logger, liveness, () => this.projectAll(), options.vtep);
     const dp = this.dataplane;
     if (dp.watchMisses) {
       const watchMisses = dp.watchMisses.bind(dp);

@@ -1,4 +1,5 @@
 import type { Peer } from '../dataplane/types';
+import { sameUnderlayFamily } from '../dataplane/overlay-check';
 import type { Logger } from '../log';
 import type { KVEntry, WatchEvent } from '../store/store';
 import { errorMessage } from '../util/errors';
@@ -20,15 +21,22 @@ function peerAt(ep: PeerEndpoint, vtep: string): Peer {
 
 /**
  * The peers one host should hold for one network: every joined endpoint of another host that
- * is live (has a `hosts/<name>` record), at that host's registered VTEP. Shared by peer-sync
- * and `tsoverlay inspect --check`.
+ * is live (has a `hosts/<name>` record), at that host's registered VTEP. A host whose VTEP is of
+ * the other family than this host's (`ownVtep`, else this host's own record) cannot be reached:
+ * mixed IPv4/IPv6 underlays are refused, its endpoints are no peers. Shared by peer-sync and
+ * `tsoverlay inspect --check`.
  */
-export function desiredPeersOf(endpoints: Iterable<PeerEndpoint>, hosts: ReadonlyMap<string, HostRecord>, self: string): Peer[] {
+export function desiredPeersOf(
+  endpoints: Iterable<PeerEndpoint>,
+  hosts: ReadonlyMap<string, HostRecord>,
+  self: string,
+  ownVtep: string | undefined = hosts.get(self)?.vtep,
+): Peer[] {
   const peers: Peer[] = [];
   for (const ep of endpoints) {
     if (!ep.joined || ep.host === self) continue;
     const host = hosts.get(ep.host);
-    if (host) peers.push(peerAt(ep, host.vtep));
+    if (host && (!ownVtep || sameUnderlayFamily(ownVtep, host.vtep))) peers.push(peerAt(ep, host.vtep));
   }
   return peers;
 }
@@ -88,7 +96,26 @@ export class PeerView {
     private readonly liveness?: HostLiveness,
     /** A host held back for its start-up withdrawals (HostRecord.settled) was let in without them being seen. */
     private readonly onLateHost?: () => void,
+    /** This host's VTEP: hosts on the other underlay family are refused (logged once each), not peers. */
+    private readonly ownVtep?: string,
   ) {}
+
+  /** Hosts refused for their underlay family, by name → the VTEP refused (logged once per VTEP). */
+  private readonly mixed = new Map<string, string>();
+
+  /** Whether a host's VTEP is reachable from this host's underlay; logs the first refusal of each. */
+  private reachable(host: HostRecord): boolean {
+    if (!this.ownVtep || sameUnderlayFamily(this.ownVtep, host.vtep)) return true;
+    if (this.mixed.get(host.name) !== host.vtep) {
+      this.mixed.set(host.name, host.vtep);
+      this.logger.error('host refused: its VTEP is on the other underlay family (mixed IPv4/IPv6 underlays are not supported); its containers are not programmed', {
+        host: host.name,
+        vtep: host.vtep,
+        ownVtep: this.ownVtep,
+      });
+    }
+    return false;
+  }
 
   /** Hosts registered with a `settled` revision this view has not reached yet, kept out of `hosts`. */
   private readonly unsettled = new Map<string, { host: HostRecord; timer: NodeJS.Timeout }>();
@@ -170,7 +197,9 @@ export class PeerView {
 
   /** Peers the store wants programmed in a network's namespace. */
   desiredPeers(networkKey: string): Peer[] {
-    return desiredPeersOf(this.endpoints.get(networkKey)?.values() ?? [], this.hosts, this.self);
+    const peers = desiredPeersOf(this.endpoints.get(networkKey)?.values() ?? [], this.hosts, this.self, this.ownVtep);
+    if (this.ownVtep) for (const h of this.hosts.values()) this.reachable(h);
+    return peers;
   }
 
   /** The same peers by id, maintained incrementally (do not modify; it changes with the store). */
@@ -327,7 +356,7 @@ export class PeerView {
   /** The peer an endpoint is while its host is live. */
   private peerOf(ep: PeerEndpoint): Peer | undefined {
     const host = this.hosts.get(ep.host);
-    return host ? peerAt(ep, host.vtep) : undefined;
+    return host && this.reachable(host) ? peerAt(ep, host.vtep) : undefined;
   }
 
   /** Records (or, with undefined, forgets) one endpoint, and updates its network's desired set if built. */

@@ -14,7 +14,9 @@ export type AgentCall =
   | { op: 'attachEndpoint'; netnsDir: string; endpoint: EndpointAttachment }
   | { op: 'applyPeers'; netnsDir: string; networkId: string; add: Peer[]; remove: Peer[] }
   | { op: 'setPeers'; netnsDir: string; networkId: string; peers: Peer[] }
-  | { op: 'listPeers'; netnsDir: string; networkId: string };
+  | { op: 'listPeers'; netnsDir: string; networkId: string }
+  /** Prints `watching`, then every miss of the network as a JSON line, until killed. */
+  | { op: 'watchMisses'; netnsDir: string; networkId: string };
 
 async function call(dp: Dataplane, c: AgentCall): Promise<unknown> {
   switch (c.op) {
@@ -28,6 +30,12 @@ async function call(dp: Dataplane, c: AgentCall): Promise<unknown> {
       return dp.setPeers(c.networkId, c.peers);
     case 'listPeers':
       return dp.listPeers(c.networkId);
+    case 'watchMisses':
+      await dp.watchMisses(c.networkId, (m) => process.stdout.write(`${JSON.stringify(m)}\n`));
+      process.stdout.write('watching\n');
+      // The netlink socket does not hold the event loop open: this does, until the test stops us.
+      setInterval(() => undefined, 1 << 30);
+      return new Promise<never>(() => undefined);
   }
 }
 

@@ -154,7 +154,58 @@ describe('IPv6 dataplane (two hosts, real kernel)', () => {
     assert.match(out, new RegExp(`${v1}\\.\\d+ > ${v2}\\.4789: .*VXLAN|${v1}\\.\\d+ > ${v2}\\.4789`));
     assert.match(out, /ICMP6, echo request/);
     assert.doesNotMatch(out, /neighbor (solicitation|advertisement)/);
-    // A peer on an IPv4 underlay cannot be reached from an IPv6 one.
+    // A peer on an IPv4 underlay cannot be reached from an IPv6 one: the kernel refuses it too.
     await assert.rejects(agent(h1, { op: 'applyPeers', netnsDir: dirs[0]!, networkId, add: [{ ip: '', ip6: 'fd00:97::99', mac: '02:42:0a:99:09:09', vtep: '10.0.0.9' }], remove: [] }));
+  });
+
+  test('miss mode: a Neighbor Solicitation for an unknown IPv6 address is reported as an IPv6 l3 miss; answering it makes ping6 work', { timeout: 60_000 }, async () => {
+    const [h1, h2] = ul.hosts as [UnderlayHost, UnderlayHost];
+    const networkId = testId('m');
+    const vni = 0x200000 + Math.floor(Math.random() * 0xfffff);
+    const spec: OverlaySpec = { networkId, vni, mtu: 1400, gateway6Cidr: 'fd00:96::1/64', mode: 'miss' };
+    const dirs = [runDir('ns-m1'), runDir('ns-m2')];
+    const info1 = await agent<{ netnsPath: string }>(h1, { op: 'ensureOverlay', netnsDir: dirs[0]!, spec: { ...spec, vtep: h1.address6! } });
+    await agent(h2, { op: 'ensureOverlay', netnsDir: dirs[1]!, spec: { ...spec, vtep: h2.address6! } });
+    const c1 = await container(h1, dirs[0]!, networkId, 1, undefined, 'fd00:96');
+    const c2 = await container(h2, dirs[1]!, networkId, 1, undefined, 'fd00:96');
+    // h2 knows c1 statically: only h1's side is left to the miss.
+    await agent(h2, { op: 'applyPeers', netnsDir: dirs[1]!, networkId, add: [peerOf(c1, h1.address6!)], remove: [] });
+    const watch = spawnTracked(['nsenter', `--net=${h1.netnsPath}`, '--', process.execPath, AGENT, JSON.stringify({ op: 'watchMisses', netnsDir: dirs[0]!, networkId })], { name: 'miss-watch' });
+    try {
+      await watch.waitForOutput(/watching/, 10_000);
+      inNs(c1.ns, 'ping', ['-6', '-c', '1', '-W', '1', c2.ip6], { allowFail: true });
+      await watch.waitForOutput(new RegExp(`"kind":"l3","ip":"${c2.ip6}"`), 5000);
+    } finally {
+      await watch.stop();
+    }
+    await agent(h1, { op: 'applyPeers', netnsDir: dirs[0]!, networkId, add: [peerOf(c2, h2.address6!)], remove: [] });
+    assert.match(vxlanNs({ netnsPath: info1.netnsPath }, '-6', 'neigh', 'show', 'dev', 'vxlan0'), new RegExp(`${c2.ip6} lladdr ${c2.mac} PERMANENT`));
+    // The sender's next solicitation (its retry) is the first one answered, as with ARP in miss mode.
+    const pinged = await waitFor(() => / 0% packet loss/.test(inNs(c1.ns, 'ping', ['-6', '-c', '1', '-W', '1', c2.ip6], { allowFail: true })), {
+      timeoutMs: 10_000,
+      what: 'ping6 after the miss was answered',
+    }).then(() => true, () => false);
+    assert.ok(pinged, inNs(c1.ns, 'ip', ['-6', 'neigh', 'show']) + inNs(info1.netnsPath, 'bridge', ['fdb', 'show', 'dev', 'vxlan0']));
+  });
+
+  test('multicast mode with an IPv6 group on an IPv6 underlay: vxlan0 joins ff05::79 on eth0, ping6 across hosts', { timeout: 60_000 }, async (t) => {
+    const [h1, h2] = ul.hosts as [UnderlayHost, UnderlayHost];
+    const networkId = testId('g');
+    const vni = 0x200000 + Math.floor(Math.random() * 0xfffff);
+    const spec: OverlaySpec = { networkId, vni, mtu: 1400, gateway6Cidr: 'fd00:95::1/64', mode: 'multicast', group: 'ff05::79' };
+    const dirs = [runDir('ns-g1'), runDir('ns-g2')];
+    const info1 = await agent<{ netnsPath: string }>(h1, { op: 'ensureOverlay', netnsDir: dirs[0]!, spec: { ...spec, vtep: h1.address6! } });
+    await agent(h2, { op: 'ensureOverlay', netnsDir: dirs[1]!, spec: { ...spec, vtep: h2.address6! } });
+    assert.match(vxlanNs(info1, '-d', 'link', 'show', 'vxlan0'), /group ff05::79 local fd00:79:\S+ dev /);
+    const c1 = await container(h1, dirs[0]!, networkId, 1, undefined, 'fd00:95');
+    const c2 = await container(h2, dirs[1]!, networkId, 1, undefined, 'fd00:95');
+    const cap = await capture(h1, 'ip6 and udp port 4789 and dst host ff05::79');
+    try {
+      assert.match(ping6(c1, c2.ip6), / 0% packet loss/);
+    } finally {
+      await cap.stop();
+    }
+    t.diagnostic(cap.output().split('\n').find((l) => l.includes('ff05::79.4789')) ?? '');
+    assert.match(cap.output(), /> ff05::79\.4789: .*VXLAN/);
   });
 });

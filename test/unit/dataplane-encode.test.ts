@@ -1,9 +1,11 @@
 /** Pure dataplane encoders/decoders: no kernel needed. */
 import assert from 'node:assert/strict';
+import ipaddr from 'ipaddr.js';
 import { describe, test } from 'node:test';
 import {
   AF_BRIDGE,
   AF_INET,
+  formatIPv6,
   parseIPv6,
   IFLA_INFO_DATA,
   IFLA_INFO_KIND,
@@ -356,5 +358,23 @@ describe('miss notifications', () => {
   test('an IPv6 l3miss (family AF_INET6, 16-byte NDA_DST) carries the address; neighbour events are not misses', () => {
     assert.deepEqual(parseMiss(RTM_GETNEIGH, l3v6), { kind: 'l3', ip: 'fe80::42:aff:fefa:ca02', ifindex: 3 });
     assert.equal(parseMiss(RTM_NEWNEIGH, l2), undefined);
+  });
+});
+
+describe('IPv6 text', () => {
+  test('parseIPv6/formatIPv6 agree with ipaddr.js (RFC 5952) and refuse what is not an IPv6 address', () => {
+    const cases = ['::', '::1', '1::', 'fd00:79::a', 'FD00:0:0:0:0:0:0:1', '2001:db8:0:0:1:0:0:1', '2001:db8::1:0:0:1', 'fe80::42:aff:fefa:ca02', '1:2:3:4:5:6:7:8', '1:0:0:2:0:0:0:3', '::ffff:10.0.0.1', 'ff05::79'];
+    for (let i = 0; i < 200; i++) {
+      const g = Array.from({ length: 8 }, () => (Math.random() < 0.4 ? 0 : Math.floor(Math.random() * 0x10000)).toString(16));
+      cases.push(g.join(':'));
+    }
+    for (const c of cases) {
+      const want = ipaddr.IPv6.parse(c);
+      assert.deepEqual([...parseIPv6(c)], want.toByteArray(), c);
+      if (!c.includes('.')) assert.equal(formatIPv6(parseIPv6(c)), want.toRFC5952String(), c);
+    }
+    for (const bad of ['', ':', ':::', '1:::2', '1::2::3', '1:2:3:4:5:6:7:8:9', '1:2:3:4:5:6:7', '12345::', 'g::', '1:', ':1', '10.0.0.1', 'fe80::1%eth0', '::1:']) {
+      assert.throws(() => parseIPv6(bad), /invalid IPv6/, bad);
+    }
   });
 });

@@ -109,3 +109,18 @@ test('IPv6 peers: a dual-stack endpoint carries ip6 beside ip, an IPv6-only one 
   assert.equal(index.byIp.get('fd00:7::3')?.mac, '06:42:00:00:00:03');
   assert.equal(index.byIp.has(''), false, 'no IPv6-only peer under an empty IPv4 address');
 });
+
+test('mixed underlays: a host whose VTEP is of the other family is refused (not a peer), once logged', () => {
+  const hosts = new Map([
+    ['a', { name: 'a', vtep: 'fd00:79::a', instance: 'i', started: 'now' }],
+    ['b', { name: 'b', vtep: 'fd00:79::b', instance: 'i', started: 'now' }],
+    ['c', { name: 'c', vtep: '10.0.0.3', instance: 'i', started: 'now' }],
+  ] as [string, HostRecord][]);
+  const eps = [
+    { ip: '', mac: '02:42:00:00:00:01', host: 'a', joined: true },
+    { ip: '', mac: '02:42:00:00:00:03', host: 'c', joined: true },
+  ];
+  assert.deepEqual(desiredPeersOf(eps, hosts, 'b').map((p) => p.vtep), ['fd00:79::a']);
+  // Without its own record (inspect before registration) nothing is filtered.
+  assert.deepEqual(desiredPeersOf(eps, new Map([...hosts].filter(([k]) => k !== 'b')), 'b').length, 2);
+});
