@@ -46,7 +46,10 @@ export interface EndpointReport {
   name?: string;
   /** Container name according to the local Docker daemon (local endpoints, when reachable). */
   container?: string;
+  /** IPv4 address: empty on an IPv6-only network. */
   ip: string;
+  /** IPv6 address (dual-stack and IPv6-only networks). */
+  ip6?: string;
   mac: string;
   host: string;
   /** VTEP address the endpoint's host published with it. */
@@ -195,7 +198,8 @@ export function checkNetwork(r: NetworkReport, vtep: string | undefined, encrypt
 
 function label(e: EndpointReport): string {
   const name = e.container ?? e.name;
-  return name ? `${name} (${e.ip})` : e.ip;
+  const ip = e.ip || e.ip6 || '';
+  return name ? `${name} (${ip})` : ip;
 }
 
 /** Neighbour/FDB entries against desired peers, by mode. */
@@ -264,7 +268,7 @@ export function formatNetwork(r: NetworkReport): string {
   if (r.endpoints.length) {
     const rows = [['NAME', 'IP', 'MAC', 'LOCATOR', 'HOST', 'STATE']];
     for (const e of r.endpoints) {
-      rows.push([e.container ?? e.name ?? e.id.slice(0, 12), e.ip, e.mac, e.locator, `${e.host}${e.local ? ' (this host)' : ''}`, e.joined ? 'joined' : 'created']);
+      rows.push([e.container ?? e.name ?? e.id.slice(0, 12), [e.ip, e.ip6].filter(Boolean).join(' '), e.mac, e.locator, `${e.host}${e.local ? ' (this host)' : ''}`, e.joined ? 'joined' : 'created']);
     }
     lines.push(...indent(table(rows)));
   }
