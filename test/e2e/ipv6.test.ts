@@ -1,7 +1,8 @@
 /**
  * Issue 18: IPv6 container networks end to end, two hosts on a shared etcd, tsoverlay as network
  * and IPAM driver.
- * - dual-stack (`--ipv6 --subnet 10.x/24 --subnet fd00:x::/64`): every container gets both
+ * - dual-stack (`--ipv6 --subnet 10.x/24 --subnet fd00:x::/64`, with an IPv6 `--ip-range` and
+ *   `--gateway`): every container gets both
  *   addresses from the cluster-wide IPAM, reaches a container on the other host over both, and
  *   the other host's vxlan0 holds the remote container's IPv4 and IPv6 neighbours PERMANENT
  *   before any traffic; explicit `--ip6` is honoured and refused when held on another host.
@@ -63,7 +64,10 @@ after(async () => {
 test('dual-stack: both addresses from the cluster IPAM, PERMANENT neighbours of both families before traffic, ping and ping6 across hosts', { skip, timeout: 180_000 }, async (t) => {
   const net = 'dual6';
   for (const host of [a, b]) {
-    await ok(host, ['network', 'create', '-d', 'tsoverlay', '--ipam-driver', 'tsoverlay', '--ipv6', '--subnet', '10.128.0.0/24', '--subnet', 'fd00:128::/64', net]);
+    await ok(host, [
+      'network', 'create', '-d', 'tsoverlay', '--ipam-driver', 'tsoverlay', '--ipv6',
+      '--subnet', '10.128.0.0/24', '--subnet', 'fd00:128::/64', '--ip-range', 'fd00:128::100/120', '--gateway', 'fd00:128::fe', net,
+    ]);
   }
   await ok(a, ['run', '-d', '--name', 'a1', '--net', net, cluster.image, 'sleep', '3600']);
   await ok(a, ['run', '-d', '--name', 'a2', '--net', net, '--ip6', 'fd00:128::a2', cluster.image, 'sleep', '3600']);
@@ -80,6 +84,7 @@ test('dual-stack: both addresses from the cluster IPAM, PERMANENT neighbours of 
     assert.match(x.ip, /^10\.128\.0\./);
     assert.match(x.ip6, /^fd00:128::/);
   }
+  for (const x of [a1, b1]) assert.match(x.ip6, /^fd00:128::1[0-9a-f]{2}$/, '--ip-range: dynamic IPv6 addresses from fd00:128::100/120');
   // An address held on one host is refused on the other.
   const taken = await docker(b, ['run', '-d', '--name', 'b2', '--net', net, '--ip6', 'fd00:128::a2', cluster.image, 'sleep', '3600']);
   assert.notEqual(taken.code, 0, 'a second holder of fd00:128::a2');
@@ -91,7 +96,7 @@ test('dual-stack: both addresses from the cluster IPAM, PERMANENT neighbours of 
   await waitFor(async () => v6neigh.test(await inOverlay(b, b1.id, 'ip -6 neigh show dev vxlan0')), { timeoutMs: 10_000, what: "a1's IPv6 neighbour on B" });
   assert.match(await inOverlay(b, b1.id, 'ip -4 neigh show dev vxlan0'), new RegExp(`${esc(a1.ip)} lladdr ${a1.mac} PERMANENT`));
   assert.match(await inOverlay(b, b1.id, 'bridge fdb show dev vxlan0'), new RegExp(`${a1.mac} dst ${esc(a.underlay!.address)}`));
-  assert.match(await inOverlay(b, b1.id, 'ip -6 addr show dev br0'), /fd00:128::1\/64/, "the IPv6 gateway on B's br0");
+  assert.match(await inOverlay(b, b1.id, 'ip -6 addr show dev br0'), /fd00:128::fe\/64/, "the chosen IPv6 gateway (--gateway) on B's br0");
 
   const ping6 = await docker(b, ['exec', 'b1', 'ping', '-6', '-c', '3', '-W', '2', a1.ip6]);
   assert.equal(ping6.code, 0, ping6.out);
