@@ -2,7 +2,7 @@ import type { ResolutionMode } from '../dataplane/types';
 import { encryptedOverlayMtu } from '../dataplane/xfrm';
 import ipaddr from 'ipaddr.js';
 import { VXLAN_OVERHEAD_IPV4, VXLAN_OVERHEAD_IPV6, vxlanOverhead } from '../dataplane/overlay-check';
-import { isIPv4 } from './subnet';
+import { canonicalIp, isIPv4 } from './subnet';
 
 /** An IPv6 address usable on the underlay (unicast, not link-local: a VTEP must be routable). */
 function isIPv6Unicast(value: string): boolean {
@@ -68,13 +68,14 @@ export function parseNetworkOptions(raw: Record<string, string>): NetworkOptions
         options.mode = value as ResolutionMode;
         break;
       case 'remote':
+        // Of the underlay's family: checked against this host's VTEP at CreateNetwork (checkUnderlayFamily).
         if (!isIPv4(value) && !isIPv6Unicast(value)) throw new Error(`option remote="${value}" is not an IPv4 or IPv6 unicast address`);
-        options.remote = value;
+        options.remote = canonicalIp(value);
         break;
       case 'group': {
         const v4 = isIPv4(value) && Number(value.split('.')[0]) >= 224 && Number(value.split('.')[0]) <= 239;
         if (!v4 && !isIPv6Multicast(value)) throw new Error(`option group="${value}" is not an IPv4 or IPv6 multicast address`);
-        options.group = value;
+        options.group = canonicalIp(value);
         break;
       }
       case MTU_OPTION:
