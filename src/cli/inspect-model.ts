@@ -66,8 +66,11 @@ export interface NetworkReport {
   storeKey: string;
   name?: string;
   vni: number;
+  /** IPv4 subnet and gateway: empty on an IPv6-only network. */
   subnet: string;
   gateway: string;
+  subnet6?: string;
+  gateway6?: string;
   mtu: number;
   mode: ResolutionMode;
   options: Record<string, string>;
@@ -251,7 +254,8 @@ export function formatNetwork(r: NetworkReport): string {
     .filter(([k]) => k !== 'mode' && !(k === 'remote' && r.remote))
     .map(([k, v]) => `${k}=${v}`);
   if (r.remote) opts.push(`remote=${r.remote}`);
-  lines.push(`  vni ${r.vni}  subnet ${r.subnet}  gateway ${r.gateway}  mtu ${r.mtu}  mode ${r.mode}${opts.length ? `  ${opts.join(' ')}` : ''}`);
+  const v6 = r.subnet6 ? `  subnet6 ${r.subnet6}  gateway6 ${r.gateway6 ?? ''}` : '';
+  lines.push(`  vni ${r.vni}  subnet ${r.subnet || '-'}  gateway ${r.gateway || '-'}${v6}  mtu ${r.mtu}  mode ${r.mode}${opts.length ? `  ${opts.join(' ')}` : ''}`);
   if (!r.namespace) {
     lines.push('  namespace: none on this host (no local container)');
   } else {

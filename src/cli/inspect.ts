@@ -291,6 +291,8 @@ export async function inspect(opts: InspectOptions): Promise<InspectReport> {
         vni: network.vni,
         subnet: network.subnet,
         gateway: network.gateway,
+        ...(network.subnet6 ? { subnet6: network.subnet6 } : {}),
+        ...(network.gateway6 ? { gateway6: network.gateway6 } : {}),
         mtu: network.mtu,
         mode: network.mode,
         options: network.options,
