@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import ipaddr from 'ipaddr.js';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
 import type { LogLevel } from './log';
@@ -69,7 +70,10 @@ export const OPTIONS = {
   store: { env: 'TSOVERLAY_STORE', default: 'local:///var/lib/tsoverlay', help: 'local:///dir, etcd://host:2379[,host2:2379] or consul://host:8500[,host2:8500] (no user:password@ here: it shows in ps; use --etcd-user and --etcd-password-file)' },
   'store-prefix': { env: 'TSOVERLAY_STORE_PREFIX', default: 'tsoverlay/v1/', help: 'key prefix in the store' },
   'netns-dir': { env: 'TSOVERLAY_NETNS_DIR', default: '/run/tsoverlay/netns', help: 'where overlay namespace files are mounted' },
-  vtep: { env: 'TSOVERLAY_VTEP', help: 'underlay IPv4 address of this host (default: address of the default-route interface)' },
+  vtep: {
+    env: 'TSOVERLAY_VTEP',
+    help: 'underlay address of this host, IPv4 or IPv6 (every host of a cluster on the same family; default: IPv4 address of the default-route interface)',
+  },
   'underlay-mtu': { env: 'TSOVERLAY_UNDERLAY_MTU', help: 'underlay MTU (default: MTU of the VTEP interface); overlay MTU is 50 less' },
   'host-name': { env: 'TSOVERLAY_HOST_NAME', help: 'name of this host in the store (default: the hostname)' },
   scope: { env: 'TSOVERLAY_SCOPE', default: 'local', help: 'scope reported to Docker: local, or global (swarm, managed plugin)' },
@@ -153,7 +157,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfi
   const scope = get('scope');
   if (scope !== 'local' && scope !== 'global') throw new Error(`invalid --scope "${scope}" (local or global)`);
   const vtep = get('vtep') || undefined;
-  if (vtep && !isIPv4(vtep)) throw new Error(`invalid --vtep "${vtep}": an IPv4 address`);
+  if (vtep && !isIPv4(vtep) && !isUnderlayIPv6(vtep)) throw new Error(`invalid --vtep "${vtep}": an IPv4 or a routable unicast IPv6 address`);
   const mtuText = get('underlay-mtu');
   const underlayMtu = mtuText ? Number(mtuText) : undefined;
   if (underlayMtu !== undefined && !(Number.isInteger(underlayMtu) && underlayMtu >= 1330 && underlayMtu <= 65535)) {
@@ -257,4 +261,10 @@ export function socketGroup(text?: string, groupFile = '/etc/group'): { socketGr
     if (name === text && gid !== undefined && /^[0-9]+$/.test(gid)) return { socketGroup: Number(gid) };
   }
   throw new Error(`--socket-group "${text}": no such group in ${groupFile} (give a gid instead)`);
+}
+
+/** An IPv6 address a VTEP can have: unicast and routable (no link-local, whose zone other hosts cannot name). */
+function isUnderlayIPv6(value: string): boolean {
+  if (value.includes('%') || !ipaddr.IPv6.isValid(value)) return false;
+  return !['multicast', 'linkLocal', 'unspecified', 'loopback', 'ipv4Mapped'].includes(ipaddr.IPv6.parse(value).range());
 }

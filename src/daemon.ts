@@ -181,7 +181,7 @@ export async function startDaemon(
         if (err instanceof StoreUnavailableError) throw err;
         logger.error('start-up sweep of leftovers failed; continuing', { error: errorMessage(err) });
       }
-      registration.settledAt(network.recovery.settledRevision);
+      registration.settledAt(network.recovery.settledRevision, network.recovery.settledIn);
       await peerSync.start();
       await encryption.start();
       // Before the overlays resume: their DNS listeners answer from a loaded view.
@@ -352,7 +352,8 @@ function withNamesHooks(peerSync: PeerSync, names: NamesService, dataplane: Data
   const active = new Map<string, NetworkRecord>();
   const listen = (networkId: string, network: NetworkRecord): void => {
     const overlay = dataplane.findOverlay(networkId);
-    if (overlay) void names.overlayActive({ networkId, networkKey: network.key, netnsPath: overlay.netnsPath, gateway: network.gateway });
+    // The listener is IPv4 (it answers AAAA too): an IPv6-only network has no IPv4 gateway to bind.
+    if (overlay && network.gateway) void names.overlayActive({ networkId, networkKey: network.key, netnsPath: overlay.netnsPath, gateway: network.gateway });
   };
   return {
     async networkActive(networkId, network) {

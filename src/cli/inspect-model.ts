@@ -7,7 +7,7 @@ import { vethNames } from '../dataplane/dataplane';
 import type { OverlayView } from '../dataplane/dataplane';
 import type { Peer, ResolutionMode } from '../dataplane/types';
 import type { ServedNameReport } from '../names/served';
-import type { LinkInfo } from '../dataplane/encode';
+import { parseIPv6, type LinkInfo } from '../dataplane/encode';
 import type { FdbEntry, NeighbourEntry } from '../dataplane/peers';
 import {
   BRIDGE_NAME,
@@ -46,7 +46,10 @@ export interface EndpointReport {
   name?: string;
   /** Container name according to the local Docker daemon (local endpoints, when reachable). */
   container?: string;
+  /** IPv4 address: empty on an IPv6-only network. */
   ip: string;
+  /** IPv6 address (dual-stack and IPv6-only networks). */
+  ip6?: string;
   mac: string;
   host: string;
   /** VTEP address the endpoint's host published with it. */
@@ -63,8 +66,11 @@ export interface NetworkReport {
   storeKey: string;
   name?: string;
   vni: number;
+  /** IPv4 subnet and gateway: empty on an IPv6-only network. */
   subnet: string;
   gateway: string;
+  subnet6?: string;
+  gateway6?: string;
   mtu: number;
   mode: ResolutionMode;
   options: Record<string, string>;
@@ -154,7 +160,12 @@ export function kernelPart(view: OverlayView | undefined): Pick<NetworkReport, '
   };
 }
 
+/** IPv4 addresses in numeric order, then IPv6 ones in byte order. */
 function ipOrder(a: string, b: string): number {
+  const v6a = a.includes(':');
+  const v6b = b.includes(':');
+  if (v6a !== v6b) return v6a ? 1 : -1;
+  if (v6a) return Buffer.compare(parseIPv6(a), parseIPv6(b));
   const n = (ip: string) => ip.split('.').reduce((acc, x) => acc * 256 + Number(x), 0);
   return n(a) - n(b);
 }
@@ -190,7 +201,8 @@ export function checkNetwork(r: NetworkReport, vtep: string | undefined, encrypt
 
 function label(e: EndpointReport): string {
   const name = e.container ?? e.name;
-  return name ? `${name} (${e.ip})` : e.ip;
+  const ip = e.ip || e.ip6 || '';
+  return name ? `${name} (${ip})` : ip;
 }
 
 /** Neighbour/FDB entries against desired peers, by mode. */
@@ -242,7 +254,8 @@ export function formatNetwork(r: NetworkReport): string {
     .filter(([k]) => k !== 'mode' && !(k === 'remote' && r.remote))
     .map(([k, v]) => `${k}=${v}`);
   if (r.remote) opts.push(`remote=${r.remote}`);
-  lines.push(`  vni ${r.vni}  subnet ${r.subnet}  gateway ${r.gateway}  mtu ${r.mtu}  mode ${r.mode}${opts.length ? `  ${opts.join(' ')}` : ''}`);
+  const v6 = r.subnet6 ? `  subnet6 ${r.subnet6}  gateway6 ${r.gateway6 ?? ''}` : '';
+  lines.push(`  vni ${r.vni}  subnet ${r.subnet || '-'}  gateway ${r.gateway || '-'}${v6}  mtu ${r.mtu}  mode ${r.mode}${opts.length ? `  ${opts.join(' ')}` : ''}`);
   if (!r.namespace) {
     lines.push('  namespace: none on this host (no local container)');
   } else {
@@ -259,7 +272,7 @@ export function formatNetwork(r: NetworkReport): string {
   if (r.endpoints.length) {
     const rows = [['NAME', 'IP', 'MAC', 'LOCATOR', 'HOST', 'STATE']];
     for (const e of r.endpoints) {
-      rows.push([e.container ?? e.name ?? e.id.slice(0, 12), e.ip, e.mac, e.locator, `${e.host}${e.local ? ' (this host)' : ''}`, e.joined ? 'joined' : 'created']);
+      rows.push([e.container ?? e.name ?? e.id.slice(0, 12), [e.ip, e.ip6].filter(Boolean).join(' '), e.mac, e.locator, `${e.host}${e.local ? ' (this host)' : ''}`, e.joined ? 'joined' : 'created']);
     }
     lines.push(...indent(table(rows)));
   }

@@ -272,6 +272,7 @@ export async function inspect(opts: InspectOptions): Promise<InspectReport> {
             ...(e.name ? { name: e.name } : {}),
             ...(container ? { container } : {}),
             ip: e.ip,
+            ...(e.ip6 ? { ip6: e.ip6 } : {}),
             mac: e.mac,
             host: e.host,
             locator: e.locator,
@@ -279,7 +280,7 @@ export async function inspect(opts: InspectOptions): Promise<InspectReport> {
             local: e.host === config.hostName && e.networkId === networkId,
           };
         })
-        .sort((a, b) => a.host.localeCompare(b.host) || a.ip.localeCompare(b.ip, undefined, { numeric: true }));
+        .sort((a, b) => a.host.localeCompare(b.host) || (a.ip || a.ip6 || '').localeCompare(b.ip || b.ip6 || '', undefined, { numeric: true }));
       const view = await dataplane.inspectOverlay(networkId);
       const dockerName = docker.networks.get(networkId);
       const report: NetworkReport = {
@@ -290,6 +291,8 @@ export async function inspect(opts: InspectOptions): Promise<InspectReport> {
         vni: network.vni,
         subnet: network.subnet,
         gateway: network.gateway,
+        ...(network.subnet6 ? { subnet6: network.subnet6 } : {}),
+        ...(network.gateway6 ? { gateway6: network.gateway6 } : {}),
         mtu: network.mtu,
         mode: network.mode,
         options: network.options,

@@ -12,7 +12,8 @@ import type { Logger } from '../log';
 import type { AttachedEndpoint, EndpointAttachment, OrphanReport, OverlayInfo, OverlaySpec, Peer } from './types';
 import { LinkInfo, formatMac, parseUnicastMac } from './encode';
 import { NlMessage, NlSocket, RTNLGRP_NEIGH, isNetlinkError } from './nlsock';
-import { createNetns, deleteNetns, ensureNetnsDir, hostNetnsFd, isNetnsMounted, withNetns } from './netns';
+import { createNetns, deleteNetns, ensureNetnsDir, hostNetnsFd, isNetnsMounted, setIPv6Sysctls, withNetns } from './netns';
+import { AF_INET, AF_INET6, formatIP, parseIP } from './encode';
 import { type Overlay, type OverlayListing, OverlayNamespaces, networkPrefix, vethNames } from './overlay-namespaces';
 import {
   BRIDGE_NAME,
@@ -34,7 +35,7 @@ import {
   ensureLoopbackUp,
   ensureVxlan,
   getLink,
-  listIPv4Addresses,
+  listAllAddresses,
   listLinks,
   setLink,
 } from './links';
@@ -55,6 +56,24 @@ export { BRIDGE_NAME, VXLAN_NAME } from './overlay-check';
 export const DEFAULT_NETNS_DIR = '/run/tsoverlay/netns';
 export { type OverlayListing, networkPrefix, vethNames } from './overlay-namespaces';
 
+/**
+ * An IPv6 overlay's namespace: IPv6 on and router advertisements ignored (nothing on an overlay
+ * may configure it). vxlan0 needs IPv6 state of its own: the kernel answers Neighbor Solicitations
+ * from its neighbour table only on a device that has it (drivers/net/vxlan neigh_reduce).
+ */
+const IPV6_DEFAULTS = [
+  ['all/disable_ipv6', '0'],
+  ['default/disable_ipv6', '0'],
+  ['all/accept_ra', '0'],
+  ['default/accept_ra', '0'],
+] as const;
+/** br0 holds the gateway: no DAD (usable at once; the address is ours by allocation), no RAs. */
+const IPV6_BRIDGE = [
+  [`${BRIDGE_NAME}/disable_ipv6`, '0'],
+  [`${BRIDGE_NAME}/accept_ra`, '0'],
+  [`${BRIDGE_NAME}/accept_dad`, '0'],
+] as const;
+
 export interface DataplaneOptions {
   netnsDir: string;
   logger: Logger;
@@ -66,7 +85,7 @@ export interface OverlayView {
   /** Every device in the namespace (lo, br0, vxlan0, the veth bridge ports). */
   links: LinkInfo[];
   addresses: { index: number; ip: string; prefix: number }[];
-  /** vxlan0's IPv4 neighbour table (`ip neigh show dev vxlan0`); empty without vxlan0. */
+  /** vxlan0's IPv4 and IPv6 neighbour tables (`ip neigh show dev vxlan0`, `ip -6 …`); empty without vxlan0. */
   neighbours: NeighbourEntry[];
   /** vxlan0's FDB, its own and its bridge's entries (`bridge fdb show dev vxlan0`). */
   fdb: FdbEntry[];
@@ -85,7 +104,8 @@ export class Dataplane {
   private async vxlanSpec(spec: OverlaySpec): Promise<VxlanSpec> {
     const v = expectedVxlan(spec);
     if (spec.mode === 'multicast' && spec.vtep) {
-      const a = (await listIPv4Addresses(this.ns.hostSocket())).find((x) => x.ip === spec.vtep);
+      const vtep = formatIP(parseIP(spec.vtep));
+      const a = (await listAllAddresses(this.ns.hostSocket())).find((x) => x.ip === vtep);
       if (a) v.underlayIndex = a.index;
     }
     return v;
@@ -137,10 +157,14 @@ export class Dataplane {
       let repairedPorts = 0;
       try {
         await ensureLoopbackUp(o.sock);
+        // IPv6 on, router advertisements ignored, before br0 and vxlan0 exist: they take the defaults.
+        if (spec.gateway6Cidr) setIPv6Sysctls(o.nsFd, IPV6_DEFAULTS);
         const br = await ensureBridge(o.sock, BRIDGE_NAME, spec.mtu);
         o.bridgeIndex = br.link.index;
         if (br.created) created.push(br.link);
-        await ensureAddress(o.sock, br.link.index, spec.gatewayCidr);
+        if (spec.gateway6Cidr) setIPv6Sysctls(o.nsFd, IPV6_BRIDGE);
+        await ensureAddress(o.sock, br.link.index, spec.gatewayCidr, AF_INET);
+        await ensureAddress(o.sock, br.link.index, spec.gateway6Cidr, AF_INET6);
         const v = await ensureVxlan(this.ns.hostSocket(), o.sock, o.nsFd, vx, br.link.index);
         if (v.replaced) this.log.warn('replaced incompatible vxlan device', { network: spec.networkId, reason: v.replaced });
         if (v.created) created.push(v.link);
@@ -375,7 +399,7 @@ export class Dataplane {
   /** Devices, addresses and vxlan0's tables of a network's namespace; undefined when it has none. */
   inspectOverlay(networkId: string): Promise<OverlayView | undefined> {
     return this.ns.withOverlay<OverlayView | undefined>(networkId, undefined, async (o) => {
-      const [links, addresses] = await Promise.all([listLinks(o.sock), listIPv4Addresses(o.sock)]);
+      const [links, addresses] = await Promise.all([listLinks(o.sock), listAllAddresses(o.sock)]);
       const vx = links.find((l) => l.name === VXLAN_NAME);
       const [neighbours, fdb] = vx ? await Promise.all([listNeighbours(o.sock, vx.index), listFdb(o.sock, vx.index)]) : [[], []];
       return { netnsPath: o.netnsPath, epoch: o.epoch, links, addresses, neighbours, fdb };

@@ -5,7 +5,7 @@
  * order is little-endian (checked in nlsock).
  */
 
-import { formatIPv4, formatMac } from './addresses';
+import { formatIPv4, formatIPv6, formatMac } from './addresses';
 
 export const NLMSG_HDRLEN = 16;
 export const IFINFOMSG_LEN = 16;
@@ -25,6 +25,7 @@ export const RTM_GETNEIGH = 30;
 
 export const AF_INET = 2;
 export const AF_BRIDGE = 7;
+export const AF_INET6 = 10;
 
 // link attributes (IFLA_*)
 export const IFLA_ADDRESS = 1;
@@ -58,6 +59,14 @@ export const rtaAlign = nlmsgAlign;
 // Re-exported: the encoders' users take addresses and messages from one module.
 
 export {
+  canonicalIPv6,
+  formatIP,
+  formatIPv6,
+  isIPv6Text,
+  isMulticastIPv6,
+  parseIP,
+  parseIPv6,
+  parseIPv6Cidr,
   formatIPv4,
   formatIPv4Number,
   formatMac,
@@ -194,6 +203,11 @@ function parseVxlanData(b: Buffer): VxlanInfo {
   v.l2miss = u8(13);
   v.l3miss = u8(14);
   if (a.get(15)?.length === 2) v.port = a.get(15)!.readUInt16BE(0);
+  // IFLA_VXLAN_GROUP6/LOCAL6: an IPv6 underlay (the kernel reports all-zeros as absent).
+  const g6 = a.get(16);
+  if (g6?.length === 16 && g6.some((x) => x !== 0)) v.group = formatIPv6(g6);
+  const l6 = a.get(17);
+  if (l6?.length === 16 && l6.some((x) => x !== 0)) v.local = formatIPv6(l6);
   return v;
 }
 
@@ -274,6 +288,8 @@ export class NeighFields {
   flags = 0;
   /** NDA_DST as an IPv4 number; -1 when absent or not 4 bytes. */
   dst4 = -1;
+  /** NDA_DST when it is 16 bytes (IPv6): a view into the message, undefined otherwise. */
+  dst6: Buffer | undefined = undefined;
   /** NDA_LLADDR as a 48-bit number; -1 when absent or not 6 bytes. */
   mac = -1;
   /** NDA_MASTER present (an entry of the bridge the device is a port of). */
@@ -285,6 +301,7 @@ export class NeighFields {
     this.state = data.readUInt16LE(8);
     this.flags = data[10]!;
     this.dst4 = -1;
+    this.dst6 = undefined;
     this.mac = -1;
     this.master = false;
     let off = NDMSG_LEN;
@@ -293,6 +310,7 @@ export class NeighFields {
       if (len < 4 || off + len > data.length) break;
       const type = data.readUInt16LE(off + 2) & 0x3fff;
       if (type === NDA_DST && len === 8) this.dst4 = data.readUInt32BE(off + 4);
+      else if (type === NDA_DST && len === 20) this.dst6 = data.subarray(off + 4, off + 20);
       else if (type === NDA_LLADDR && len === 10) this.mac = data.readUIntBE(off + 4, 6);
       else if (type === NDA_MASTER && len === 8) this.master = true;
       off += rtaAlign(len);

@@ -9,6 +9,7 @@ import { AttrStream, ifla } from 'netlink';
 import type { StreamData } from 'netlink';
 import {
   AF_INET,
+  AF_INET6,
   IFF_UP,
   IFLA_IFNAME,
   LinkInfo,
@@ -22,10 +23,11 @@ import {
   cstring,
   encodeIfInfo,
   encodeVethLinkInfo,
-  formatIPv4,
+  formatIP,
   parseAttrs,
-  parseIPv4,
+  parseIP,
   parseIPv4Cidr,
+  parseIPv6Cidr,
   parseLinkMessage,
   parseMac,
 } from './encode';
@@ -83,18 +85,31 @@ export interface AddressInfo {
   prefix: number;
 }
 
-export async function listIPv4Addresses(sock: NlSocket): Promise<AddressInfo[]> {
+export function listIPv4Addresses(sock: NlSocket): Promise<AddressInfo[]> {
+  return listAddresses(sock, AF_INET);
+}
+
+/** The addresses of one family (AF_INET, AF_INET6) in the socket's namespace; IPv6 link-local ones (the kernel's own) left out. */
+export async function listAddresses(sock: NlSocket, family: number): Promise<AddressInfo[]> {
   const req = Buffer.alloc(8);
-  req.writeUInt8(AF_INET, 0);
-  const msgs = await sock.dump(RTM_GETADDR, req, 'dump addresses');
+  req.writeUInt8(family, 0);
+  const msgs = await sock.dump(RTM_GETADDR, req, family === AF_INET6 ? 'dump IPv6 addresses' : 'dump addresses');
   const out: AddressInfo[] = [];
   for (const m of msgs) {
-    if (m.type !== RTM_NEWADDR || m.data.readUInt8(0) !== AF_INET) continue;
+    if (m.type !== RTM_NEWADDR || m.data.readUInt8(0) !== family) continue;
     const a = parseAttrs(m.data.subarray(8));
-    const local = a.get(2) ?? a.get(1);
-    if (local?.length === 4) out.push({ index: m.data.readUInt32LE(4), prefix: m.data.readUInt8(1), ip: formatIPv4(local) });
+    const local = family === AF_INET6 ? (a.get(1) ?? a.get(2)) : (a.get(2) ?? a.get(1));
+    if (!local || local.length !== (family === AF_INET6 ? 16 : 4)) continue;
+    if (family === AF_INET6 && local[0] === 0xfe && (local[1]! & 0xc0) === 0x80) continue;
+    out.push({ index: m.data.readUInt32LE(4), prefix: m.data.readUInt8(1), ip: formatIP(local)! });
   }
   return out;
+}
+
+/** IPv4 then IPv6 (not link-local) addresses of the socket's namespace. */
+export async function listAllAddresses(sock: NlSocket): Promise<AddressInfo[]> {
+  const [v4, v6] = await Promise.all([listAddresses(sock, AF_INET), listAddresses(sock, AF_INET6)]);
+  return [...v4, ...v6];
 }
 
 // ---------------------------------------------------------------- simple changes
@@ -190,28 +205,37 @@ export async function ensureBridge(sock: NlSocket, name: string, mtu: number): P
   return { link: (await getLink(sock, name)) ?? link, created };
 }
 
-/** Exactly one IPv4 address on device `index`: `cidr` (others are removed). */
-export async function ensureAddress(sock: NlSocket, index: number, cidr: string): Promise<void> {
-  const { ip, prefix } = parseIPv4Cidr(cidr);
-  const want = formatIPv4(ip);
-  const current = (await listIPv4Addresses(sock)).filter((a) => a.index === index);
+/**
+ * Exactly one address of `family` on device `index`: `cidr` (others of that family are removed,
+ * IPv6 link-local ones excepted; undefined removes them all). An IPv6 address is added `nodad`:
+ * the gateway is usable at once, and no other node on the overlay may claim it anyway.
+ */
+export async function ensureAddress(sock: NlSocket, index: number, cidr: string | undefined, family: number = AF_INET): Promise<void> {
+  const v6 = family === AF_INET6;
+  const parsed = cidr === undefined ? undefined : v6 ? parseIPv6Cidr(cidr) : parseIPv4Cidr(cidr);
+  const want = parsed && formatIP(parsed.ip);
+  const current = (await listAddresses(sock, family)).filter((a) => a.index === index);
   for (const a of current) {
-    if (a.ip === want && a.prefix === prefix) continue;
-    await sock.request(RTM_DELADDR, 0, ifaddr(index, parseIPv4(a.ip), a.prefix), `delete address ${a.ip}`).catch((e) => {
+    if (parsed && a.ip === want && a.prefix === parsed.prefix) continue;
+    await sock.request(RTM_DELADDR, 0, ifaddr(family, index, parseIP(a.ip), a.prefix), `delete address ${a.ip}`).catch((e) => {
       if (!isNetlinkError(e, 'EADDRNOTAVAIL', 'ENOENT')) throw e;
     });
   }
-  if (!current.some((a) => a.ip === want && a.prefix === prefix)) {
-    await sock.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, ifaddr(index, ip, prefix), `add address ${cidr}`);
+  if (parsed && !current.some((a) => a.ip === want && a.prefix === parsed.prefix)) {
+    await sock.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, ifaddr(family, index, parsed.ip, parsed.prefix), `add address ${cidr}`);
   }
 }
 
-function ifaddr(index: number, ip: Buffer, prefix: number): Buffer {
+const IFA_F_NODAD = 0x02;
+
+function ifaddr(family: number, index: number, ip: Buffer, prefix: number): Buffer {
   const h = Buffer.alloc(8);
-  h.writeUInt8(AF_INET, 0);
+  h.writeUInt8(family, 0);
   h.writeUInt8(prefix, 1);
+  if (family === AF_INET6) h.writeUInt8(IFA_F_NODAD, 2);
   h.writeUInt32LE(index, 4);
-  return Buffer.concat([h, attr(2, ip), attr(1, ip)]);
+  // IPv6 takes IFA_ADDRESS alone (IFA_LOCAL would have to match it).
+  return family === AF_INET6 ? Buffer.concat([h, attr(1, ip)]) : Buffer.concat([h, attr(2, ip), attr(1, ip)]);
 }
 
 // ---------------------------------------------------------------- vxlan
@@ -229,8 +253,17 @@ export function vxlanAttributes(s: VxlanSpec): ifla.Vxlan {
     l2miss: s.proxy ? 1 : 0,
     l3miss: s.proxy ? 1 : 0,
   };
-  if (s.local) v.local = parseIPv4(s.local);
-  if (s.group) v.group = parseIPv4(s.group);
+  // An IPv6 underlay: IFLA_VXLAN_LOCAL6/GROUP6, and the FDB `dst` entries are IPv6 too.
+  if (s.local) {
+    const b = parseIP(s.local);
+    if (b.length === 16) v.local6 = b;
+    else v.local = b;
+  }
+  if (s.group) {
+    const b = parseIP(s.group);
+    if (b.length === 16) v.group6 = b;
+    else v.group = b;
+  }
   if (s.underlayIndex !== undefined) v.link = s.underlayIndex;
   return v;
 }

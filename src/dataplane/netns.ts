@@ -184,3 +184,16 @@ export function listNetns(dir: string): string[] {
     throw e;
   }
 }
+
+/**
+ * Sets `net.ipv6.conf.<key>` sysctls inside the namespace `nsFd` (/proc/sys/net is the namespace of
+ * the thread that opens it), writing only the ones that differ so that a repeated ensure stays cheap.
+ */
+export function setIPv6Sysctls(nsFd: number, values: ReadonlyArray<readonly [string, string]>): void {
+  withNetns(nsFd, () => {
+    for (const [key, value] of values) {
+      const file = `/proc/sys/net/ipv6/conf/${key}`;
+      if (fs.readFileSync(file, 'utf8').trim() !== value) fs.writeFileSync(file, value);
+    }
+  });
+}

@@ -11,12 +11,33 @@
  * (what `ip -d link`, `ip neigh` and `bridge fdb` show), made from netlink dumps by
  * deviceState/vxlanState here and by the inspect report for the tables.
  */
-import { IFF_UP, isMulticastIPv4, parseIPv4, parseIPv4Cidr, type LinkInfo } from './encode';
+import { IFF_UP, canonicalIPv6, isIPv6Text, isMulticastIPv4, isMulticastIPv6, parseIP, parseIPv4Cidr, parseIPv6Cidr, type LinkInfo } from './encode';
 import type { OverlaySpec, Peer, ResolutionMode } from './types';
 
 export const BRIDGE_NAME = 'br0';
 export const VXLAN_NAME = 'vxlan0';
 export const VXLAN_PORT = 4789;
+/** IPv6 needs this much of every link (RFC 8200); below it the kernel gives a device no IPv6 state at all. */
+export const IPV6_MIN_MTU = 1280;
+/** What VXLAN adds to a frame on an IPv4 underlay (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14)… */
+export const VXLAN_OVERHEAD_IPV4 = 50;
+/** …and on an IPv6 underlay (outer IPv6 header 40). */
+export const VXLAN_OVERHEAD_IPV6 = 70;
+
+/** The VXLAN overhead for an underlay whose VTEP is `vtep` (IPv4 when unknown). */
+export function vxlanOverhead(vtep: string | undefined): number {
+  return vtep !== undefined && isIPv6Text(vtep) ? VXLAN_OVERHEAD_IPV6 : VXLAN_OVERHEAD_IPV4;
+}
+
+/** Whether two underlay addresses are of the same family (a peer on the other family cannot be reached). */
+export function sameUnderlayFamily(a: string, b: string): boolean {
+  return isIPv6Text(a) === isIPv6Text(b);
+}
+
+/** An underlay address in the form the kernel reports it (IPv6 canonical text; IPv4 as given). */
+function canonicalIP(s: string): string {
+  return isIPv6Text(s) ? canonicalIPv6(s) : s;
+}
 /** Encrypted networks' VXLAN port (`--encrypted-vxlan-port`): xfrm policies select it, see docs/encryption.md. */
 export const DEFAULT_ENCRYPTED_VXLAN_PORT = 4793;
 /** The all-zeros FDB entry: where a p2p/multicast vxlan0 sends what no other entry claims. Never a peer. */
@@ -63,16 +84,31 @@ export function floodDestination(t: Pick<OverlayTarget, 'mode' | 'remote' | 'gro
 
 /** What a stored network record (and this host's VTEP and p2p remote) asks of this host's overlay. */
 export function overlayTarget(
-  n: { vni: number; mtu: number; gateway: string; subnet: string; mode: ResolutionMode; options: Readonly<Record<string, string | undefined>> },
+  n: {
+    vni: number;
+    mtu: number;
+    /** IPv4 gateway and subnet: empty (or absent) on an IPv6-only network. */
+    gateway?: string;
+    subnet?: string;
+    gateway6?: string | undefined;
+    subnet6?: string | undefined;
+    mode: ResolutionMode;
+    options: Readonly<Record<string, string | undefined>>;
+  },
   host: { vtep?: string | undefined; remote?: string | undefined; encryptedPort?: number | undefined },
 ): OverlayTarget {
   const remote = p2pRemote(host.remote, n.options);
   const group = n.options.group;
   const encrypted = n.options.encrypted === 'true';
+  const cidr = (gw: string | undefined, subnet: string | undefined): string | undefined =>
+    gw && subnet ? `${gw}/${subnet.split('/')[1] ?? ''}` : undefined;
+  const gatewayCidr = cidr(n.gateway, n.subnet);
+  const gateway6Cidr = cidr(n.gateway6, n.subnet6);
   return {
     vni: n.vni,
     mtu: n.mtu,
-    gatewayCidr: `${n.gateway}/${n.subnet.split('/')[1] ?? ''}`,
+    ...(gatewayCidr ? { gatewayCidr } : {}),
+    ...(gateway6Cidr ? { gateway6Cidr } : {}),
     mode: n.mode,
     ...(host.vtep ? { vtep: host.vtep } : {}),
     ...(remote ? { remote } : {}),
@@ -88,21 +124,38 @@ export function validateMtu(mtu: number): void {
 /** Throws on a target the kernel cannot be asked for (the write side's input check). */
 export function validateOverlayTarget(t: OverlayTarget): void {
   validateMtu(t.mtu);
-  parseIPv4Cidr(t.gatewayCidr);
-  if (t.vtep) parseIPv4(t.vtep);
+  if (t.gatewayCidr === undefined && t.gateway6Cidr === undefined) throw new Error('an overlay needs an IPv4 or an IPv6 gateway address');
+  if (t.gatewayCidr !== undefined) parseIPv4Cidr(t.gatewayCidr);
+  if (t.gateway6Cidr !== undefined) {
+    const g = parseIPv6Cidr(t.gateway6Cidr);
+    if (g.ip[0] === 0xfe && (g.ip[1]! & 0xc0) === 0x80) throw new Error(`IPv6 gateway ${t.gateway6Cidr} is link-local`);
+    if (isMulticastIPv6(g.ip)) throw new Error(`IPv6 gateway ${t.gateway6Cidr} is a multicast address`);
+    if (t.mtu < IPV6_MIN_MTU) throw new Error(`an IPv6 overlay needs an MTU of at least ${IPV6_MIN_MTU}, got ${t.mtu}`);
+  }
+  const underlay = t.vtep !== undefined ? parseIP(t.vtep).length : undefined;
+  /** A p2p remote or multicast group must be of the underlay's family (the VTEP's, when it is set). */
+  const sameFamily = (what: string, addr: string): Buffer => {
+    const b = parseIP(addr);
+    if (underlay !== undefined && b.length !== underlay) {
+      throw new Error(`${what} ${addr} is ${b.length === 16 ? 'IPv6' : 'IPv4'} but the underlay (VTEP ${t.vtep}) is ${underlay === 16 ? 'IPv6' : 'IPv4'}: mixed underlays are not supported`);
+    }
+    return b;
+  };
   switch (t.mode) {
     case 'static':
     case 'miss':
       return;
     case 'p2p':
       if (!t.remote) throw new Error('p2p mode needs a remote address');
-      parseIPv4(t.remote);
+      sameFamily('p2p remote', t.remote);
       return;
-    case 'multicast':
-      if (!t.group || !isMulticastIPv4(parseIPv4(t.group))) {
+    case 'multicast': {
+      const g = t.group ? sameFamily('multicast group', t.group) : undefined;
+      if (!g || !(g.length === 4 ? isMulticastIPv4(g) : isMulticastIPv6(g))) {
         throw new Error(`multicast mode needs a multicast group, got ${JSON.stringify(t.group)}`);
       }
       return;
+    }
     default:
       throw new Error(`unknown resolution mode ${JSON.stringify((t as { mode: unknown }).mode)}`);
   }
@@ -121,8 +174,8 @@ export function expectedVxlan(t: OverlayTarget): VxlanSpec {
     mtu: t.mtu,
     learning: true,
     proxy: t.mode === 'static' || t.mode === 'miss',
-    ...(t.vtep ? { local: t.vtep } : {}),
-    ...(group ? { group } : {}),
+    ...(t.vtep ? { local: canonicalIP(t.vtep) } : {}),
+    ...(group ? { group: canonicalIP(group) } : {}),
     ...(t.port !== undefined ? { port: t.port } : {}),
   };
 }
@@ -239,8 +292,8 @@ function diff(field: DifferenceField, message: string, rebuild = false): Differe
   return { field, message, rebuild };
 }
 
-/** br0: a bridge, up, at the overlay MTU, holding the gateway address (when `gatewayCidr` is asked about). */
-export function bridgeDifferences(br: DeviceState | undefined, want: { mtu: number; gatewayCidr?: string }): Difference[] {
+/** br0: a bridge, up, at the overlay MTU, holding the gateway addresses (when `gatewayCidr`/`gateway6Cidr` are asked about). */
+export function bridgeDifferences(br: DeviceState | undefined, want: { mtu: number; gatewayCidr?: string; gateway6Cidr?: string }): Difference[] {
   if (!br) return [diff('missing', `${BRIDGE_NAME} missing`, true)];
   const out: Difference[] = [];
   if (br.kind !== 'bridge') out.push(diff('kind', `${br.name} is a ${br.kind ?? 'unknown device'}, not a bridge`, true));
@@ -248,6 +301,13 @@ export function bridgeDifferences(br: DeviceState | undefined, want: { mtu: numb
   if (br.mtu !== want.mtu) out.push(diff('mtu', `${br.name} mtu ${br.mtu} != ${want.mtu}`));
   if (want.gatewayCidr !== undefined && !br.addresses.includes(want.gatewayCidr)) {
     out.push(diff('address', `${br.name} lacks the gateway address ${want.gatewayCidr} (has ${br.addresses.join(', ') || 'none'})`));
+  }
+  if (want.gateway6Cidr !== undefined) {
+    const [ip, prefix] = want.gateway6Cidr.split('/');
+    const canonical = `${canonicalIPv6(ip ?? '')}/${prefix ?? ''}`;
+    if (!br.addresses.includes(canonical)) {
+      out.push(diff('address', `${br.name} lacks the IPv6 gateway address ${canonical} (has ${br.addresses.join(', ') || 'none'})`));
+    }
   }
   return out;
 }
@@ -339,19 +399,26 @@ export function peerDifferences(
     if (!isPeerFdb({ mac: f.mac, self: f.flags.includes('self'), permanent: f.state === 'permanent' })) continue;
     selfFdb.set(f.mac, [...(selfFdb.get(f.mac) ?? []), f]);
   }
-  const wantIp = new Map(desired.map((p) => [p.ip, p]));
+  // A dual-stack peer has a neighbour per family; IPv6 compared in the canonical form dumps give.
+  const ipsOf = (p: Peer): string[] => [...(p.ip ? [p.ip] : []), ...(p.ip6 !== undefined ? [canonicalIPv6(p.ip6)] : [])];
+  const wantIp = new Map(desired.flatMap((p) => ipsOf(p).map((ip) => [ip, p] as const)));
   const wantMac = new Map(desired.map((p) => [p.mac.toLowerCase(), p]));
 
   if (t.mode === 'static' || t.mode === 'miss') {
     for (const p of desired) {
       const mac = p.mac.toLowerCase();
-      const n = permNeigh.get(p.ip);
+      const ips = ipsOf(p);
       const fdb = selfFdb.get(mac) ?? [];
-      if (t.mode === 'miss' && !n && fdb.length === 0) continue; // not asked for yet: fine
-      if (!n) out.push(`missing neighbour ${p.ip} lladdr ${mac} PERMANENT (peer at ${p.vtep})`);
-      else if (n.mac !== mac) out.push(`neighbour ${p.ip} has lladdr ${n.mac ?? 'none'}, the store says ${mac}`);
-      if (fdb.length === 0) out.push(`missing fdb ${mac} dst ${p.vtep} self permanent (peer ${p.ip})`);
-      else if (!fdb.some((f) => f.dst === p.vtep)) out.push(`fdb ${mac} points at ${fdb.map((f) => f.dst).join(', ')}, the store says ${p.vtep}`);
+      if (t.mode === 'miss' && ips.every((ip) => !permNeigh.has(ip)) && fdb.length === 0) continue; // not asked for yet: fine
+      const vtep = canonicalIP(p.vtep);
+      for (const ip of ips) {
+        const n = permNeigh.get(ip);
+        if (!n) out.push(`missing neighbour ${ip} lladdr ${mac} PERMANENT (peer at ${vtep})`);
+        else if (n.mac !== mac) out.push(`neighbour ${ip} has lladdr ${n.mac ?? 'none'}, the store says ${mac}`);
+      }
+      const label = ips.join(' ');
+      if (fdb.length === 0) out.push(`missing fdb ${mac} dst ${vtep} self permanent (peer ${label})`);
+      else if (!fdb.some((f) => f.dst === vtep)) out.push(`fdb ${mac} points at ${fdb.map((f) => f.dst).join(', ')}, the store says ${vtep}`);
     }
     for (const n of permNeigh.values()) {
       if (!wantIp.has(n.ip)) out.push(`stale neighbour ${n.ip} lladdr ${n.mac ?? 'none'} PERMANENT: no such peer in the store`);
@@ -360,7 +427,8 @@ export function peerDifferences(
       if (!wantMac.has(mac)) for (const f of entries) out.push(`stale fdb ${mac} dst ${f.dst ?? 'none'} self permanent: no such peer in the store`);
     }
   } else {
-    const want = floodDestination(t);
+    const dest = floodDestination(t);
+    const want = dest && canonicalIP(dest);
     const dflt = tables.fdb.filter((f) => f.mac === ZERO_MAC && f.flags.includes('self'));
     if (want && !dflt.some((f) => f.dst === want)) {
       out.push(`missing default fdb ${ZERO_MAC} dst ${want} self permanent (unknown traffic has nowhere to go)`);

@@ -6,6 +6,7 @@ import type { Peer } from './types';
 import {
   AF_BRIDGE,
   AF_INET,
+  AF_INET6,
   NDA_DST,
   NDMSG_LEN,
   NTF_MASTER,
@@ -16,7 +17,9 @@ import {
   RTM_NEWNEIGH,
   NeighFields,
   type NeighEntry,
+  formatIP,
   formatIPv4,
+  formatIPv6,
   formatMac,
   parseNeighMessage,
 } from './encode';
@@ -57,24 +60,35 @@ async function dumpEntries<T>(sock: NlSocket, family: number, ifindex: number, w
   return out;
 }
 
-/** IPv4 neighbour entries of device `ifindex`. */
-export function listNeighbours(sock: NlSocket, ifindex: number): Promise<NeighbourEntry[]> {
-  return dumpEntries(sock, AF_INET, ifindex, 'dump neighbours', (e) => {
-    if (e.dst?.length !== 4) return undefined;
-    const n: NeighbourEntry = { ip: formatIPv4(e.dst), permanent: (e.state & NUD_PERMANENT) !== 0, state: e.state };
+/** IPv4 then IPv6 neighbour entries of device `ifindex`. */
+export async function listNeighbours(sock: NlSocket, ifindex: number): Promise<NeighbourEntry[]> {
+  const pick = (len: number, format: (b: Buffer) => string) => (e: NeighEntry): NeighbourEntry | undefined => {
+    if (e.dst?.length !== len) return undefined;
+    const n: NeighbourEntry = { ip: format(e.dst), permanent: (e.state & NUD_PERMANENT) !== 0, state: e.state };
     if (e.lladdr?.length === 6) n.mac = formatMac(e.lladdr);
     return n;
-  });
+  };
+  const [v4, v6] = await Promise.all([
+    dumpEntries(sock, AF_INET, ifindex, 'dump neighbours', pick(4, formatIPv4)),
+    dumpEntries(sock, AF_INET6, ifindex, 'dump IPv6 neighbours', pick(16, formatIPv6)),
+  ]);
+  return [...v4, ...v6];
 }
 
-/** The MAC of device `ifindex`'s neighbour entry for one address (a single RTM_GETNEIGH), undefined when there is none. */
-export async function neighbourMac(sock: NlSocket, ifindex: number, ip: number): Promise<string | undefined> {
-  const req = Buffer.alloc(NDMSG_LEN + 8);
-  req[0] = AF_INET;
+/**
+ * The MAC of device `ifindex`'s neighbour entry for one address (a single RTM_GETNEIGH), undefined
+ * when there is none: `ip` is an IPv4 number or an IPv6 address's 16 bytes.
+ */
+export async function neighbourMac(sock: NlSocket, ifindex: number, ip: number | Buffer): Promise<string | undefined> {
+  const v6 = typeof ip !== 'number';
+  const alen = v6 ? 16 : 4;
+  const req = Buffer.alloc(NDMSG_LEN + 4 + alen);
+  req[0] = v6 ? AF_INET6 : AF_INET;
   req.writeInt32LE(ifindex, 4);
-  req.writeUInt16LE(8, NDMSG_LEN);
+  req.writeUInt16LE(4 + alen, NDMSG_LEN);
   req.writeUInt16LE(NDA_DST, NDMSG_LEN + 2);
-  req.writeUInt32BE(ip, NDMSG_LEN + 4);
+  if (v6) ip.copy(req, NDMSG_LEN + 4);
+  else req.writeUInt32BE(ip, NDMSG_LEN + 4);
   try {
     for (const m of await sock.request(RTM_GETNEIGH, 0, req, 'get neighbour')) {
       if (m.type !== RTM_NEWNEIGH) continue;
@@ -100,20 +114,42 @@ export function listFdb(sock: NlSocket, ifindex: number): Promise<FdbEntry[]> {
       permanent: (e.state & NUD_PERMANENT) !== 0,
       dynamic: (e.state & (NUD_PERMANENT | NUD_NOARP)) === 0,
     };
-    if (e.dst?.length === 4) f.vtep = formatIPv4(e.dst);
+    const vtep = e.dst && formatIP(e.dst);
+    if (vtep) f.vtep = vtep;
     return f;
   });
 }
 
-/** Peers as the kernel has them: PERMANENT neighbours joined by MAC with permanent `self` FDB entries. */
+/**
+ * Peers as the kernel has them: PERMANENT neighbours joined by MAC with permanent `self` FDB
+ * entries. A container's IPv4 and IPv6 neighbours share its MAC and make one peer (`ip` empty
+ * when it has only the IPv6 one).
+ */
 export function joinPeers(neighbours: NeighbourEntry[], fdb: FdbEntry[]): Peer[] {
   const vtepByMac = new Map<string, string>();
   for (const f of fdb) if (isPeerFdb(f) && f.vtep) vtepByMac.set(f.mac, f.vtep);
   const out: Peer[] = [];
+  const v6Only = new Map<string, Peer>();
+  const byMac = new Map<string, Peer>();
   for (const n of neighbours) {
     if (!n.permanent || !n.mac) continue;
     const vtep = vtepByMac.get(n.mac);
-    if (vtep) out.push({ ip: n.ip, mac: n.mac, vtep });
+    if (!vtep) continue;
+    if (!n.ip.includes(':')) {
+      const p: Peer = { ip: n.ip, mac: n.mac, vtep };
+      out.push(p);
+      byMac.set(n.mac, p);
+      continue;
+    }
+    const p = byMac.get(n.mac);
+    if (p && p.ip6 === undefined) p.ip6 = n.ip;
+    else v6Only.set(n.ip, { ip: '', ip6: n.ip, mac: n.mac, vtep });
+  }
+  // IPv6 entries listed before their IPv4 sibling (not the order listNeighbours gives) still join.
+  for (const p of v6Only.values()) {
+    const q = byMac.get(p.mac);
+    if (q && q.ip6 === undefined) q.ip6 = p.ip6!;
+    else out.push(p);
   }
   return out;
 }
@@ -123,29 +159,40 @@ export async function listPeers(sock: NlSocket, vxlanIndex: number): Promise<Pee
   return joinPeers(n, f);
 }
 
-/** What setPeers needs of a vxlan device's tables, as numbers (IPv4 addresses, 48-bit MACs). */
+/**
+ * What setPeers needs of a vxlan device's tables, as numbers (IPv4 addresses, 48-bit MACs); IPv6
+ * addresses as canonical text (see peer-messages.vtepKey).
+ */
 export interface KernelTables {
-  /** PERMANENT neighbours: address → MAC (-1: none). */
+  /** PERMANENT IPv4 neighbours: address → MAC (-1: none). */
   neigh: Map<number, number>;
+  /** PERMANENT IPv6 neighbours: address → MAC (-1: none). */
+  neigh6: Map<string, number>;
   /** `self` FDB entries with a destination (all-zeros MAC left out): MAC → its first VTEP… */
-  vtep: Map<number, number>;
+  vtep: Map<number, number | string>;
   /** …and further VTEPs of the same MAC (an entry per VTEP, e.g. added by hand). */
-  moreVteps: Map<number, number[]>;
+  moreVteps: Map<number, (number | string)[]>;
   /** MACs the bridge learned behind the device (`master`, neither permanent nor static). */
   learned: Set<number>;
 }
 
 export async function readTables(sock: NlSocket, ifindex: number): Promise<KernelTables> {
-  const [neighMsgs, fdbMsgs] = await Promise.all([
+  const [neighMsgs, neigh6Msgs, fdbMsgs] = await Promise.all([
     sock.dump(RTM_GETNEIGH, ndmsgRequest(AF_INET), 'dump neighbours'),
+    sock.dump(RTM_GETNEIGH, ndmsgRequest(AF_INET6), 'dump IPv6 neighbours'),
     sock.dump(RTM_GETNEIGH, ndmsgRequest(AF_BRIDGE), 'dump fdb'),
   ]);
-  const t: KernelTables = { neigh: new Map(), vtep: new Map(), moreVteps: new Map(), learned: new Set() };
+  const t: KernelTables = { neigh: new Map(), neigh6: new Map(), vtep: new Map(), moreVteps: new Map(), learned: new Set() };
   const e = new NeighFields();
   for (const m of neighMsgs) {
     if (m.type !== RTM_NEWNEIGH) continue;
     e.read(m.data);
     if (e.family === AF_INET && e.ifindex === ifindex && e.dst4 >= 0 && (e.state & NUD_PERMANENT) !== 0) t.neigh.set(e.dst4, e.mac);
+  }
+  for (const m of neigh6Msgs) {
+    if (m.type !== RTM_NEWNEIGH) continue;
+    e.read(m.data);
+    if (e.family === AF_INET6 && e.ifindex === ifindex && e.dst6 && (e.state & NUD_PERMANENT) !== 0) t.neigh6.set(formatIPv6(e.dst6), e.mac);
   }
   for (const m of fdbMsgs) {
     if (m.type !== RTM_NEWNEIGH) continue;
@@ -154,9 +201,10 @@ export async function readTables(sock: NlSocket, ifindex: number): Promise<Kerne
     // The bridge marks its entries with NDA_MASTER, not with NTF_MASTER.
     const master = e.master || (e.flags & NTF_MASTER) !== 0;
     if (master && (e.state & (NUD_PERMANENT | NUD_NOARP)) === 0) t.learned.add(e.mac);
-    if ((e.flags & NTF_SELF) === 0 || e.dst4 < 0 || e.mac === 0) continue;
-    if (!t.vtep.has(e.mac)) t.vtep.set(e.mac, e.dst4);
-    else t.moreVteps.set(e.mac, [...(t.moreVteps.get(e.mac) ?? []), e.dst4]);
+    if ((e.flags & NTF_SELF) === 0 || (e.dst4 < 0 && !e.dst6) || e.mac === 0) continue;
+    const vtep = e.dst4 >= 0 ? e.dst4 : formatIPv6(e.dst6!);
+    if (!t.vtep.has(e.mac)) t.vtep.set(e.mac, vtep);
+    else t.moreVteps.set(e.mac, [...(t.moreVteps.get(e.mac) ?? []), vtep]);
   }
   return t;
 }
@@ -166,15 +214,16 @@ export type Miss = { kind: 'l3'; ip: string; ifindex: number } | { kind: 'l2'; m
 
 /**
  * Decodes a vxlan miss notification: RTM_GETNEIGH on RTNLGRP_NEIGH carrying either NDA_DST (l3miss:
- * no neighbour for an ARP request the device proxies) or NDA_LLADDR (l2miss: no FDB entry for a
- * destination MAC). The kernel sets family AF_INET on both for IPv4 devices, so the attribute
- * present is what tells them apart. Anything else (RTM_NEWNEIGH events, IPv6) is not a miss.
+ * no neighbour for an ARP request or, 16 bytes with family AF_INET6, a Neighbor Solicitation the
+ * device proxies) or NDA_LLADDR (l2miss: no FDB entry for a destination MAC, family AF_INET).
+ * The attribute present is what tells them apart. Anything else (RTM_NEWNEIGH events) is not a miss.
  */
 export function parseMiss(type: number, data: Buffer): Miss | undefined {
   if (type !== RTM_GETNEIGH || data.length < NDMSG_LEN) return undefined;
   const e = parseNeighMessage(data);
-  if (e.family !== AF_INET && e.family !== AF_BRIDGE) return undefined;
+  if (e.family !== AF_INET && e.family !== AF_BRIDGE && e.family !== AF_INET6) return undefined;
   if (e.dst?.length === 4 && !e.lladdr) return { kind: 'l3', ip: formatIPv4(e.dst), ifindex: e.ifindex };
+  if (e.dst?.length === 16 && !e.lladdr) return { kind: 'l3', ip: formatIPv6(e.dst), ifindex: e.ifindex };
   if (e.lladdr?.length === 6 && !e.dst) return { kind: 'l2', mac: formatMac(e.lladdr), ifindex: e.ifindex };
   return undefined;
 }

@@ -7,18 +7,9 @@
  * back in `peer-tables.ts`.
  */
 import type { Peer } from './types';
-import { formatIPv4Number, formatMac, ipv4ToNumber, macFromNumber, macToNumber } from './encode';
+import { canonicalIPv6, formatIPv4Number, formatMac, ipv4ToNumber, macFromNumber, macToNumber } from './encode';
 import type { NetlinkError, NlSocket } from './nlsock';
-import {
-  ADD_LEN,
-  FDB_MASTER_DEL_LEN,
-  FDB_SELF_DEL_LEN,
-  NEIGH_DEL_LEN,
-  REMOVE_MAX,
-  Slab,
-  parsePeer,
-  type ParsedPeer,
-} from './peer-messages';
+import { REMOVE_MAX, Slab, addCapacity, parsePeer, vtepKey, type ParsedPeer } from './peer-messages';
 import { listFdb, listNeighbours, neighbourMac, readTables, type KernelTables } from './peer-tables';
 
 export { encodePeerAdd, encodePeerRemove } from './peer-messages';
@@ -47,14 +38,9 @@ const IGNORE_ON_DELETE = ['ENOENT', 'ESRCH', 'EADDRNOTAVAIL'];
 /** Removals up to this many look their neighbours up one by one rather than dumping the tables. */
 const FEW_REMOVALS = 32;
 
-async function sendBatch(
-  sock: NlSocket,
-  what: string,
-  msgs: Buffer[],
-  owners: ParsedPeer[],
-  ignore: string[],
-): Promise<void> {
-  const { errors } = await sock.batch(msgs, what, { ignore });
+async function sendBatch(sock: NlSocket, what: string, slab: Slab, ignore: string[]): Promise<void> {
+  const owners = slab.owners;
+  const { errors } = await sock.batch(slab.msgs, what, { ignore });
   if (errors.size) {
     const failures = [...errors].sort((a, b) => a[0] - b[0]).map(([i, error]) => ({ peer: owners[i]!.peer, error }));
     throw new PeerBatchError(what, failures);
@@ -64,7 +50,8 @@ async function sendBatch(
 /**
  * Removes then adds peers. Removal deletes the neighbour only while it still maps the IP to the
  * removed MAC (the IP may already belong to a newer container), the FDB entry only for the
- * removed VTEP, and whatever the bridge learned for the MAC behind vxlan0. Missing entries are
+ * removed VTEP, and whatever the bridge learned for the MAC behind vxlan0 (IPv4 and IPv6 neighbours
+ * alike). Missing entries are
  * fine; adding an existing peer is a no-op replace. Input is validated before anything changes.
  */
 export async function applyPeerDiff(sock: NlSocket, vxlanIndex: number, add: Peer[], remove: Peer[]): Promise<PeerChangeResult> {
@@ -72,24 +59,22 @@ export async function applyPeerDiff(sock: NlSocket, vxlanIndex: number, add: Pee
   const removes = remove.map(parsePeer);
   if (removes.length) {
     const addIps = new Set(adds.map((p) => p.ipText));
+    const addIp6s = new Set(adds.map((p) => p.ip6Text));
     const addMacVtep = new Set(adds.map((p) => `${p.macText}@${p.vtepText}`));
     const slab = new Slab(removes.length * REMOVE_MAX);
-    const owners: ParsedPeer[] = [];
     if (removes.length <= FEW_REMOVALS) {
       // A few (the event path: a container left): one lookup per neighbour rather than dumping both
       // whole tables; the FDB deletes go out as they are (a missing entry answers ENOENT, ignored).
-      const macs = await Promise.all(removes.map((p) => (addIps.has(p.ipText) ? undefined : neighbourMac(sock, vxlanIndex, p.ip))));
+      const lookup = (p: ParsedPeer, v6: boolean): Promise<string | undefined> | undefined => {
+        if (v6) return p.ip6 && !addIp6s.has(p.ip6Text) ? neighbourMac(sock, vxlanIndex, p.ip6) : undefined;
+        return p.ip >= 0 && !addIps.has(p.ipText) ? neighbourMac(sock, vxlanIndex, p.ip) : undefined;
+      };
+      const [macs, macs6] = await Promise.all([Promise.all(removes.map((p) => lookup(p, false))), Promise.all(removes.map((p) => lookup(p, true)))]);
       removes.forEach((p, i) => {
-        if (macs[i] === p.macText) {
-          slab.neighDel(vxlanIndex, p.ip);
-          owners.push(p);
-        }
-        if (!addMacVtep.has(`${p.macText}@${p.vtepText}`)) {
-          slab.fdbSelfDel(vxlanIndex, p.mac, p.vtep);
-          owners.push(p);
-        }
-        slab.fdbMasterDel(vxlanIndex, p.mac);
-        owners.push(p);
+        if (macs[i] === p.macText) slab.neighDel(p, vxlanIndex, p.ip);
+        if (p.ip6 && macs6[i] === p.macText) slab.neigh6Del(p, vxlanIndex, p.ip6);
+        if (!addMacVtep.has(`${p.macText}@${p.vtepText}`)) slab.fdbSelfDel(p, vxlanIndex, p.mac, p.vtep);
+        slab.fdbMasterDel(p, vxlanIndex, p.mac);
       });
     } else {
       // Deleting only what exists avoids an error reply per missing entry (most learned entries are).
@@ -102,22 +87,14 @@ export async function applyPeerDiff(sock: NlSocket, vxlanIndex: number, add: Pee
         if (f.master && f.dynamic) learned.add(f.mac);
       }
       for (const p of removes) {
-        if (!addIps.has(p.ipText) && current.get(p.ipText) === p.macText) {
-          slab.neighDel(vxlanIndex, p.ip);
-          owners.push(p);
-        }
+        if (p.ip >= 0 && !addIps.has(p.ipText) && current.get(p.ipText) === p.macText) slab.neighDel(p, vxlanIndex, p.ip);
+        if (p.ip6 && !addIp6s.has(p.ip6Text) && current.get(p.ip6Text!) === p.macText) slab.neigh6Del(p, vxlanIndex, p.ip6);
         const key = `${p.macText}@${p.vtepText}`;
-        if (!addMacVtep.has(key) && selfEntries.has(key)) {
-          slab.fdbSelfDel(vxlanIndex, p.mac, p.vtep);
-          owners.push(p);
-        }
-        if (learned.has(p.macText)) {
-          slab.fdbMasterDel(vxlanIndex, p.mac);
-          owners.push(p);
-        }
+        if (!addMacVtep.has(key) && selfEntries.has(key)) slab.fdbSelfDel(p, vxlanIndex, p.mac, p.vtep);
+        if (learned.has(p.macText)) slab.fdbMasterDel(p, vxlanIndex, p.mac);
       }
     }
-    await sendBatch(sock, 'remove peers', slab.msgs, owners, IGNORE_ON_DELETE);
+    await sendBatch(sock, 'remove peers', slab, IGNORE_ON_DELETE);
   }
   if (adds.length) await sendAdds(sock, vxlanIndex, adds);
   return { added: adds.length, removed: removes.length };
@@ -125,14 +102,9 @@ export async function applyPeerDiff(sock: NlSocket, vxlanIndex: number, add: Pee
 
 /** Programs peers: a neighbour and an FDB entry each (replace: idempotent), many to a datagram. */
 async function sendAdds(sock: NlSocket, vxlanIndex: number, peers: readonly ParsedPeer[]): Promise<void> {
-  const slab = new Slab(peers.length * ADD_LEN);
-  const owners: ParsedPeer[] = [];
-  for (const p of peers) {
-    slab.neighAdd(vxlanIndex, p.ip, p.mac);
-    slab.fdbAdd(vxlanIndex, p.mac, p.vtep);
-    owners.push(p, p);
-  }
-  await sendBatch(sock, 'add peers', slab.msgs, owners, []);
+  const slab = new Slab(addCapacity(peers.length));
+  for (const p of peers) slab.peerAdd(p, vxlanIndex);
+  await sendBatch(sock, 'add peers', slab, []);
 }
 
 /**
@@ -147,25 +119,39 @@ async function sendAdds(sock: NlSocket, vxlanIndex: number, peers: readonly Pars
  */
 export async function setPeers(sock: NlSocket, vxlanIndex: number, desired: Peer[]): Promise<PeerChangeResult> {
   const wantIps = new Set<number>();
-  const wantVtepByMac = new Map<number, number>();
+  const wantIp6s = new Set<string>();
+  const wantVtepByMac = new Map<number, number | string>();
+  // Parsed once: an IPv6 address's canonical text (the dumps' form) is not free to make.
+  const ip6s: (string | undefined)[] = [];
   for (const p of desired) {
-    wantIps.add(ipv4ToNumber(p.ip));
-    wantVtepByMac.set(macToNumber(p.mac), ipv4ToNumber(p.vtep));
+    if (p.ip !== '' || p.ip6 === undefined) wantIps.add(ipv4ToNumber(p.ip));
+    const ip6 = p.ip6 === undefined ? undefined : canonicalIPv6(p.ip6);
+    ip6s.push(ip6);
+    if (ip6) wantIp6s.add(ip6);
+    wantVtepByMac.set(macToNumber(p.mac), vtepKey(p.vtep));
   }
   const have = await readTables(sock, vxlanIndex);
-  const stale = staleEntries(have, wantIps, wantVtepByMac);
+  const stale = staleEntries(have, wantIps, wantIp6s, wantVtepByMac);
   const missing: ParsedPeer[] = [];
-  for (const p of desired) {
+  desired.forEach((p, i) => {
     const mac = macToNumber(p.mac);
-    const present = have.neigh.get(ipv4ToNumber(p.ip)) === mac && have.vtep.get(mac) === ipv4ToNumber(p.vtep) && !have.moreVteps.has(mac);
+    const ip6 = ip6s[i];
+    const present =
+      (p.ip === '' && ip6 !== undefined ? true : have.neigh.get(ipv4ToNumber(p.ip)) === mac) &&
+      (ip6 === undefined || have.neigh6.get(ip6) === mac) &&
+      have.vtep.get(mac) === wantVtepByMac.get(mac) &&
+      !have.moreVteps.has(mac);
     if (!present) missing.push(parsePeer(p));
-  }
+  });
 
-  const slab = new Slab(stale.neigh.length * NEIGH_DEL_LEN + stale.self.length * FDB_SELF_DEL_LEN + stale.master.length * FDB_MASTER_DEL_LEN);
-  for (const p of stale.neigh) slab.neighDel(vxlanIndex, p.ip);
-  for (const p of stale.self) slab.fdbSelfDel(vxlanIndex, p.mac, p.vtep);
-  for (const p of stale.master) slab.fdbMasterDel(vxlanIndex, p.mac);
-  await sendBatch(sock, 'remove stale peers', slab.msgs, [...stale.neigh, ...stale.self, ...stale.master], IGNORE_ON_DELETE);
+  const slab = new Slab(stale.neigh.length * REMOVE_MAX + stale.self.length * REMOVE_MAX + stale.master.length * REMOVE_MAX);
+  for (const p of stale.neigh) {
+    if (p.ip >= 0) slab.neighDel(p, vxlanIndex, p.ip);
+    if (p.ip6) slab.neigh6Del(p, vxlanIndex, p.ip6);
+  }
+  for (const p of stale.self) slab.fdbSelfDel(p, vxlanIndex, p.mac, p.vtep);
+  for (const p of stale.master) slab.fdbMasterDel(p, vxlanIndex, p.mac);
+  await sendBatch(sock, 'remove stale peers', slab, IGNORE_ON_DELETE);
 
   await sendAdds(sock, vxlanIndex, missing);
   return { added: missing.length, removed: stale.removed };
@@ -182,12 +168,26 @@ interface StaleEntries {
   removed: number;
 }
 
-/** A table entry to delete, in the form the message writers and error reports take. */
-function stub(ip: number, mac: number, vtep: number): ParsedPeer {
-  return parsePeer({ ip: formatIPv4Number(ip), mac: formatMac(macFromNumber(mac)), vtep: formatIPv4Number(vtep) });
+/**
+ * A table entry to delete, in the form the message writers and error reports take: an IPv4
+ * neighbour (`ip` a number), an IPv6 one (`ip` a string) or an FDB entry (`ip` 0).
+ */
+function stub(ip: number | string, mac: number, vtep: number | string): ParsedPeer {
+  const v6 = typeof ip === 'string';
+  return parsePeer({
+    ip: v6 ? '' : formatIPv4Number(ip),
+    ...(v6 ? { ip6: ip } : {}),
+    mac: formatMac(macFromNumber(mac)),
+    vtep: typeof vtep === 'string' ? vtep : formatIPv4Number(vtep),
+  });
 }
 
-function staleEntries(have: KernelTables, wantIps: ReadonlySet<number>, wantVtepByMac: ReadonlyMap<number, number>): StaleEntries {
+function staleEntries(
+  have: KernelTables,
+  wantIps: ReadonlySet<number>,
+  wantIp6s: ReadonlySet<string>,
+  wantVtepByMac: ReadonlyMap<number, number | string>,
+): StaleEntries {
   const out: StaleEntries = { neigh: [], self: [], master: [], removed: 0 };
   const removedMacs = new Set<number>();
   // forEach: for…of over a map's entries allocates an array per entry.
@@ -197,7 +197,14 @@ function staleEntries(have: KernelTables, wantIps: ReadonlySet<number>, wantVtep
     out.removed++;
     if (mac >= 0) removedMacs.add(mac);
   });
-  const selfEntry = (mac: number, vtep: number): void => {
+  have.neigh6.forEach((mac, ip) => {
+    if (wantIp6s.has(ip)) return;
+    out.neigh.push(stub(ip, Math.max(mac, 0), 0));
+    // A dual-stack container's two neighbours are one peer.
+    if (mac < 0 || !removedMacs.has(mac)) out.removed++;
+    if (mac >= 0) removedMacs.add(mac);
+  });
+  const selfEntry = (mac: number, vtep: number | string): void => {
     const wantVtep = wantVtepByMac.get(mac);
     if (wantVtep === vtep) return;
     const entry = stub(0, mac, vtep);

@@ -11,9 +11,11 @@ export interface OverlaySpec {
   vni: number;
   /** MTU of br0, vxlan0 and every veth end (underlay MTU - 50 unless overridden). */
   mtu: number;
-  /** Gateway address with prefix length, put on br0, e.g. `10.20.0.1/24`. */
-  gatewayCidr: string;
-  /** Underlay address the VXLAN socket binds to (`local`); undefined = any. */
+  /** IPv4 gateway address with prefix length, put on br0, e.g. `10.20.0.1/24`; undefined on an IPv6-only network. */
+  gatewayCidr?: string;
+  /** IPv6 gateway address with prefix length, put on br0 beside the IPv4 one, e.g. `fd00:20::1/64`. */
+  gateway6Cidr?: string;
+  /** Underlay address the VXLAN socket binds to (`local`, IPv4 or IPv6: the underlay's family); undefined = any. */
   vtep?: string;
   mode: ResolutionMode;
   /** p2p: the one remote VTEP; multicast: the group address. */
@@ -45,9 +47,12 @@ export interface AttachedEndpoint {
 
 /** A remote container: what a PERMANENT neighbour entry and a `dst` FDB entry are made of. */
 export interface Peer {
+  /** IPv4 address of the container; empty on an IPv6-only network (then `ip6` is set). */
   ip: string;
+  /** IPv6 address of the container, beside `ip` (dual-stack) or alone (IPv6-only). */
+  ip6?: string;
   mac: string;
-  /** Underlay address of the host running the container. */
+  /** Underlay address of the host running the container (IPv4 or IPv6, this host's underlay family). */
   vtep: string;
 }
 

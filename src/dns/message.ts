@@ -4,6 +4,7 @@
  * and fuzzed without a network.
  */
 import * as packet from 'dns-packet';
+import ipaddr from 'ipaddr.js';
 import type { ZoneView } from './types';
 
 /** Classic DNS over UDP without EDNS (RFC 1035 §4.2.1). */
@@ -166,8 +167,9 @@ export function reverseAddress(name: string): string | undefined {
     if (nibbles.length !== 32 || !nibbles.every((n) => /^[0-9a-f]$/.test(n))) return undefined;
     const hex = nibbles.reverse().join('');
     const groups: string[] = [];
-    for (let i = 0; i < 32; i += 4) groups.push(hex.slice(i, i + 4).replace(/^0{1,3}/, ''));
-    return groups.join(':');
+    for (let i = 0; i < 32; i += 4) groups.push(hex.slice(i, i + 4));
+    // The RFC 5952 form: the one the names view keys addresses by.
+    return ipaddr.IPv6.parse(groups.join(':')).toRFC5952String();
   }
   return undefined;
 }

@@ -5,7 +5,7 @@
 
 export interface Addresses {
   v4: readonly string[];
-  /** Empty today (tsoverlay networks are IPv4 only); answered as AAAA once endpoints carry one. */
+  /** Answered as AAAA: dual-stack and IPv6-only containers' IPv6 addresses (RFC 5952 form). */
   v6: readonly string[];
 }
 

@@ -6,13 +6,16 @@
 import { PluginError } from '../util/errors';
 import type { RecordStore } from './record-store';
 import { keys, poolRecordSchema } from './records';
-import { hostRange, intToIp, ipToInt, overlaps, parseAddressCidr, parseSubnet, type Subnet } from './subnet';
+import { bigToIp, familyOf, hostRange, ipToBig, overlaps, parseAddressCidr, parseSubnet, type Family, type Subnet } from './subnet';
 
 export const LOCAL_ADDRESS_SPACE = 'tsoverlay-local';
 export const GLOBAL_ADDRESS_SPACE = 'tsoverlay-global';
 /** Where pools come from when `docker network create` gives no `--subnet`. */
 export const DEFAULT_POOL_RANGE = '10.210.0.0/16';
 export const DEFAULT_POOL_PREFIX = 24;
+/** IPv6 pools for `--ipv6` without an IPv6 `--subnet`: /64s of one unique-local /48. */
+export const DEFAULT_POOL6_RANGE = 'fd74:736f:7665::/48';
+export const DEFAULT_POOL6_PREFIX = 64;
 /**
  * Swarm: the managers' allocator asks in the global address space and decides every address
  * of a swarm network; each engine then asks again, in the local space, for exactly those
@@ -51,7 +54,7 @@ export function parsePool(text: string): Subnet {
   }
 }
 
-/** A requested address as a bare IP, refused unless it is a usable host address of `subnet`. */
+/** A requested address as a bare IP (IPv6 in RFC 5952 form), refused unless it is a usable host address of `subnet`. */
 export function checkAddress(subnet: Subnet, text: string): string {
   let ip: string;
   try {
@@ -59,7 +62,8 @@ export function checkAddress(subnet: Subnet, text: string): string {
   } catch (err) {
     throw new PluginError((err as Error).message);
   }
-  const n = ipToInt(ip);
+  if (familyOf(ip) !== subnet.family) throw new PluginError(`address ${ip} is not an IPv${subnet.family} address of ${subnet.cidr}`);
+  const n = ipToBig(ip);
   const { first, last } = hostRange(subnet);
   if (n < first || n > last) throw new PluginError(`address ${ip} is not a usable host address of ${subnet.cidr}`);
   return ip;
@@ -74,13 +78,20 @@ export async function refuseOverlaps(records: RecordStore, subnet: Subnet, addre
   }
 }
 
-export async function pickDefaultPool(records: RecordStore): Promise<Subnet> {
-  const range = parseSubnet(DEFAULT_POOL_RANGE);
-  const used = (await records.list(poolRecordSchema, keys.pools())).map((p) => parseSubnet(p.value.pool));
-  const step = 2 ** (32 - DEFAULT_POOL_PREFIX);
+export async function pickDefaultPool(records: RecordStore, family: Family = 4): Promise<Subnet> {
+  const [rangeText, prefix] = family === 4 ? [DEFAULT_POOL_RANGE, DEFAULT_POOL_PREFIX] : [DEFAULT_POOL6_RANGE, DEFAULT_POOL6_PREFIX];
+  const range = parseSubnet(rangeText);
+  const used = (await records.list(poolRecordSchema, keys.pools())).flatMap((p) => {
+    try {
+      return [parseSubnet(p.value.pool)];
+    } catch {
+      return []; // a pool of a range this version refuses: it overlaps none of ours
+    }
+  });
+  const step = 1n << BigInt((family === 4 ? 32 : 128) - prefix);
   for (let n = range.network; n < range.network + range.size; n += step) {
-    const candidate = parseSubnet(`${intToIp(n)}/${DEFAULT_POOL_PREFIX}`);
+    const candidate = parseSubnet(`${bigToIp(n, family)}/${prefix}`);
     if (!used.some((u) => overlaps(u, candidate))) return candidate;
   }
-  throw new PluginError(`no free /${DEFAULT_POOL_PREFIX} left in ${DEFAULT_POOL_RANGE}; pass --subnet`, 409);
+  throw new PluginError(`no free /${prefix} left in ${rangeText}; pass --subnet`, 409);
 }

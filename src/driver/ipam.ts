@@ -3,7 +3,8 @@ import { DEFAULT_TIMEOUT_MS } from '../store/util';
 import { PluginError } from '../util/errors';
 import { RecordStore, nowIso } from './record-store';
 import { addressRecordSchema, keys, poolRecordSchema, type AddressRecord } from './records';
-import { describeHolder, endpointsUsing, firstFree, heldFor, sameHolder, type AddressAsk } from './ipam-addresses';
+import { describeHolder, endpointsUsing, sameHolder, type AddressAsk } from './ipam-addresses';
+import { PoolAllocator } from './ipam-allocator';
 import {
   GLOBAL_ADDRESS_SPACE,
   LOCAL_ADDRESS_SPACE,
@@ -19,7 +20,7 @@ import {
 } from './ipam-pools';
 import { DockerReplays } from './ipam-replay';
 import { RequestScopes } from './ipam-scope';
-import { contains, hostRange, intToIp, parseSubnet, subnetKey, type Subnet } from './subnet';
+import { firstHost, parseSubnet, subnetKey, type Subnet } from './subnet';
 
 export {
   DEFAULT_POOL_PREFIX,
@@ -73,6 +74,9 @@ export class IpamService {
   private readonly scopes: RequestScopes;
   /** Subnets whose pool Docker just asked for again although this host held it. */
   private readonly dockerReplay: DockerReplays;
+  private readonly allocator: PoolAllocator;
+  /** Pools (by subnet key) this host holds, as seen in their record since it last let go of one. */
+  private readonly heldPools = new Set<string>();
 
   constructor(
     records: RecordStore,
@@ -83,19 +87,24 @@ export class IpamService {
     const requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.scopes = new RequestScopes(records, requestTimeoutMs, logger);
     this.dockerReplay = new DockerReplays(requestTimeoutMs);
+    this.allocator = new PoolAllocator(hostName, logger);
   }
 
   async requestPool(req: PoolRequest): Promise<{ poolId: string; pool: string }> {
-    if (req.v6) throw new PluginError('tsoverlay does not support IPv6 pools yet; create the network without --ipv6');
     if (req.addressSpace !== LOCAL_ADDRESS_SPACE && req.addressSpace !== GLOBAL_ADDRESS_SPACE) {
       throw new PluginError(`unknown address space "${req.addressSpace}" (tsoverlay has ${LOCAL_ADDRESS_SPACE} and ${GLOBAL_ADDRESS_SPACE})`);
     }
     if (req.subPool && !req.pool) throw new PluginError('an --ip-range needs a --subnet');
     return this.scopes.run('RequestPool', async ({ records, lock }) => {
-      const subnet = req.pool ? parsePool(req.pool) : await pickDefaultPool(records);
+      const family = req.v6 ? 6 : 4;
+      const subnet = req.pool ? parsePool(req.pool) : await pickDefaultPool(records, family);
+      if (subnet.family !== family) {
+        throw new PluginError(`--subnet ${subnet.cidr} is given as an IPv${family} pool: Docker asks for IPv${subnet.family} subnets separately`);
+      }
       if (req.subPool) {
         const sub = parsePool(req.subPool);
-        if (!contains(subnet, intToIp(sub.network)) || sub.prefixLength < subnet.prefixLength) {
+        const inside = sub.family === subnet.family && sub.network >= subnet.network && sub.network + sub.size <= subnet.network + subnet.size;
+        if (!inside) {
           throw new PluginError(`--ip-range ${sub.cidr} is not inside --subnet ${subnet.cidr}`);
         }
       }
@@ -146,11 +155,18 @@ export class IpamService {
           const holders = current.holders.filter((h) => h !== owner);
           return holders.length === 0 ? null : { ...current, holders };
         });
+        this.allocator.forget(sKey);
+        this.heldPools.delete(sKey);
         if (after === undefined) {
           const stillThere = await records.get(poolRecordSchema, keys.pool(sKey));
-          if (!stillThere) await records.store.deletePrefix(keys.addresses(sKey));
+          if (!stillThere) {
+            await records.store.deletePrefix(keys.addresses(sKey));
+            await records.store.deletePrefix(keys.macs(sKey));
+            await records.store.deletePrefix(keys.blocks(sKey));
+          }
         } else {
           await this.releaseHostAddresses(records, sKey, owner);
+          await this.allocator.releaseBlocks(records, sKey, owner);
         }
       }),
     );
@@ -163,17 +179,23 @@ export class IpamService {
     const withPrefix = (ip: string) => ({ address: `${ip}/${subnet.prefixLength}` });
     if (kind === 'node' && (req.address || isGateway)) {
       // A swarm manager allocated this address (or it is the gateway): this engine just uses it.
-      return withPrefix(req.address ? checkAddress(subnet, req.address) : intToIp(hostRange(subnet).first));
+      return withPrefix(req.address ? checkAddress(subnet, req.address) : firstHost(subnet));
     }
     // Docker's start-up replay asks for explicit addresses only: anything else means it is over.
     if (!req.address && !isGateway) this.dockerReplay.end();
-    const explicit = req.address || isGateway ? (req.address ? checkAddress(subnet, req.address) : intToIp(hostRange(subnet).first)) : undefined;
+    const explicit = req.address || isGateway ? (req.address ? checkAddress(subnet, req.address) : firstHost(subnet)) : undefined;
     // Taken when the request arrives: what follows in the replay comes right after it.
     const replay = explicit && !isGateway && kind === 'cluster' ? this.dockerReplay.current(subnet.cidr) : undefined;
     return this.scopes.run('RequestAddress', async (scope) => {
       const sKey = subnetKey(subnet);
-      const pool = await scope.records.get(poolRecordSchema, keys.pool(sKey));
-      if (!pool) throw new PluginError(`unknown pool "${req.poolId}": request the pool first`, 404);
+      // A pool this host holds cannot go while it does (it is released when its last holder lets
+      // go): once seen, it needs no read per request until this host releases it.
+      if (!this.heldPools.has(sKey)) {
+        const pool = await scope.records.get(poolRecordSchema, keys.pool(sKey));
+        if (!pool) throw new PluginError(`unknown pool "${req.poolId}": request the pool first`, 404);
+        // Not a swarm pool: its holder (the swarm) may let go of it from another host.
+        if (kind === 'cluster' && pool.value.holders.includes(this.hostName)) this.heldPools.add(sKey);
+      }
       const name = req.options[ENDPOINT_NAME_OPTION];
       const requestId = req.requestId;
       const owner = kind === 'cluster' ? this.hostName : SWARM_HOLDER;
@@ -199,26 +221,15 @@ export class IpamService {
           }),
         );
       }
-      return scope.lock(subnet.cidr, async () => {
-        for (let attempt = 0; attempt < 64; attempt++) {
-          const entries = await scope.records.store.list(keys.addresses(sKey));
-          const again = heldFor(entries, sKey, range, this.hostName, { name, requestId });
-          if (again) {
-            // The same request run again after a crash, or Docker asking again for the same container
-            // (the release never arrived): the same address, not a second one.
-            this.logger.info('address requested again', { pool: req.poolId, ip: again, ...(name ? { name } : {}), replay: Boolean(requestId) });
-            return withPrefix(again);
-          }
-          const taken = new Set(entries.flatMap((e) => keys.addressOf(sKey, e.key) ?? []));
-          const ip = firstFree(range, taken);
-          if (!ip) throw new PluginError(`no free address left in ${range.cidr}`, 409);
-          if (await scope.records.create(keys.address(sKey, ip), record)) {
-            this.logger.debug('address allocated', { pool: req.poolId, ip });
-            return withPrefix(ip);
-          }
-        }
-        throw new PluginError(`could not allocate an address in ${range.cidr}: too much contention, try again`, 503);
-      });
+      const { ip, again } = await this.allocator.allocate(scope.records, sKey, range, owner, record, { name, requestId });
+      if (again) {
+        // The same request run again after a crash, or Docker asking again for the same container
+        // (the release never arrived): the same address, not a second one.
+        this.logger.info('address requested again', { pool: req.poolId, ip, ...(name ? { name } : {}), replay: Boolean(requestId) });
+      } else {
+        this.logger.debug('address allocated', { pool: req.poolId, ip });
+      }
+      return withPrefix(ip);
     });
   }
 
@@ -245,6 +256,7 @@ export class IpamService {
         }
       }
       const released = await records.store.compareAndDelete(key, holder.revision);
+      if (released) this.allocator.noteReleased(subnetKey(subnet), ip);
       this.logger.debug('address released', { pool: poolId, ip, released });
     });
   }
@@ -258,6 +270,7 @@ export class IpamService {
     const key = keys.address(ask.sKey, ip);
     for (let attempt = 0; attempt < 8; attempt++) {
       if (await records.create(key, ask.record)) {
+        this.allocator.noteCreated(ask.sKey, ip, ask.record);
         this.logger.debug('address allocated', { pool: subnet.cidr, ip, requested: true, gateway: isGateway });
         return ip;
       }

@@ -111,12 +111,17 @@ export class LocalOverlays {
   specFor(networkId: string, network: NetworkRecord, localRemote?: string): OverlaySpec {
     const options = parseNetworkOptions(network.options);
     const remote = p2pRemote(localRemote, options);
-    const prefix = parseSubnet(network.subnet).prefixLength;
+    // An IPv6-only network has no IPv4 subnet nor gateway (empty), a dual-stack one both.
+    const cidr = (gateway: string | undefined, subnet: string | undefined) =>
+      gateway && subnet ? `${gateway}/${parseSubnet(subnet).prefixLength}` : undefined;
+    const gatewayCidr = cidr(network.gateway, network.subnet);
+    const gateway6Cidr = cidr(network.gateway6, network.subnet6);
     return {
       networkId,
       vni: network.vni,
       mtu: network.mtu,
-      gatewayCidr: `${network.gateway}/${prefix}`,
+      ...(gatewayCidr ? { gatewayCidr } : {}),
+      ...(gateway6Cidr ? { gateway6Cidr } : {}),
       vtep: this.host.vtep,
       mode: network.mode,
       ...(remote ? { remote } : {}),

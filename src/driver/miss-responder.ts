@@ -1,3 +1,4 @@
+import { canonicalIPv6 } from '../dataplane/encode';
 import type { Miss } from '../dataplane/peers';
 import type { Peer } from '../dataplane/types';
 import type { Logger } from '../log';
@@ -13,7 +14,11 @@ export type MissOutcome = 'answered' | 'unknown' | 'failed';
 /** Answers one miss (peer-sync: look the peer up in the store's view, program it). */
 export type MissAnswer = (networkId: string, miss: Miss) => Promise<MissOutcome>;
 
-/** The desired peers of a network indexed the two ways the kernel asks: by IP (L3) and by MAC (L2). */
+/**
+ * The desired peers of a network indexed the two ways the kernel asks: by IP (L3: an ARP request's
+ * IPv4 address or a Neighbor Solicitation's IPv6 target, in the canonical form the miss carries)
+ * and by MAC (L2).
+ */
 export interface PeerIndex {
   byIp: Map<string, Peer>;
   byMac: Map<string, Peer>;
@@ -23,7 +28,8 @@ export function indexPeers(peers: readonly Peer[]): PeerIndex {
   const byIp = new Map<string, Peer>();
   const byMac = new Map<string, Peer>();
   for (const p of peers) {
-    byIp.set(p.ip, p);
+    if (p.ip) byIp.set(p.ip, p);
+    if (p.ip6) byIp.set(canonicalIPv6(p.ip6), p);
     byMac.set(p.mac.toLowerCase(), p);
   }
   return { byIp, byMac };

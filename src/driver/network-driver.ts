@@ -7,18 +7,19 @@ import { KeyedMutex, type TurnDeadline } from '../util/keyed-mutex';
 import { GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE } from './ipam';
 import type { EspSupport } from '../dataplane/xfrm';
 import { type EncryptionHooks, LocalOverlays, type OverlayDataplane, type PeerSyncHooks } from './local-overlays';
-import { macFromIp, normalizeMac } from './mac';
+import { macFor, normalizeMac, releaseMac } from './mac';
 import { NetworkRecords, type AddressReleaser, type HostIdentity } from './network-records';
-import { parseNetworkOptions, type NetworkOptions } from './options';
+import { checkUnderlayFamily, parseNetworkOptions, type NetworkOptions } from './options';
 import { RecordStore, nowIso, type Versioned } from './record-store';
 import { Recovery } from './recovery';
 import { addressRecordSchema, endpointRecordSchema, keys, type EndpointRecord, type NetworkRecord } from './records';
-import { contains, intToIp, parseAddressCidr, parseSubnet, subnetKey } from './subnet';
+import { contains, firstHost, parseAddressCidr, parseSubnet, subnetKey, type Subnet } from './subnet';
 
 export type { AddressReleaser, HostIdentity } from './network-records';
 export type { OverlayDataplane, PeerSyncHooks } from './local-overlays';
 
-export interface IPv4Data {
+/** One family's IPAM data of CreateNetwork (IPv4Data or IPv6Data). */
+export interface IpData {
   addressSpace: string;
   pool: string;
   gateway?: string;
@@ -27,8 +28,8 @@ export interface IPv4Data {
 export interface CreateNetworkInput {
   networkId: string;
   genericOptions: Record<string, string>;
-  ipv4: IPv4Data[];
-  ipv6: IPv4Data[];
+  ipv4: IpData[];
+  ipv6: IpData[];
 }
 
 export interface NetworkDriverOptions {
@@ -136,20 +137,24 @@ export class NetworkDriver {
 
   private async createNetworkNow(input: CreateNetworkInput): Promise<void> {
     const options = parse(() => parseNetworkOptions(input.genericOptions));
-    if (input.ipv6.length > 0) throw new PluginError('tsoverlay does not support IPv6 yet; create the network without --ipv6');
-    const [v4, ...more] = input.ipv4;
-    if (!v4) throw new PluginError('the network has no IPv4 subnet; pass --subnet');
-    if (more.length > 0) throw new PluginError('tsoverlay supports one IPv4 subnet per network');
-    const subnet = parse(() => parseSubnet(v4.pool));
-    const ours = v4.addressSpace === LOCAL_ADDRESS_SPACE || v4.addressSpace === GLOBAL_ADDRESS_SPACE;
-    if (this.records.store.distributed && !ours && !options.allowDefaultIpam) {
+    parse(() => checkUnderlayFamily(options, this.host.vtep));
+    const v4 = onePool(input.ipv4, 4);
+    const v6 = onePool(input.ipv6, 6);
+    // IPv4 fields hold IPv4 and IPv6 fields IPv6: an IPv6-only network (Docker 28's
+    // --ipv4=false) has empty IPv4 ones, as its containers have an empty IPv4 address.
+    const first = v4 ?? v6;
+    if (!first) throw new PluginError('the network has no subnet; pass --subnet');
+    const ours = (d: ParsedPool) => d.data.addressSpace === LOCAL_ADDRESS_SPACE || d.data.addressSpace === GLOBAL_ADDRESS_SPACE;
+    if (v4 && v6 && ours(v4) !== ours(v6)) {
+      throw new PluginError('use one IPAM driver for both families: tsoverlay (--ipam-driver tsoverlay) or the default one for both');
+    }
+    if (this.records.store.distributed && !ours(first) && !options.allowDefaultIpam) {
       throw new PluginError(
         'with a distributed store every host must allocate from the same cluster-wide IPAM: ' +
           'create the network with --ipam-driver tsoverlay (or -o allow-default-ipam=true to accept per-host address allocation)',
       );
     }
-    const gateway = v4.gateway ? parse(() => parseAddressCidr(v4.gateway!)).ip : intToIp(subnet.network + 1);
-    if (!contains(subnet, gateway)) throw new PluginError(`gateway ${gateway} is not inside ${subnet.cidr}`);
+    const subnet = first.subnet;
     const networkKey = options.vni !== undefined ? `vni-${options.vni}` : subnetKey(subnet);
     if (options.remote && options.remote === this.host.vtep) {
       throw new PluginError(`-o remote=${options.remote} is this host's own address: name the other host of the p2p link`);
@@ -165,12 +170,20 @@ export class NetworkDriver {
       const network = await this.networks.create({
         networkId: input.networkId,
         networkKey,
-        subnet: subnet.cidr,
-        gateway,
+        subnet: v4?.subnet.cidr ?? '',
+        gateway: v4?.gateway ?? '',
+        ...(v6 ? { v6: { subnet: v6.subnet.cidr, gateway: v6.gateway } } : {}),
         options,
-        ...(v4.addressSpace === LOCAL_ADDRESS_SPACE ? { pool: subnet.cidr } : {}),
+        ...(v4?.data.addressSpace === LOCAL_ADDRESS_SPACE ? { pool: v4.subnet.cidr } : {}),
+        ...(v6?.data.addressSpace === LOCAL_ADDRESS_SPACE ? { pool6: v6.subnet.cidr } : {}),
       });
-      this.logger.info('network created', { networkId: input.networkId, networkKey, vni: network.vni, subnet: network.subnet });
+      this.logger.info('network created', {
+        networkId: input.networkId,
+        networkKey,
+        vni: network.vni,
+        subnet: network.subnet,
+        ...(network.subnet6 ? { subnet6: network.subnet6 } : {}),
+      });
     });
   }
 
@@ -194,6 +207,7 @@ export class NetworkDriver {
   /** Swarm managers: see NetworkRecords.allocateSwarm. */
   async allocateNetwork(networkId: string, rawOptions: Record<string, string>): Promise<Record<string, string>> {
     const options: NetworkOptions = parse(() => parseNetworkOptions(rawOptions));
+    parse(() => checkUnderlayFamily(options, this.host.vtep));
     return this.request(() => this.networks.allocateSwarm(networkId, options, rawOptions));
   }
 
@@ -202,29 +216,42 @@ export class NetworkDriver {
   }
 
   async createEndpoint(input: CreateEndpointInput): Promise<{ macAddress?: string }> {
-    if (input.addressIPv6) throw new PluginError('tsoverlay does not support IPv6 endpoints yet');
-    if (!input.address) throw new PluginError('the endpoint has no IPv4 address: the network must use an IPAM driver that assigns one');
-    const { ip } = parse(() => parseAddressCidr(input.address!));
+    const ip4 = input.address ? parse(() => parseAddressCidr(input.address!)).ip : undefined;
+    const ip6 = input.addressIPv6 ? parse(() => parseAddressCidr(input.addressIPv6!)).ip : undefined;
+    if (!ip4 && !ip6) throw new PluginError('the endpoint has no address: the network must use an IPAM driver that assigns one');
     const givenMac = input.macAddress ? normalizeMac(input.macAddress) : undefined;
     if (input.macAddress && !givenMac) throw new PluginError(`invalid MAC address "${input.macAddress}"`);
-    const mac = givenMac ?? macFromIp(ip);
     const { networkId, endpointId } = input;
 
     return this.locked('CreateEndpoint', networkId, async () => {
       const network = await this.networks.require(networkId);
-      const subnet = parseSubnet(network.value.subnet);
-      if (!contains(subnet, ip)) throw new PluginError(`address ${ip} is not inside the network's subnet ${subnet.cidr}`);
+      const subnet4 = network.value.subnet ? parseSubnet(network.value.subnet) : undefined;
+      const subnet6 = network.value.subnet6 ? parseSubnet(network.value.subnet6) : undefined;
+      // Each family the network has, the endpoint has, inside its subnet; no other.
+      for (const [family, subnet, ip] of [
+        [4, subnet4, ip4],
+        [6, subnet6, ip6],
+      ] as const) {
+        if (subnet && !ip) throw new PluginError(`the endpoint has no IPv${family} address in the network's subnet ${subnet.cidr}`);
+        if (ip && !subnet) throw new PluginError(`the network has no IPv${family} subnet for address ${ip}`);
+        if (ip && subnet && !contains(subnet, ip)) throw new PluginError(`address ${ip} is not inside the network's subnet ${subnet.cidr}`);
+      }
       const key = keys.endpoint(network.value.key, endpointId);
       const existing = await this.records.get(endpointRecordSchema, key);
-      if (existing && (existing.value.ip !== ip || existing.value.host !== this.host.name)) {
-        throw new PluginError(`endpoint ${endpointId} already exists with address ${existing.value.ip}`, 409);
+      if (existing && (existing.value.ip !== (ip4 ?? '') || existing.value.ip6 !== ip6 || existing.value.host !== this.host.name)) {
+        throw new PluginError(`endpoint ${endpointId} already exists with address ${existing.value.ip || existing.value.ip6}`, 409);
       }
+      // The MAC comes from the IPv4 address; without one, from the IPv6 address (see mac.ts).
+      const [macSubnet, macIp] = ip4 ? [subnet4!, ip4] : [subnet6!, ip6!];
+      // A replayed CreateEndpoint keeps the MAC it was given (an IPv6-only one may be allocated).
+      const mac = existing?.value.mac ?? givenMac ?? (await macFor(this.records, { subnet: macSubnet, ip: macIp, host: this.host.name }));
       if (!existing) {
-        const name = await this.endpointName(subnet.cidr, ip);
+        const name = await this.endpointName(macSubnet, macIp);
         const record: EndpointRecord = {
           id: endpointId,
           networkId,
-          ip,
+          ip: ip4 ?? '',
+          ...(ip6 ? { ip6 } : {}),
           mac,
           locator: this.host.vtep,
           host: this.host.name,
@@ -247,7 +274,7 @@ export class NetworkDriver {
         }
         await preparing;
       }
-      this.logger.info('endpoint created', { networkId, endpointId, ip, mac, portReady: this.overlays.isPrepared(endpointId) });
+      this.logger.info('endpoint created', { networkId, endpointId, ...(ip4 ? { ip: ip4 } : {}), ...(ip6 ? { ip6 } : {}), mac, portReady: this.overlays.isPrepared(endpointId) });
       // Docker fails the call with "driver modified interface" if we echo a field it set.
       return givenMac ? {} : { macAddress: mac };
     });
@@ -258,7 +285,14 @@ export class NetworkDriver {
       const network = await this.networks.find(networkId);
       await this.overlays.detach(networkId, endpointId);
       if (!network) return;
-      await this.records.delete(keys.endpoint(network.value.key, endpointId));
+      const key = keys.endpoint(network.value.key, endpointId);
+      const endpoint = await this.records.get(endpointRecordSchema, key);
+      await this.records.delete(key);
+      if (endpoint && endpoint.value.host === this.host.name && !endpoint.value.ip && endpoint.value.ip6 && network.value.subnet6) {
+        await releaseMac(this.records, parseSubnet(network.value.subnet6), endpoint.value.ip6, endpoint.value.mac).catch((err: unknown) =>
+          this.logger.warn('allocated MAC not released (the next container with this address takes it over)', { endpointId, error: errorMessage(err) }),
+        );
+      }
       await this.overlays.releaseIfUnused(networkId, network.value);
       this.logger.info('endpoint deleted', { networkId, endpointId });
     });
@@ -273,7 +307,8 @@ export class NetworkDriver {
     const endpoint = await this.requireEndpoint(network.value, endpointId);
     const overlay = this.overlays.find(networkId);
     return {
-      ip: endpoint.value.ip,
+      ...(endpoint.value.ip ? { ip: endpoint.value.ip } : {}),
+      ...(endpoint.value.ip6 ? { ip6: endpoint.value.ip6 } : {}),
       mac: endpoint.value.mac,
       vni: String(network.value.vni),
       ...(overlay ? { netns: overlay.netnsPath } : {}),
@@ -368,8 +403,8 @@ export class NetworkDriver {
   }
 
   /** The container name Docker passed to IPAM's RequestAddress, kept for `inspect`; none if it cannot be read. */
-  private async endpointName(subnetCidr: string, ip: string): Promise<string | undefined> {
-    const key = keys.address(subnetKey(parseSubnet(subnetCidr)), ip);
+  private async endpointName(subnet: Subnet, ip: string): Promise<string | undefined> {
+    const key = keys.address(subnetKey(subnet), ip);
     try {
       return (await this.records.get(addressRecordSchema, key))?.value.name;
     } catch (err) {
@@ -384,6 +419,24 @@ const UNACKNOWLEDGED_GIVE_UP_MS = 10 * 60_000;
 
 function pauseUnref(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
+interface ParsedPool {
+  data: IpData;
+  subnet: Subnet;
+  gateway: string;
+}
+
+/** The one pool of a family in CreateNetwork, with its gateway (the first host address unless given). */
+function onePool(list: IpData[], family: 4 | 6): ParsedPool | undefined {
+  const [data, ...more] = list;
+  if (!data) return undefined;
+  if (more.length > 0) throw new PluginError(`tsoverlay supports one IPv${family} subnet per network`);
+  const subnet = parse(() => parseSubnet(data.pool));
+  if (subnet.family !== family) throw new PluginError(`subnet ${subnet.cidr} was given as an IPv${family} subnet`);
+  const gateway = data.gateway ? parse(() => parseAddressCidr(data.gateway!)).ip : firstHost(subnet);
+  if (!contains(subnet, gateway)) throw new PluginError(`gateway ${gateway} is not inside ${subnet.cidr}`);
+  return { data, subnet, gateway };
 }
 
 /** Runs a parser of user input; what it throws goes back to Docker as a 400. */

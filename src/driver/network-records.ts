@@ -17,7 +17,7 @@ export interface HostIdentity {
   name: string;
   /** Underlay address other hosts send VXLAN traffic to. */
   vtep: string;
-  /** MTU of the underlay interface; the overlay gets 50 bytes less. */
+  /** MTU of the underlay interface; the overlay gets 50 bytes less (70 on an IPv6 underlay). */
   underlayMtu: number;
 }
 
@@ -83,22 +83,26 @@ export class NetworkRecords {
     networkKey: string;
     subnet: string;
     gateway: string;
+    /** The IPv6 subnet and gateway; `subnet` and `gateway` are empty on an IPv6-only network. */
+    v6?: { subnet: string; gateway: string };
     options: NetworkOptions;
-    /** The tsoverlay IPAM pool this host requested for the network, if any. */
+    /** The tsoverlay IPAM pool(s) this host requested for the network, if any. */
     pool?: string;
+    pool6?: string;
   }): Promise<NetworkRecord> {
     const { networkId, networkKey } = input;
     const known = await this.mapping(networkId);
     if (known && known.value.networkKey !== networkKey) {
       throw new PluginError(`network ${networkId} already exists with different settings`, 409);
     }
-    const network = await this.joinOrCreateNetworkRecord(networkKey, networkId, input.subnet, input.gateway, input.options);
+    const network = await this.joinOrCreateNetworkRecord(networkKey, networkId, input.subnet, input.gateway, input.v6, input.options);
     await this.refuseSecondLocalNetwork(network, networkId);
     await this.records.put(keys.networkId(networkId), {
       networkKey,
       host: this.host.name,
       ...(input.options.remote ? { remote: input.options.remote } : {}),
       ...(input.pool ? { pool: input.pool } : {}),
+      ...(input.pool6 ? { pool6: input.pool6 } : {}),
       created: nowIso(),
     } satisfies NetworkIdRecord);
     return network;
@@ -162,8 +166,8 @@ export class NetworkRecords {
     }
     // Docker releases the pool just before (20.10) or after DeleteNetwork; if that release
     // was lost, the pool would stay held by this host for ever. Releasing twice is harmless.
-    if (mapping.pool && this.ipam && !(await this.otherLocalNetworkOnPool(networkId, mapping.pool))) {
-      await this.ipam.releasePool(mapping.pool);
+    for (const pool of [mapping.pool, mapping.pool6]) {
+      if (pool && this.ipam && !(await this.otherLocalNetworkOnPool(networkId, pool))) await this.ipam.releasePool(pool);
     }
     await this.records.delete(keys.networkId(networkId));
     this.logger.info('network deleted', { networkId, networkKey, lastHost });
@@ -171,7 +175,7 @@ export class NetworkRecords {
 
   private async otherLocalNetworkOnPool(networkId: string, pool: string): Promise<boolean> {
     const mine = await this.records.list(networkIdRecordSchema, keys.networkIds());
-    return mine.some((m) => m.key !== keys.networkId(networkId) && m.value.host === this.host.name && m.value.pool === pool);
+    return mine.some((m) => m.key !== keys.networkId(networkId) && m.value.host === this.host.name && (m.value.pool === pool || m.value.pool6 === pool));
   }
 
   private async joinOrCreateNetworkRecord(
@@ -179,6 +183,7 @@ export class NetworkRecords {
     networkId: string,
     subnet: string,
     gateway: string,
+    v6: { subnet: string; gateway: string } | undefined,
     options: NetworkOptions,
   ): Promise<NetworkRecord> {
     const key = keys.network(networkKey);
@@ -197,7 +202,8 @@ export class NetworkRecords {
         vni,
         subnet,
         gateway,
-        mtu: overlayMtu(this.host.underlayMtu, options.mtu, options.encrypted),
+        ...(v6 ? { subnet6: v6.subnet, gateway6: v6.gateway } : {}),
+        mtu: overlayMtu(this.host.underlayMtu, options.mtu, options.encrypted, this.host.vtep),
         mode: options.mode,
         options: storedOptions(options),
         created: nowIso(),
@@ -211,7 +217,7 @@ export class NetworkRecords {
     }
     const joined = await this.records.update(networkRecordSchema, key, (current) => {
       if (!current) throw new PluginError('the network record vanished while it was being created; try again', 503);
-      checkCompatible(current, subnet, options);
+      checkCompatible(current, subnet, v6?.subnet, options);
       return current.ids.includes(networkId) ? undefined : { ...current, ids: [...current.ids, networkId] };
     });
     return joined!;
@@ -226,7 +232,7 @@ export class NetworkRecords {
         await this.records.update(networkRecordSchema, keys.network(network.key), (current) =>
           current ? { ...current, ids: current.ids.filter((id) => id !== networkId) } : undefined,
         );
-        throw new PluginError(`subnet ${network.subnet} is already used by network ${otherId} on this host`, 409);
+        throw new PluginError(`subnet ${network.subnet || network.subnet6} is already used by network ${otherId} on this host`, 409);
       }
     }
   }
@@ -270,9 +276,14 @@ export class NetworkRecords {
   }
 }
 
-function checkCompatible(current: NetworkRecord, subnet: string, options: NetworkOptions): void {
+function checkCompatible(current: NetworkRecord, subnet: string, subnet6: string | undefined, options: NetworkOptions): void {
   if (current.subnet !== subnet) {
-    throw new PluginError(`VNI ${current.vni} is already used by a network on ${current.subnet}, not ${subnet}`, 409);
+    throw new PluginError(`VNI ${current.vni} is already used by a network on ${current.subnet || 'no IPv4 subnet'}, not ${subnet || 'no IPv4 subnet'}`, 409);
+  }
+  // Every host's containers must have the same families, or some peers could not reach others.
+  if (current.subnet6 !== subnet6) {
+    const has = (s?: string) => (s ? `IPv6 subnet ${s}` : 'no IPv6 subnet');
+    throw new PluginError(`network on ${subnet} already exists in the cluster with ${has(current.subnet6)}, not ${has(subnet6)}`, 409);
   }
   if (current.mode !== options.mode) {
     throw new PluginError(`network on ${subnet} already exists in the cluster with mode=${current.mode}`, 409);

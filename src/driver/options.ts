@@ -1,6 +1,19 @@
 import type { ResolutionMode } from '../dataplane/types';
 import { encryptedOverlayMtu } from '../dataplane/xfrm';
-import { isIPv4 } from './subnet';
+import ipaddr from 'ipaddr.js';
+import { VXLAN_OVERHEAD_IPV4, VXLAN_OVERHEAD_IPV6, vxlanOverhead } from '../dataplane/overlay-check';
+import { canonicalIp, isIPv4 } from './subnet';
+
+/** An IPv6 address usable on the underlay (unicast, not link-local: a VTEP must be routable). */
+function isIPv6Unicast(value: string): boolean {
+  if (value.includes('%') || !ipaddr.IPv6.isValid(value)) return false;
+  const range = ipaddr.IPv6.parse(value).range();
+  return range !== 'multicast' && range !== 'linkLocal' && range !== 'unspecified' && range !== 'loopback' && range !== 'ipv4Mapped';
+}
+
+function isIPv6Multicast(value: string): boolean {
+  return !value.includes('%') && ipaddr.IPv6.isValid(value) && ipaddr.IPv6.parse(value).range() === 'multicast';
+}
 
 /**
  * The `-o key=value` options of `docker network create -d tsoverlay`, as they arrive in
@@ -55,15 +68,15 @@ export function parseNetworkOptions(raw: Record<string, string>): NetworkOptions
         options.mode = value as ResolutionMode;
         break;
       case 'remote':
-        if (!isIPv4(value)) throw new Error(`option remote="${value}" is not an IPv4 address`);
-        options.remote = value;
+        if (!isIPv4(value) && !isIPv6Unicast(value)) throw new Error(`option remote="${value}" is not an IPv4 or IPv6 unicast address`);
+        options.remote = canonicalIp(value);
         break;
-      case 'group':
-        if (!isIPv4(value) || Number(value.split('.')[0]) < 224 || Number(value.split('.')[0]) > 239) {
-          throw new Error(`option group="${value}" is not an IPv4 multicast address`);
-        }
-        options.group = value;
+      case 'group': {
+        const v4 = isIPv4(value) && Number(value.split('.')[0]) >= 224 && Number(value.split('.')[0]) <= 239;
+        if (!v4 && !isIPv6Multicast(value)) throw new Error(`option group="${value}" is not an IPv4 or IPv6 multicast address`);
+        options.group = canonicalIp(value);
         break;
+      }
       case MTU_OPTION:
       case 'mtu':
         options.mtu = parseInteger(key, value, 1280, 65535);
@@ -87,10 +100,29 @@ export function parseNetworkOptions(raw: Record<string, string>): NetworkOptions
   return options;
 }
 
-/** VXLAN adds 50 bytes (outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8). */
-export const VXLAN_OVERHEAD = 50;
+/** VXLAN adds 50 bytes on an IPv4 underlay (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14), 70 on an IPv6 one. */
+export const VXLAN_OVERHEAD = VXLAN_OVERHEAD_IPV4;
+export { VXLAN_OVERHEAD_IPV6 };
 
-export function overlayMtu(underlayMtu: number, override?: number, encrypted = false): number {
+/** The overlay MTU for an underlay MTU; `vtep` (this host's) decides the outer header's family. */
+export function overlayMtu(underlayMtu: number, override?: number, encrypted = false, vtep?: string): number {
   const base = override ?? underlayMtu;
-  return encrypted ? encryptedOverlayMtu(base) : base - VXLAN_OVERHEAD;
+  return encrypted ? encryptedOverlayMtu(base) : base - vxlanOverhead(vtep);
+}
+
+/**
+ * Options that only make sense on one underlay family, checked against this host's VTEP: a p2p
+ * remote or multicast group of the other family (mixed underlays are not supported), and
+ * encryption on an IPv6 underlay (the IPsec policies are IPv4, see docs/encryption.md).
+ */
+export function checkUnderlayFamily(options: NetworkOptions, vtep: string): void {
+  const v6 = vtep.includes(':');
+  const family = (a: string): string => (a.includes(':') ? 'IPv6' : 'IPv4');
+  const underlay = v6 ? 'IPv6' : 'IPv4';
+  for (const [key, value] of [['remote', options.remote], ['group', options.group]] as const) {
+    if (value !== undefined && family(value) !== underlay) {
+      throw new Error(`option ${key}=${value} is an ${family(value)} address but this host's underlay (VTEP ${vtep}) is ${underlay}: mixed underlays are not supported`);
+    }
+  }
+  if (options.encrypted && v6) throw new Error(`option encrypted is not supported on an IPv6 underlay (VTEP ${vtep})`);
 }

@@ -1,4 +1,5 @@
 import type { Peer } from '../dataplane/types';
+import { sameUnderlayFamily } from '../dataplane/overlay-check';
 import type { Logger } from '../log';
 import type { KVEntry, WatchEvent } from '../store/store';
 import { errorMessage } from '../util/errors';
@@ -8,22 +9,34 @@ import { decodeRecord, endpointRecordSchema, hostRecordSchema, keys, type Endpoi
 
 // join() builds one flat string; a template literal leaves a tree of parts beside the
 // flattened copy once the id is hashed, kept for every peer.
-export const peerId = (p: Peer) => [p.ip, p.mac, p.vtep].join('|');
+export const peerId = (p: Peer) => (p.ip6 === undefined ? [p.ip, p.mac, p.vtep] : [p.ip, p.mac, p.vtep, p.ip6]).join('|');
 
 /** The fields of an endpoint record that decide whether and how it is a peer. */
-export type PeerEndpoint = Pick<EndpointRecord, 'ip' | 'mac' | 'host' | 'joined'>;
+export type PeerEndpoint = Pick<EndpointRecord, 'ip' | 'ip6' | 'mac' | 'host' | 'joined'>;
+
+/** A remote endpoint as a peer at `vtep` (`ip` empty on an IPv6-only network, as in the record). */
+function peerAt(ep: PeerEndpoint, vtep: string): Peer {
+  return ep.ip6 ? { ip: ep.ip, ip6: ep.ip6, mac: ep.mac, vtep } : { ip: ep.ip, mac: ep.mac, vtep };
+}
 
 /**
  * The peers one host should hold for one network: every joined endpoint of another host that
- * is live (has a `hosts/<name>` record), at that host's registered VTEP. Shared by peer-sync
- * and `tsoverlay inspect --check`.
+ * is live (has a `hosts/<name>` record), at that host's registered VTEP. A host whose VTEP is of
+ * the other family than this host's (`ownVtep`, else this host's own record) cannot be reached:
+ * mixed IPv4/IPv6 underlays are refused, its endpoints are no peers. Shared by peer-sync and
+ * `tsoverlay inspect --check`.
  */
-export function desiredPeersOf(endpoints: Iterable<PeerEndpoint>, hosts: ReadonlyMap<string, HostRecord>, self: string): Peer[] {
+export function desiredPeersOf(
+  endpoints: Iterable<PeerEndpoint>,
+  hosts: ReadonlyMap<string, HostRecord>,
+  self: string,
+  ownVtep: string | undefined = hosts.get(self)?.vtep,
+): Peer[] {
   const peers: Peer[] = [];
   for (const ep of endpoints) {
     if (!ep.joined || ep.host === self) continue;
     const host = hosts.get(ep.host);
-    if (host) peers.push({ ip: ep.ip, mac: ep.mac, vtep: host.vtep });
+    if (host && (!ownVtep || sameUnderlayFamily(ownVtep, host.vtep))) peers.push(peerAt(ep, host.vtep));
   }
   return peers;
 }
@@ -53,14 +66,15 @@ class DesiredPeers {
   }
 }
 
-/**
- * The store as peer distribution sees it, fed by the `endpoints/` and `hosts/` watches: the
- * remote endpoints that can be peers and the live hosts, and from them each network's desired
- * peers. Knows nothing of the kernel (that is PeerSync's side).
- */
 /** How long a host's start-up withdrawals may take to show in the endpoint watch before it is let in anyway. */
 const SETTLE_WAIT_MS = 5_000;
 
+/**
+ * The store as peer distribution sees it, fed by the `hosts/` watch and one `endpoints/<network>/`
+ * watch per network with a local overlay: the remote endpoints of those networks that can be
+ * peers and the live hosts, and from them each network's desired peers. Endpoints of networks
+ * this host does not use are never received. Knows nothing of the kernel (that is PeerSync's side).
+ */
 export class PeerView {
   /**
    * By network key, then store key: the endpoints that can be peers (joined, of another host),
@@ -82,26 +96,67 @@ export class PeerView {
     private readonly liveness?: HostLiveness,
     /** A host held back for its start-up withdrawals (HostRecord.settled) was let in without them being seen. */
     private readonly onLateHost?: () => void,
+    /** This host's VTEP: hosts on the other underlay family are refused (logged once each), not peers. */
+    private readonly ownVtep?: string,
   ) {}
+
+  /** Hosts refused for their underlay family, by name → the VTEP refused (logged once per VTEP). */
+  private readonly mixed = new Map<string, string>();
+
+  /** Whether a host's VTEP is reachable from this host's underlay; logs the first refusal of each. */
+  private reachable(host: HostRecord): boolean {
+    if (!this.ownVtep || sameUnderlayFamily(this.ownVtep, host.vtep)) return true;
+    if (this.mixed.get(host.name) !== host.vtep) {
+      this.mixed.set(host.name, host.vtep);
+      this.logger.error('host refused: its VTEP is on the other underlay family (mixed IPv4/IPv6 underlays are not supported); its containers are not programmed', {
+        host: host.name,
+        vtep: host.vtep,
+        ownVtep: this.ownVtep,
+      });
+    }
+    return false;
+  }
 
   /** Hosts registered with a `settled` revision this view has not reached yet, kept out of `hosts`. */
   private readonly unsettled = new Map<string, { host: HostRecord; timer: NodeJS.Timeout }>();
-  /** The newest store revision the endpoint watch has shown this view. */
-  private endpointRevision = 0;
+  /**
+   * Per watched network key: the store revision its endpoint watch has shown this view up to.
+   * Only the networks with a local overlay are watched (PeerSync opens one watch per network).
+   */
+  private readonly revisions = new Map<string, number>();
 
   /** After endpoint changes: hosts whose start-up withdrawals are now in view become peers. True if any did. */
   promoteSettled(): boolean {
     let any = false;
     for (const [name, w] of this.unsettled) {
-      if ((w.host.settled ?? 0) <= this.endpointRevision) any = this.promote(name) || any;
+      if (this.reached(w.host)) any = this.promote(name) || any;
     }
     return any;
+  }
+
+  /**
+   * Whether every start-up withdrawal of `host` that matters here is in view: per network when
+   * the host says where it withdrew (settledIn), otherwise (an older host) in every watched
+   * network. A network watched later starts from a read made after the host record was seen,
+   * which already holds the withdrawals.
+   */
+  private reached(host: HostRecord): boolean {
+    if (host.settledIn) {
+      for (const [networkKey, revision] of Object.entries(host.settledIn)) {
+        const seen = this.revisions.get(networkKey);
+        if (seen !== undefined && seen < revision) return false;
+      }
+      return true;
+    }
+    if (host.settled === undefined) return true;
+    for (const seen of this.revisions.values()) if (seen < host.settled) return false;
+    return true;
   }
 
   /** A host record seen in the hosts watch: a peer now, or once its start-up withdrawals are in view. */
   private admit(name: string, host: HostRecord): void {
     const waiting = this.unsettled.get(name);
-    if (name !== this.self && host.settled !== undefined && host.settled > this.endpointRevision) {
+    if (name !== this.self && !this.reached(host)) {
       if (waiting) {
         waiting.host = host;
         return;
@@ -142,7 +197,9 @@ export class PeerView {
 
   /** Peers the store wants programmed in a network's namespace. */
   desiredPeers(networkKey: string): Peer[] {
-    return desiredPeersOf(this.endpoints.get(networkKey)?.values() ?? [], this.hosts, this.self);
+    const peers = desiredPeersOf(this.endpoints.get(networkKey)?.values() ?? [], this.hosts, this.self, this.ownVtep);
+    if (this.ownVtep) for (const h of this.hosts.values()) this.reachable(h);
+    return peers;
   }
 
   /** The same peers by id, maintained incrementally (do not modify; it changes with the store). */
@@ -166,15 +223,32 @@ export class PeerView {
     return index;
   }
 
-  /** The endpoint watch delivered the full state. */
-  resetEndpoints(entries: KVEntry[]): void {
-    for (const e of entries) this.endpointRevision = Math.max(this.endpointRevision, e.revision);
-    this.endpoints.clear();
-    this.forgetDerived();
+  /** A network's endpoint watch delivered its full state, current at `revision`. */
+  resetEndpoints(networkKey: string, entries: KVEntry[], revision: number): void {
+    let at = revision;
+    for (const e of entries) if (e.revision > at) at = e.revision;
+    this.revisions.set(networkKey, at);
+    this.endpoints.delete(networkKey);
+    this.desired.delete(networkKey);
+    this.indexes.delete(networkKey);
     for (const e of entries) {
+      if (keys.parseEndpoint(e.key)?.networkKey !== networkKey) continue;
       const ep = this.decode('endpoint', () => decodeRecord(endpointRecordSchema, e.value, e.key));
       if (ep) this.setEndpoint(e.key, ep);
     }
+  }
+
+  /** The network has no local overlay any more: its endpoints are no longer followed. */
+  forgetNetwork(networkKey: string): void {
+    this.revisions.delete(networkKey);
+    this.endpoints.delete(networkKey);
+    this.desired.delete(networkKey);
+    this.indexes.delete(networkKey);
+  }
+
+  /** Whether the network's endpoint watch has delivered a full state (its peers are known). */
+  knows(networkKey: string): boolean {
+    return this.revisions.has(networkKey);
   }
 
   /** The host watch delivered the full state. */
@@ -199,12 +273,16 @@ export class PeerView {
 
   /** Endpoint changes; returns the network keys they touched. */
   endpointEvents(events: WatchEvent[]): Set<string> {
-    for (const ev of events) this.endpointRevision = Math.max(this.endpointRevision, ev.revision);
     const touched = new Set<string>();
-    this.indexes.clear();
     for (const ev of events) {
       const networkKey = keys.parseEndpoint(ev.key)?.networkKey;
-      if (networkKey) touched.add(networkKey);
+      // Not followed (any more): a late delivery of a watch being closed.
+      if (networkKey === undefined || !this.revisions.has(networkKey)) continue;
+      if (ev.revision > this.revisions.get(networkKey)!) this.revisions.set(networkKey, ev.revision);
+      if (!touched.has(networkKey)) {
+        touched.add(networkKey);
+        this.indexes.delete(networkKey);
+      }
       if (ev.type === 'delete') {
         this.setEndpoint(ev.key, undefined);
       } else {
@@ -278,14 +356,16 @@ export class PeerView {
   /** The peer an endpoint is while its host is live. */
   private peerOf(ep: PeerEndpoint): Peer | undefined {
     const host = this.hosts.get(ep.host);
-    return host ? { ip: ep.ip, mac: ep.mac, vtep: host.vtep } : undefined;
+    return host && this.reachable(host) ? peerAt(ep, host.vtep) : undefined;
   }
 
   /** Records (or, with undefined, forgets) one endpoint, and updates its network's desired set if built. */
   private setEndpoint(key: string, ep: EndpointRecord | undefined): void {
     const networkKey = keys.parseEndpoint(key)?.networkKey ?? '';
     const kept: PeerEndpoint | undefined =
-      ep?.joined && ep.host !== this.self ? { ip: ep.ip, mac: ep.mac, host: this.hostName(ep.host), joined: true } : undefined;
+      ep?.joined && ep.host !== this.self
+        ? { ip: ep.ip, ...(ep.ip6 ? { ip6: ep.ip6 } : {}), mac: ep.mac, host: this.hostName(ep.host), joined: true }
+        : undefined;
     let records = this.endpoints.get(networkKey);
     const old = records?.get(key);
     if (kept) {

@@ -13,8 +13,12 @@ export const networkRecordSchema = z.object({
   /** Docker network ids that map to this network (one per host in standalone mode, one in swarm). */
   ids: z.array(z.string()),
   vni: z.number().int(),
+  /** The IPv4 subnet and gateway: empty on an IPv6-only network (`--ipv4=false`). */
   subnet: z.string(),
   gateway: z.string(),
+  /** The IPv6 subnet and gateway (dual-stack and IPv6-only networks). */
+  subnet6: z.string().optional(),
+  gateway6: z.string().optional(),
   mtu: z.number().int(),
   mode: modeSchema,
   options: z.record(z.string()),
@@ -31,6 +35,8 @@ export const networkIdRecordSchema = z.object({
   remote: z.string().optional(),
   /** The subnet of tsoverlay's IPAM pool this host requested for the network (absent with Docker's IPAM or in swarm). */
   pool: z.string().optional(),
+  /** The IPv6 pool, beside `pool` (dual-stack) or alone (IPv6-only). */
+  pool6: z.string().optional(),
   created: z.string(),
 });
 export type NetworkIdRecord = z.infer<typeof networkIdRecordSchema>;
@@ -38,7 +44,10 @@ export type NetworkIdRecord = z.infer<typeof networkIdRecordSchema>;
 export const endpointRecordSchema = z.object({
   id: z.string(),
   networkId: z.string(),
+  /** The container's IPv4 address: empty on an IPv6-only network. */
   ip: z.string(),
+  /** The container's IPv6 address (dual-stack and IPv6-only networks). */
+  ip6: z.string().optional(),
   mac: z.string(),
   /**
    * Underlay address of the VTEP of the host running the container, as it was when the record
@@ -65,6 +74,11 @@ export const hostRecordSchema = z.object({
    * comes back never has its dead containers advertised, whatever order the watches deliver in.
    */
   settled: z.number().int().nonnegative().optional(),
+  /**
+   * The same per network key (the revision of the last withdrawal in that network): a peer
+   * follows only the networks it has containers on, and waits only for those.
+   */
+  settledIn: z.record(z.number().int().nonnegative()).optional(),
   started: z.string(),
 });
 export type HostRecord = z.infer<typeof hostRecordSchema>;
@@ -88,6 +102,21 @@ export const addressRecordSchema = z.object({
 });
 export type AddressRecord = z.infer<typeof addressRecordSchema>;
 
+/** A MAC allocated for a container with no IPv4 address in a large IPv6 subnet (see mac.ts). */
+export const macRecordSchema = z.object({
+  ip: z.string(),
+  host: z.string(),
+  created: z.string(),
+});
+export type MacRecord = z.infer<typeof macRecordSchema>;
+
+/** A pool block claimed by a host for its allocations (a hint against contention, see ipam-blocks.ts). */
+export const blockRecordSchema = z.object({
+  host: z.string(),
+  created: z.string(),
+});
+export type BlockRecord = z.infer<typeof blockRecordSchema>;
+
 export const vniRecordSchema = z.object({
   networkKey: z.string(),
   created: z.string(),
@@ -100,7 +129,9 @@ const ENDPOINTS = 'endpoints/';
 const HOSTS = 'hosts/';
 const POOLS = 'ipam/pools/';
 const ADDRESSES = 'ipam/addresses/';
+const MACS = 'ipam/macs/';
 const VNIS = 'vni/';
+const BLOCKS = 'ipam/blocks/';
 
 /** What follows `prefix` in `key`, if `key` is under it and names one record (no further `/`). */
 function leaf(prefix: string, key: string): string | undefined {
@@ -147,6 +178,13 @@ export const keys = {
   addresses: (poolKey: string) => `${ADDRESSES}${poolKey}/`,
   /** The IP of an `ipam/addresses/<pool key>/<ip>` key of that pool. */
   addressOf: (poolKey: string, key: string) => leaf(`${ADDRESSES}${poolKey}/`, key),
+  mac: (poolKey: string, mac: string) => `${MACS}${poolKey}/${mac}`,
+  macs: (poolKey: string) => `${MACS}${poolKey}/`,
+
+  block: (poolKey: string, firstIp: string) => `${BLOCKS}${poolKey}/${firstIp}`,
+  blocks: (poolKey: string) => `${BLOCKS}${poolKey}/`,
+  /** The first IP of an `ipam/blocks/<pool key>/<ip>` key of that pool. */
+  blockOf: (poolKey: string, key: string) => leaf(`${BLOCKS}${poolKey}/`, key),
   vni: (vni: number) => `${VNIS}${vni}`,
   vnis: () => VNIS,
   /** The VNI of a `vni/<n>` key. */

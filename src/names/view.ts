@@ -6,14 +6,15 @@
  */
 import type { Addresses, ZoneView } from '../dns/types';
 import { endpointRecordSchema, hostRecordSchema, networkRecordSchema, keys, decodeRecord, type EndpointRecord } from '../driver/records';
-import { contains, parseSubnet, type Subnet } from '../driver/subnet';
+import { canonicalIp, contains, isIPv6, parseSubnet, type Subnet } from '../driver/subnet';
 import type { Logger } from '../log';
 import type { KVEntry, Store, Watch, WatchEvent } from '../store/store';
 import { errorMessage } from '../util/errors';
 import { dnsName, namesKeys, namesRecordSchema, parseNamesKey, type NamesRecord } from './records';
 
 interface NetworkIndex {
-  byName: Map<string, string[]>;
+  /** A dual-stack container's name gives both its addresses (A and AAAA). */
+  byName: Map<string, { v4: string[]; v6: string[] }>;
   byAddress: Map<string, string[]>;
   /** The network's names as hosts know it: `<name>.<network>` is in the zone. */
   suffixes: Set<string>;
@@ -26,6 +27,8 @@ export interface ServedName {
   host: string;
   container: string;
   ip: string;
+  /** Dual-stack networks: the container's IPv6 address too. */
+  ip6?: string;
   names: string[];
 }
 
@@ -34,6 +37,7 @@ type Section = 'names' | 'endpoints' | 'hosts' | 'networks';
 /** What a name needs of its endpoint record: kept small, the view holds every network's endpoints. */
 interface EndpointBrief {
   ip: string;
+  ip6?: string;
   joined: boolean;
   host: string;
 }
@@ -42,7 +46,8 @@ export class NamesView {
   private readonly names = new Map<string, Map<string, NamesRecord>>();
   private readonly endpoints = new Map<string, Map<string, EndpointBrief>>();
   private readonly hosts = new Set<string>();
-  private readonly subnets = new Map<string, Subnet>();
+  /** Each network's subnets (two on a dual-stack network): an unknown address inside one is NXDOMAIN. */
+  private readonly subnets = new Map<string, Subnet[]>();
   private readonly indexes = new Map<string, NetworkIndex>();
   private readonly watches: Watch[] = [];
   private readonly ready = new Set<Section>();
@@ -108,13 +113,13 @@ export class NamesView {
   lookupName(networkKey: string, name: string): Addresses | null | undefined {
     const index = this.index(networkKey);
     const hit = index.byName.get(name);
-    if (hit) return { v4: hit, v6: [] };
+    if (hit) return hit;
     if (!name.includes('.')) return null;
     for (const suffix of index.suffixes) {
       if (name.endsWith(`.${suffix}`)) {
         const short = name.slice(0, -suffix.length - 1);
         const found = index.byName.get(short);
-        if (found) return { v4: found, v6: [] };
+        if (found) return found;
         if (!short.includes('.')) return null;
       }
     }
@@ -122,11 +127,16 @@ export class NamesView {
   }
 
   lookupAddress(networkKey: string, ip: string): string[] | null | undefined {
-    const subnet = this.subnets.get(networkKey);
     const index = this.index(networkKey);
-    const hit = index.byAddress.get(ip);
+    let address: string;
+    try {
+      address = canonicalIp(ip);
+    } catch {
+      return undefined;
+    }
+    const hit = index.byAddress.get(address);
     if (hit) return hit;
-    if (subnet && ip.includes('.') && contains(subnet, ip)) return null;
+    if (this.subnets.get(networkKey)?.some((subnet) => contains(subnet, address))) return null;
     return undefined;
   }
 
@@ -138,7 +148,7 @@ export class NamesView {
       for (const [endpointId, rec] of records) {
         const ep = this.endpoints.get(key)?.get(endpointId);
         if (!ep || !this.live(ep)) continue;
-        out.push({ networkKey: key, endpointId, host: rec.host, container: rec.container, ip: ep.ip, names: rec.names });
+        out.push({ networkKey: key, endpointId, host: rec.host, container: rec.container, ip: ep.ip, ...(ep.ip6 ? { ip6: ep.ip6 } : {}), names: rec.names });
       }
     }
     return out.sort((a, b) => a.networkKey.localeCompare(b.networkKey) || a.container.localeCompare(b.container));
@@ -157,23 +167,33 @@ export class NamesView {
       const suffix = rec.networkName !== undefined ? dnsName(rec.networkName) : undefined;
       if (suffix) index.suffixes.add(suffix);
       if (!ep || !this.live(ep)) continue;
+      // An IPv6-only container's IPv4 address is empty.
+      const addresses = [ep.ip, ep.ip6].filter((a): a is string => Boolean(a));
       for (const raw of rec.names) {
         const n = dnsName(raw);
         if (!n) continue;
-        const ips = index.byName.get(n) ?? [];
-        if (!ips.includes(ep.ip)) ips.push(ep.ip);
+        const ips = index.byName.get(n) ?? { v4: [], v6: [] };
+        for (const a of addresses) {
+          const list = isIPv6(a) ? ips.v6 : ips.v4;
+          if (!list.includes(a)) list.push(a);
+        }
         index.byName.set(n, ips);
       }
       // The reverse name is the container's own, qualified by the network as Docker does.
       const primary = dnsName(rec.container);
       if (primary) {
         const ptr = suffix ? `${primary}.${suffix}` : primary;
-        const list = index.byAddress.get(ep.ip) ?? [];
-        if (!list.includes(ptr)) list.push(ptr);
-        index.byAddress.set(ep.ip, list);
+        for (const a of addresses) {
+          const list = index.byAddress.get(a) ?? [];
+          if (!list.includes(ptr)) list.push(ptr);
+          index.byAddress.set(a, list);
+        }
       }
     }
-    for (const ips of index.byName.values()) ips.sort();
+    for (const ips of index.byName.values()) {
+      ips.v4.sort();
+      ips.v6.sort();
+    }
     this.indexes.set(networkKey, index);
     return index;
   }
@@ -226,12 +246,12 @@ export class NamesView {
           const m = /^endpoints\/([^/]+)\/([^/]+)$/.exec(key);
           if (!m) return undefined;
           const full: EndpointRecord = decodeRecord(endpointRecordSchema, value, key);
-          const rec: EndpointBrief = { ip: full.ip, joined: full.joined, host: full.host };
+          const rec: EndpointBrief = { ip: full.ip, ...(full.ip6 ? { ip6: full.ip6 } : {}), joined: full.joined, host: full.host };
           const map = mapOf(this.endpoints, m[1]!);
           const before = map.get(m[2]!);
           map.set(m[2]!, rec);
           // Only what a name resolves to matters here (most endpoint writes change neither).
-          if (before && before.ip === rec.ip && before.joined === rec.joined && before.host === rec.host) return undefined;
+          if (before && before.ip === rec.ip && before.ip6 === rec.ip6 && before.joined === rec.joined && before.host === rec.host) return undefined;
           return this.names.get(m[1]!)?.has(m[2]!) ? m[1]! : undefined;
         }
         case 'hosts': {
@@ -242,7 +262,7 @@ export class NamesView {
         }
         case 'networks': {
           const rec = decodeRecord(networkRecordSchema, value, key);
-          this.subnets.set(rec.key, parseSubnet(rec.subnet));
+          this.subnets.set(rec.key, [rec.subnet, rec.subnet6].filter((x): x is string => Boolean(x)).map(parseSubnet));
           return rec.key;
         }
       }

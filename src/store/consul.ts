@@ -23,27 +23,30 @@
  * transaction, as etcd moves a key to the lease of the latest put. Known difference: a put
  * without lease on a key held by a session keeps that session's hold; etcd detaches.
  */
-
-import { EventEmitter } from 'node:events';
 import Consul from 'consul';
-import { z } from 'zod';
 
 import type { Logger } from '../log';
-import { KVEntry, Lease, PutOptions, Store, StoreUnavailableError, Watch, WatchEvent, WatchListener } from './store';
 import {
-  Backoff,
-  DEFAULT_PREFIX,
-  DEFAULT_TIMEOUT_MS,
-  logIfSlow,
-  LostSignal,
-  SafeListener, openTrackedWatch,
-  assertKey,
-  errorMessage,
-  sleep,
-  sortEntries,
-  toError,
-  withDeadline,
-} from './util';
+  ConsulConflictError,
+  ConsulNotFoundError,
+  answered,
+  b64,
+  classify,
+  isNotForwarded,
+  isRefused,
+  kvHolderSchema,
+  kvListSchema,
+  sessionCreateSchema,
+  txnResultSchema,
+  type ConsulApi,
+  type TxnOp,
+} from './consul-api';
+import { errorMessage } from '../util/errors';
+import { sleep } from '../util/retry';
+import { ConsulLease } from './consul-lease';
+import { ConsulWatch } from './consul-watch';
+import { KVEntry, Lease, PutOptions, Store, StoreUnavailableError, Watch, WatchListener } from './store';
+import { DEFAULT_PREFIX, DEFAULT_TIMEOUT_MS, logIfSlow, openTrackedWatch, assertKey, sortEntries, withDeadline } from './util';
 
 export interface ConsulStoreOptions {
   host: string;
@@ -65,369 +68,8 @@ export interface ConsulStoreOptions {
 /** Consul refuses session TTLs below 10 s. */
 export const CONSUL_MIN_TTL_SECONDS = 10;
 
-// ---- the part of the `consul` client we use, typed precisely (its .d.ts is incomplete) ----
-
-interface ResponseContext extends EventEmitter {
-  includeResponse: true;
-}
-
-interface CallOptions {
-  timeout?: number;
-  ctx?: ResponseContext;
-  index?: string;
-  wait?: string;
-}
-
-type TxnVerb =
-  | 'set'
-  | 'cas'
-  | 'lock'
-  | 'unlock'
-  | 'delete'
-  | 'delete-cas'
-  | 'delete-tree'
-  | 'check-index'
-  | 'check-not-exists';
-
-interface TxnOp {
-  KV: { Verb: TxnVerb; Key: string; Value?: string; Index?: number; Session?: string };
-}
-
-interface ConsulApi {
-  kv: {
-    get(options: { key: string; recurse?: boolean } & CallOptions): Promise<unknown>;
-  };
-  transaction: {
-    create(operations: TxnOp[], options: CallOptions): Promise<unknown>;
-  };
-  session: {
-    create(
-      options: { name: string; ttl: string; behavior: 'delete'; lockdelay: string; checks: string[] } & CallOptions,
-    ): Promise<unknown>;
-    destroy(options: { id: string } & CallOptions): Promise<unknown>;
-    renew(options: { id: string } & CallOptions): Promise<unknown>;
-  };
-  destroy(): void;
-}
-
-const kvItemSchema = z.object({
-  Key: z.string(),
-  Value: z.string().nullable().optional(),
-  ModifyIndex: z.number(),
-});
-const kvListSchema = z.array(kvItemSchema);
-const kvHolderSchema = z.array(z.object({ ModifyIndex: z.number(), Session: z.string().optional() }));
-const txnResultSchema = z.object({
-  Results: z
-    .array(z.object({ KV: z.object({ Key: z.string(), ModifyIndex: z.number() }).optional() }).passthrough())
-    .nullable()
-    .optional(),
-});
-const txnErrorBodySchema = z.object({
-  Errors: z.array(z.object({ OpIndex: z.number(), What: z.string() })).nullable().optional(),
-});
-const sessionCreateSchema = z.object({ ID: z.string().min(1) });
-const errorShapeSchema = z
-  .object({
-    code: z.string().optional(),
-    isTimeout: z.boolean().optional(),
-    isAbort: z.boolean().optional(),
-    response: z.object({ statusCode: z.number().optional(), body: z.unknown().optional() }).passthrough().optional(),
-  })
-  .passthrough();
-
-type Failure =
-  | { kind: 'unavailable'; message: string }
-  | { kind: 'conflict'; message: string; errors: Array<{ OpIndex: number; What: string }> }
-  | { kind: 'notfound'; message: string }
-  | { kind: 'forbidden'; message: string }
-  | { kind: 'other'; message: string };
-
-const UNAVAILABLE_CODES = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'ETIMEDOUT',
-  'EAI_AGAIN',
-  'ENOTFOUND',
-  'EPIPE',
-  'ECONNABORTED',
-]);
-
-function classify(err: unknown): Failure {
-  const message = errorMessage(err);
-  const shape = errorShapeSchema.safeParse(err);
-  if (!shape.success) return { kind: 'other', message };
-  const { code, isTimeout, response } = shape.data;
-  const status = response?.statusCode;
-  if (isTimeout || (code && UNAVAILABLE_CODES.has(code))) return { kind: 'unavailable', message };
-  if (status !== undefined) {
-    if (status >= 500 || status === 429) return { kind: 'unavailable', message };
-    if (status === 409) {
-      const body = txnErrorBodySchema.safeParse(parseMaybeJson(response?.body));
-      const errors = (body.success && body.data.Errors) || [];
-      // A transaction refused by ACLs is a 409 too, its ops failing with "Permission denied":
-      // not a failed condition (a create would read as "key exists"), an access error.
-      const denied = errors.find((e) => /permission denied|acl not found/i.test(e.What));
-      if (denied) return { kind: 'forbidden', message: denied.What };
-      return { kind: 'conflict', message, errors };
-    }
-    if (status === 404) return { kind: 'notfound', message };
-    if (status === 401 || status === 403) return { kind: 'forbidden', message };
-  }
-  return { kind: 'other', message };
-}
-
-/** The connection was refused or had no route: the request never reached Consul. */
-function isRefused(err: unknown): boolean {
-  const code = errorShapeSchema.safeParse(err).data?.code;
-  return code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH';
-}
-
-/**
- * The server answered 500 because it has no leader to forward the call to ("No cluster
- * leader", or it cannot connect to the leader that just died): the call was applied nowhere.
- */
-function isNotForwarded(err: unknown): boolean {
-  const response = errorShapeSchema.safeParse(err).data?.response;
-  if (response?.statusCode !== 500) return false;
-  const body = response.body;
-  const text = Buffer.isBuffer(body) ? body.toString('utf8') : typeof body === 'string' ? body : '';
-  return /no cluster leader|rpc error getting client/i.test(text);
-}
-
+/** Pause between tries while the servers elect a leader. */
 const NO_LEADER_PAUSE_MS = 200;
-
-/** A response body papi did not decode (wrong content type) is still JSON text. */
-function parseMaybeJson(body: unknown): unknown {
-  const text = Buffer.isBuffer(body) ? body.toString('utf8') : typeof body === 'string' ? body : undefined;
-  if (text === undefined) return body;
-  try {
-    return JSON.parse(text) as unknown;
-  } catch {
-    return body;
-  }
-}
-
-function b64(value: string): string {
-  return Buffer.from(value, 'utf8').toString('base64');
-}
-
-function makeContext(): ResponseContext {
-  return Object.assign(new EventEmitter(), { includeResponse: true as const });
-}
-
-/** `[res, body?]` from a call made with an includeResponse context. */
-function splitResponse(result: unknown): { index: number | undefined; body: unknown } {
-  if (!Array.isArray(result) || result.length === 0) return { index: undefined, body: undefined };
-  const head = z
-    .object({ headers: z.record(z.union([z.string(), z.array(z.string())]).optional()) })
-    .passthrough()
-    .safeParse(result[0]);
-  const raw = head.success ? head.data.headers['x-consul-index'] : undefined;
-  const text = Array.isArray(raw) ? raw[0] : raw;
-  const index = text !== undefined && /^\d+$/.test(text) ? Number(text) : undefined;
-  return { index, body: result[1] };
-}
-
-class ConsulNotFoundError extends Error {
-  override name = 'ConsulNotFoundError';
-}
-
-class ConsulConflictError extends Error {
-  override name = 'ConsulConflictError';
-  constructor(
-    message: string,
-    readonly errors: Array<{ OpIndex: number; What: string }>,
-  ) {
-    super(message);
-  }
-}
-
-class ConsulLease implements Lease {
-  readonly lost: LostSignal;
-  private timer: NodeJS.Timeout | undefined;
-  private lastRenew = Date.now();
-  private stopped = false;
-
-  constructor(
-    readonly store: ConsulStore,
-    readonly id: string,
-    readonly ttlSeconds: number,
-    private readonly logger: Logger,
-  ) {
-    this.lost = new LostSignal(logger, `${store.description} session ${id}`);
-    this.schedule((ttlSeconds * 1000) / 2);
-  }
-
-  get active(): boolean {
-    return !this.stopped;
-  }
-
-  onLost(listener: () => void): void {
-    this.lost.add(listener);
-  }
-
-  /** Stop renewing (close or loss); the session then ends after its TTL. */
-  stop(): void {
-    this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = undefined;
-  }
-
-  markLost(reason: string): void {
-    this.stop();
-    this.store.forgetLease(this);
-    this.lost.fire(reason);
-  }
-
-  async revoke(): Promise<void> {
-    this.lost.disarm();
-    this.stop();
-    this.store.forgetLease(this);
-    await this.store.request(`destroy session ${this.id}`, (api, o) => api.session.destroy({ id: this.id, ...o }));
-  }
-
-  private schedule(ms: number): void {
-    if (this.stopped) return;
-    this.timer = setTimeout(() => void this.renew(), ms);
-  }
-
-  private async renew(): Promise<void> {
-    if (this.stopped) return;
-    try {
-      await this.store.request(`renew session ${this.id}`, (api, o) => api.session.renew({ id: this.id, ...o }));
-      this.lastRenew = Date.now();
-      this.schedule((this.ttlSeconds * 1000) / 2);
-    } catch (err) {
-      if (this.stopped) return;
-      if (err instanceof ConsulNotFoundError) {
-        this.markLost('Consul no longer knows the session (expired or destroyed)');
-        return;
-      }
-      // Unreachable: keep trying, and let Consul say whether the session survived once it
-      // answers (a 404 above). Consul restarts every session's TTL when a leader is elected,
-      // so an outage of the store itself ends none; a host cut off alone finds its session
-      // gone. Declaring it lost here instead would make the host register under a new session
-      // while the old one still holds its key, and the old one's expiry would then delete that
-      // key: every other host would drop this host's containers for a moment.
-      const silentFor = Date.now() - this.lastRenew;
-      this.logger.warn('consul session renewal failed; retrying', {
-        session: this.id,
-        silentSeconds: Math.round(silentFor / 1000),
-        error: errorMessage(err),
-      });
-      this.schedule(1000);
-    }
-  }
-}
-
-class ConsulWatch implements Watch {
-  private readonly abort = new AbortController();
-  private ctx: ResponseContext | undefined;
-  private readonly done: Promise<void>;
-
-  constructor(
-    private readonly store: ConsulStore,
-    private readonly relPrefix: string,
-    private readonly listener: SafeListener,
-    private readonly logger: Logger,
-  ) {
-    this.done = this.run();
-  }
-
-  async close(): Promise<void> {
-    this.abort.abort();
-    this.ctx?.emit('cancel');
-    await this.done;
-  }
-
-  private async run(): Promise<void> {
-    const signal = this.abort.signal;
-    const backoff = new Backoff(100, 5000);
-    const full = this.store.prefix + this.relPrefix;
-    const waitMs = this.store.watchWaitSeconds * 1000;
-    let index = 0;
-    let previous: Map<string, KVEntry> | undefined;
-    let lastQuery = 0;
-    while (!signal.aborted) {
-      // Never hammer Consul if it answers immediately without progress.
-      const since = Date.now() - lastQuery;
-      if (since < 50) await sleep(50 - since, signal);
-      if (signal.aborted) break;
-      lastQuery = Date.now();
-      try {
-        const ctx = makeContext();
-        this.ctx = ctx;
-        const blocking = index > 0 && previous !== undefined;
-        const result = await this.store.request(
-          `watch ${this.relPrefix || '(all)'}`,
-          (api, o) =>
-            api.kv.get({
-              key: full,
-              recurse: true,
-              ...o,
-              ctx,
-              ...(blocking ? { index: String(index), wait: `${this.store.watchWaitSeconds}s` } : {}),
-            }),
-          blocking ? waitMs + waitMs / 16 + this.store.timeoutMs : this.store.timeoutMs,
-        );
-        if (signal.aborted) break;
-        const split = splitResponse(result);
-        const entries = this.store.toEntries(split.body);
-        let newIndex = split.index ?? 0;
-        // A pristine KV table answers index 0: list it, then block on index 1 (Consul's advice)
-        // instead of polling with index 0.
-        if (previous === undefined && newIndex <= 0) newIndex = 1;
-        if (newIndex <= 0 || newIndex < index) {
-          // Index reset (snapshot restore, new cluster…): start over and deliver full state.
-          this.logger.info('consul watch index reset; re-listing', {
-            store: this.store.description,
-            prefix: full,
-            from: index,
-            to: newIndex,
-          });
-          index = 0;
-          previous = undefined;
-          continue;
-        }
-        backoff.reset();
-        const current = new Map(entries.map((e) => [e.key, e]));
-        if (previous === undefined) {
-          this.listener.reset(entries);
-        } else if (newIndex !== index) {
-          this.listener.events(diff(previous, current, newIndex));
-        }
-        previous = current;
-        index = newIndex;
-      } catch (err) {
-        if (signal.aborted) break;
-        const e = toError(err);
-        this.logger.warn('consul watch interrupted; will re-list', { store: this.store.description, prefix: full, error: e.message });
-        this.listener.error(e);
-        index = 0;
-        previous = undefined;
-        await sleep(backoff.next(), signal);
-      }
-    }
-  }
-}
-
-/** Events turning `before` into `after`, in index order (deletes carry the response index). */
-function diff(before: Map<string, KVEntry>, after: Map<string, KVEntry>, index: number): WatchEvent[] {
-  const events: WatchEvent[] = [];
-  for (const [key, e] of after) {
-    const old = before.get(key);
-    if (!old || old.revision !== e.revision || old.value !== e.value) {
-      events.push({ type: 'put', key, value: e.value, revision: e.revision });
-    }
-  }
-  for (const key of before.keys()) {
-    if (!after.has(key)) events.push({ type: 'delete', key, revision: index });
-  }
-  return events.sort((a, b) => a.revision - b.revision || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-}
 
 export class ConsulStore implements Store {
   readonly distributed = true;
@@ -519,7 +161,7 @@ export class ConsulStore implements Store {
       switch (f.kind) {
         case 'unavailable':
           // A server that answered (a 5xx) is alive: only silence moves calls elsewhere.
-          if (errorShapeSchema.safeParse(err).data?.response?.statusCode === undefined) this.failover(at, f.message);
+          if (!answered(err)) this.failover(at, f.message);
           throw new StoreUnavailableError(`${this.description}: ${what} failed, Consul unreachable: ${f.message}`);
         case 'conflict':
           throw new ConsulConflictError(`${this.description}: ${what}: ${f.errors.map((e) => e.What).join('; ') || f.message}`, f.errors);

@@ -30,6 +30,11 @@ export interface UnderlayOptions {
   subnetOctet?: number;
   /** Underlay MTU (bridge, veths, host eth0). Default 1500. */
   mtu?: number;
+  /**
+   * Also an IPv6 underlay: fd00:79:N::1/64 on the bridge, fd00:79:N::(10+i)/64 on each host's eth0
+   * (no DAD: usable at once), as `address6`. Default off (IPv6 stays disabled on the underlay).
+   */
+  ipv6?: boolean;
 }
 
 export interface UnderlayHost {
@@ -45,6 +50,8 @@ export interface UnderlayHost {
   readonly address: string;
   /** Address with prefix length, e.g. 10.251.N.11/24. */
   readonly cidr: string;
+  /** IPv6 underlay address (UnderlayOptions.ipv6), e.g. fd00:79:N::b. */
+  readonly address6?: string;
   /** Interface name inside the namespace ("eth0"). */
   readonly ifname: string;
   /** Root-namespace end of the veth (a bridge port): `<prefix>h1`. */
@@ -221,7 +228,12 @@ export async function createUnderlay(opts: UnderlayOptions): Promise<Underlay> {
     await run(['ip', 'addr', 'add', `${net}.1/24`, 'dev', bridge]);
     // Nothing that arrives from the underlay is routed onwards (per-interface IPv4 forwarding).
     writeSysctl(`/proc/sys/net/ipv4/conf/${bridge}/forwarding`, '0');
-    writeSysctl(`/proc/sys/net/ipv6/conf/${bridge}/disable_ipv6`, '1');
+    writeSysctl(`/proc/sys/net/ipv6/conf/${bridge}/disable_ipv6`, opts.ipv6 ? '0' : '1');
+    if (opts.ipv6) {
+      writeSysctl(`/proc/sys/net/ipv6/conf/${bridge}/forwarding`, '0');
+      writeSysctl(`/proc/sys/net/ipv6/conf/${bridge}/accept_ra`, '0');
+      await run(['ip', '-6', 'addr', 'add', `fd00:79:${octet.toString(16)}::1/64`, 'dev', bridge, 'nodad']);
+    }
     await run(['ip', 'link', 'set', bridge, 'up']);
   } catch (err) {
     teardownSync();
@@ -235,6 +247,7 @@ export async function createUnderlay(opts: UnderlayOptions): Promise<Underlay> {
     const netns = `${prefix}h${index}`;
     const rootVeth = `${prefix}h${index}`;
     const address = `${net}.${10 + index}`;
+    const address6 = opts.ipv6 ? `fd00:79:${octet.toString(16)}::${(10 + index).toString(16)}` : undefined;
     const host: UnderlayHost = {
       index,
       shortName: `h${index}`,
@@ -242,6 +255,7 @@ export async function createUnderlay(opts: UnderlayOptions): Promise<Underlay> {
       netnsPath: `/run/netns/${netns}`,
       address,
       cidr: `${address}/24`,
+      ...(address6 ? { address6 } : {}),
       ifname: 'eth0',
       rootVeth,
       exec: (argv, o) => execInNetns(netns, argv, o),
@@ -256,9 +270,14 @@ export async function createUnderlay(opts: UnderlayOptions): Promise<Underlay> {
     ]);
     writeSysctl(`/proc/sys/net/ipv6/conf/${rootVeth}/disable_ipv6`, '1');
     await run(['ip', 'link', 'set', rootVeth, 'master', bridge, 'up']);
+    if (address6) {
+      const conf = '/proc/sys/net/ipv6/conf';
+      await execInNetns(netns, ['sh', '-c', `echo 0 > ${conf}/eth0/accept_ra && echo 0 > ${conf}/eth0/disable_ipv6`]);
+    }
     const batch = [
       'link set lo up',
       `addr add ${host.cidr} dev eth0`,
+      ...(address6 ? [`addr add ${address6}/64 dev eth0 nodad`] : []),
       'link set eth0 up',
       `route add default via ${net}.1 dev eth0`,
       '',

@@ -61,3 +61,11 @@ test('etcd TLS settings: PEM text or paths; certificate and key go together', ()
   assert.throws(() => parseConfig(['--etcd-cert', '/a.pem'], {}), /go together/);
   assert.equal(parseConfig([], {}).etcdTls, undefined);
 });
+
+test('--vtep takes an IPv4 or a routable IPv6 address', () => {
+  assert.equal(parseConfig(['--vtep', 'fd00:79::1'], {}).vtep, 'fd00:79::1');
+  assert.equal(parseConfig(['--vtep', '10.0.0.1'], {}).vtep, '10.0.0.1');
+  for (const bad of ['fe80::1', 'ff02::1', '::1', '::', 'fd00::1%eth0', 'host']) {
+    assert.throws(() => parseConfig(['--vtep', bad], {}), /invalid --vtep/, bad);
+  }
+});

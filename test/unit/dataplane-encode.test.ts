@@ -1,9 +1,12 @@
 /** Pure dataplane encoders/decoders: no kernel needed. */
 import assert from 'node:assert/strict';
+import ipaddr from 'ipaddr.js';
 import { describe, test } from 'node:test';
 import {
   AF_BRIDGE,
   AF_INET,
+  formatIPv6,
+  parseIPv6,
   IFLA_INFO_DATA,
   IFLA_INFO_KIND,
   IFLA_IFNAME,
@@ -221,9 +224,9 @@ describe('neighbour messages', () => {
       [NDA_MASTER, u32(9)],
     ]);
     const e = new NeighFields().read(m.subarray(16));
-    assert.deepEqual({ ...e }, { family: AF_INET, ifindex: 3, state: NUD_PERMANENT, flags: NTF_SELF, dst4: ipv4ToNumber('10.20.0.5'), mac: macToNumber('02:42:0a:14:00:ff'), master: true });
+    assert.deepEqual({ ...e }, { family: AF_INET, ifindex: 3, state: NUD_PERMANENT, flags: NTF_SELF, dst4: ipv4ToNumber('10.20.0.5'), dst6: undefined, mac: macToNumber('02:42:0a:14:00:ff'), master: true });
     const bare = encodeNeighMessage(RTM_NEWNEIGH, 0, { family: AF_INET, ifindex: 4, state: 0, flags: 0 }, []);
-    assert.deepEqual({ ...e.read(bare.subarray(16)) }, { family: AF_INET, ifindex: 4, state: 0, flags: 0, dst4: -1, mac: -1, master: false });
+    assert.deepEqual({ ...e.read(bare.subarray(16)) }, { family: AF_INET, ifindex: 4, state: 0, flags: 0, dst4: -1, dst6: undefined, mac: -1, master: false });
     assert.equal(formatIPv4Number(ipv4ToNumber('255.0.10.1')), '255.0.10.1');
     assert.equal(formatMac(macFromNumber(macToNumber('FF-42-0a-14-00-05'))), 'ff:42:0a:14:00:05');
     assert.throws(() => macToNumber('02:42:0a:14:00'), /invalid MAC/);
@@ -247,6 +250,55 @@ describe('neighbour messages', () => {
     assert.deepEqual(n, encodeNeighMessage(RTM_DELNEIGH, 0, { family: AF_INET, ifindex: 7, state: 0, flags: 0 }, [[NDA_DST, ip]]));
     assert.deepEqual(s, encodeNeighMessage(RTM_DELNEIGH, 0, { family: AF_BRIDGE, ifindex: 7, state: 0, flags: NTF_SELF }, [[NDA_LLADDR, mac], [NDA_DST, parseIPv4(p.vtep)]]));
     assert.deepEqual(m, encodeNeighMessage(RTM_DELNEIGH, 0, { family: AF_BRIDGE, ifindex: 7, state: 0, flags: NTF_MASTER }, [[NDA_LLADDR, mac]]));
+  });
+
+  test('IPv6: neighbour replace per family, FDB dst of 16 bytes for an IPv6 VTEP, byte for byte', () => {
+    const p = { ip: '10.20.0.5', ip6: 'FD00:20:0::5', mac: '02:42:0a:14:00:05', vtep: 'fd00:79::a' };
+    const [n4, n6, fdb] = encodePeerAdd(7, p);
+    const mac = parseMac(p.mac);
+    const flags = 0x500;
+    assert.deepEqual(n4, encodeNeighMessage(RTM_NEWNEIGH, flags, { family: AF_INET, ifindex: 7, state: NUD_PERMANENT, flags: 0 }, [[NDA_DST, parseIPv4(p.ip)], [NDA_LLADDR, mac]]));
+    assert.deepEqual(n6, encodeNeighMessage(RTM_NEWNEIGH, flags, { family: 10, ifindex: 7, state: NUD_PERMANENT, flags: 0 }, [[NDA_DST, parseIPv6('fd00:20::5')], [NDA_LLADDR, mac]]));
+    assert.deepEqual(fdb, encodeNeighMessage(RTM_NEWNEIGH, flags, { family: AF_BRIDGE, ifindex: 7, state: NUD_PERMANENT, flags: NTF_SELF }, [[NDA_LLADDR, mac], [NDA_DST, parseIPv6(p.vtep)]]));
+    // IPv6-only: no IPv4 neighbour.
+    const only = encodePeerAdd(7, { ip: '', ip6: 'fd00:20::5', mac: p.mac, vtep: '192.0.2.1' });
+    assert.equal(only.length, 2);
+    assert.deepEqual(only[0], n6);
+    const [d4, d6, self, master] = encodePeerRemove(7, p);
+    assert.deepEqual(d4, encodeNeighMessage(RTM_DELNEIGH, 0, { family: AF_INET, ifindex: 7, state: 0, flags: 0 }, [[NDA_DST, parseIPv4(p.ip)]]));
+    assert.deepEqual(d6, encodeNeighMessage(RTM_DELNEIGH, 0, { family: 10, ifindex: 7, state: 0, flags: 0 }, [[NDA_DST, parseIPv6('fd00:20::5')]]));
+    assert.deepEqual(self, encodeNeighMessage(RTM_DELNEIGH, 0, { family: AF_BRIDGE, ifindex: 7, state: 0, flags: NTF_SELF }, [[NDA_LLADDR, mac], [NDA_DST, parseIPv6(p.vtep)]]));
+    assert.deepEqual(master, encodeNeighMessage(RTM_DELNEIGH, 0, { family: AF_BRIDGE, ifindex: 7, state: 0, flags: NTF_MASTER }, [[NDA_LLADDR, mac]]));
+    assert.throws(() => encodePeerAdd(1, { ip: '', mac: p.mac, vtep: '192.0.2.1' }), /IPv4/);
+    assert.throws(() => encodePeerAdd(1, { ip: '', ip6: 'fe80::1%eth0', mac: p.mac, vtep: '192.0.2.1' }), /IPv6/);
+    assert.throws(() => encodePeerAdd(1, { ip: '', ip6: '10.0.0.1', mac: p.mac, vtep: '192.0.2.1' }), /IPv6/);
+  });
+
+  test('joinPeers joins a container\'s IPv4 and IPv6 neighbours by MAC; IPv6-only peers have no ip', () => {
+    const fdb = [
+      { mac: '02:00:00:00:00:01', vtep: 'fd00:79::a', self: true, master: false, permanent: true, dynamic: false },
+      { mac: '02:00:00:00:00:02', vtep: 'fd00:79::b', self: true, master: false, permanent: true, dynamic: false },
+    ];
+    const peers = joinPeers(
+      [
+        { ip: 'fd00:20::1', mac: '02:00:00:00:00:01', permanent: true, state: NUD_PERMANENT },
+        { ip: '10.0.0.1', mac: '02:00:00:00:00:01', permanent: true, state: NUD_PERMANENT },
+        { ip: 'fd00:20::2', mac: '02:00:00:00:00:02', permanent: true, state: NUD_PERMANENT },
+      ],
+      fdb,
+    );
+    assert.deepEqual(peers, [
+      { ip: '10.0.0.1', ip6: 'fd00:20::1', mac: '02:00:00:00:00:01', vtep: 'fd00:79::a' },
+      { ip: '', ip6: 'fd00:20::2', mac: '02:00:00:00:00:02', vtep: 'fd00:79::b' },
+    ]);
+  });
+
+  test('vxlan attributes: an IPv6 VTEP/group go out as LOCAL6/GROUP6', () => {
+    const v = vxlanAttributes({ name: 'vxlan0', vni: 5, mtu: 1430, proxy: false, learning: true, local: 'fd00:79::1', group: 'ff05::100' });
+    assert.deepEqual(v.local6, parseIPv6('fd00:79::1'));
+    assert.deepEqual(v.group6, parseIPv6('ff05::100'));
+    assert.equal(v.local, undefined);
+    assert.equal(v.group, undefined);
   });
 
   test('invalid peers are rejected before anything is encoded', () => {
@@ -303,8 +355,26 @@ describe('miss notifications', () => {
     assert.deepEqual(parseMiss(RTM_GETNEIGH, m.subarray(16)), { kind: 'l3', ip: '10.250.201.9', ifindex: 3 });
   });
 
-  test('IPv6 misses and neighbour events are not misses', () => {
-    assert.equal(parseMiss(RTM_GETNEIGH, l3v6), undefined);
+  test('an IPv6 l3miss (family AF_INET6, 16-byte NDA_DST) carries the address; neighbour events are not misses', () => {
+    assert.deepEqual(parseMiss(RTM_GETNEIGH, l3v6), { kind: 'l3', ip: 'fe80::42:aff:fefa:ca02', ifindex: 3 });
     assert.equal(parseMiss(RTM_NEWNEIGH, l2), undefined);
+  });
+});
+
+describe('IPv6 text', () => {
+  test('parseIPv6/formatIPv6 agree with ipaddr.js (RFC 5952) and refuse what is not an IPv6 address', () => {
+    const cases = ['::', '::1', '1::', 'fd00:79::a', 'FD00:0:0:0:0:0:0:1', '2001:db8:0:0:1:0:0:1', '2001:db8::1:0:0:1', 'fe80::42:aff:fefa:ca02', '1:2:3:4:5:6:7:8', '1:0:0:2:0:0:0:3', '::ffff:10.0.0.1', 'ff05::79'];
+    for (let i = 0; i < 200; i++) {
+      const g = Array.from({ length: 8 }, () => (Math.random() < 0.4 ? 0 : Math.floor(Math.random() * 0x10000)).toString(16));
+      cases.push(g.join(':'));
+    }
+    for (const c of cases) {
+      const want = ipaddr.IPv6.parse(c);
+      assert.deepEqual([...parseIPv6(c)], want.toByteArray(), c);
+      if (!c.includes('.')) assert.equal(formatIPv6(parseIPv6(c)), want.toRFC5952String(), c);
+    }
+    for (const bad of ['', ':', ':::', '1:::2', '1::2::3', '1:2:3:4:5:6:7:8:9', '1:2:3:4:5:6:7', '12345::', 'g::', '1:', ':1', '10.0.0.1', 'fe80::1%eth0', '::1:']) {
+      assert.throws(() => parseIPv6(bad), /invalid IPv6/, bad);
+    }
   });
 });

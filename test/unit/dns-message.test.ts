@@ -7,6 +7,7 @@ import { test } from 'node:test';
 import * as packet from 'dns-packet';
 import { handleQuery, reverseAddress, UDP_DEFAULT_SIZE, UDP_MAX_SIZE } from '../../src/dns/message';
 import { MapView, query, rcodeOf } from '../helpers/dns';
+import type { ZoneView } from '../../src/dns/types';
 import { prng, seedFromEnv } from '../helpers/resilience';
 
 function dataOf(a: packet.Answer): unknown {
@@ -20,7 +21,7 @@ function view(): MapView {
   return v;
 }
 
-function replyOf(msg: Buffer, transport: 'udp' | 'tcp' = 'udp', v = view()): packet.DecodedPacket & { rcode?: string } {
+function replyOf(msg: Buffer, transport: 'udp' | 'tcp' = 'udp', v: ZoneView = view()): packet.DecodedPacket & { rcode?: string } {
   const d = handleQuery(msg, v, transport);
   assert.equal(d.kind, 'reply', `expected a reply, got ${d.kind}`);
   if (d.kind !== 'reply') throw new Error('unreachable');
@@ -62,7 +63,7 @@ test('reverse lookups: PTR from the zone, NXDOMAIN for unknown addresses of the 
   assert.equal(reverseAddress('3.2.1.in-addr.arpa'), undefined);
   assert.equal(
     reverseAddress('1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa'),
-    '2001:db8:0:0:0:0:0:1',
+    '2001:db8::1',
   );
 });
 
@@ -175,4 +176,24 @@ test('fuzz: random and mutated messages never throw; every reply is a decodable 
     }
   }
   assert.ok(counts.reply > 0 && counts.drop > 0 && counts.forward > 0, JSON.stringify(counts));
+});
+
+test('IPv6: AAAA answers (A beside them for ANY), PTR under ip6.arpa in any nibble case', () => {
+  const dual: ZoneView = {
+    generation: 1,
+    lookupName: (name) => (name === 'db' ? { v4: ['10.20.0.5'], v6: ['fd00:20::5'] } : name === 'v6only' ? { v4: [], v6: ['fd00:20::6'] } : null),
+    lookupAddress: (ip) => (ip === 'fd00:20::5' ? ['db.demo'] : ip.startsWith('fd00:20:') ? null : undefined),
+  };
+  const aaaa = replyOf(query('db', 'AAAA'), 'udp', dual);
+  assert.deepEqual(aaaa.answers?.map((a) => [a.type, dataOf(a)]), [['AAAA', 'fd00:20::5']]);
+  const a = replyOf(query('v6only', 'A'), 'udp', dual);
+  assert.equal(a.rcode, 'NOERROR', 'the name exists, without an IPv4 address');
+  assert.equal(a.answers?.length, 0);
+  const any = replyOf(query('db', 'ANY' as packet.RecordType), 'udp', dual);
+  assert.deepEqual(any.answers?.map((x) => x.type).sort(), ['A', 'AAAA']);
+  const nibbles = '5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.2.0.0.0.0.d.f.ip6.arpa';
+  assert.equal(reverseAddress(nibbles), 'fd00:20::5');
+  const ptr = replyOf(query(nibbles, 'PTR'), 'udp', dual);
+  assert.deepEqual(ptr.answers?.map((x) => [x.type, dataOf(x)]), [['PTR', 'db.demo']]);
+  assert.equal(replyOf(query(nibbles.replace(/^5/, '9'), 'PTR'), 'udp', dual).rcode, 'NXDOMAIN');
 });

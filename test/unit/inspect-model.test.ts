@@ -228,3 +228,24 @@ test('a local port that lost br0 is named as such (what the repair re-enslaves),
   });
   assert.deepEqual(checkNetwork(loose, '192.0.2.2'), [`br0 port ve${LOCAL_ID.slice(0, 11)} of web (10.9.0.3) is not enslaved to br0 (master none)`]);
 });
+
+test('dual-stack: the IPv6 gateway on br0 and each peer\'s IPv6 neighbour are checked; a missing one is listed', () => {
+  const A6 = 'fd00:9::2';
+  const C6 = 'fd00:9::4';
+  const r = healthy((v) => {
+    v.addresses.push({ index: 2, ip: 'fd00:9::1', prefix: 64 });
+    v.neighbours.push({ ip: A6, mac: A.mac, permanent: true, state: 0x80 }, { ip: C6, mac: C.mac, permanent: true, state: 0x80 });
+  });
+  const dual = { ...r, subnet6: 'fd00:9::/64', gateway6: 'fd00:9::1', desiredPeers: [{ ...A, ip6: A6 }, { ...C, ip6: C6 }] };
+  assert.deepEqual(checkNetwork(dual, '192.0.2.2'), []);
+  assert.ok(neighbours(dual).indexOf(A6) > neighbours(dual).indexOf(C.ip), 'IPv6 after IPv4');
+  const lost = { ...dual, neighbours: dual.neighbours.filter((n) => n.ip !== C6), bridge: { ...dual.bridge!, addresses: ['10.9.0.1/24'] } };
+  assert.deepEqual(checkNetwork(lost, '192.0.2.2'), [
+    'br0 lacks the IPv6 gateway address fd00:9::1/64 (has 10.9.0.1/24)',
+    `missing neighbour ${C6} lladdr ${C.mac} PERMANENT (peer at ${C.vtep})`,
+  ]);
+});
+
+function neighbours(r: NetworkReport): string[] {
+  return r.neighbours.map((n) => n.ip);
+}

@@ -224,3 +224,13 @@ test('inspect takes the serve options (and their variables) plus its own', () =>
   assert.throws(() => parseInspectArgs(['a', 'b', '--host-name', 'h'], {}), /at most one network/);
   assert.throws(() => parseInspectArgs(['--bogus'], {}), /Unknown option/);
 });
+
+test('IPv6 l3 misses (Neighbor Solicitations) find the peer by its IPv6 address, whatever its spelling in the store', () => {
+  const index = indexPeers([
+    { ip: '10.0.0.2', ip6: 'FD00:20:0:0::2', mac: '02:42:0a:00:00:02', vtep: '192.0.2.1' },
+    { ip: '', ip6: 'fd00:20::3', mac: '02:42:0a:00:00:03', vtep: '192.0.2.2' },
+  ]);
+  assert.equal(lookupMiss(index, { kind: 'l3', ip: 'fd00:20::2', ifindex: 1 })?.mac, '02:42:0a:00:00:02');
+  assert.equal(lookupMiss(index, { kind: 'l3', ip: 'fd00:20::3', ifindex: 1 })?.vtep, '192.0.2.2');
+  assert.equal(lookupMiss(index, { kind: 'l3', ip: '', ifindex: 1 }), undefined);
+});

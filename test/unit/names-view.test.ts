@@ -20,8 +20,8 @@ let view: NamesView;
 const put = (key: string, value: unknown) => store.put(key, JSON.stringify(value));
 const created = new Date().toISOString();
 
-function endpoint(net: string, id: string, ip: string, host: string, joined = true) {
-  return put(keys.endpoint(net, id), { id, networkId: `nid-${net}`, ip, mac: '02:42:00:00:00:00', locator: '192.0.2.1', host, joined, created });
+function endpoint(net: string, id: string, ip: string, host: string, joined = true, ip6?: string) {
+  return put(keys.endpoint(net, id), { id, networkId: `nid-${net}`, ip, ...(ip6 ? { ip6 } : {}), mac: '02:42:00:00:00:00', locator: '192.0.2.1', host, joined, created });
 }
 function names(net: string, id: string, container: string, aliases: string[], host: string, networkName = 'demo') {
   return put(namesKeys.endpoint(net, id), {
@@ -55,6 +55,15 @@ before(async () => {
   // Same container name on another network: must not leak across.
   await endpoint('10.30.0.0-24', 'e3', '10.30.0.2', 'b');
   await names('10.30.0.0-24', 'e3', 'web', [], 'b', 'other');
+  // Dual-stack and IPv6-only networks: AAAA beside A, PTR under ip6.arpa.
+  await put(keys.network('10.40.0.0-24'), { key: '10.40.0.0-24', ids: ['z'], vni: 258, subnet: '10.40.0.0/24', gateway: '10.40.0.1', subnet6: 'fd00:40::/64', gateway6: 'fd00:40::1', mtu: 1450, mode: 'static', options: {}, created });
+  await endpoint('10.40.0.0-24', 'e4', '10.40.0.2', 'a', true, 'fd00:40::2');
+  await names('10.40.0.0-24', 'e4', 'dual', ['both'], 'a', 'ds');
+  await endpoint('10.40.0.0-24', 'e5', '10.40.0.3', 'b', true, 'fd00:40::3');
+  await names('10.40.0.0-24', 'e5', 'dual2', ['both'], 'b', 'ds');
+  await put(keys.network('fd00:60::-64'), { key: 'fd00:60::-64', ids: ['w'], vni: 259, subnet: '', gateway: '', subnet6: 'fd00:60::/64', gateway6: 'fd00:60::1', mtu: 1450, mode: 'static', options: {}, created });
+  await endpoint('fd00:60::-64', 'e6', '', 'b', true, 'fd00:60::a');
+  await names('fd00:60::-64', 'e6', 'only6', [], 'b', 'v6net');
   view = new NamesView(store, silentLogger());
   await view.start();
 });
@@ -105,7 +114,7 @@ test('a stopped container (not joined), a dead host or a removed record: NXDOMAI
   await until(() => view.generation > g);
   assert.equal(z.lookupName('web'), null);
   assert.equal(view.served('10.20.0.0-24').length, 0);
-  assert.equal(view.served().length, 1);
+  assert.equal(view.served().length, 4, "the other networks' names: one on 10.30.0.0/24, three on the IPv6 ones");
 });
 
 test('a malformed record is skipped, the rest still served', async () => {
@@ -115,4 +124,21 @@ test('a malformed record is skipped, the rest still served', async () => {
   await names('10.30.0.0-24', 'e4', 'db', [], 'b', 'other');
   await until(() => view.generation > g && view.zone('10.30.0.0-24').lookupName('db') !== null);
   assert.deepEqual(view.zone('10.30.0.0-24').lookupName('db.other')?.v4, ['10.30.0.4']);
+});
+
+test('IPv6: AAAA beside A on a dual-stack network, AAAA alone on an IPv6-only one, PTR for both families', () => {
+  const z = view.zone('10.40.0.0-24');
+  assert.deepEqual(z.lookupName('dual'), { v4: ['10.40.0.2'], v6: ['fd00:40::2'] });
+  assert.deepEqual(z.lookupName('both.ds'), { v4: ['10.40.0.2', '10.40.0.3'], v6: ['fd00:40::2', 'fd00:40::3'] });
+  assert.deepEqual(z.lookupAddress('fd00:40::2'), ['dual.ds']);
+  assert.deepEqual(z.lookupAddress('fd00:40:0:0:0:0:0:2'), ['dual.ds'], 'any spelling of the address');
+  assert.deepEqual(z.lookupAddress('10.40.0.2'), ['dual.ds']);
+  assert.equal(z.lookupAddress('fd00:40::99'), null, 'inside the IPv6 subnet: NXDOMAIN');
+  assert.equal(z.lookupAddress('fd00:41::1'), undefined);
+  const only = view.zone('fd00:60::-64');
+  assert.deepEqual(only.lookupName('only6'), { v4: [], v6: ['fd00:60::a'] });
+  assert.deepEqual(only.lookupAddress('fd00:60::a'), ['only6.v6net']);
+  assert.equal(only.lookupAddress('fd00:60::b'), null);
+  const served = view.served('10.40.0.0-24').find((n) => n.container === 'dual');
+  assert.equal(served?.ip6, 'fd00:40::2');
 });

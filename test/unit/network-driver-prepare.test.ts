@@ -163,3 +163,104 @@ describe('NetworkDriver: veth pair prepared by CreateEndpoint', () => {
     assert.deepEqual(dp.calls, [`attach ${id('c')}`, `detach ${id('c')}`]);
   });
 });
+
+describe('NetworkDriver: dual-stack and IPv6-only networks', () => {
+  const dirs: string[] = [];
+  const stores: Store[] = [];
+  after(async () => {
+    for (const s of stores) await s.close();
+    for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+  });
+  const open = async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tso-dual-'));
+    dirs.push(dir);
+    const store = await openStore(`local://${dir}`, { logger: silentLogger() });
+    stores.push(store);
+    const dp = new RecordingDataplane();
+    const driver = new NetworkDriver(new RecordStore(store), dp, { name: 'h1', vtep: '10.0.0.1', underlayMtu: 1500 }, silentLogger());
+    return { store, dp, driver };
+  };
+  const recordOf = async (store: Store, suffix: string) => {
+    const e = (await store.list('')).find((x) => x.key.endsWith(suffix));
+    assert.ok(e, `no record ${suffix}`);
+    return JSON.parse(e.value) as Record<string, unknown>;
+  };
+
+  test('dual-stack: the network keeps both subnets and gateways, the endpoint both addresses, the MAC the IPv4 rule', async () => {
+    const { store, dp, driver } = await open();
+    await driver.createNetwork({
+      networkId: NET,
+      genericOptions: {},
+      ipv4: [{ addressSpace: LOCAL_ADDRESS_SPACE, pool: '10.9.0.0/24' }],
+      ipv6: [{ addressSpace: LOCAL_ADDRESS_SPACE, pool: 'fd00:9::/64', gateway: 'fd00:9::1/64' }],
+    });
+    const net = await recordOf(store, 'networks/10.9.0.0-24');
+    assert.equal(net.subnet6, 'fd00:9::/64');
+    assert.equal(net.gateway6, 'fd00:9::1');
+    const r = await driver.createEndpoint({ networkId: NET, endpointId: id('a'), address: '10.9.0.2/24', addressIPv6: 'fd00:9:0::2/64' });
+    assert.equal(r.macAddress, '02:42:0a:09:00:02');
+    const ep = await recordOf(store, `/${id('a')}`);
+    assert.equal(ep.ip, '10.9.0.2');
+    assert.equal(ep.ip6, 'fd00:9::2');
+    let spec: OverlaySpec | undefined;
+    dp.ensureOverlay = async (s: OverlaySpec) => {
+      spec = s;
+      return { netnsPath: '/run/test/1', epoch: 1 };
+    };
+    await driver.join(NET, id('a'));
+    assert.equal(spec?.gatewayCidr, '10.9.0.1/24');
+    assert.equal(spec?.gateway6Cidr, 'fd00:9::1/64');
+    await assert.rejects(driver.createEndpoint({ networkId: NET, endpointId: id('b'), address: '10.9.0.3/24' }), /no IPv6 address/);
+    await assert.rejects(
+      driver.createEndpoint({ networkId: NET, endpointId: id('c'), address: '10.9.0.4/24', addressIPv6: 'fd00:8::4/64' }),
+      /fd00:8::4 is not inside the network's subnet fd00:9::\/64/,
+    );
+  });
+
+  test('IPv6-only: empty IPv4 fields, the IPv6 ones set, the MAC from the address, only an IPv6 gateway on br0', async () => {
+    const { store, dp, driver } = await open();
+    await driver.createNetwork({ networkId: NET, genericOptions: {}, ipv4: [], ipv6: [{ addressSpace: LOCAL_ADDRESS_SPACE, pool: 'fd00:7::/104' }] });
+    const net = await recordOf(store, 'networks/fd00:7::-104');
+    assert.equal(net.subnet, '');
+    assert.equal(net.gateway, '');
+    assert.equal(net.subnet6, 'fd00:7::/104');
+    assert.equal(net.gateway6, 'fd00:7::1');
+    const r = await driver.createEndpoint({ networkId: NET, endpointId: id('a'), addressIPv6: 'fd00:7::1:2/104' });
+    assert.equal(r.macAddress, '06:42:00:01:00:02');
+    const ep = await recordOf(store, `/${id('a')}`);
+    assert.equal(ep.ip, '');
+    assert.equal(ep.ip6, 'fd00:7::1:2');
+    let spec: OverlaySpec | undefined;
+    dp.ensureOverlay = async (s: OverlaySpec) => {
+      spec = s;
+      return { netnsPath: '/run/test/1', epoch: 1 };
+    };
+    await driver.join(NET, id('a'));
+    assert.equal(spec?.gatewayCidr, undefined);
+    assert.equal(spec?.gateway6Cidr, 'fd00:7::1/104');
+    await assert.rejects(driver.createEndpoint({ networkId: NET, endpointId: id('b'), address: '10.0.0.2/24', addressIPv6: 'fd00:7::3/104' }), /no IPv4 subnet/);
+    // A replayed CreateEndpoint: the same record, the same MAC.
+    assert.equal((await driver.createEndpoint({ networkId: NET, endpointId: id('a'), addressIPv6: 'fd00:7::1:2/104' })).macAddress, '06:42:00:01:00:02');
+  });
+
+  test('bad IPv6 input: two IPv6 subnets, a family in the wrong list, mixed IPAM drivers', async () => {
+    const { driver } = await open();
+    const v6 = (pool: string) => ({ addressSpace: LOCAL_ADDRESS_SPACE, pool });
+    await assert.rejects(driver.createNetwork({ networkId: NET, genericOptions: {}, ipv4: [], ipv6: [v6('fd00:1::/64'), v6('fd00:2::/64')] }), /one IPv6 subnet/);
+    await assert.rejects(driver.createNetwork({ networkId: NET, genericOptions: {}, ipv4: [v6('fd00:1::/64')], ipv6: [] }), /given as an IPv4 subnet/);
+    await assert.rejects(driver.createNetwork({ networkId: NET, genericOptions: {}, ipv4: [], ipv6: [v6('fe80::/64')] }), /link-local/);
+    await assert.rejects(
+      driver.createNetwork({ networkId: NET, genericOptions: {}, ipv4: [v6('10.1.0.0/24')], ipv6: [{ addressSpace: 'default', pool: 'fd00:1::/64' }] }),
+      /one IPAM driver for both families/,
+    );
+    // This host's underlay is IPv4 (10.0.0.1): an IPv6 p2p remote or multicast group cannot reach it.
+    await assert.rejects(
+      driver.createNetwork({ networkId: NET, genericOptions: { mode: 'p2p', remote: 'fd00:79::2' }, ipv4: [], ipv6: [v6('fd00:1::/64')] }),
+      /mixed underlays are not supported/,
+    );
+    await assert.rejects(
+      driver.createNetwork({ networkId: NET, genericOptions: { mode: 'multicast', group: 'ff05::42' }, ipv4: [], ipv6: [v6('fd00:1::/64')] }),
+      /mixed underlays are not supported/,
+    );
+  });
+});

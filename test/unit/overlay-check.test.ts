@@ -6,9 +6,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
+  bridgeDifferences,
   deviceState,
   expectedVxlan,
   overlayTarget,
+  peerDifferences,
   portDifferences,
   validateOverlayTarget,
   vxlanDifferences,
@@ -84,4 +86,29 @@ test('ports: missing, without br0 as master, down', () => {
     [`br0 port ${PORT} is not enslaved to br0 (master none)`, `br0 port ${PORT} is down`],
   );
   assert.deepEqual(portDifferences(deviceState({ index: 4, name: PORT, flags: 1, kind: 'veth', master: 2 }, names), PORT), []);
+});
+
+test('IPv6: peers checked per family (canonical text), IPv6 gateway on br0, IPv6 underlay in vxlan0', () => {
+  const peer = { ip: '10.9.0.5', ip6: 'FD00:9:0::5', mac: '02:42:0a:09:00:05', vtep: 'fd00:79:0::b' };
+  const fdb = [{ mac: '02:42:0a:09:00:05', dst: 'fd00:79::b', flags: ['self'], state: 'permanent' as const }];
+  const n4 = { ip: '10.9.0.5', mac: '02:42:0a:09:00:05', state: 'PERMANENT' };
+  const n6 = { ip: 'fd00:9::5', mac: '02:42:0a:09:00:05', state: 'PERMANENT' };
+  assert.deepEqual(peerDifferences({ mode: 'static' }, { neighbours: [n4, n6], fdb }, [peer]), []);
+  assert.deepEqual(peerDifferences({ mode: 'static' }, { neighbours: [n4], fdb }, [peer]), ['missing neighbour fd00:9::5 lladdr 02:42:0a:09:00:05 PERMANENT (peer at fd00:79::b)']);
+  assert.deepEqual(peerDifferences({ mode: 'static' }, { neighbours: [n4, n6], fdb }, [{ ip: peer.ip, mac: peer.mac, vtep: peer.vtep }]), [
+    'stale neighbour fd00:9::5 lladdr 02:42:0a:09:00:05 PERMANENT: no such peer in the store',
+  ]);
+  const t = { vni: 9, mtu: 1430, gateway6Cidr: 'fd00:9::1/64', mode: 'static' as const, vtep: 'FD00:79::a' };
+  validateOverlayTarget(t);
+  assert.equal(expectedVxlan(t).local, 'fd00:79::a');
+  assert.throws(() => validateOverlayTarget({ ...t, mtu: 1200 }), /at least 1280/);
+  assert.throws(() => validateOverlayTarget({ ...t, gateway6Cidr: 'fe80::1/64' }), /link-local/);
+  assert.throws(() => validateOverlayTarget({ ...t, mode: 'p2p', remote: '10.0.0.2' }), /mixed underlays/);
+  assert.throws(() => validateOverlayTarget({ ...t, mode: 'multicast', group: '239.1.1.1' }), /mixed underlays/);
+  assert.doesNotThrow(() => validateOverlayTarget({ ...t, mode: 'multicast', group: 'ff05::79' }));
+  assert.throws(() => validateOverlayTarget({ vni: 9, mtu: 1450, mode: 'static' }), /IPv4 or an IPv6 gateway/);
+  const br = { name: 'br0', index: 2, kind: 'bridge', up: true, mtu: 1430, addresses: ['fd00:9::1/64'] };
+  assert.deepEqual(bridgeDifferences(br, { mtu: 1430, gateway6Cidr: 'FD00:9::1/64' }), []);
+  assert.match(bridgeDifferences({ ...br, addresses: [] }, { mtu: 1430, gateway6Cidr: 'fd00:9::1/64' })[0]!.message, /lacks the IPv6 gateway address fd00:9::1\/64/);
+  assert.equal(overlayTarget({ vni: 9, mtu: 1430, gateway6: 'fd00:9::1', subnet6: 'fd00:9::/64', mode: 'static', options: {} }, {}).gateway6Cidr, 'fd00:9::1/64');
 });
