@@ -21,6 +21,7 @@ import { RecordStore } from '../src/driver/record-store';
 import { keys, type EndpointRecord, type NetworkRecord } from '../src/driver/records';
 import { silentLogger } from '../src/log';
 import { EtcdStore } from '../src/store/etcd';
+import { NODE_FLAGS } from '../src/node-flags';
 
 const { values } = parseArgs({
   options: {
@@ -159,7 +160,8 @@ async function main(): Promise<void> {
     await writeAll(records, endpointsOn(used, 100, Number(values.others), 1_000_000, hosts));
     const child = fork(__filename, ['--worker', '--etcd', endpointAddr, '--root', values.root!, '--peers', values.peers!, '--used', values.used!], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      execArgv: ['--expose-gc'],
+      // As deployed (src/node-flags.ts), plus gc for a settled RSS figure.
+      execArgv: ['--expose-gc', ...NODE_FLAGS],
     });
     const started = await next<{ restartMs: number; rssAfterStart: number; programmed: number }>(child);
     child.send('churn');
