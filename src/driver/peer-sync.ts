@@ -12,6 +12,7 @@ import { HostRegistration } from './host-registration';
 import type { PeerSyncHooks } from './local-overlays';
 import { MissResponder, lookupMiss, missSubject, type MissOutcome } from './miss-responder';
 import { PeerView, peerId } from './peer-view';
+import { NetworkWatches } from './peer-watches';
 import type { RecordStore } from './record-store';
 import { keys, type NetworkRecord } from './records';
 
@@ -64,15 +65,6 @@ export interface PeerSyncOptions {
   liveness?: LivenessOptions;
 }
 
-interface NetworkWatch {
-  /** Local overlays (Docker network ids) of the network key. */
-  refs: number;
-  /** Full states delivered so far (a second one is a reconnect). */
-  resets: number;
-  ready: Promise<void>;
-  watch: Watch | undefined;
-}
-
 interface ActiveNetwork {
   networkKey: string;
   mode: NetworkRecord['mode'];
@@ -106,9 +98,7 @@ export class PeerSync implements PeerSyncHooks {
   private readonly watchTrouble: Partial<Record<WatchName, string>> = {};
   private hostWatch?: Watch;
   /** One endpoint watch per network key with a local overlay here (static and miss modes). */
-  private readonly networkWatches = new Map<string, NetworkWatch>();
-  /** Network keys whose endpoint watch is in trouble. */
-  private readonly endpointTrouble = new Set<string>();
+  private readonly networkWatches: NetworkWatches;
   /**
    * The host watch has delivered a full state at least once (and each network waits for its own
    * endpoint watch). Before that the desired peer set is unknown, and reconciling against it
@@ -140,6 +130,29 @@ export class PeerSync implements PeerSyncHooks {
       : undefined;
     this.liveness = liveness;
     this.view = new PeerView(options.hostName, logger, liveness, () => this.projectAll(), options.vtep);
+    this.networkWatches = new NetworkWatches(records.store, options.leaseTtlSeconds * 1000, {
+      reset: (networkKey, entries, revision, reconnect) => {
+        if (!this.networkWatches.troubled) delete this.watchTrouble.endpoints;
+        this.observer?.watchReset('endpoints', reconnect);
+        this.view.resetEndpoints(networkKey, entries, revision);
+        if (this.view.promoteSettled()) this.projectAll();
+        this.reconcileNetwork(networkKey, 'endpoint watch reset');
+      },
+      events: (_networkKey, events) => {
+        const touched = this.view.endpointEvents(events);
+        if (this.view.promoteSettled()) {
+          this.projectAll();
+          return;
+        }
+        for (const [networkId, net] of this.active) {
+          if (touched.has(net.networkKey)) void this.project(networkId);
+        }
+      },
+      error: (networkKey, err) => {
+        this.watchErrorSeen('endpoints', err);
+        this.logger.warn('endpoint watch trouble', { networkKey, error: err.message });
+      },
+    });
     const dp = this.dataplane;
     if (dp.watchMisses) {
       const watchMisses = dp.watchMisses.bind(dp);
@@ -174,67 +187,6 @@ export class PeerSync implements PeerSyncHooks {
     if (timedOut) this.logger.warn('store watches not synced yet: peers are programmed once they are', { waitedMs: waitMs });
   }
 
-  /**
-   * Follows `endpoints/<networkKey>/` while a local overlay of the network is up (a network may
-   * have more than one Docker id on a host). Resolves once the watch delivered its first full
-   * state, or after a lease TTL (the reset then reconciles by itself); true when this call opened
-   * the watch and its first reset came in time, which queued the reconcile of the network's ids.
-   */
-  private async followNetwork(networkKey: string): Promise<boolean> {
-    let followed = this.networkWatches.get(networkKey);
-    if (!followed) {
-      let markReady: () => void = () => undefined;
-      const ready = new Promise<void>((resolve) => (markReady = resolve));
-      const entry: NetworkWatch = { refs: 0, resets: 0, ready, watch: undefined };
-      this.networkWatches.set(networkKey, entry);
-      entry.watch = this.records.store.watch(keys.endpoints(networkKey), {
-        onReset: (entries, revision) => {
-          if (this.networkWatches.get(networkKey) !== entry) return;
-          this.endpointTrouble.delete(networkKey);
-          if (this.endpointTrouble.size === 0) delete this.watchTrouble.endpoints;
-          this.observer?.watchReset('endpoints', entry.resets++ > 0);
-          this.view.resetEndpoints(networkKey, entries, revision);
-          if (this.view.promoteSettled()) this.projectAll();
-          this.reconcileNetwork(networkKey, 'endpoint watch reset');
-          markReady();
-        },
-        onEvents: (events) => {
-          if (this.networkWatches.get(networkKey) !== entry) return;
-          const touched = this.view.endpointEvents(events);
-          if (this.view.promoteSettled()) {
-            this.projectAll();
-            return;
-          }
-          for (const [networkId, net] of this.active) {
-            if (touched.has(net.networkKey)) void this.project(networkId);
-          }
-        },
-        onError: (err) => {
-          this.endpointTrouble.add(networkKey);
-          this.watchErrorSeen('endpoints', err);
-          this.logger.warn('endpoint watch trouble', { networkKey, error: err.message });
-        },
-      });
-      followed = entry;
-      followed.refs++;
-      return Promise.race([ready.then(() => true), sleepUnref(this.options.leaseTtlSeconds * 1000).then(() => false)]);
-    }
-    followed.refs++;
-    await Promise.race([followed.ready, sleepUnref(this.options.leaseTtlSeconds * 1000)]);
-    return false;
-  }
-
-  /** The last local overlay of the network went: its endpoints are no longer followed. */
-  private unfollowNetwork(networkKey: string): void {
-    const followed = this.networkWatches.get(networkKey);
-    if (!followed || --followed.refs > 0) return;
-    this.networkWatches.delete(networkKey);
-    this.endpointTrouble.delete(networkKey);
-    if (this.endpointTrouble.size === 0) delete this.watchTrouble.endpoints;
-    this.view.forgetNetwork(networkKey);
-    void followed.watch?.close().catch((err: unknown) => this.logger.debug('closing an endpoint watch failed', { networkKey, error: errorMessage(err) }));
-  }
-
   /** Re-programs a network's peers against what the kernel holds (its devices were rebuilt, say). */
   async resync(networkId: string, reason: ReconcileTrigger): Promise<void> {
     this.programmed.delete(networkId);
@@ -254,9 +206,7 @@ export class PeerSync implements PeerSyncHooks {
     if (this.timer) clearInterval(this.timer);
     this.misses?.close();
     this.liveness?.close();
-    const watches = [this.hostWatch, ...[...this.networkWatches.values()].map((n) => n.watch)];
-    this.networkWatches.clear();
-    await Promise.all(watches.map((w) => w?.close()));
+    await Promise.all([this.hostWatch?.close(), this.networkWatches.closeAll()]);
     await this.registration.close(revokeLease);
   }
 
@@ -268,8 +218,8 @@ export class PeerSync implements PeerSyncHooks {
     const followed = network.mode === 'static' || network.mode === 'miss';
     let reconciling = false;
     if (followed && already?.networkKey !== network.key) {
-      if (already && (already.mode === 'static' || already.mode === 'miss')) this.unfollowNetwork(already.networkKey);
-      reconciling = await this.followNetwork(network.key);
+      if (already && (already.mode === 'static' || already.mode === 'miss')) this.unfollow(already.networkKey);
+      reconciling = await this.networkWatches.follow(network.key);
     }
     if (network.mode === 'miss') {
       if (!this.misses) throw new Error('mode=miss needs a dataplane that reports vxlan misses');
@@ -283,10 +233,17 @@ export class PeerSync implements PeerSyncHooks {
   async networkInactive(networkId: string): Promise<void> {
     const net = this.active.get(networkId);
     this.active.delete(networkId);
-    if (net && (net.mode === 'static' || net.mode === 'miss')) this.unfollowNetwork(net.networkKey);
+    if (net && (net.mode === 'static' || net.mode === 'miss')) this.unfollow(net.networkKey);
     this.programmed.delete(networkId);
     this.misses?.unwatch(networkId);
     this.observer?.peersProgrammed(networkId, 0);
+  }
+
+  /** The last local overlay of the network went: its endpoints are no longer followed nor held. */
+  private unfollow(networkKey: string): void {
+    if (!this.networkWatches.unfollow(networkKey)) return;
+    if (!this.networkWatches.troubled) delete this.watchTrouble.endpoints;
+    this.view.forgetNetwork(networkKey);
   }
 
   /** Peers the store wants programmed in a network's namespace. */

@@ -20,6 +20,12 @@ function peerAt(ep: PeerEndpoint, vtep: string): Peer {
 }
 
 /**
+ * Only those fields are checked when a record arrives: every endpoint of a followed network is
+ * decoded on a restart, and checking fields nothing here reads would cost that much more.
+ */
+const peerEndpointSchema = endpointRecordSchema.pick({ ip: true, mac: true, host: true, joined: true });
+
+/**
  * The peers one host should hold for one network: every joined endpoint of another host that
  * is live (has a `hosts/<name>` record), at that host's registered VTEP. A host whose VTEP is of
  * the other family than this host's (`ownVtep`, else this host's own record) cannot be reached:
@@ -233,7 +239,7 @@ export class PeerView {
     this.indexes.delete(networkKey);
     for (const e of entries) {
       if (keys.parseEndpoint(e.key)?.networkKey !== networkKey) continue;
-      const ep = this.decode('endpoint', () => decodeRecord(endpointRecordSchema, e.value, e.key));
+      const ep = this.decode('endpoint', () => decodeRecord(peerEndpointSchema, e.value, e.key));
       if (ep) this.setEndpoint(e.key, ep);
     }
   }
@@ -286,7 +292,7 @@ export class PeerView {
       if (ev.type === 'delete') {
         this.setEndpoint(ev.key, undefined);
       } else {
-        this.setEndpoint(ev.key, this.decode('endpoint', () => decodeRecord(endpointRecordSchema, ev.value, ev.key)));
+        this.setEndpoint(ev.key, this.decode('endpoint', () => decodeRecord(peerEndpointSchema, ev.value, ev.key)));
       }
     }
     return touched;
@@ -360,7 +366,7 @@ export class PeerView {
   }
 
   /** Records (or, with undefined, forgets) one endpoint, and updates its network's desired set if built. */
-  private setEndpoint(key: string, ep: EndpointRecord | undefined): void {
+  private setEndpoint(key: string, ep: PeerEndpoint | undefined): void {
     const networkKey = keys.parseEndpoint(key)?.networkKey ?? '';
     const kept: PeerEndpoint | undefined =
       ep?.joined && ep.host !== this.self
