@@ -31,6 +31,7 @@ const RUNS: Run[] = [
   { id: 'dataplane', script: 'dataplane', args: [], timeoutS: 1800 },
   { id: 'footprint', script: 'footprint', args: [], timeoutS: 1200 },
   { id: 'names', script: 'names', args: [], timeoutS: 1200 },
+  { id: 'scale', script: 'scale', args: [], timeoutS: 3600 },
   // What the deployed node flags (src/node-flags.ts) buy: the same run with node's defaults.
   { id: 'footprint-node-defaults', script: 'footprint', args: ['--node-defaults', '1'], timeoutS: 1200 },
 ];
