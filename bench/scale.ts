@@ -172,7 +172,9 @@ async function etcdStore(gateway: string): Promise<StoreUnderTest> {
 }
 
 async function consulStore(gateway: string): Promise<StoreUnderTest> {
-  const server = await startConsul({ clientAddress: gateway });
+  // The phantom hosts stand for many machines but connect from one address: Consul's
+  // per-client connection limit (200 by default) would count them as one client.
+  const server = await startConsul({ clientAddress: gateway, extraConfig: { limits: { http_max_conns_per_client: 10_000 } } });
   registerCleanup('scale bench consul', () => server.stop());
   return {
     label: 'Consul, 1 server',
@@ -802,7 +804,7 @@ if (runIsolated()) {
       const notes = [
         `Everything runs on this one machine: ${p.real} real daemons, the store (etcd: three member processes; Consul: one server — a single server is enough for the comparison of how the backend's watch works, not for its fault tolerance), the load generator and its phantom hosts share its CPUs, so latencies include queueing behind all of them; figures are from one run.`,
         `Real daemons: \`tsoverlay serve\` with the deployed node flags, each in its own network namespace (veth on one bridge), driven over its socket as dockerd drives it; each has one container (CreateEndpoint + Join, a real veth and overlay namespace) on each of the ${p.shared} shared networks and created every network it is on with RequestPool + the gateway's RequestAddress + CreateNetwork (the first real host also created the ${p.networks - p.shared} others).`,
-        `Phantom hosts: \`hosts/<name>\` under a ${LEASE_TTL_S} s lease each, joined endpoint records written with the driver's RecordStore and key layout (no \`netids/\` or IPAM records for them); ${p.watchers} of them (one store connection per 10) hold the two watches a daemon holds today (\`endpoints/\`, \`hosts/\`), the others only their lease.`,
+        `Phantom hosts: \`hosts/<name>\` under a ${LEASE_TTL_S} s lease each, joined endpoint records written with the driver's RecordStore and key layout (no \`netids/\` or IPAM records for them); ${p.watchers} of them (one store connection per 10) hold the two watches a daemon holds today (\`endpoints/\`, \`hosts/\`), the others only their lease. They connect from one address, so Consul runs with `limits.http_max_conns_per_client` raised to 10,000 (its default of 200 counts them as one client).`,
         'Join latency: from the start of the Join call (after IPAM and CreateEndpoint, as dockerd orders them) on one real host until the address is in the overlay namespace of every other real host, as `ip -o monitor neigh` there reports it; the second column counts from Join’s return instead.',
         `Events per daemon are its own counter \`tsoverlay_store_watch_events_total\` (cumulative over the run). Churn: ${fmtInt(p.churn)} endpoint writes and deletes, only on networks no real host uses; a daemon's CPU for it is its CPU meanwhile less what it spent per second over a quiet window just before (polled the same way), and µs per event divides that by the unused-network events it received (n/a when it received none).`,
         'Store bytes: etcd’s `etcd_network_client_grpc_sent_bytes_total` summed over the members; write() bytes from /proc/<pid>/io `wchar` (sockets and disk together, the only figure Consul has here), both over the size’s measurement phase (joins and churn).',
