@@ -179,7 +179,7 @@ export async function startDaemon(
         if (err instanceof StoreUnavailableError) throw err;
         logger.error('start-up sweep of leftovers failed; continuing', { error: errorMessage(err) });
       }
-      registration.settledAt(network.recovery.settledRevision);
+      registration.settledAt(network.recovery.settledRevision, network.recovery.settledIn);
       await peerSync.start();
       await encryption.start();
       // Before the overlays resume: their DNS listeners answer from a loaded view.

@@ -37,6 +37,7 @@ export class HostRegistration {
   /** Why this host is not registered, when it is not for a reason a person must fix. */
   private blocked?: string;
   private settled?: number;
+  private settledIn?: Record<string, number>;
 
   constructor(
     private readonly records: RecordStore,
@@ -66,8 +67,9 @@ export class HostRegistration {
   }
 
   /** The revision of the last endpoint crash recovery withdrew: published so that peers wait for it (HostRecord.settled). */
-  settledAt(revision: number | undefined): void {
+  settledAt(revision: number | undefined, byNetwork?: Record<string, number>): void {
     this.settled = revision;
+    this.settledIn = byNetwork && Object.keys(byNetwork).length > 0 ? { ...byNetwork } : undefined;
   }
 
   /** Registers once; throws when the store refuses or the name is taken (the caller's start-up decides). */
@@ -84,6 +86,7 @@ export class HostRegistration {
       vtep: this.options.vtep,
       instance: this.options.instance,
       ...(this.settled !== undefined ? { settled: this.settled } : {}),
+      ...(this.settledIn !== undefined ? { settledIn: this.settledIn } : {}),
       started: nowIso(),
     };
     try {

@@ -1,21 +1,14 @@
 /**
- * IPAM's addresses: who holds one (one key per address, `ipam/addresses/<subnet>/<ip>`), whether
- * a request for a held address is its holder asking again, and where the next free one is.
+ * IPAM's addresses: who holds one (one key per address, `ipam/addresses/<subnet>/<ip>`) and
+ * whether a request for a held address is its holder asking again. Where the next free one is:
+ * ipam-allocator.ts.
  */
 
 import type { RecordStore } from './record-store';
-import {
-  addressRecordSchema,
-  decodeRecord,
-  endpointRecordSchema,
-  keys,
-  networkRecordSchema,
-  type AddressRecord,
-  type EndpointRecord,
-} from './records';
+import { endpointRecordSchema, keys, networkRecordSchema, type AddressRecord, type EndpointRecord } from './records';
 import type { DockerReplay } from './ipam-replay';
 import type { PoolKind } from './ipam-pools';
-import { contains, hostRange, intToIp, subnetKey, type Subnet } from './subnet';
+import { subnetKey, type Subnet } from './subnet';
 
 /** A request for an address, as far as telling its holder apart is concerned. */
 export interface AddressAsk {
@@ -91,43 +84,4 @@ export async function endpointsUsing(
     }
   }
   return found;
-}
-
-/** An endpoint address of `range` that `host` already holds for the same request id or container name. */
-export function heldFor(
-  entries: { key: string; value: string }[],
-  sKey: string,
-  range: Subnet,
-  host: string,
-  by: { name?: string | undefined; requestId?: string | undefined },
-): string | undefined {
-  if (!by.name && !by.requestId) return undefined;
-  for (const e of entries) {
-    let record: AddressRecord;
-    try {
-      record = decodeRecord(addressRecordSchema, e.value, e.key);
-    } catch {
-      continue;
-    }
-    if (record.host !== host || record.kind !== 'endpoint') continue;
-    const same = (by.requestId !== undefined && record.request === by.requestId) || (by.name !== undefined && record.name === by.name);
-    if (!same) continue;
-    const ip = keys.addressOf(sKey, e.key);
-    if (ip === undefined) continue;
-    try {
-      if (contains(range, ip)) return ip;
-    } catch {
-      // a key that is no address (edited by hand): not ours to hand out
-    }
-  }
-  return undefined;
-}
-
-export function firstFree(range: Subnet, taken: Set<string>): string | undefined {
-  const { first, last } = hostRange(range);
-  for (let n = first; n <= last; n++) {
-    const ip = intToIp(n);
-    if (!taken.has(ip)) return ip;
-  }
-  return undefined;
 }

@@ -3,7 +3,8 @@ import { DEFAULT_TIMEOUT_MS } from '../store/util';
 import { PluginError } from '../util/errors';
 import { RecordStore, nowIso } from './record-store';
 import { addressRecordSchema, keys, poolRecordSchema, type AddressRecord } from './records';
-import { describeHolder, endpointsUsing, firstFree, heldFor, sameHolder, type AddressAsk } from './ipam-addresses';
+import { describeHolder, endpointsUsing, sameHolder, type AddressAsk } from './ipam-addresses';
+import { PoolAllocator } from './ipam-allocator';
 import {
   GLOBAL_ADDRESS_SPACE,
   LOCAL_ADDRESS_SPACE,
@@ -73,6 +74,9 @@ export class IpamService {
   private readonly scopes: RequestScopes;
   /** Subnets whose pool Docker just asked for again although this host held it. */
   private readonly dockerReplay: DockerReplays;
+  private readonly allocator: PoolAllocator;
+  /** Pools (by subnet key) this host holds, as seen in their record since it last let go of one. */
+  private readonly heldPools = new Set<string>();
 
   constructor(
     records: RecordStore,
@@ -83,6 +87,7 @@ export class IpamService {
     const requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.scopes = new RequestScopes(records, requestTimeoutMs, logger);
     this.dockerReplay = new DockerReplays(requestTimeoutMs);
+    this.allocator = new PoolAllocator(hostName, logger);
   }
 
   async requestPool(req: PoolRequest): Promise<{ poolId: string; pool: string }> {
@@ -146,11 +151,17 @@ export class IpamService {
           const holders = current.holders.filter((h) => h !== owner);
           return holders.length === 0 ? null : { ...current, holders };
         });
+        this.allocator.forget(sKey);
+        this.heldPools.delete(sKey);
         if (after === undefined) {
           const stillThere = await records.get(poolRecordSchema, keys.pool(sKey));
-          if (!stillThere) await records.store.deletePrefix(keys.addresses(sKey));
+          if (!stillThere) {
+            await records.store.deletePrefix(keys.addresses(sKey));
+            await records.store.deletePrefix(keys.blocks(sKey));
+          }
         } else {
           await this.releaseHostAddresses(records, sKey, owner);
+          await this.allocator.releaseBlocks(records, sKey, owner);
         }
       }),
     );
@@ -172,8 +183,14 @@ export class IpamService {
     const replay = explicit && !isGateway && kind === 'cluster' ? this.dockerReplay.current(subnet.cidr) : undefined;
     return this.scopes.run('RequestAddress', async (scope) => {
       const sKey = subnetKey(subnet);
-      const pool = await scope.records.get(poolRecordSchema, keys.pool(sKey));
-      if (!pool) throw new PluginError(`unknown pool "${req.poolId}": request the pool first`, 404);
+      // A pool this host holds cannot go while it does (it is released when its last holder lets
+      // go): once seen, it needs no read per request until this host releases it.
+      if (!this.heldPools.has(sKey)) {
+        const pool = await scope.records.get(poolRecordSchema, keys.pool(sKey));
+        if (!pool) throw new PluginError(`unknown pool "${req.poolId}": request the pool first`, 404);
+        // Not a swarm pool: its holder (the swarm) may let go of it from another host.
+        if (kind === 'cluster' && pool.value.holders.includes(this.hostName)) this.heldPools.add(sKey);
+      }
       const name = req.options[ENDPOINT_NAME_OPTION];
       const requestId = req.requestId;
       const owner = kind === 'cluster' ? this.hostName : SWARM_HOLDER;
@@ -199,26 +216,15 @@ export class IpamService {
           }),
         );
       }
-      return scope.lock(subnet.cidr, async () => {
-        for (let attempt = 0; attempt < 64; attempt++) {
-          const entries = await scope.records.store.list(keys.addresses(sKey));
-          const again = heldFor(entries, sKey, range, this.hostName, { name, requestId });
-          if (again) {
-            // The same request run again after a crash, or Docker asking again for the same container
-            // (the release never arrived): the same address, not a second one.
-            this.logger.info('address requested again', { pool: req.poolId, ip: again, ...(name ? { name } : {}), replay: Boolean(requestId) });
-            return withPrefix(again);
-          }
-          const taken = new Set(entries.flatMap((e) => keys.addressOf(sKey, e.key) ?? []));
-          const ip = firstFree(range, taken);
-          if (!ip) throw new PluginError(`no free address left in ${range.cidr}`, 409);
-          if (await scope.records.create(keys.address(sKey, ip), record)) {
-            this.logger.debug('address allocated', { pool: req.poolId, ip });
-            return withPrefix(ip);
-          }
-        }
-        throw new PluginError(`could not allocate an address in ${range.cidr}: too much contention, try again`, 503);
-      });
+      const { ip, again } = await this.allocator.allocate(scope.records, sKey, range, owner, record, { name, requestId });
+      if (again) {
+        // The same request run again after a crash, or Docker asking again for the same container
+        // (the release never arrived): the same address, not a second one.
+        this.logger.info('address requested again', { pool: req.poolId, ip, ...(name ? { name } : {}), replay: Boolean(requestId) });
+      } else {
+        this.logger.debug('address allocated', { pool: req.poolId, ip });
+      }
+      return withPrefix(ip);
     });
   }
 
@@ -245,6 +251,7 @@ export class IpamService {
         }
       }
       const released = await records.store.compareAndDelete(key, holder.revision);
+      if (released) this.allocator.noteReleased(subnetKey(subnet), ip);
       this.logger.debug('address released', { pool: poolId, ip, released });
     });
   }
@@ -258,6 +265,7 @@ export class IpamService {
     const key = keys.address(ask.sKey, ip);
     for (let attempt = 0; attempt < 8; attempt++) {
       if (await records.create(key, ask.record)) {
+        this.allocator.noteCreated(ask.sKey, ip, ask.record);
         this.logger.debug('address allocated', { pool: subnet.cidr, ip, requested: true, gateway: isGateway });
         return ip;
       }

@@ -69,6 +69,15 @@ export interface PeerSyncOptions {
   liveness?: LivenessOptions;
 }
 
+interface NetworkWatch {
+  /** Local overlays (Docker network ids) of the network key. */
+  refs: number;
+  /** Full states delivered so far (a second one is a reconnect). */
+  resets: number;
+  ready: Promise<void>;
+  watch: Watch | undefined;
+}
+
 interface ActiveNetwork {
   networkKey: string;
   mode: NetworkRecord['mode'];
@@ -100,11 +109,16 @@ export class PeerSync implements PeerSyncHooks {
   private readonly misses?: MissResponder;
   private readonly resets: Record<WatchName, number> = { endpoints: 0, hosts: 0 };
   private readonly watchTrouble: Partial<Record<WatchName, string>> = {};
-  private watches: Watch[] = [];
+  private hostWatch?: Watch;
+  /** One endpoint watch per network key with a local overlay here (static and miss modes). */
+  private readonly networkWatches = new Map<string, NetworkWatch>();
+  /** Network keys whose endpoint watch is in trouble. */
+  private readonly endpointTrouble = new Set<string>();
   /**
-   * Both watches have delivered a full state at least once. Before that the desired peer set is
-   * unknown, and reconciling against it would wipe the kernel tables of overlays that survived a
-   * restart (running containers would lose their remote peers until the store answered).
+   * The host watch has delivered a full state at least once (and each network waits for its own
+   * endpoint watch). Before that the desired peer set is unknown, and reconciling against it
+   * would wipe the kernel tables of overlays that survived a restart (running containers would
+   * lose their remote peers until the store answered).
    */
   private synced = false;
   private readonly resetSeen = new Set<WatchName>();
@@ -143,41 +157,89 @@ export class PeerSync implements PeerSyncHooks {
     return { watchTrouble: { ...this.watchTrouble }, unregisteredPeers: this.liveness?.suspected() ?? [] };
   }
 
-  /** Registers this host (see HostRegistration), then follows the store. */
+  /**
+   * Registers this host (see HostRegistration), then follows `hosts/`. Endpoints are followed
+   * per network, from its first local overlay (networkActive) to its release.
+   */
   async start(): Promise<void> {
     await this.registration.start();
-    this.watches = [
-      this.follow('endpoints', keys.allEndpoints(), (entries) => {
-        this.view.resetEndpoints(entries);
-        this.view.promoteSettled();
-        this.reconcileAll('endpoint watch reset');
-      }, (events) => {
-        this.countEndpointEvents(events);
-        const touched = this.view.endpointEvents(events);
-        if (this.view.promoteSettled()) {
-          this.projectAll();
-          return;
-        }
-        for (const [networkId, net] of this.active) {
-          if (touched.has(net.networkKey)) void this.project(networkId);
-        }
-      }),
-      this.follow('hosts', keys.hosts(), (entries) => {
-        this.registration.noticeHosts(entries);
-        this.view.resetHosts(entries);
-        this.reconcileAll('host watch reset');
-      }, (events) => {
-        this.observer?.watchEvents?.('hosts', events.length, 0);
-        this.registration.noticeHostEvents(events);
-        this.view.hostEvents(events);
-        this.projectAll();
-      }),
-    ];
+    this.hostWatch = this.follow('hosts', keys.hosts(), (entries) => {
+      this.registration.noticeHosts(entries);
+      this.view.resetHosts(entries);
+      this.reconcileAll('host watch reset');
+    }, (events) => {
+      this.observer?.watchEvents?.('hosts', events.length, 0);
+      this.registration.noticeHostEvents(events);
+      this.view.hostEvents(events);
+      this.projectAll();
+    });
     this.timer = setInterval(() => void this.reconcileInTurn('periodic'), this.options.reconcileIntervalMs);
     this.timer.unref();
     const waitMs = Math.max(5_000, this.options.leaseTtlSeconds * 1000);
     const timedOut = await Promise.race([this.whenSynced.then(() => false), sleepUnref(waitMs).then(() => true)]);
     if (timedOut) this.logger.warn('store watches not synced yet: peers are programmed once they are', { waitedMs: waitMs });
+  }
+
+  /**
+   * Follows `endpoints/<networkKey>/` while a local overlay of the network is up (a network may
+   * have more than one Docker id on a host). Resolves once the watch delivered its first full
+   * state, or after a lease TTL (the reset then reconciles by itself); true when this call opened
+   * the watch and its first reset came in time, which queued the reconcile of the network's ids.
+   */
+  private async followNetwork(networkKey: string): Promise<boolean> {
+    let followed = this.networkWatches.get(networkKey);
+    if (!followed) {
+      let markReady: () => void = () => undefined;
+      const ready = new Promise<void>((resolve) => (markReady = resolve));
+      const entry: NetworkWatch = { refs: 0, resets: 0, ready, watch: undefined };
+      this.networkWatches.set(networkKey, entry);
+      entry.watch = this.records.store.watch(keys.endpoints(networkKey), {
+        onReset: (entries, revision) => {
+          if (this.networkWatches.get(networkKey) !== entry) return;
+          this.endpointTrouble.delete(networkKey);
+          if (this.endpointTrouble.size === 0) delete this.watchTrouble.endpoints;
+          this.observer?.watchReset('endpoints', entry.resets++ > 0);
+          this.view.resetEndpoints(networkKey, entries, revision);
+          if (this.view.promoteSettled()) this.projectAll();
+          this.reconcileNetwork(networkKey, 'endpoint watch reset');
+          markReady();
+        },
+        onEvents: (events) => {
+          if (this.networkWatches.get(networkKey) !== entry) return;
+          this.countEndpointEvents(events);
+          const touched = this.view.endpointEvents(events);
+          if (this.view.promoteSettled()) {
+            this.projectAll();
+            return;
+          }
+          for (const [networkId, net] of this.active) {
+            if (touched.has(net.networkKey)) void this.project(networkId);
+          }
+        },
+        onError: (err) => {
+          this.endpointTrouble.add(networkKey);
+          this.watchErrorSeen('endpoints', err);
+          this.logger.warn('endpoint watch trouble', { networkKey, error: err.message });
+        },
+      });
+      followed = entry;
+      followed.refs++;
+      return Promise.race([ready.then(() => true), sleepUnref(this.options.leaseTtlSeconds * 1000).then(() => false)]);
+    }
+    followed.refs++;
+    await Promise.race([followed.ready, sleepUnref(this.options.leaseTtlSeconds * 1000)]);
+    return false;
+  }
+
+  /** The last local overlay of the network went: its endpoints are no longer followed. */
+  private unfollowNetwork(networkKey: string): void {
+    const followed = this.networkWatches.get(networkKey);
+    if (!followed || --followed.refs > 0) return;
+    this.networkWatches.delete(networkKey);
+    this.endpointTrouble.delete(networkKey);
+    if (this.endpointTrouble.size === 0) delete this.watchTrouble.endpoints;
+    this.view.forgetNetwork(networkKey);
+    void followed.watch?.close().catch((err: unknown) => this.logger.debug('closing an endpoint watch failed', { networkKey, error: errorMessage(err) }));
   }
 
   /** Re-programs a network's peers against what the kernel holds (its devices were rebuilt, say). */
@@ -199,7 +261,9 @@ export class PeerSync implements PeerSyncHooks {
     if (this.timer) clearInterval(this.timer);
     this.misses?.close();
     this.liveness?.close();
-    await Promise.all(this.watches.map((w) => w.close()));
+    const watches = [this.hostWatch, ...[...this.networkWatches.values()].map((n) => n.watch)];
+    this.networkWatches.clear();
+    await Promise.all(watches.map((w) => w?.close()));
     await this.registration.close(revokeLease);
   }
 
@@ -207,15 +271,26 @@ export class PeerSync implements PeerSyncHooks {
   async networkActive(networkId: string, network: NetworkRecord): Promise<void> {
     const already = this.active.get(networkId);
     this.active.set(networkId, { networkKey: network.key, mode: network.mode });
+    // p2p and multicast program no peers: their endpoints are not followed.
+    const followed = network.mode === 'static' || network.mode === 'miss';
+    let reconciling = false;
+    if (followed && already?.networkKey !== network.key) {
+      if (already && (already.mode === 'static' || already.mode === 'miss')) this.unfollowNetwork(already.networkKey);
+      reconciling = await this.followNetwork(network.key);
+    }
     if (network.mode === 'miss') {
       if (!this.misses) throw new Error('mode=miss needs a dataplane that reports vxlan misses');
       await this.misses.watch(networkId);
     }
-    if (!already) await this.reconcile(networkId, 'network active');
+    // The watch's first reset already queued this network's reconcile: wait for it, not a second one.
+    if (reconciling) await this.locks.run(networkId, () => Promise.resolve());
+    else if (!already) await this.reconcile(networkId, 'network active');
   }
 
   async networkInactive(networkId: string): Promise<void> {
+    const net = this.active.get(networkId);
     this.active.delete(networkId);
+    if (net && (net.mode === 'static' || net.mode === 'miss')) this.unfollowNetwork(net.networkKey);
     this.programmed.delete(networkId);
     this.misses?.unwatch(networkId);
     this.observer?.peersProgrammed(networkId, 0);
@@ -256,7 +331,7 @@ export class PeerSync implements PeerSyncHooks {
 
   private noteReset(watch: WatchName): void {
     this.resetSeen.add(watch);
-    if (!this.synced && this.resetSeen.size === 2) {
+    if (!this.synced && this.resetSeen.has('hosts')) {
       this.synced = true;
       this.markSynced();
     }
@@ -331,6 +406,10 @@ export class PeerSync implements PeerSyncHooks {
     for (const networkId of this.active.keys()) void this.reconcile(networkId, reason);
   }
 
+  private reconcileNetwork(networkKey: string, reason: ReconcileTrigger): void {
+    for (const [networkId, net] of this.active) if (net.networkKey === networkKey) void this.reconcile(networkId, reason);
+  }
+
   /**
    * The periodic comparison, one network after the other: each reads its namespace's whole
    * tables, and doing them all at once would hold every network's dump in memory together.
@@ -355,7 +434,7 @@ export class PeerSync implements PeerSyncHooks {
   private project(networkId: string): Promise<void> {
     return this.locks.run(networkId, async () => {
       const net = this.active.get(networkId);
-      if (!net || !this.synced) return;
+      if (!net || !this.synced || !this.view.knows(net.networkKey)) return;
       const programmed = this.programmed.get(networkId) ?? new Map<string, Peer>();
       const target = this.target(net, programmed.values());
       if (target) await this.applyDiff(networkId, programmed, target);
@@ -366,7 +445,9 @@ export class PeerSync implements PeerSyncHooks {
   private reconcile(networkId: string, reason: ReconcileTrigger): Promise<void> {
     return this.locks.run(networkId, async () => {
       const net = this.active.get(networkId);
-      if (!net || !this.synced || (net.mode !== 'static' && net.mode !== 'miss')) return;
+      // Before the host watch and the network's endpoint watch have each delivered a full state
+      // the desired set is unknown: reconciling would wipe tables that survived a restart.
+      if (!net || !this.synced || (net.mode !== 'static' && net.mode !== 'miss') || !this.view.knows(net.networkKey)) return;
       if (net.mode === 'miss' && this.misses && !this.misses.watching(networkId)) {
         // The listener could not be started earlier (e.g. after a restart): try again.
         await this.misses.watch(networkId).catch((err: unknown) => {

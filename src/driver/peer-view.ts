@@ -53,14 +53,15 @@ class DesiredPeers {
   }
 }
 
-/**
- * The store as peer distribution sees it, fed by the `endpoints/` and `hosts/` watches: the
- * remote endpoints that can be peers and the live hosts, and from them each network's desired
- * peers. Knows nothing of the kernel (that is PeerSync's side).
- */
 /** How long a host's start-up withdrawals may take to show in the endpoint watch before it is let in anyway. */
 const SETTLE_WAIT_MS = 5_000;
 
+/**
+ * The store as peer distribution sees it, fed by the `hosts/` watch and one `endpoints/<network>/`
+ * watch per network with a local overlay: the remote endpoints of those networks that can be
+ * peers and the live hosts, and from them each network's desired peers. Endpoints of networks
+ * this host does not use are never received. Knows nothing of the kernel (that is PeerSync's side).
+ */
 export class PeerView {
   /**
    * By network key, then store key: the endpoints that can be peers (joined, of another host),
@@ -86,22 +87,44 @@ export class PeerView {
 
   /** Hosts registered with a `settled` revision this view has not reached yet, kept out of `hosts`. */
   private readonly unsettled = new Map<string, { host: HostRecord; timer: NodeJS.Timeout }>();
-  /** The newest store revision the endpoint watch has shown this view. */
-  private endpointRevision = 0;
+  /**
+   * Per watched network key: the store revision its endpoint watch has shown this view up to.
+   * Only the networks with a local overlay are watched (PeerSync opens one watch per network).
+   */
+  private readonly revisions = new Map<string, number>();
 
   /** After endpoint changes: hosts whose start-up withdrawals are now in view become peers. True if any did. */
   promoteSettled(): boolean {
     let any = false;
     for (const [name, w] of this.unsettled) {
-      if ((w.host.settled ?? 0) <= this.endpointRevision) any = this.promote(name) || any;
+      if (this.reached(w.host)) any = this.promote(name) || any;
     }
     return any;
+  }
+
+  /**
+   * Whether every start-up withdrawal of `host` that matters here is in view: per network when
+   * the host says where it withdrew (settledIn), otherwise (an older host) in every watched
+   * network. A network watched later starts from a read made after the host record was seen,
+   * which already holds the withdrawals.
+   */
+  private reached(host: HostRecord): boolean {
+    if (host.settledIn) {
+      for (const [networkKey, revision] of Object.entries(host.settledIn)) {
+        const seen = this.revisions.get(networkKey);
+        if (seen !== undefined && seen < revision) return false;
+      }
+      return true;
+    }
+    if (host.settled === undefined) return true;
+    for (const seen of this.revisions.values()) if (seen < host.settled) return false;
+    return true;
   }
 
   /** A host record seen in the hosts watch: a peer now, or once its start-up withdrawals are in view. */
   private admit(name: string, host: HostRecord): void {
     const waiting = this.unsettled.get(name);
-    if (name !== this.self && host.settled !== undefined && host.settled > this.endpointRevision) {
+    if (name !== this.self && !this.reached(host)) {
       if (waiting) {
         waiting.host = host;
         return;
@@ -166,15 +189,32 @@ export class PeerView {
     return index;
   }
 
-  /** The endpoint watch delivered the full state. */
-  resetEndpoints(entries: KVEntry[]): void {
-    for (const e of entries) this.endpointRevision = Math.max(this.endpointRevision, e.revision);
-    this.endpoints.clear();
-    this.forgetDerived();
+  /** A network's endpoint watch delivered its full state, current at `revision`. */
+  resetEndpoints(networkKey: string, entries: KVEntry[], revision: number): void {
+    let at = revision;
+    for (const e of entries) if (e.revision > at) at = e.revision;
+    this.revisions.set(networkKey, at);
+    this.endpoints.delete(networkKey);
+    this.desired.delete(networkKey);
+    this.indexes.delete(networkKey);
     for (const e of entries) {
+      if (keys.parseEndpoint(e.key)?.networkKey !== networkKey) continue;
       const ep = this.decode('endpoint', () => decodeRecord(endpointRecordSchema, e.value, e.key));
       if (ep) this.setEndpoint(e.key, ep);
     }
+  }
+
+  /** The network has no local overlay any more: its endpoints are no longer followed. */
+  forgetNetwork(networkKey: string): void {
+    this.revisions.delete(networkKey);
+    this.endpoints.delete(networkKey);
+    this.desired.delete(networkKey);
+    this.indexes.delete(networkKey);
+  }
+
+  /** Whether the network's endpoint watch has delivered a full state (its peers are known). */
+  knows(networkKey: string): boolean {
+    return this.revisions.has(networkKey);
   }
 
   /** The host watch delivered the full state. */
@@ -199,12 +239,16 @@ export class PeerView {
 
   /** Endpoint changes; returns the network keys they touched. */
   endpointEvents(events: WatchEvent[]): Set<string> {
-    for (const ev of events) this.endpointRevision = Math.max(this.endpointRevision, ev.revision);
     const touched = new Set<string>();
-    this.indexes.clear();
     for (const ev of events) {
       const networkKey = keys.parseEndpoint(ev.key)?.networkKey;
-      if (networkKey) touched.add(networkKey);
+      // Not followed (any more): a late delivery of a watch being closed.
+      if (networkKey === undefined || !this.revisions.has(networkKey)) continue;
+      if (ev.revision > this.revisions.get(networkKey)!) this.revisions.set(networkKey, ev.revision);
+      if (!touched.has(networkKey)) {
+        touched.add(networkKey);
+        this.indexes.delete(networkKey);
+      }
       if (ev.type === 'delete') {
         this.setEndpoint(ev.key, undefined);
       } else {

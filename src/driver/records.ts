@@ -65,6 +65,11 @@ export const hostRecordSchema = z.object({
    * comes back never has its dead containers advertised, whatever order the watches deliver in.
    */
   settled: z.number().int().nonnegative().optional(),
+  /**
+   * The same per network key (the revision of the last withdrawal in that network): a peer
+   * follows only the networks it has containers on, and waits only for those.
+   */
+  settledIn: z.record(z.number().int().nonnegative()).optional(),
   started: z.string(),
 });
 export type HostRecord = z.infer<typeof hostRecordSchema>;
@@ -88,6 +93,13 @@ export const addressRecordSchema = z.object({
 });
 export type AddressRecord = z.infer<typeof addressRecordSchema>;
 
+/** A pool block claimed by a host for its allocations (a hint against contention, see ipam-blocks.ts). */
+export const blockRecordSchema = z.object({
+  host: z.string(),
+  created: z.string(),
+});
+export type BlockRecord = z.infer<typeof blockRecordSchema>;
+
 export const vniRecordSchema = z.object({
   networkKey: z.string(),
   created: z.string(),
@@ -101,6 +113,7 @@ const HOSTS = 'hosts/';
 const POOLS = 'ipam/pools/';
 const ADDRESSES = 'ipam/addresses/';
 const VNIS = 'vni/';
+const BLOCKS = 'ipam/blocks/';
 
 /** What follows `prefix` in `key`, if `key` is under it and names one record (no further `/`). */
 function leaf(prefix: string, key: string): string | undefined {
@@ -147,6 +160,10 @@ export const keys = {
   addresses: (poolKey: string) => `${ADDRESSES}${poolKey}/`,
   /** The IP of an `ipam/addresses/<pool key>/<ip>` key of that pool. */
   addressOf: (poolKey: string, key: string) => leaf(`${ADDRESSES}${poolKey}/`, key),
+  block: (poolKey: string, firstIp: string) => `${BLOCKS}${poolKey}/${firstIp}`,
+  blocks: (poolKey: string) => `${BLOCKS}${poolKey}/`,
+  /** The first IP of an `ipam/blocks/<pool key>/<ip>` key of that pool. */
+  blockOf: (poolKey: string, key: string) => leaf(`${BLOCKS}${poolKey}/`, key),
   vni: (vni: number) => `${VNIS}${vni}`,
   vnis: () => VNIS,
   /** The VNI of a `vni/<n>` key. */

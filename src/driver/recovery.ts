@@ -30,6 +30,8 @@ export interface RecoveryDeps {
 export class Recovery {
   /** Revision of the last endpoint withdrawn by recoverAfterCrash (see HostRecord.settled). */
   settledRevision?: number;
+  /** The same per network key (see HostRecord.settledIn). */
+  readonly settledIn: Record<string, number> = {};
 
   constructor(private readonly deps: RecoveryDeps) {}
 
@@ -89,7 +91,11 @@ export class Recovery {
           continue;
         }
         const revision = await records.compareAndSet(ep, { ...ep.value, joined: false });
-        if (revision !== undefined) this.settledRevision = Math.max(this.settledRevision ?? 0, revision);
+        if (revision !== undefined) {
+          this.settledRevision = Math.max(this.settledRevision ?? 0, revision);
+          const networkKey = keys.parseEndpoint(ep.key)?.networkKey;
+          if (networkKey !== undefined) this.settledIn[networkKey] = Math.max(this.settledIn[networkKey] ?? 0, revision);
+        }
         logger.info('withdrew endpoint whose port is gone', { networkId, endpointId: ep.value.id });
       }
       if (joined > 0) keepNetworks.push(networkId);

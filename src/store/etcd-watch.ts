@@ -38,7 +38,7 @@ export class EtcdWatch implements Watch {
       try {
         const { entries, revision } = await this.store.rangeAll(this.relPrefix);
         if (signal.aborted) break;
-        this.listener.reset(entries);
+        this.listener.reset(entries, revision);
 
         watcher = this.store.client
           .watch()

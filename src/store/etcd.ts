@@ -3,7 +3,8 @@
  *
  * - every key is stored as `<prefix><key>`; revision = the key's mod_revision
  *   (the store-wide revision of its last write, so revisions are globally monotonic);
- * - create = txn `create_revision(key) == 0`, compareAndSet = txn `mod_revision(key) == rev`
+ * - create = txn `create_revision(key) == 0` (creates issued together share one txn,
+ *   `etcd-batch.ts`), compareAndSet = txn `mod_revision(key) == rev`
  *   (rev 0 therefore means "absent"), compareAndDelete likewise;
  * - leases = etcd leases kept alive by the client (`etcd-lease.ts`); `close()` stops
  *   renewing without revoking, so a closed/dead holder's keys vanish after the TTL;
@@ -20,6 +21,7 @@ import type { Logger } from '../log';
 import { KVEntry, Lease, PutOptions, Store, StoreUnavailableError, Watch, WatchListener } from './store';
 import { DEFAULT_PREFIX, DEFAULT_TIMEOUT_MS, logIfSlow, openTrackedWatch, assertKey, toError, withDeadline } from './util';
 import { EtcdLease } from './etcd-lease';
+import { CreateBatcher } from './etcd-batch';
 import { EtcdWatch } from './etcd-watch';
 
 export interface EtcdTlsOptions {
@@ -72,6 +74,7 @@ export class EtcdStore implements Store {
   private readonly logger: Logger;
   private readonly leases = new Set<EtcdLease>();
   private readonly watches = new Set<EtcdWatch>();
+  private readonly creates: CreateBatcher;
   private closed = false;
 
   constructor(options: EtcdStoreOptions) {
@@ -117,6 +120,14 @@ export class EtcdStore implements Store {
       };
     }
     this.client = new Etcd3(clientOptions);
+    this.creates = new CreateBatcher(
+      this.client,
+      (what, fn) => this.call(what, fn),
+      (full, value) => {
+        const key = full.slice(this.prefix.length);
+        return this.conditionalPut(`create ${key}`, key, value, 'Create', 0, undefined);
+      },
+    );
   }
 
   // ---- plumbing ----
@@ -231,7 +242,10 @@ export class EtcdStore implements Store {
   }
 
   create(key: string, value: string, options?: PutOptions): Promise<number | undefined> {
-    return this.conditionalPut(`create ${key}`, key, value, 'Create', 0, options);
+    if (options?.lease !== undefined) return this.conditionalPut(`create ${key}`, key, value, 'Create', 0, options);
+    assertKey(key);
+    if (this.closed) return Promise.reject(new Error(`${this.description}: store is closed`));
+    return this.creates.create(this.prefix + key, value);
   }
 
   compareAndSet(key: string, value: string, revision: number, options?: PutOptions): Promise<number | undefined> {

@@ -80,14 +80,14 @@ export class LocalWatches {
    * `initial` undefined means the store is closed: nothing will ever be delivered, but the
    * watch is still returned (the interface stays non-throwing like the network backends).
    */
-  add(fullPrefix: string, listener: SafeListener, initial: KVEntry[] | undefined): Watch {
+  add(fullPrefix: string, listener: SafeListener, initial: KVEntry[] | undefined, revision: number): Watch {
     const w = new LocalWatch(fullPrefix, listener, (x) => this.open.delete(x));
     if (initial === undefined) {
       w.closed = true;
       return w;
     }
     this.open.add(w);
-    w.enqueue(() => w.listener.reset(initial));
+    w.enqueue(() => w.listener.reset(initial, revision));
     return w;
   }
 

@@ -257,7 +257,7 @@ export class LocalStore implements Store {
     const full = this.prefix + prefix;
     const safe = new SafeListener(listener, this.logger, `${this.description} ${prefix}`);
     // Snapshot now (a commit boundary): every later commit is enqueued after its reset.
-    return this.watches.add(full, safe, this.closed ? undefined : this.snapshot(full));
+    return this.watches.add(full, safe, this.closed ? undefined : this.snapshot(full), this.revision);
   }
 
   // ---- lifecycle ----

@@ -24,7 +24,15 @@ export type WatchEvent =
  * `onEvents` the changes since the last delivery, in store order.
  */
 export interface WatchListener {
-  onReset(entries: KVEntry[]): void;
+  /**
+   * `revision`: the state is current at least up to it, for the keys under the prefix: it is
+   * at or above the revision of every write under the prefix the state reflects, deletes
+   * included, and every later event has a greater one. A listener can tell from it whether a
+   * write under the prefix it heard of elsewhere (a host record's `settled`) is already in
+   * view, even one to a key deleted since. etcd: the read's header revision; Consul: the
+   * query's X-Consul-Index (the prefix's own index, not the cluster's); locally: the counter.
+   */
+  onReset(entries: KVEntry[], revision: number): void;
   onEvents(events: WatchEvent[]): void;
   /** Connection trouble; the watch keeps retrying by itself. */
   onError?(err: Error): void;

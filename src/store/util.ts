@@ -160,9 +160,9 @@ export class SafeListener {
     private readonly what: string,
   ) {}
 
-  reset(entries: KVEntry[]): void {
+  reset(entries: KVEntry[], revision: number): void {
     try {
-      this.listener.onReset(entries);
+      this.listener.onReset(entries, revision);
     } catch (err) {
       this.logger.error('store watch listener onReset threw', { watch: this.what, error: errorMessage(err) });
     }

@@ -43,8 +43,11 @@ export class WatchRecorder implements WatchListener {
   readonly errors: Error[] = [];
   readonly state = new Map<string, KVEntry>();
 
-  onReset(entries: KVEntry[]): void {
+  readonly resetRevisions: number[] = [];
+
+  onReset(entries: KVEntry[], revision: number): void {
     this.resets.push(entries);
+    this.resetRevisions.push(revision);
     this.state.clear();
     for (const e of entries) this.state.set(e.key, e);
   }
@@ -265,6 +268,27 @@ export function runStoreContract(
           assert.equal(rec.events.length, 4, `no further events: ${JSON.stringify(rec.events.slice(4))}`);
           assert.ok(rec.events.every((e) => e.key.startsWith('w/')));
           assert.equal(rec.resets.length, 1, 'no spurious reset');
+        } finally {
+          await watch.close();
+        }
+      }));
+
+    test('watch: onReset carries a revision that covers the deletes before it and precedes later events', () =>
+      withFixture(async ({ store }) => {
+        const ra = await store.put('v/a', '1');
+        const rz = await store.put('v/z', 'gone soon');
+        await store.delete('v/z');
+        const rec = new WatchRecorder();
+        const watch = store.watch('v/', rec);
+        try {
+          await waitFor(() => rec.resets.length > 0, 10_000, 'onReset');
+          const at = rec.resetRevisions[0]!;
+          assert.deepEqual(rec.resets[0], [{ key: 'v/a', value: '1', revision: ra }]);
+          assert.ok(at > rz, `reset revision ${at} reflects the delete made after ${rz}`);
+          const rb = await store.put('v/b', '2');
+          assert.ok(rb > at, `a later write (${rb}) is above the reset revision (${at})`);
+          await waitFor(() => rec.events.length >= 1, 10_000, 'put event');
+          assert.ok(rec.events.every((e) => e.revision > at));
         } finally {
           await watch.close();
         }

@@ -100,13 +100,19 @@ test('releasing the pool on the last host removes pool and addresses; on one of 
   await b.requestPool({ addressSpace: space, pool: '10.80.0.0/24', v6: false });
   await a.requestAddress({ poolId, options: { RequestAddressType: GATEWAY_REQUEST } });
   await a.requestAddress({ poolId, options: {} });
-  await b.requestAddress({ poolId, options: {} });
+  const ofB = (await b.requestAddress({ poolId, options: {} })).address.split('/')[0];
   await a.releasePool(poolId);
   assert.ok(await store.get('ipam/pools/10.80.0.0-24'));
-  assert.deepEqual((await store.list('ipam/addresses/10.80.0.0-24/')).map((e) => e.key.split('/').pop()), ['10.80.0.1', '10.80.0.3']);
+  assert.deepEqual((await store.list('ipam/addresses/10.80.0.0-24/')).map((e) => e.key.split('/').pop()), ['10.80.0.1', ofB]);
+  assert.deepEqual(
+    (await store.list('ipam/blocks/10.80.0.0-24/')).map((e) => JSON.parse(e.value).host),
+    ['host-b'],
+    "a's address blocks go with its hold on the pool",
+  );
   await b.releasePool(poolId);
   assert.equal(await store.get('ipam/pools/10.80.0.0-24'), undefined);
   assert.deepEqual(await store.list('ipam/addresses/10.80.0.0-24/'), []);
+  assert.deepEqual(await store.list('ipam/blocks/10.80.0.0-24/'), []);
 });
 
 /** The endpoint record Docker's CreateEndpoint + Join leave for a running container (as network-driver writes it). */
@@ -256,6 +262,8 @@ test('an allocation the store applies after its request failed is undone', async
   const a = new IpamService(new RecordStore(store), 'host-a', silentLogger(), { requestTimeoutMs: 200 });
   const { poolId } = await a.requestPool({ addressSpace: space, pool: '10.97.0.0/24', v6: false });
   await a.requestAddress({ poolId, options: { RequestAddressType: GATEWAY_REQUEST } });
+  // host-a's first allocation claims its address block; the address itself is freed again.
+  await a.releaseAddress(poolId, (await a.requestAddress({ poolId, options: {} })).address);
   // A store that holds creates back and applies them later (etcd stopped, then resumed).
   let resume!: () => void;
   const resumed = new Promise<void>((r) => (resume = r));

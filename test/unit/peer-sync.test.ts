@@ -161,3 +161,70 @@ test('events update the programmed peers incrementally to exactly what a full re
   await settle();
   assert.deepEqual(new Set(kernel.table.keys()), expected());
 });
+
+test('endpoints are followed per network: only while a local overlay is up, never those of other networks', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tso-peers-'));
+  const inner = await openLocalStore({ dir, logger: silentLogger() });
+  const open = new Map<string, number>();
+  const delivered: string[] = [];
+  // The real store, with its watches counted: which prefixes are followed, and what they deliver.
+  const watch = (prefix: string, listener: Parameters<Store['watch']>[1]): ReturnType<Store['watch']> => {
+      open.set(prefix, (open.get(prefix) ?? 0) + 1);
+      const w = inner.watch(prefix, {
+        onReset: (entries, revision) => {
+          delivered.push(...entries.map((e) => e.key));
+          listener.onReset(entries, revision);
+        },
+        onEvents: (events) => {
+          delivered.push(...events.map((e) => e.key));
+          listener.onEvents(events);
+        },
+      });
+      return {
+        close: () => {
+          open.set(prefix, open.get(prefix)! - 1);
+          return w.close();
+        },
+      };
+  };
+  const store = new Proxy(inner, {
+    get: (target, prop, receiver) => {
+      if (prop === 'watch') return watch;
+      const value: unknown = Reflect.get(target, prop, receiver);
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  }) as Store;
+  const records = new RecordStore(store);
+  const kernel = new KernelRecorder();
+  const sync = new PeerSync(records, kernel, { hostName: 'b', vtep: '192.0.2.2', leaseTtlSeconds: 5, reconcileIntervalMs: 60_000 }, silentLogger());
+  cleanups.push(async () => {
+    await sync.close();
+    await inner.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  await sync.start();
+  const followed = () => [...open].filter(([, n]) => n > 0).map(([p]) => p).sort();
+  assert.deepEqual(followed(), [keys.hosts()]);
+
+  await records.put(keys.host('a'), { name: 'a', vtep: '192.0.2.1', started: '' });
+  await records.put(keys.endpoint(network.key, 'e1'), endpoint('e1', '10.9.0.2', 'a'));
+  await records.put(keys.endpoint('other-net', 'e5'), endpoint('e5', '10.8.0.5', 'a'));
+  await sync.networkActive('n'.repeat(64), network);
+  assert.deepEqual(followed(), [keys.endpoints(network.key), keys.hosts()].sort());
+  assert.deepEqual([...kernel.table.keys()], ['10.9.0.2']);
+
+  await records.put(keys.endpoint('other-net', 'e6'), endpoint('e6', '10.8.0.6', 'a'));
+  await records.put(keys.endpoint(network.key, 'e2'), endpoint('e2', '10.9.0.3', 'a'));
+  await settle();
+  assert.deepEqual([...kernel.table.keys()].sort(), ['10.9.0.2', '10.9.0.3']);
+  assert.deepEqual(delivered.filter((k) => k.startsWith(keys.endpoints('other-net'))), [], 'nothing of a network without a local overlay');
+
+  await sync.networkInactive('n'.repeat(64));
+  await settle();
+  assert.deepEqual(followed(), [keys.hosts()], 'the watch goes with the last local overlay');
+  const before = delivered.length;
+  await records.put(keys.endpoint(network.key, 'e3'), endpoint('e3', '10.9.0.4', 'a'));
+  await settle();
+  assert.equal(delivered.length, before, 'nothing delivered after release');
+  assert.deepEqual(sync.desiredPeers(network.key), [], 'its endpoints are forgotten');
+});

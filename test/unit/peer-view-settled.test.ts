@@ -19,12 +19,19 @@ const endpoint = (id: string, ip: string, joined: boolean): EndpointRecord => ({
   joined,
   created: 'then',
 });
-const host = (settled?: number): HostRecord => ({ name: 'a', vtep: '192.0.2.1', instance: 'i-a', ...(settled !== undefined ? { settled } : {}), started: 'now' });
+const host = (settled?: number, settledIn?: Record<string, number>): HostRecord => ({
+  name: 'a',
+  vtep: '192.0.2.1',
+  instance: 'i-a',
+  ...(settled !== undefined ? { settled } : {}),
+  ...(settledIn !== undefined ? { settledIn } : {}),
+  started: 'now',
+});
 const put = (key: string, value: unknown, revision: number) => ({ type: 'put' as const, key, value: JSON.stringify(value), revision });
 
 test('a returning host is a peer only once its start-up withdrawals are in view', () => {
   const view = new PeerView('b', silentLogger());
-  view.resetEndpoints([{ key: keys.endpoint('net', 'e1'), value: JSON.stringify(endpoint('1', '10.0.0.2', true)), revision: 10 }]);
+  view.resetEndpoints('net', [{ key: keys.endpoint('net', 'e1'), value: JSON.stringify(endpoint('1', '10.0.0.2', true)), revision: 10 }], 12);
   view.resetHosts([]);
   // The host watch is ahead: A registered at revision 21 after withdrawing e1 at revision 20.
   view.hostEvents([put(keys.host('a'), host(20), 21)]);
@@ -39,9 +46,42 @@ test('a returning host is a peer only once its start-up withdrawals are in view'
 
 test('a host record without settled, or one already reached, is a peer at once', () => {
   const view = new PeerView('b', silentLogger());
-  view.resetEndpoints([{ key: keys.endpoint('net', 'e1'), value: JSON.stringify(endpoint('1', '10.0.0.2', true)), revision: 40 }]);
+  view.resetEndpoints('net', [{ key: keys.endpoint('net', 'e1'), value: JSON.stringify(endpoint('1', '10.0.0.2', true)), revision: 40 }], 40);
   view.resetHosts([{ key: keys.host('a'), value: JSON.stringify(host()), revision: 41 }]);
   assert.deepEqual(view.desiredPeers('net').map((p) => p.ip), ['10.0.0.2']);
   view.hostEvents([put(keys.host('a'), host(30), 42)]);
   assert.deepEqual(view.desiredPeers('net').map((p) => p.ip), ['10.0.0.2']);
+});
+
+test('a reset current past the withdrawal lets the host in, even when the withdrawn record is gone since', () => {
+  const view = new PeerView('b', silentLogger());
+  view.resetHosts([]);
+  // e1 was withdrawn at 20 and deleted at 25: the listed state holds only e2 (revision 10), read at 26.
+  view.resetEndpoints('net', [{ key: keys.endpoint('net', 'e2'), value: JSON.stringify(endpoint('2', '10.0.0.3', true)), revision: 10 }], 26);
+  view.hostEvents([put(keys.host('a'), host(20, { net: 20 }), 27)]);
+  assert.deepEqual(view.desiredPeers('net').map((p) => p.ip), ['10.0.0.3']);
+});
+
+test('withdrawals in a network this host does not follow hold nothing back', () => {
+  const view = new PeerView('b', silentLogger());
+  view.resetHosts([]);
+  view.resetEndpoints('net', [{ key: keys.endpoint('net', 'e1'), value: JSON.stringify(endpoint('1', '10.0.0.2', true)), revision: 10 }], 11);
+  view.hostEvents([put(keys.host('a'), host(50, { other: 50 }), 51)]);
+  assert.deepEqual(view.desiredPeers('net').map((p) => p.ip), ['10.0.0.2'], 'settledIn names only another network');
+  view.hostEvents([put(keys.host('a'), host(60, { other: 50, net: 60 }), 61)]);
+  assert.deepEqual(view.desiredPeers('net'), [], 'a withdrawal in a followed network not yet in view holds the host back');
+  view.endpointEvents([put(keys.endpoint('net', 'e1'), endpoint('1', '10.0.0.2', false), 60)]);
+  assert.equal(view.promoteSettled(), true);
+});
+
+test('events of a network no longer followed are ignored, and its endpoints forgotten', () => {
+  const view = new PeerView('b', silentLogger());
+  view.resetHosts([{ key: keys.host('a'), value: JSON.stringify(host()), revision: 1 }]);
+  view.resetEndpoints('net', [{ key: keys.endpoint('net', 'e1'), value: JSON.stringify(endpoint('1', '10.0.0.2', true)), revision: 10 }], 11);
+  assert.equal(view.knows('net'), true);
+  view.forgetNetwork('net');
+  assert.equal(view.knows('net'), false);
+  assert.deepEqual(view.desiredPeers('net'), []);
+  assert.deepEqual([...view.endpointEvents([put(keys.endpoint('net', 'e3'), endpoint('3', '10.0.0.4', true), 12)])], []);
+  assert.deepEqual(view.desiredPeers('net'), [], 'a late event of a closed watch brings nothing back');
 });
