@@ -698,7 +698,8 @@ async function runOnStore(which: 'etcd' | 'consul', p: Params, ctx: BenchContext
               got.push({ d, ip: r.Address });
             } catch (err) {
               failures++;
-              const why = (err instanceof Error ? err.message : String(err)).slice(0, 200);
+              // Grouped by kind: addresses, ports and key names vary from one failure to the next.
+              const why = (err instanceof Error ? err.message : String(err)).replace(/\d+\.\d+\.\d+\.\d+(?::\d+|-\d+)?/g, '…').slice(0, 200);
               reasons.set(why, (reasons.get(why) ?? 0) + 1);
             }
           }),
