@@ -76,6 +76,7 @@ interface Params {
   churn: number;
   burst: number;
   watchers: number;
+  scoped: boolean;
   inflight: number;
   ipam: number;
 }
@@ -352,9 +353,14 @@ class Phantoms {
   burstTag = '\u0000';
   endpointEvents = 0;
 
+  /** Per watching phantom host: the networks whose endpoints it follows (scoped watches). */
+  private readonly watchedNets: Set<number>[] = [];
+
   constructor(
     readonly records: RecordStore,
     private readonly url: string,
+    /** Watch like the daemon since issue 19: `endpoints/<network>/` per network with local endpoints; else the whole `endpoints/` prefix as before. */
+    readonly scoped: boolean,
   ) {}
 
   count(n: number, host: string, delta: number): void {
@@ -398,6 +404,8 @@ class Phantoms {
       networkId = dockerId();
       h.networkIds.set(n, networkId);
     }
+    const w = this.hosts.indexOf(h);
+    if (this.scoped && w >= 0 && w < this.burstSeen.length) this.follow(w, n);
     const id = `${idPrefix}${dockerId().slice(idPrefix.length)}`;
     const record: EndpointRecord = { id, networkId, ip, mac: macFromIp(ip), locator: h.vtep, host: h.name, joined: true, created: nowIso() };
     await this.records.put(keys.endpoint(subnetKey(parseSubnet(subnetOf(n))), id), record);
@@ -410,23 +418,34 @@ class Phantoms {
     this.count(n, h.name, -1);
   }
 
-  /** Phantom hosts holding a daemon's two watches; one store connection per 10 of them. */
+  private endpointWatch(w: number, prefix: string): Watch {
+    return this.watchStores[Math.floor(w / 10)]!.watch(prefix, {
+      onReset: () => undefined,
+      onEvents: (events) => {
+        this.endpointEvents += events.length;
+        for (const ev of events) if (ev.type === 'put' && ev.key.includes(`/${this.burstTag}`)) this.burstSeen[w]!++;
+      },
+    });
+  }
+
+  private follow(w: number, n: number): void {
+    const nets = this.watchedNets[w]!;
+    if (nets.has(n)) return;
+    nets.add(n);
+    this.watches.push(this.endpointWatch(w, keys.endpoints(subnetKey(parseSubnet(subnetOf(n))))));
+  }
+
+  /** Phantom hosts holding a daemon's watches; one store connection per 10 of them. */
   async addWatchers(total: number): Promise<void> {
     while (this.burstSeen.length < total) {
       const w = this.burstSeen.length;
       if (w % 10 === 0) this.watchStores.push(await openStore(this.url, { logger: silentLogger() }));
       const store = this.watchStores[this.watchStores.length - 1]!;
       this.burstSeen.push(0);
-      this.watches.push(
-        store.watch(keys.allEndpoints(), {
-          onReset: () => undefined,
-          onEvents: (events) => {
-            this.endpointEvents += events.length;
-            for (const ev of events) if (ev.type === 'put' && ev.key.includes(`/${this.burstTag}`)) this.burstSeen[w]!++;
-          },
-        }),
-        store.watch(keys.hosts(), { onReset: () => undefined, onEvents: () => undefined }),
-      );
+      this.watchedNets.push(new Set());
+      this.watches.push(store.watch(keys.hosts(), { onReset: () => undefined, onEvents: () => undefined }));
+      if (!this.scoped) this.watches.push(this.endpointWatch(w, keys.allEndpoints()));
+      else for (const n of this.hosts[w]?.networkIds.keys() ?? []) this.follow(w, n);
     }
   }
 
@@ -478,7 +497,7 @@ async function runOnStore(which: 'etcd' | 'consul', p: Params, ctx: BenchContext
   const result: StoreResult = { label: sut.label, rows: [], problems: [], notes: [] };
   ctx.log(`${sut.label} at ${sut.url}; starting ${p.real} daemons`);
   const gen = await openStore(sut.url, { logger: silentLogger() });
-  const phantoms = new Phantoms(new RecordStore(gen), sut.url);
+  const phantoms = new Phantoms(new RecordStore(gen), sut.url, p.scoped);
   const daemons: Daemon[] = [];
   const monitors: NeighbourMonitor[] = [];
   try {
@@ -625,7 +644,11 @@ async function runOnStore(which: 'etcd' | 'consul', p: Params, ctx: BenchContext
       const written = performance.now() - t0;
       let watchersMs = NaN;
       let metricsMs = NaN;
-      const watchersDone = until('burst seen by every phantom watcher', 180_000, () => phantoms.burstSeen.every((c, w) => c - seen0[w]! >= p.burst), 50).then(() => (watchersMs = performance.now() - t0));
+      // Scoped watchers see only their networks' share (and a network they start following during
+      // the burst arrives as a reset, not as events): only whole-prefix watchers are waited for.
+      const watchersDone = p.scoped
+        ? Promise.resolve()
+        : until('burst seen by every phantom watcher', 180_000, () => phantoms.burstSeen.every((c, w) => c - seen0[w]! >= p.burst), 50).then(() => (watchersMs = performance.now() - t0));
       await until('burst programmed on every real host', 600_000, converged, 100);
       metricsMs = performance.now() - t0;
       // The kernel itself: every real host's neighbour table of every shared network.
@@ -638,7 +661,7 @@ async function runOnStore(which: 'etcd' | 'consul', p: Params, ctx: BenchContext
       const kernelMs = performance.now() - t0;
       await watchersDone;
       ctx.log(`burst: written in ${fmt(written / 1000, 2)} s, real hosts ${fmt(metricsMs / 1000, 2)} s, kernel verified ${fmt(kernelMs / 1000, 2)} s, watchers ${fmt(watchersMs / 1000, 2)} s`);
-      result.burst = { n: p.burst, seconds: Math.max(metricsMs, watchersMs) / 1000, writeSeconds: written / 1000, kernelSeconds: kernelMs / 1000, watchersSeconds: watchersMs / 1000 };
+      result.burst = { n: p.burst, seconds: (p.scoped ? metricsMs : Math.max(metricsMs, watchersMs)) / 1000, writeSeconds: written / 1000, kernelSeconds: kernelMs / 1000, watchersSeconds: watchersMs / 1000 };
     }
 
     // SIGKILL one daemon and start it again: until its kernel tables match the store.
@@ -745,6 +768,7 @@ if (runIsolated()) {
         churn: { full: 2000, smoke: 100, help: 'endpoint writes + deletes on networks no real host uses, per size' },
         burst: { full: 10_000, smoke: 300, help: 'new endpoints written at once at the largest size' },
         watchers: { full: 100, smoke: 10, help: 'phantom hosts that hold the watches a daemon holds' },
+        'scoped-watch': { full: 1, smoke: 1, help: "1: watching phantom hosts follow endpoints/<network>/ per network they have endpoints on, as the daemon does since issue 19; 0: the whole endpoints/ prefix, as it did before" },
         inflight: { full: 300, smoke: 20, help: 'IPAM requests in flight per host' },
         ipam: { full: 900, smoke: 60, help: 'IPAM requests per host' },
         etcd: { full: 1, smoke: 1, help: '1: the run on a 3-member etcd cluster' },
@@ -762,6 +786,7 @@ if (runIsolated()) {
         churn: Math.round(o.churn),
         burst: Math.round(o.burst),
         watchers: Math.round(o.watchers),
+        scoped: o['scoped-watch'] === 1,
         inflight: Math.round(o.inflight),
         ipam: Math.round(o.ipam),
       };
@@ -813,7 +838,7 @@ if (runIsolated()) {
       const notes = [
         `Everything runs on this one machine: ${p.real} real daemons, the store (etcd: three member processes; Consul: one server — a single server is enough for the comparison of how the backend's watch works, not for its fault tolerance), the load generator and its phantom hosts share its CPUs, so latencies include queueing behind all of them; figures are from one run.`,
         `Real daemons: \`tsoverlay serve\` with the deployed node flags, each in its own network namespace (veth on one bridge), driven over its socket as dockerd drives it; each has one container (CreateEndpoint + Join, a real veth and overlay namespace) on each of the ${p.shared} shared networks and created every network it is on with RequestPool + the gateway's RequestAddress + CreateNetwork (the first real host also created the ${p.networks - p.shared} others).`,
-        `Phantom hosts: \`hosts/<name>\` under a ${LEASE_TTL_S} s lease each, joined endpoint records written with the driver's RecordStore and key layout (no \`netids/\` or IPAM records for them); ${p.watchers} of them (one store connection per 10) hold the two watches a daemon holds today (\`endpoints/\`, \`hosts/\`), the others only their lease. They connect from one address, so Consul runs with \`limits.http_max_conns_per_client\` raised to 10,000 (its default of 200 counts them as one client).`,
+        `Phantom hosts: \`hosts/<name>\` under a ${LEASE_TTL_S} s lease each, joined endpoint records written with the driver's RecordStore and key layout (no \`netids/\` or IPAM records for them); ${p.watchers} of them (one store connection per 10) hold the watches a daemon holds (${p.scoped ? '\`hosts/\` and one \`endpoints/<network>/\` per network they have endpoints on, as the daemon since issue 19' : '\`hosts/\` and the whole \`endpoints/\` prefix, as the daemon before issue 19'}), the others only their lease. They connect from one address, so Consul runs with \`limits.http_max_conns_per_client\` raised to 10,000 (its default of 200 counts them as one client).`,
         'Join latency: from the start of the Join call (after IPAM and CreateEndpoint, as dockerd orders them) on one real host until the address is in the overlay namespace of every other real host, as `ip -o monitor neigh` there reports it; the second column counts from Join’s return instead.',
         `Events per daemon are its own counter \`tsoverlay_store_watch_events_total\` (cumulative over the run). Churn: ${fmtInt(p.churn)} endpoint writes and deletes, only on networks no real host uses; a daemon's CPU for it is its CPU meanwhile less what it spent per second over a quiet window just before (polled the same way), and µs per event divides that by the unused-network events it received (n/a when it received none).`,
         'Store bytes: etcd’s `etcd_network_client_grpc_sent_bytes_total` summed over the members; write() bytes from /proc/<pid>/io `wchar` (sockets and disk together, the only figure Consul has here), both over the size’s measurement phase (joins and churn).',
