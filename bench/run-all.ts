@@ -32,6 +32,7 @@ const RUNS: Run[] = [
   { id: 'footprint', script: 'footprint', args: [], timeoutS: 1200 },
   { id: 'names', script: 'names', args: [], timeoutS: 1200 },
   { id: 'encryption', script: 'encryption', args: [], timeoutS: 600 },
+  { id: 'scale', script: 'scale', args: [], timeoutS: 3600 },
   // What the deployed node flags (src/node-flags.ts) buy: the same run with node's defaults.
   { id: 'footprint-node-defaults', script: 'footprint', args: ['--node-defaults', '1'], timeoutS: 1200 },
   // What the names service (on by default) costs: the same run with --dns off.

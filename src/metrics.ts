@@ -53,6 +53,7 @@ export class Metrics implements PeerSyncObserver, EncryptionObserver {
   private readonly watchReconnects: Counter<'watch'>;
   private readonly watchErrors: Counter<'watch'>;
   private readonly misses: Counter<'kind' | 'outcome'>;
+  private readonly watchEventCount: Counter<'watch' | 'network'>;
   // Encrypted networks (src/crypto): kept apart from the peer metrics above.
   private readonly ipsecSas: Gauge;
   private readonly ipsecPolicies: Gauge;
@@ -129,6 +130,12 @@ export class Metrics implements PeerSyncObserver, EncryptionObserver {
       labelNames: ['kind', 'outcome'],
       registers,
     });
+    this.watchEventCount = new Counter({
+      name: 'tsoverlay_store_watch_events_total',
+      help: 'Store watch events received; endpoint events by whether their network has local containers (network="used") or not ("unused").',
+      labelNames: ['watch', 'network'],
+      registers,
+    });
     this.ipsecSas = new Gauge({ name: 'tsoverlay_ipsec_sas', help: 'IPsec SAs of encrypted networks in this host\'s kernel.', registers });
     this.ipsecPolicies = new Gauge({ name: 'tsoverlay_ipsec_policies', help: 'IPsec policies of encrypted networks in this host\'s kernel.', registers });
     this.keyEpoch = new Gauge({ name: 'tsoverlay_key_epoch', help: 'Key epoch encrypted networks send with (the key ring\'s primary epoch).', registers });
@@ -141,6 +148,8 @@ export class Metrics implements PeerSyncObserver, EncryptionObserver {
       this.watchReconnects.inc({ watch }, 0);
       this.watchErrors.inc({ watch }, 0);
     }
+    for (const network of ['used', 'unused']) this.watchEventCount.inc({ watch: 'endpoints', network }, 0);
+    this.watchEventCount.inc({ watch: 'hosts', network: 'used' }, 0);
     if (options.processMetrics !== false) collectDefaultMetrics({ register: this.registry });
   }
 
@@ -194,6 +203,11 @@ export class Metrics implements PeerSyncObserver, EncryptionObserver {
 
   watchError(watch: WatchName): void {
     this.watchErrors.inc({ watch });
+  }
+
+  watchEvents(watch: WatchName, used: number, unused: number): void {
+    if (used) this.watchEventCount.inc({ watch, network: 'used' }, used);
+    if (unused) this.watchEventCount.inc({ watch, network: 'unused' }, unused);
   }
 
   miss(kind: Miss['kind'], outcome: MissOutcome): void {

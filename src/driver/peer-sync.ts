@@ -47,6 +47,11 @@ export interface PeerSyncObserver {
   watchReset(watch: WatchName, reconnect: boolean): void;
   watchError(watch: WatchName): void;
   miss(kind: Miss['kind'], outcome: MissOutcome): void;
+  /**
+   * Events one watch delivery brought: endpoint events split by whether they concern a network
+   * with local containers (the rest is work spent on networks this host does not use).
+   */
+  watchEvents?(watch: WatchName, used: number, unused: number): void;
 }
 
 export interface PeerSyncOptions {
@@ -139,6 +144,7 @@ export class PeerSync implements PeerSyncHooks {
         this.reconcileNetwork(networkKey, 'endpoint watch reset');
       },
       events: (_networkKey, events) => {
+        this.countEndpointEvents(events);
         const touched = this.view.endpointEvents(events);
         if (this.view.promoteSettled()) {
           this.projectAll();
@@ -176,6 +182,7 @@ export class PeerSync implements PeerSyncHooks {
       this.view.resetHosts(entries);
       this.reconcileAll('host watch reset');
     }, (events) => {
+      this.observer?.watchEvents?.('hosts', events.length, 0);
       this.registration.noticeHostEvents(events);
       this.view.hostEvents(events);
       this.projectAll();
@@ -249,6 +256,18 @@ export class PeerSync implements PeerSyncHooks {
   /** Peers the store wants programmed in a network's namespace. */
   desiredPeers(networkKey: string): Peer[] {
     return this.view.desiredPeers(networkKey);
+  }
+
+  private countEndpointEvents(events: WatchEvent[]): void {
+    if (!this.observer?.watchEvents) return;
+    const used = new Set<string>();
+    for (const net of this.active.values()) used.add(net.networkKey);
+    let mine = 0;
+    for (const ev of events) {
+      const networkKey = keys.parseEndpoint(ev.key)?.networkKey;
+      if (networkKey !== undefined && used.has(networkKey)) mine++;
+    }
+    this.observer.watchEvents('endpoints', mine, events.length - mine);
   }
 
   /** A store watch whose resets and errors are reported under `watch`. */

@@ -53,6 +53,7 @@ const BENCHES: { name: string; limitS: number }[] = [
   { name: 'footprint', limitS: 90 },
   { name: 'convergence', limitS: 120 },
   { name: 'dataplane', limitS: 120 },
+  { name: 'scale', limitS: 150 },
 ];
 
 for (const b of BENCHES) {

@@ -47,6 +47,8 @@ export interface ConsulOptions {
   acl?: boolean;
   /** Default 60 s: until a leader is elected (and, with ACLs, the management token works). */
   startTimeoutMs?: number;
+  /** More agent configuration, merged over the defaults (e.g. `limits`). */
+  extraConfig?: Record<string, unknown>;
 }
 
 export interface ConsulServer {
@@ -116,6 +118,7 @@ export async function startConsul(opts: ConsulOptions = {}): Promise<ConsulServe
     ...(opts.acl
       ? { acl: { enabled: true, default_policy: 'deny', down_policy: 'extend-cache', tokens: { master: managementToken, agent: managementToken } } }
       : {}),
+    ...(opts.extraConfig ?? {}),
   };
   const configFile = path.join(dir, 'consul.json');
   fs.writeFileSync(configFile, JSON.stringify(config, null, 2));

@@ -60,6 +60,7 @@ test('every family is exposed from the start and moves with what is observed', a
     'tsoverlay_store_watch_reconnects_total',
     'tsoverlay_store_watch_errors_total',
     'tsoverlay_vxlan_misses_total',
+    'tsoverlay_store_watch_events_total',
   ]) {
     assert.ok(names.includes(n), `${n} missing`);
   }
@@ -76,6 +77,8 @@ test('every family is exposed from the start and moves with what is observed', a
   m.watchError('hosts');
   m.miss('l3', 'answered');
   m.miss('l2', 'unknown');
+  m.watchEvents('endpoints', 2, 5);
+  m.watchEvents('endpoints', 0, 1);
   const text = await m.registry.metrics();
   assert.equal(sample(text, 'tsoverlay_plugin_requests_total', { method: 'NetworkDriver.Join', code: '200' }), 1);
   assert.equal(sample(text, 'tsoverlay_plugin_requests_total', { method: 'NetworkDriver.Join', code: '404' }), 1);
@@ -92,6 +95,8 @@ test('every family is exposed from the start and moves with what is observed', a
   assert.equal(sample(text, 'tsoverlay_store_watch_reconnects_total', { watch: 'endpoints' }), 1);
   assert.equal(sample(text, 'tsoverlay_store_watch_errors_total', { watch: 'hosts' }), 1);
   assert.equal(sample(text, 'tsoverlay_vxlan_misses_total', { kind: 'l3', outcome: 'answered' }), 1);
+  assert.equal(sample(text, 'tsoverlay_store_watch_events_total', { watch: 'endpoints', network: 'used' }), 2);
+  assert.equal(sample(text, 'tsoverlay_store_watch_events_total', { watch: 'endpoints', network: 'unused' }), 6);
   assert.equal(networkLabel('0123456789abcdef'), '0123456789ab');
   assert.equal(triggerLabel('host watch reset'), 'watch_reset');
   assert.equal(triggerLabel('network active'), 'network_active');
