@@ -23,7 +23,7 @@ function peerAt(ep: PeerEndpoint, vtep: string): Peer {
  * Only those fields are checked when a record arrives: every endpoint of a followed network is
  * decoded on a restart, and checking fields nothing here reads would cost that much more.
  */
-const peerEndpointSchema = endpointRecordSchema.pick({ ip: true, mac: true, host: true, joined: true });
+const peerEndpointSchema = endpointRecordSchema.pick({ ip: true, ip6: true, mac: true, host: true, joined: true });
 
 /**
  * The peers one host should hold for one network: every joined endpoint of another host that

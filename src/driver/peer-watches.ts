@@ -1,7 +1,8 @@
 /**
- * Peer distribution's endpoint watches: one `endpoints/<network key>/` watch per network with a
- * local overlay on this host, opened at the first overlay's activation and closed with the last
- * one's release, so that a host never receives the endpoints of networks it does not use.
+ * Per-network watches: one `endpoints/<network key>/` watch (or another per-network prefix) per
+ * network with a local overlay on this host, opened at the first overlay's activation and closed
+ * with the last one's release, so that a host never receives the records of networks it does not
+ * use. Peer distribution follows endpoints with it, the names view endpoints and names.
  */
 
 import type { KVEntry, Store, Watch, WatchEvent } from '../store/store';
@@ -35,6 +36,8 @@ export class NetworkWatches {
     /** How long `follow` waits for a new watch's first full state. */
     private readonly waitMs: number,
     private readonly handlers: NetworkWatchHandlers,
+    /** The prefix followed for a network: its endpoints unless told otherwise (the names view follows `names/<key>/` too). */
+    private readonly prefixOf: (networkKey: string) => string = keys.endpoints,
   ) {}
 
   /** Some network's endpoint watch is in trouble. */
@@ -61,7 +64,7 @@ export class NetworkWatches {
       refs: 1,
       resets: 0,
       ready,
-      watch: this.store.watch(keys.endpoints(networkKey), {
+      watch: this.store.watch(this.prefixOf(networkKey), {
         onReset: (entries, revision) => {
           if (!current()) return;
           this.trouble.delete(networkKey);

@@ -34,6 +34,8 @@ export class NamesService {
   private readonly records: RecordStore;
   private readonly listeners: DnsListeners;
   private readonly forwarder: Forwarder;
+  /** Network key of each local overlay whose names are followed, by Docker network id. */
+  private readonly followed = new Map<string, string>();
 
   constructor(
     records: RecordStore,
@@ -75,11 +77,19 @@ export class NamesService {
 
   /** An overlay is up on this host: serve its names on its gateway. Never throws. */
   async overlayActive(spec: OverlayDns): Promise<void> {
+    if (!this.followed.has(spec.networkId)) {
+      this.followed.set(spec.networkId, spec.networkKey);
+      await this.view.follow(spec.networkKey).catch((err: unknown) => this.logger.warn('names of a network not followed', { networkKey: spec.networkKey, error: errorMessage(err) }));
+    }
     await this.listeners.activate(spec).catch((err: unknown) => this.logger.error('DNS listener activation failed', { networkId: spec.networkId, error: errorMessage(err) }));
   }
 
   async overlayReleased(networkId: string): Promise<void> {
     await this.listeners.release(networkId).catch(() => undefined);
+    const networkKey = this.followed.get(networkId);
+    if (networkKey === undefined) return;
+    this.followed.delete(networkId);
+    this.view.unfollow(networkKey);
   }
 
   listening(): OverlayDns[] {

@@ -1,10 +1,13 @@
 /**
- * Every host's view of the cluster's names, from the store: `names/` (who is called what),
- * `endpoints/` (which address, and whether the container is up), `hosts/` (whether its host is
- * alive) and `networks/` (the subnet, for reverse lookups). A name is served exactly while its
- * endpoint would be programmed as a peer: joined, on a live host.
+ * A host's view of the cluster's names, from the store: `names/<key>/` (who is called what) and
+ * `endpoints/<key>/` (which address, and whether the container is up) of the networks this host
+ * has a local overlay on — the only networks whose names it serves, so it follows no other
+ * network's records, as peer distribution does not — plus `hosts/` (whether a host is alive) and
+ * `networks/` (the subnets, for reverse lookups). A name is served exactly while its endpoint
+ * would be programmed as a peer: joined, on a live host.
  */
 import type { Addresses, ZoneView } from '../dns/types';
+import { NetworkWatches } from '../driver/peer-watches';
 import { endpointRecordSchema, hostRecordSchema, networkRecordSchema, keys, decodeRecord, type EndpointRecord } from '../driver/records';
 import { canonicalIp, contains, isIPv6, parseSubnet, type Subnet } from '../driver/subnet';
 import type { Logger } from '../log';
@@ -50,6 +53,8 @@ export class NamesView {
   private readonly subnets = new Map<string, Subnet[]>();
   private readonly indexes = new Map<string, NetworkIndex>();
   private readonly watches: Watch[] = [];
+  /** `names/<key>/` and `endpoints/<key>/` of the networks with a local overlay, and no others. */
+  private readonly perNetwork: { section: 'names' | 'endpoints'; watches: NetworkWatches }[];
   private readonly ready = new Set<Section>();
   private readonly zones = new Map<string, ZoneView>();
   /** Bumped on every change; the DNS servers' answer caches are keyed by it. */
@@ -58,13 +63,45 @@ export class NamesView {
   constructor(
     private readonly store: Store,
     private readonly logger: Logger,
-  ) {}
+    /** How long following a network waits for its first full state. */
+    followWaitMs = 10_000,
+  ) {
+    this.perNetwork = (['names', 'endpoints'] as const).map((section) => ({
+      section,
+      watches: new NetworkWatches(
+        store,
+        followWaitMs,
+        {
+          reset: (networkKey, entries) => this.resetNetwork(section, networkKey, entries),
+          events: (_networkKey, events) => this.apply(section, events),
+          error: (networkKey, err) => this.logger.debug('names watch trouble', { section, networkKey, error: errorMessage(err) }),
+        },
+        section === 'names' ? namesKeys.network : keys.endpoints,
+      ),
+    }));
+  }
 
-  /** Starts the four watches; resolves once each has delivered its first full state. */
+  /**
+   * A local overlay of the network came up: its names and endpoints are followed (a host serves
+   * names only on networks it has containers on). Resolves once both delivered their state.
+   */
+  async follow(networkKey: string): Promise<void> {
+    await Promise.all(this.perNetwork.map((p) => p.watches.follow(networkKey)));
+  }
+
+  /** The network's last local overlay went: its records are dropped with its watches. */
+  unfollow(networkKey: string): void {
+    let last = false;
+    for (const p of this.perNetwork) last = p.watches.unfollow(networkKey) || last;
+    if (!last) return;
+    this.names.delete(networkKey);
+    this.endpoints.delete(networkKey);
+    this.changed(networkKey);
+  }
+
+  /** Starts the cluster-wide watches (hosts, networks); resolves once each has delivered its first full state. */
   async start(): Promise<void> {
     const sections: [Section, string][] = [
-      ['names', namesKeys.all()],
-      ['endpoints', keys.allEndpoints()],
       ['hosts', keys.hosts()],
       ['networks', keys.networks()],
     ];
@@ -89,7 +126,10 @@ export class NamesView {
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.watches.splice(0).map((w) => w.close().catch(() => undefined)));
+    await Promise.all([
+      ...this.watches.splice(0).map((w) => w.close().catch(() => undefined)),
+      ...this.perNetwork.map((p) => p.watches.closeAll().catch(() => undefined)),
+    ]);
   }
 
   /** The zone of one network (by store key), for its DNS server. Stable object per network. */
@@ -221,6 +261,13 @@ export class NamesView {
     }
     for (const e of entries) this.put(section, e.key, e.value);
     this.changed();
+  }
+
+  /** One network's full state of names or endpoints. */
+  private resetNetwork(section: 'names' | 'endpoints', networkKey: string, entries: KVEntry[]): void {
+    (section === 'names' ? this.names : this.endpoints).delete(networkKey);
+    for (const e of entries) this.put(section, e.key, e.value);
+    this.changed(networkKey);
   }
 
   private apply(section: Section, events: WatchEvent[]): void {

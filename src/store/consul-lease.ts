@@ -9,6 +9,9 @@ import { ConsulNotFoundError } from './consul-api';
 import type { ConsulStore } from './consul';
 import { LostSignal, errorMessage } from './util';
 
+/** How long after a first "session not found" Consul is asked again before the session counts as lost. */
+const NOT_FOUND_CONFIRM_MS = 2_000;
+
 export class ConsulLease implements Lease {
   readonly lost: LostSignal;
   private timer: NodeJS.Timeout | undefined;
@@ -53,6 +56,9 @@ export class ConsulLease implements Lease {
     await this.store.request(`destroy session ${this.id}`, (api, o) => api.session.destroy({ id: this.id, ...o }));
   }
 
+  /** When Consul first said it does not know the session (cleared by any other answer). */
+  private notFoundSince: number | undefined;
+
   private schedule(ms: number): void {
     if (this.stopped) return;
     this.timer = setTimeout(() => void this.renew(), ms);
@@ -63,13 +69,24 @@ export class ConsulLease implements Lease {
     try {
       await this.store.request(`renew session ${this.id}`, (api, o) => api.session.renew({ id: this.id, ...o }));
       this.lastRenew = Date.now();
+      this.notFoundSince = undefined;
       this.schedule((this.ttlSeconds * 1000) / 2);
     } catch (err) {
       if (this.stopped) return;
       if (err instanceof ConsulNotFoundError) {
+        // A server that has just been elected may answer before it has replayed its log, and
+        // then does not know sessions it will restore a moment later: one 404 right after an
+        // outage is asked again before the session is declared lost.
+        if (this.notFoundSince === undefined) {
+          this.notFoundSince = Date.now();
+          this.logger.warn('Consul does not know the session; asking again before declaring it lost', { session: this.id });
+          this.schedule(NOT_FOUND_CONFIRM_MS);
+          return;
+        }
         this.markLost('Consul no longer knows the session (expired or destroyed)');
         return;
       }
+      this.notFoundSince = undefined;
       // Unreachable: keep trying, and let Consul say whether the session survived once it
       // answers (a 404 above). Consul restarts every session's TTL when a leader is elected,
       // so an outage of the store itself ends none; a host cut off alone finds its session

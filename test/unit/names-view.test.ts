@@ -66,6 +66,8 @@ before(async () => {
   await names('fd00:60::-64', 'e6', 'only6', [], 'b', 'v6net');
   view = new NamesView(store, silentLogger());
   await view.start();
+  // A host follows the names of the networks it has a local overlay on; here, all four.
+  for (const key of ['10.20.0.0-24', '10.30.0.0-24', '10.40.0.0-24', 'fd00:60::-64']) await view.follow(key);
 });
 
 after(async () => {
@@ -115,6 +117,19 @@ test('a stopped container (not joined), a dead host or a removed record: NXDOMAI
   assert.equal(z.lookupName('web'), null);
   assert.equal(view.served('10.20.0.0-24').length, 0);
   assert.equal(view.served().length, 4, "the other networks' names: one on 10.30.0.0/24, three on the IPv6 ones");
+});
+
+test('a network without a local overlay is not followed: its names are not held, and they come with a follow', async () => {
+  await put(keys.network('10.50.0.0-24'), { key: '10.50.0.0-24', ids: ['q'], vni: 260, subnet: '10.50.0.0/24', gateway: '10.50.0.1', mtu: 1450, mode: 'static', options: {}, created });
+  await endpoint('10.50.0.0-24', 'e7', '10.50.0.2', 'a');
+  await names('10.50.0.0-24', 'e7', 'elsewhere', [], 'a', 'other-net');
+  const z = view.zone('10.50.0.0-24');
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(z.lookupName('elsewhere'), null, 'not followed: nothing held for it');
+  await view.follow('10.50.0.0-24');
+  assert.deepEqual(z.lookupName('elsewhere')?.v4, ['10.50.0.2']);
+  view.unfollow('10.50.0.0-24');
+  assert.equal(z.lookupName('elsewhere'), null, 'released: its records are dropped');
 });
 
 test('a malformed record is skipped, the rest still served', async () => {

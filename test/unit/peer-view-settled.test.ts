@@ -124,3 +124,16 @@ test('mixed underlays: a host whose VTEP is of the other family is refused (not 
   // Without its own record (inspect before registration) nothing is filtered.
   assert.deepEqual(desiredPeersOf(eps, new Map([...hosts].filter(([k]) => k !== 'b')), 'b').length, 2);
 });
+
+test('a dual-stack endpoint from the store keeps its IPv6 address, by reset and by event', () => {
+  const view = new PeerView('b', silentLogger());
+  const dual = { ...endpoint('1', '10.0.0.2', true), ip6: 'fd00::2' };
+  view.resetEndpoints('net', [{ key: keys.endpoint('net', 'e1'), value: JSON.stringify(dual), revision: 5 }], 5);
+  view.resetHosts([{ key: keys.host('a'), value: JSON.stringify(host()), revision: 6 }]);
+  assert.deepEqual(view.desiredPeers('net').map((p) => [p.ip, p.ip6]), [['10.0.0.2', 'fd00::2']]);
+  view.endpointEvents([put(keys.endpoint('net', 'e2'), { ...endpoint('2', '', true), ip6: 'fd00::3' }, 7)]);
+  assert.deepEqual(
+    view.desiredPeers('net').map((p) => [p.ip, p.ip6]).sort(),
+    [['', 'fd00::3'], ['10.0.0.2', 'fd00::2']],
+  );
+});
