@@ -64,6 +64,9 @@ async function dumpEntries<T>(sock: NlSocket, family: number, ifindex: number, w
 export async function listNeighbours(sock: NlSocket, ifindex: number): Promise<NeighbourEntry[]> {
   const pick = (len: number, format: (b: Buffer) => string) => (e: NeighEntry): NeighbourEntry | undefined => {
     if (e.dst?.length !== len) return undefined;
+    // The kernel's own entries for IPv6 multicast groups (ff02::1:ff…, MLD) on any device with
+    // IPv6: never a peer, neither ours to program nor to report.
+    if (len === 16 && e.dst[0] === 0xff) return undefined;
     const n: NeighbourEntry = { ip: format(e.dst), permanent: (e.state & NUD_PERMANENT) !== 0, state: e.state };
     if (e.lladdr?.length === 6) n.mac = formatMac(e.lladdr);
     return n;
