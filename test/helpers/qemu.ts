@@ -121,8 +121,21 @@ export function cpioArchive(entries: readonly CpioEntry[]): Buffer {
 const DIR = 0o040755;
 const FILE = 0o100755;
 
+/**
+ * The checkout the tests run from, when the VM's own tmpfs mounts would hide it (a clone under
+ * /tmp or /run): it is shared on its own and mounted back at the same path.
+ */
+const REPO_ROOT = path.resolve(__dirname, '../../..');
+const HIDDEN_BY_VM_TMPFS = /^\/(tmp|run)(\/|$)/.test(REPO_ROOT);
+
 function initScript(modules: readonly string[]): string {
   const bb = '/bin/busybox';
+  const repo = HIDDEN_BY_VM_TMPFS
+    ? [
+        `${bb} mkdir -p /newroot${REPO_ROOT}`,
+        `${bb} mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 repo /newroot${REPO_ROOT} || { echo "tso-vm: cannot mount the checkout"; ${bb} poweroff -f; }`,
+      ]
+    : [];
   return [
     `#!${bb} sh`,
     `${bb} mount -t proc proc /proc`,
@@ -134,6 +147,7 @@ function initScript(modules: readonly string[]): string {
     `${bb} mount -t tmpfs -o mode=755 run /newroot/run`,
     `${bb} mkdir -p /newroot/run/out`,
     `${bb} mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=262144 out /newroot/run/out || { echo "tso-vm: cannot mount the output share"; ${bb} poweroff -f; }`,
+    ...repo,
     `${bb} mount --move /proc /newroot/proc`,
     `${bb} mount --move /sys /newroot/sys`,
     `${bb} mount --move /dev /newroot/dev`,
@@ -216,6 +230,7 @@ export async function runInVm(opts: VmRunOptions): Promise<VmResult> {
     '-append', 'console=ttyS0 quiet panic=-1 rdinit=/init',
     '-virtfs', 'local,path=/,mount_tag=root,security_model=none,readonly=on,multidevs=remap',
     '-virtfs', `local,path=${outDir},mount_tag=out,security_model=none,multidevs=remap`,
+    ...(HIDDEN_BY_VM_TMPFS ? ['-virtfs', `local,path=${REPO_ROOT},mount_tag=repo,security_model=none,readonly=on,multidevs=remap`] : []),
   ];
   const started = Date.now();
   const vm = spawnTracked(argv, { name: 'qemu', logFile: path.join(dir, 'console.log'), keepChars: 4 << 20, stopTimeoutMs: 1000 });
