@@ -101,7 +101,7 @@ export class NamesView {
 
   /** Starts the cluster-wide watches (hosts, networks); resolves once each has delivered its first full state. */
   async start(): Promise<void> {
-    const sections: [Section, string][] = [
+    const sections: ['hosts' | 'networks', string][] = [
       ['hosts', keys.hosts()],
       ['networks', keys.networks()],
     ];
@@ -244,21 +244,10 @@ export class NamesView {
     else this.indexes.delete(networkKey);
   }
 
-  private reset(section: Section, entries: KVEntry[]): void {
-    switch (section) {
-      case 'names':
-        this.names.clear();
-        break;
-      case 'endpoints':
-        this.endpoints.clear();
-        break;
-      case 'hosts':
-        this.hosts.clear();
-        break;
-      case 'networks':
-        this.subnets.clear();
-        break;
-    }
+  /** A full state of one cluster-wide section (names and endpoints are per network: resetNetwork). */
+  private reset(section: 'hosts' | 'networks', entries: KVEntry[]): void {
+    if (section === 'hosts') this.hosts.clear();
+    else this.subnets.clear();
     for (const e of entries) this.put(section, e.key, e.value);
     this.changed();
   }
