@@ -107,13 +107,24 @@ export async function startPingMonitor(docker: Dockerode, container: string, ip:
   return {
     async stop() {
       const r = await dockerExec(docker, container, ['sh', '-c', `kill -INT $(cat ${pidFile}); sleep 0.5; cat ${log}`]);
-      const m = /(\d+) packets transmitted, (\d+) packets received/.exec(r.stdout);
-      if (!m) throw new Error(`ping monitor ${tag}: no summary in ${r.stdout.slice(-500)}`);
-      const sent = Number(m[1]);
-      const received = Number(m[2]);
-      return { sent, received, lost: sent - received };
+      return pingCount(r.stdout, tag);
     },
   };
+}
+
+/**
+ * What a stopped ping saw. The interrupt prints the summary at once, so the one request sent just
+ * before it may still be on its way: that one is not counted as lost (or as sent). Every other
+ * missing sequence number is, including a run of unanswered requests at the end.
+ */
+export function pingCount(output: string, tag = 'ping'): { sent: number; received: number; lost: number } {
+  const m = /(\d+) packets transmitted, (\d+) packets received/.exec(output);
+  if (!m) throw new Error(`ping monitor ${tag}: no summary in ${output.slice(-500)}`);
+  let sent = Number(m[1]);
+  const seqs = new Set([...output.matchAll(/\bseq=(\d+)\b/g)].map((x) => Number(x[1])));
+  const received = seqs.size > 0 ? seqs.size : Number(m[2]);
+  if (sent > 0 && !seqs.has(sent - 1)) sent -= 1;
+  return { sent, received, lost: Math.max(0, sent - received) };
 }
 
 /** Every key under the plugin's prefix (relative), with its JSON value. */
