@@ -6,8 +6,7 @@
  * grew with the store. The snapshot is rewritten atomically only to compact: at open (so every
  * start begins with an empty log), at a clean close (so the snapshot alone is the state of a
  * stopped store), and when the log passes a bound — always in the mutation queue, never beside
- * an append. File formats, replay and crash safety: `local-wal.ts`; the open log: `local-log.ts`;
- * the lock: `local-lock.ts`.
+ * an append. File formats, replay and crash safety: `local-wal.ts`; the lock: `local-lock.ts`.
  *
  * Mutations are serialised in-process; one global revision counter (persisted) stamps every
  * write, like etcd's store revision. Leases live in this process only: keys put with a lease
@@ -15,14 +14,14 @@
  * leased key found at open belongs to a dead holder).
  */
 
-import { promises as fsp } from 'node:fs';
+import { constants as fsc, promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 
 import type { Logger } from '../log';
 import type { KVEntry, Lease, PutOptions, Store, Watch, WatchListener } from './store';
 import { DEFAULT_PREFIX, SafeListener, assertKey, compareKeys, errorMessage } from './util';
 import { LockFile } from './local-lock';
-import { type LogLimit, WriteAheadLog } from './local-log';
 import {
   LOCAL_LOG_FILE,
   LOCAL_STORE_FILE,
@@ -42,6 +41,7 @@ import { LocalLease, LocalWatches } from './local-watch';
 
 export { LOCAL_LOCK_FILE, StoreLockedError } from './local-lock';
 export { LOCAL_LOG_FILE, LOCAL_STORE_FILE, LOCAL_TORN_FILE_PREFIX, readLocalStoreSnapshot } from './local-wal';
+
 
 /** Log size that triggers a compaction: replay at open stays short, the file stays small. */
 const DEFAULT_LOG_LIMIT = { bytes: 4 * 1024 * 1024, records: 10_000 };
@@ -69,7 +69,7 @@ export class LocalStore implements Store {
   private readonly logFile: string;
   private readonly prefix: string;
   private readonly logger: Logger;
-  private readonly logLimit: LogLimit;
+  private readonly logLimit: { bytes: number; records: number };
   private entries = new Map<string, StoredEntry>();
   private revision = 0;
   private queue: Promise<unknown> = Promise.resolve();
@@ -77,7 +77,11 @@ export class LocalStore implements Store {
   private readonly liveLeases = new Set<string>();
   private closed = false;
   private closing: Promise<void> | undefined;
-  private log: WriteAheadLog | undefined;
+  private log: FileHandle | undefined;
+  private logBytes = 0;
+  private logRecords = 0;
+  /** An append failed: the log may end in torn bytes, so it must be truncated before the next append. */
+  private logTainted = false;
   private compactionQueued = false;
 
   private constructor(
@@ -142,7 +146,7 @@ export class LocalStore implements Store {
         count: orphaned.length,
       });
     }
-    this.log = await WriteAheadLog.open(this.logFile, this.logLimit);
+    this.log = await fsp.open(this.logFile, fsc.O_WRONLY | fsc.O_APPEND | fsc.O_CREAT | fsc.O_DSYNC, 0o600);
     if ((logText ?? '').length > 0 || orphaned.length > 0) await this.compact();
     else if (logText === undefined) await fsyncDir(this.dir); // the new log's name must outlive a power loss too
     this.logger.debug('local store opened', { file: this.file, revision: this.revision, keys: this.entries.size });
@@ -269,7 +273,7 @@ export class LocalStore implements Store {
         }
         await this.watches.closeAll();
         this.liveLeases.clear();
-        if (this.log && !this.log.clean) {
+        if (this.logRecords > 0 || this.logTainted) {
           // A stopped store is its snapshot alone (readable by hand, or by an older version).
           await this.compact().catch((err: unknown) =>
             this.logger.warn('local store: compaction at close failed; the log is replayed at the next open', {
@@ -324,14 +328,14 @@ export class LocalStore implements Store {
     const run = async (): Promise<T> => {
       const m = plan();
       if (m.ops.length === 0) return m.result(this.revision);
-      if (this.log?.tainted) await this.compact();
+      if (this.logTainted) await this.compact();
       const rev = this.revision + 1;
       const record = Buffer.from(encodeLogRecord(rev, m.ops) + '\n');
       await this.append(record);
       const events = applyOps(this.entries, m.ops, rev);
       this.revision = rev;
       this.watches.notify(events);
-      if (this.log?.full) this.queueCompaction();
+      if (this.logBytes >= this.logLimit.bytes || this.logRecords >= this.logLimit.records) this.queueCompaction();
       return m.result(rev);
     };
     const p = this.queue.then(run, run);
@@ -339,15 +343,20 @@ export class LocalStore implements Store {
     return p;
   }
 
+  /** One write syscall; O_DSYNC makes it durable when it returns. */
   private async append(record: Buffer): Promise<void> {
     const log = this.log;
     if (!log) throw new Error(`${this.description}: store is closed`);
     try {
-      await log.append(record);
+      const { bytesWritten } = await log.write(record, 0, record.length, null);
+      if (bytesWritten !== record.length) {
+        throw new Error(`short write to ${this.logFile} (${bytesWritten} of ${record.length} bytes)`);
+      }
     } catch (err) {
       // Possibly torn bytes at the end of the log, and possibly even a whole record that was not
       // acknowledged: truncate now (the snapshot holds exactly the acknowledged state), or
-      // before the next append if that fails too (the log stays tainted until then).
+      // before the next append if that fails too.
+      this.logTainted = true;
       await this.compact().catch((e: unknown) =>
         this.logger.warn('local store: compaction after a failed append failed; retried before the next write', {
           error: errorMessage(e),
@@ -355,6 +364,8 @@ export class LocalStore implements Store {
       );
       throw err;
     }
+    this.logBytes += record.length;
+    this.logRecords += 1;
   }
 
   /** Runs in the mutation queue, after the mutation that passed the bound has resolved. */
@@ -363,7 +374,7 @@ export class LocalStore implements Store {
     this.compactionQueued = true;
     const run = async (): Promise<void> => {
       this.compactionQueued = false;
-      if (!this.log?.full) return;
+      if (this.logBytes < this.logLimit.bytes && this.logRecords < this.logLimit.records) return;
       await this.compact().catch((err: unknown) =>
         this.logger.warn('local store: log compaction failed; retried at the next write', { error: errorMessage(err) }),
       );
@@ -381,7 +392,11 @@ export class LocalStore implements Store {
     // Only now may the log go: until the rename is durable, it is what holds these records.
     const log = this.log;
     if (!log) throw new Error(`${this.description}: store is closed`);
-    await log.truncate();
+    await log.truncate(0);
+    await log.sync();
+    this.logBytes = 0;
+    this.logRecords = 0;
+    this.logTainted = false;
   }
 }
 
