@@ -35,8 +35,8 @@ export interface NetworkDriverOptions {
  * Network and endpoint life cycle (libnetwork's remote driver calls, the role of its overlay
  * driver's joinleave.go): checks each request (request-checks.ts), runs it under its deadline
  * (request-deadline.ts), then hands the cluster records to NetworkRecords and the kernel to
- * LocalOverlays. Every call is idempotent because Docker
- * retries; calls on one network run one at a time.
+ * LocalOverlays. Every call is idempotent because Docker retries; calls on one network run one
+ * at a time.
  */
 export class NetworkDriver {
   private readonly locks = new KeyedMutex();
