@@ -14,20 +14,14 @@ import {
   PORT_VETH_NAME,
   VXLAN_NAME,
   bridgeDifferences,
-  deviceState,
   expectedVxlan,
   overlayTarget,
   p2pRemote,
   peerDifferences,
   portDifferences,
   vxlanDifferences,
-  vxlanState,
-  type DeviceState,
-  type NameOf,
-  type FdbState,
-  type NeighbourState,
-  type VxlanState,
 } from '../dataplane/overlay-check';
+import { deviceState, vxlanState, type DeviceState, type FdbState, type NameOf, type NeighbourState, type VxlanState } from '../dataplane/overlay-state';
 
 export { ZERO_MAC } from '../dataplane/overlay-check';
 

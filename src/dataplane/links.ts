@@ -32,7 +32,8 @@ import {
   parseMac,
 } from './encode';
 import { NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NlSocket, isNetlinkError } from './nlsock';
-import { BRIDGE_NAME, VXLAN_PORT, type VxlanSpec, bridgeDifferences, deviceState, firstIncompat, vxlanDifferences, vxlanState } from './overlay-check';
+import { BRIDGE_NAME, VXLAN_PORT, type VxlanSpec, bridgeDifferences, firstIncompat, vxlanDifferences } from './overlay-check';
+import { deviceState, vxlanState } from './overlay-state';
 
 function streamToBuffer(x: StreamData): Buffer {
   const s = new AttrStream();

@@ -9,6 +9,7 @@ import type { Logger } from '../log';
 import { Backoff, Deadline, storeWithDeadline, type UncertainCreate } from '../store/util';
 import { PluginError, errorMessage } from '../util/errors';
 import { KeyedMutex } from '../util/keyed-mutex';
+import { sleepUnref } from '../util/retry';
 import { RecordStore } from './record-store';
 import { addressRecordSchema, decodeRecord, keys } from './records';
 
@@ -70,7 +71,7 @@ export class RequestScopes {
       const backoff = new Backoff(200, 5000);
       let looks = 0;
       while (looks < 2 && performance.now() - started < RECLAIM_GIVE_UP_MS) {
-        await pauseUnref(looks === 0 ? backoff.next() : this.requestTimeoutMs);
+        await sleepUnref(looks === 0 ? backoff.next() : this.requestTimeoutMs);
         try {
           for (const c of pending) {
             const entry = await this.records.store.get(c.key);
@@ -95,8 +96,4 @@ function isEndpointAddress(c: UncertainCreate): boolean {
   } catch {
     return false;
   }
-}
-
-function pauseUnref(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }

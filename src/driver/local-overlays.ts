@@ -7,7 +7,7 @@ import { errorMessage } from '../util/errors';
 import type { KeyedMutex } from '../util/keyed-mutex';
 import { DEFAULT_ENCRYPTED_VXLAN_PORT } from '../dataplane/overlay-check';
 import { parseNetworkOptions } from './options';
-import type { ReconcileTrigger } from './peer-sync';
+import type { ReconcileTrigger } from './peer-programmer';
 import type { RecordStore } from './record-store';
 import { endpointRecordSchema, keys, type NetworkRecord } from './records';
 import { parseSubnet } from './subnet';

@@ -53,7 +53,7 @@ export class ConsulLease implements Lease {
     this.lost.disarm();
     this.stop();
     this.store.forgetLease(this);
-    await this.store.request(`destroy session ${this.id}`, (api, o) => api.session.destroy({ id: this.id, ...o }));
+    await this.store.calls.request(`destroy session ${this.id}`, (api, o) => api.session.destroy({ id: this.id, ...o }));
   }
 
   /** When Consul first said it does not know the session (cleared by any other answer). */
@@ -67,7 +67,7 @@ export class ConsulLease implements Lease {
   private async renew(): Promise<void> {
     if (this.stopped) return;
     try {
-      await this.store.request(`renew session ${this.id}`, (api, o) => api.session.renew({ id: this.id, ...o }));
+      await this.store.calls.request(`renew session ${this.id}`, (api, o) => api.session.renew({ id: this.id, ...o }));
       this.lastRenew = Date.now();
       this.notFoundSince = undefined;
       this.schedule((this.ttlSeconds * 1000) / 2);

@@ -51,7 +51,7 @@ export class ConsulWatch implements Watch {
         const ctx = makeContext();
         this.ctx = ctx;
         const blocking = index > 0 && previous !== undefined;
-        const result = await this.store.request(
+        const result = await this.store.calls.request(
           `watch ${this.relPrefix || '(all)'}`,
           (api, o) =>
             api.kv.get({

@@ -16,37 +16,29 @@
  *   are diffed into events; a first result, an index that goes backwards or is 0, or any
  *   error restarts from index 0 and delivers onReset;
  * - every call has a deadline (papi request timeout, raced as well); timeouts, connection
- *   errors and 5xx answers surface as StoreUnavailableError.
+ *   errors and 5xx answers surface as StoreUnavailableError (consul-calls.ts, which also moves
+ *   calls to the next address given when one stops answering).
  *
  * A put or compare-and-set with a lease on a key another session holds (a restarted host's
  * previous session, alive until its TTL ends) releases that hold and takes the key in one
  * transaction, as etcd moves a key to the lease of the latest put. Known difference: a put
  * without lease on a key held by a session keeps that session's hold; etcd detaches.
  */
-import Consul from 'consul';
-
 import type { Logger } from '../log';
 import {
   ConsulConflictError,
-  ConsulNotFoundError,
-  answered,
   b64,
-  classify,
-  isNotForwarded,
-  isRefused,
   kvHolderSchema,
   kvListSchema,
   sessionCreateSchema,
   txnResultSchema,
-  type ConsulApi,
   type TxnOp,
 } from './consul-api';
-import { errorMessage } from '../util/errors';
-import { sleep } from '../util/retry';
+import { ConsulCalls } from './consul-calls';
 import { ConsulLease } from './consul-lease';
 import { ConsulWatch } from './consul-watch';
-import { KVEntry, Lease, PutOptions, Store, StoreUnavailableError, Watch, WatchListener } from './store';
-import { DEFAULT_PREFIX, DEFAULT_TIMEOUT_MS, logIfSlow, openTrackedWatch, assertKey, sortEntries, withDeadline } from './util';
+import { KVEntry, Lease, PutOptions, Store, Watch, WatchListener } from './store';
+import { DEFAULT_PREFIX, DEFAULT_TIMEOUT_MS, openTrackedWatch, assertKey, sortEntries } from './util';
 
 export interface ConsulStoreOptions {
   host: string;
@@ -68,9 +60,6 @@ export interface ConsulStoreOptions {
 /** Consul refuses session TTLs below 10 s. */
 export const CONSUL_MIN_TTL_SECONDS = 10;
 
-/** Pause between tries while the servers elect a leader. */
-const NO_LEADER_PAUSE_MS = 200;
-
 export class ConsulStore implements Store {
   readonly distributed = true;
   readonly description: string;
@@ -78,10 +67,8 @@ export class ConsulStore implements Store {
   readonly timeoutMs: number;
   readonly watchWaitSeconds: number;
 
-  /** One client per address given; calls go to `apis[current]`. */
-  private readonly apis: ConsulApi[];
-  private readonly addresses: string[];
-  private current = 0;
+  /** @internal Every call to Consul goes through it (the watches' and leases' too). */
+  readonly calls: ConsulCalls;
   private readonly logger: Logger;
   private readonly leases = new Set<ConsulLease>();
   private readonly watches = new Set<ConsulWatch>();
@@ -94,89 +81,11 @@ export class ConsulStore implements Store {
     this.watchWaitSeconds = options.watchWaitSeconds ?? 30;
     if (this.prefix.startsWith('/')) throw new Error('consul store: the key prefix must not start with "/"');
     const targets = [{ host: options.host, port: options.port }, ...(options.fallbacks ?? [])];
-    this.addresses = targets.map((t) => `${t.host.includes(':') ? `[${t.host}]` : t.host}:${t.port}`);
-    this.description = `${options.secure ? 'consuls' : 'consul'}://${this.addresses.join(',')}`;
-    // The package's typings omit call options (timeout, ctx, index, wait) and the txn wire
-    // format; ConsulApi describes exactly the calls made here.
-    this.apis = targets.map(
-      (t) =>
-        new Consul({
-          host: t.host,
-          port: t.port,
-          secure: options.secure ?? false,
-          defaults: options.token ? { token: options.token } : undefined,
-        }) as unknown as ConsulApi,
-    );
-  }
-
-  /**
-   * After a failure on `apis[failed]`, later calls go to the next address (unless another call
-   * has moved on already). Any server forwards to the leader, and sessions carry no node health
-   * check, so which one answers does not matter.
-   */
-  private failover(failed: number, error: string): void {
-    if (this.apis.length < 2 || this.current !== failed) return;
-    this.current = (failed + 1) % this.apis.length;
-    this.logger.warn('consul address not answering; using the next one', {
-      failed: this.addresses[failed],
-      next: this.addresses[this.current],
-      error,
-    });
+    this.calls = new ConsulCalls(targets, options, this.timeoutMs, this.logger, () => this.closed);
+    this.description = this.calls.description;
   }
 
   // ---- plumbing ----
-
-  /** @internal One Consul call under a deadline, with errors mapped. */
-  async request<T>(what: string, fn: (api: ConsulApi, options: { timeout: number }) => Promise<T>, timeoutMs?: number): Promise<T> {
-    if (this.closed) throw new Error(`${this.description}: store is closed`);
-    const ms = timeoutMs ?? this.timeoutMs;
-    const started = performance.now();
-    const deadline = Date.now() + ms;
-    let at = this.current;
-    try {
-      for (let refused = 0; ; ) {
-        try {
-          return await withDeadline(fn(this.apis[at]!, { timeout: Math.max(1, deadline - Date.now()) }), deadline - Date.now() + 250, () => `${this.description}: ${what}`);
-        } catch (err) {
-          if (Date.now() + NO_LEADER_PAUSE_MS >= deadline) throw err;
-          if (isRefused(err) && ++refused < this.apis.length) {
-            // A refused connection delivered nothing: the next address may take the call at once.
-            this.failover(at, errorMessage(err));
-            at = this.current;
-          } else if (isNotForwarded(err)) {
-            // The servers are electing a leader (the leader died): nothing was applied, and an
-            // election ends within seconds. Wait for it, within the deadline, as etcd does.
-            await sleep(NO_LEADER_PAUSE_MS);
-          } else {
-            throw err;
-          }
-        }
-      }
-    } catch (err) {
-      if (err instanceof StoreUnavailableError) {
-        this.failover(at, err.message);
-        throw err;
-      }
-      const f = classify(err);
-      switch (f.kind) {
-        case 'unavailable':
-          // A server that answered (a 5xx) is alive: only silence moves calls elsewhere.
-          if (!answered(err)) this.failover(at, f.message);
-          throw new StoreUnavailableError(`${this.description}: ${what} failed, Consul unreachable: ${f.message}`);
-        case 'conflict':
-          throw new ConsulConflictError(`${this.description}: ${what}: ${f.errors.map((e) => e.What).join('; ') || f.message}`, f.errors);
-        case 'notfound':
-          throw new ConsulNotFoundError(`${this.description}: ${what}: not found`);
-        case 'forbidden':
-          throw new Error(`${this.description}: ${what}: permission denied (check the Consul ACL token): ${f.message}`);
-        default:
-          throw new Error(`${this.description}: ${what} failed: ${f.message}`, { cause: err });
-      }
-    } finally {
-      // A blocking query (its own timeoutMs) waits on purpose.
-      if (timeoutMs === undefined) logIfSlow(this.logger, this.description, what, started);
-    }
-  }
 
   /** @internal */
   toEntries(body: unknown): KVEntry[] {
@@ -211,7 +120,7 @@ export class ConsulStore implements Store {
    */
   private async txn(what: string, ops: TxnOp[], conditionOps: number[], lease?: ConsulLease): Promise<number | undefined | null> {
     try {
-      const res = txnResultSchema.parse(await this.request(what, (api, o) => api.transaction.create(ops, o)));
+      const res = txnResultSchema.parse(await this.calls.request(what, (api, o) => api.transaction.create(ops, o)));
       const written = (res.Results ?? []).map((r) => r.KV?.ModifyIndex).filter((i): i is number => i !== undefined);
       return written.length > 0 ? Math.max(...written) : null;
     } catch (err) {
@@ -240,12 +149,12 @@ export class ConsulStore implements Store {
 
   async get(key: string): Promise<KVEntry | undefined> {
     assertKey(key);
-    const body = await this.request(`get ${key}`, (api, o) => api.kv.get({ key: this.prefix + key, ...o }));
+    const body = await this.calls.request(`get ${key}`, (api, o) => api.kv.get({ key: this.prefix + key, ...o }));
     return this.toEntries(body)[0];
   }
 
   async list(prefix: string): Promise<KVEntry[]> {
-    const body = await this.request(`list ${prefix || '(all)'}`, (api, o) =>
+    const body = await this.calls.request(`list ${prefix || '(all)'}`, (api, o) =>
       api.kv.get({ key: this.prefix + prefix, recurse: true, ...o }),
     );
     return this.toEntries(body);
@@ -280,7 +189,7 @@ export class ConsulStore implements Store {
 
   /** The key's ModifyIndex and the session holding it, if any. */
   private async holder(full: string): Promise<{ index: number; session: string | undefined }> {
-    const body = await this.request(`read holder of ${full.slice(this.prefix.length)}`, (api, o) => api.kv.get({ key: full, ...o }));
+    const body = await this.calls.request(`read holder of ${full.slice(this.prefix.length)}`, (api, o) => api.kv.get({ key: full, ...o }));
     const item = body === undefined || body === null ? undefined : kvHolderSchema.parse(Array.isArray(body) ? body : [body])[0];
     return { index: item?.ModifyIndex ?? 0, session: item?.Session };
   }
@@ -375,7 +284,7 @@ export class ConsulStore implements Store {
     if (ttl !== ttlSeconds) {
       this.logger.debug('consul session TTL adjusted', { requested: ttlSeconds, ttl });
     }
-    const res = await this.request(`create session (TTL ${ttl} s)`, (api, o) =>
+    const res = await this.calls.request(`create session (TTL ${ttl} s)`, (api, o) =>
       api.session.create({ name: 'tsoverlay', ttl: `${ttl}s`, behavior: 'delete', lockdelay: '0s', checks: [], ...o }),
     );
     const lease = new ConsulLease(this, sessionCreateSchema.parse(res).ID, ttl, this.logger);
@@ -395,7 +304,7 @@ export class ConsulStore implements Store {
       lease.stop();
     }
     this.leases.clear();
-    for (const api of this.apis) api.destroy();
+    this.calls.destroy();
   }
 }
 

@@ -20,6 +20,7 @@ import * as path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { z } from 'zod';
 
+import type { Logger } from '../log';
 import type { KVEntry, WatchEvent } from './store';
 import { DEFAULT_PREFIX, compareKeys, errorMessage } from './util';
 
@@ -225,6 +226,58 @@ export async function removeSnapshotDrafts(dir: string): Promise<void> {
   }
 }
 
+
+/** What a store directory held at open, with what recovering it changed. */
+export interface RecoveredState {
+  entries: Map<string, StoredEntry>;
+  revision: number;
+  /** The log as found (undefined: there was none); anything in it is compacted away at open. */
+  logText: string | undefined;
+  /** Leased keys removed (in memory only: the compaction at open makes it durable). */
+  orphaned: number;
+}
+
+/**
+ * Reads a store directory the store holds the lock of: snapshot drafts removed, the snapshot
+ * read and the log replayed onto it, a torn last line dropped (and kept beside the log), and the
+ * keys of leases that ended with the previous process removed.
+ */
+export async function recoverStoreDir(dir: string, logger: Logger): Promise<RecoveredState> {
+  const file = path.join(dir, LOCAL_STORE_FILE);
+  const logFile = path.join(dir, LOCAL_LOG_FILE);
+  await removeSnapshotDrafts(dir);
+  let entries = new Map<string, StoredEntry>();
+  let revision = 0;
+  const text = await readIfExists(file);
+  if (text !== undefined) {
+    const data = parseSnapshot(file, text);
+    revision = data.revision;
+    entries = new Map(Object.entries(data.entries));
+  }
+  const logText = await readIfExists(logFile);
+  const replay = replayLog(logFile, logText ?? '', entries, revision);
+  revision = replay.revision;
+  if (replay.tornTail.length > 0) {
+    // Never acknowledged, so safe to drop; kept for a person to look at all the same.
+    const kept = await keepTornTail(dir, replay.tornTail);
+    logger.warn('local store: dropped an unterminated last log line (a write cut off by a crash; it was never acknowledged)', {
+      log: logFile,
+      bytes: Buffer.byteLength(replay.tornTail),
+      keptIn: kept,
+    });
+  }
+  // No lease survives its process: every leased key here belongs to a dead holder. Removed in
+  // memory and made durable by the compaction at open (a crash before it just redoes this).
+  const orphaned = [...entries].filter(([, e]) => e.lease !== undefined).map(([k]) => k);
+  if (orphaned.length > 0) {
+    revision += 1;
+    applyOps(entries, orphaned.map((key) => ({ type: 'delete' as const, key })), revision);
+    logger.info('local store: removed keys whose lease ended with the previous process', {
+      count: orphaned.length,
+    });
+  }
+  return { entries, revision, logText, orphaned: orphaned.length };
+}
 
 /**
  * The committed state of a local store directory (snapshot + log), read without taking its

@@ -6,7 +6,7 @@
  * grew with the store. The snapshot is rewritten atomically only to compact: at open (so every
  * start begins with an empty log), at a clean close (so the snapshot alone is the state of a
  * stopped store), and when the log passes a bound — always in the mutation queue, never beside
- * an append. File formats, replay and crash safety: `local-wal.ts`; the lock: `local-lock.ts`.
+ * an append. File formats, replay, crash safety and what open recovers: `local-wal.ts`; the lock: `local-lock.ts`.
  *
  * Mutations are serialised in-process; one global revision counter (persisted) stamps every
  * write, like etcd's store revision. Leases live in this process only: keys put with a lease
@@ -30,18 +30,13 @@ import {
   applyOps,
   encodeLogRecord,
   fsyncDir,
-  keepTornTail,
-  parseSnapshot,
-  readIfExists,
-  removeSnapshotDrafts,
-  replayLog,
+  recoverStoreDir,
   writeSnapshot,
 } from './local-wal';
 import { LocalLease, LocalWatches } from './local-watch';
 
 export { LOCAL_LOCK_FILE, StoreLockedError } from './local-lock';
 export { LOCAL_LOG_FILE, LOCAL_STORE_FILE, LOCAL_TORN_FILE_PREFIX, readLocalStoreSnapshot } from './local-wal';
-
 
 /** Log size that triggers a compaction: replay at open stays short, the file stays small. */
 const DEFAULT_LOG_LIMIT = { bytes: 4 * 1024 * 1024, records: 10_000 };
@@ -117,38 +112,12 @@ export class LocalStore implements Store {
   }
 
   private async load(): Promise<void> {
-    await removeSnapshotDrafts(this.dir);
-    const text = await readIfExists(this.file);
-    if (text !== undefined) {
-      const data = parseSnapshot(this.file, text);
-      this.revision = data.revision;
-      this.entries = new Map(Object.entries(data.entries));
-    }
-    const logText = await readIfExists(this.logFile);
-    const replay = replayLog(this.logFile, logText ?? '', this.entries, this.revision);
-    this.revision = replay.revision;
-    if (replay.tornTail.length > 0) {
-      // Never acknowledged, so safe to drop; kept for a person to look at all the same.
-      const kept = await keepTornTail(this.dir, replay.tornTail);
-      this.logger.warn('local store: dropped an unterminated last log line (a write cut off by a crash; it was never acknowledged)', {
-        log: this.logFile,
-        bytes: Buffer.byteLength(replay.tornTail),
-        keptIn: kept,
-      });
-    }
-    // No lease survives its process: every leased key here belongs to a dead holder. Removed in
-    // memory and made durable by the compaction below (a crash before it just redoes this).
-    const orphaned = [...this.entries].filter(([, e]) => e.lease !== undefined).map(([k]) => k);
-    if (orphaned.length > 0) {
-      this.revision += 1;
-      applyOps(this.entries, orphaned.map((key) => ({ type: 'delete' as const, key })), this.revision);
-      this.logger.info('local store: removed keys whose lease ended with the previous process', {
-        count: orphaned.length,
-      });
-    }
+    const state = await recoverStoreDir(this.dir, this.logger);
+    this.entries = state.entries;
+    this.revision = state.revision;
     this.log = await fsp.open(this.logFile, fsc.O_WRONLY | fsc.O_APPEND | fsc.O_CREAT | fsc.O_DSYNC, 0o600);
-    if ((logText ?? '').length > 0 || orphaned.length > 0) await this.compact();
-    else if (logText === undefined) await fsyncDir(this.dir); // the new log's name must outlive a power loss too
+    if ((state.logText ?? '').length > 0 || state.orphaned > 0) await this.compact();
+    else if (state.logText === undefined) await fsyncDir(this.dir); // the new log's name must outlive a power loss too
     this.logger.debug('local store opened', { file: this.file, revision: this.revision, keys: this.entries.size });
   }
 

@@ -7,7 +7,6 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
   bridgeDifferences,
-  deviceState,
   expectedVxlan,
   overlayTarget,
   peerDifferences,
@@ -15,8 +14,8 @@ import {
   validateOverlayTarget,
   vxlanDifferences,
   vxlanIncompat,
-  vxlanState,
 } from '../../src/dataplane/overlay-check';
+import { deviceState, vxlanState } from '../../src/dataplane/overlay-state';
 import type { LinkInfo } from '../../src/dataplane/encode';
 
 const network = { vni: 300, mtu: 1450, gateway: '10.30.0.1', subnet: '10.30.0.0/24' };
