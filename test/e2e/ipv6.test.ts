@@ -30,6 +30,13 @@ cleanupAfter();
 
 /** Short, so that the host-death case waits little (the bound is the lease TTL + 5 s). */
 const LEASE_TTL = 5;
+/**
+ * B's, whose daemon the restart case kills: a daemon down for longer than its lease is withdrawn
+ * by design once its probe goes unanswered (docs/reliability.md, liveness probes), and on a
+ * loaded machine B's kill, the changes made meanwhile and its start took 5 s, so with a 5 s lease
+ * C once dropped B's container for a second. The case is about B's own tables, not its lease.
+ */
+const RESTARTED_LEASE_TTL = 30;
 const DUAL = 'dual6';
 const DUAL_POOL6 = 'fd00:128::-64';
 
@@ -38,7 +45,12 @@ let etcd: EtcdServer;
 let a: DockerHost;
 let b: DockerHost;
 let c: DockerHost;
-let pluginOptions: PluginOptions;
+/** The plugin's options on a host (B's lease outlives its restart). */
+const pluginOptions = (host: DockerHost): PluginOptions => ({
+  store: storeUrl,
+  extraArgs: ['--lease-ttl', String(host === b ? RESTARTED_LEASE_TTL : LEASE_TTL)],
+});
+let storeUrl = '';
 const plugins = new Map<string, PluginProcess>();
 
 interface Attached {
@@ -151,9 +163,8 @@ before(async () => {
   cluster = await startCluster({ hosts: 3 });
   [a, b, c] = cluster.hosts as [DockerHost, DockerHost, DockerHost];
   etcd = await startEtcd({ alsoListenOn: cluster.underlay.gateway });
-  const store = `etcd://${etcd.endpoints.find((e) => e.startsWith(cluster.underlay.gateway))!}`;
-  pluginOptions = { store, extraArgs: ['--lease-ttl', String(LEASE_TTL)] };
-  await Promise.all([a, b, c].map(async (h) => plugins.set(h.name, await startPlugin(h, pluginOptions))));
+  storeUrl = `etcd://${etcd.endpoints.find((e) => e.startsWith(cluster.underlay.gateway))!}`;
+  await Promise.all([a, b, c].map(async (h) => plugins.set(h.name, await startPlugin(h, pluginOptions(h)))));
 });
 
 after(async () => {
@@ -228,6 +239,7 @@ test('plugin restart (SIGKILL + start) on one host: its IPv6 entries stay, ping6
     { name: 'b1 → a1', m: await startPingMonitor(b.docker, 'b1', a1.ip6, 'v6-b1-a1') },
     { name: 'c1 → b1', m: await startPingMonitor(c.docker, 'c1', b1.ip6, 'v6-c1-b1') },
   ];
+  const killedAt = Date.now();
   await killPlugin(plugins.get(b.name)!);
   plugins.delete(b.name);
   // The kernel keeps what the daemon programmed.
@@ -240,7 +252,8 @@ test('plugin restart (SIGKILL + start) on one host: its IPv6 entries stay, ping6
   await rmDual(a, 'a2');
   const a3 = await runDual(a, 'a3');
   const restartedAt = Date.now();
-  plugins.set(b.name, await startPlugin(b, pluginOptions));
+  plugins.set(b.name, await startPlugin(b, pluginOptions(b)));
+  t.diagnostic(`B's daemon down for ${Date.now() - killedAt} ms`);
   await waitFor(() => exact(b), { timeoutMs: 30_000, intervalMs: 200, what: "B's tables reconciled after its restart" }).catch(async (err: unknown) => {
     throw new Error(`${String(err)}\n${await describeTables(b)}`);
   });
@@ -248,6 +261,11 @@ test('plugin restart (SIGKILL + start) on one host: its IPv6 entries stay, ping6
   for (const host of [a, c]) assert.ok(await exact(host), await describeTables(host));
   await ping6(b, 'b1', a3.ip6);
   await ping6(a, 'a3', b1.ip6);
+  // B stayed a peer throughout: neither A nor C saw its registration go.
+  for (const h of [a, c]) {
+    const aboutB = plugins.get(h.name)!.process.output().split('\n').filter((l) => l.includes(`"host":"${b.name}"`) && /registration|underlay/.test(l));
+    assert.deepEqual(aboutB, [], `${h.name}'s daemon on B's registration`);
+  }
   for (const { name, m } of monitors) {
     const r = await m.stop();
     t.diagnostic(`ping6 ${name} across B's plugin restart: ${r.sent} sent, ${r.lost} lost`);
