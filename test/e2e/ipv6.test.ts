@@ -151,7 +151,7 @@ async function describeTables(host: DockerHost, live?: readonly DockerHost[]): P
 }
 
 async function ping6(from: DockerHost, ctr: string, ip6: string): Promise<void> {
-  const r = await docker(from, ['exec', ctr, 'ping', '-6', '-c', '2', '-W', '2', ip6]);
+  const r = await docker(from, ['exec', ctr, 'ping', '-6', '-c', '2', '-i', '0.2', '-W', '2', ip6]);
   assert.equal(r.code, 0, `${ctr} on ${from.name} → ${ip6}: ${r.out}`);
   assert.match(r.out, /2 packets received/);
 }
@@ -249,8 +249,7 @@ test('plugin restart (SIGKILL + start) on one host: its IPv6 entries stay, ping6
   for (const e of before.fdb) assert.ok(kept.fdb.includes(e), `${e} kept on B with its daemon gone`);
 
   // Changes B's daemon misses: a2 leaves A, a3 arrives on A.
-  await rmDual(a, 'a2');
-  const a3 = await runDual(a, 'a3');
+  const [, a3] = await Promise.all([rmDual(a, 'a2'), runDual(a, 'a3')]);
   const restartedAt = Date.now();
   plugins.set(b.name, await startPlugin(b, pluginOptions(b)));
   t.diagnostic(`B's daemon down for ${Date.now() - killedAt} ms`);
@@ -259,8 +258,7 @@ test('plugin restart (SIGKILL + start) on one host: its IPv6 entries stay, ping6
   });
   t.diagnostic(`B's tables equal Docker's view (a2 gone, a3 added, nothing doubled) ${Date.now() - restartedAt} ms after the plugin started`);
   for (const host of [a, c]) assert.ok(await exact(host), await describeTables(host));
-  await ping6(b, 'b1', a3.ip6);
-  await ping6(a, 'a3', b1.ip6);
+  await Promise.all([ping6(b, 'b1', a3.ip6), ping6(a, 'a3', b1.ip6)]);
   // B stayed a peer throughout: neither A nor C saw its registration go.
   for (const h of [a, c]) {
     const aboutB = plugins.get(h.name)!.process.output().split('\n').filter((l) => l.includes(`"host":"${b.name}"`) && /registration|underlay/.test(l));
@@ -317,15 +315,17 @@ test('host death: the dead host\'s IPv6 neighbours and FDB entries go within the
   const diedAt = Date.now();
   await c.crash();
   plugins.delete(c.name);
-  for (const host of [a, b]) {
-    await waitFor(
-      async () => {
-        const now = await tables(host);
-        return !now.fdb.some((e) => e.endsWith(` ${vtepC}`)) && !now.neigh.some((e) => e.endsWith(` ${c1.mac}`));
-      },
-      { timeoutMs: (LEASE_TTL + 15) * 1000, intervalMs: 100, what: `C's entries gone on ${host.name}` },
-    );
-  }
+  await Promise.all(
+    [a, b].map((host) =>
+      waitFor(
+        async () => {
+          const now = await tables(host);
+          return !now.fdb.some((e) => e.endsWith(` ${vtepC}`)) && !now.neigh.some((e) => e.endsWith(` ${c1.mac}`));
+        },
+        { timeoutMs: (LEASE_TTL + 15) * 1000, intervalMs: 100, what: `C's entries gone on ${host.name}` },
+      ),
+    ),
+  );
   const gone = Date.now() - diedAt;
   t.diagnostic(`C's IPv4 and IPv6 entries removed on A and B ${gone} ms after C died (lease TTL ${LEASE_TTL} s)`);
   assert.ok(gone < (LEASE_TTL + 5) * 1000, `within the lease TTL + 5 s (${gone} ms)`);
@@ -342,23 +342,22 @@ test('host death: the dead host\'s IPv6 neighbours and FDB entries go within the
   assert.ok(c1Record && c1Record[1].host === c.name, "c1's endpoint record kept");
   assert.equal(store.get(`ipam/addresses/${DUAL_POOL6}/${c1.ip6}`)?.host, c.name, "c1's IPv6 address record kept");
   assert.equal(store.get(`ipam/addresses/10.128.0.0-24/${c1.ip}`)?.host, c.name, "c1's IPv4 address record kept");
-  for (const [flag, ip] of [['--ip6', c1.ip6], ['--ip', c1.ip]] as const) {
-    const r = await docker(a, ['run', '-d', '--name', 'a-steal', '--net', DUAL, flag, ip, cluster.image, 'sleep', '3600']);
+  const steal = async (flag: string, ip: string, name: string): Promise<void> => {
+    const r = await docker(a, ['run', '-d', '--name', name, '--net', DUAL, flag, ip, cluster.image, 'sleep', '3600']);
     assert.notEqual(r.code, 0, `${flag} ${ip} of the dead host's container`);
     assert.match(r.out, new RegExp(`${esc(ip)} is already in use`));
-    await docker(a, ['rm', '-f', 'a-steal']);
-  }
-  // Dynamic allocations meanwhile never hand out the dead host's addresses.
-  const b3 = await runDual(b, 'b3');
+    await docker(a, ['rm', '-f', name]);
+  };
+  // Meanwhile, dynamic allocations never hand out the dead host's addresses.
+  const [, , b3] = await Promise.all([steal('--ip6', c1.ip6, 'a-steal6'), steal('--ip', c1.ip, 'a-steal4'), runDual(b, 'b3')]);
   assert.notEqual(b3.ip6, c1.ip6);
   assert.notEqual(b3.ip, c1.ip);
   await waitFor(() => exact(a, [a, b]), { timeoutMs: 10_000, what: "b3's entries on A" });
   await ping6(a, 'a1', b3.ip6);
 
   // The live hosts leave; what is left of the IPv6 pool is C's alone.
-  await rmDual(a, 'a1', 'a3');
-  await rmDual(b, 'b1', 'b3');
-  for (const host of [a, b]) await ok(host, ['network', 'rm', DUAL]);
+  await Promise.all([rmDual(a, 'a1', 'a3'), rmDual(b, 'b1', 'b3')]);
+  await Promise.all([a, b].map((host) => ok(host, ['network', 'rm', DUAL])));
   const left = [...(await etcdDump(etcd))].filter(([k]) => k.includes('fd00:128'));
   t.diagnostic(`left of fd00:128::/64 with C dead: ${left.map(([k]) => k).join(' ')}`);
   for (const [k, v] of left) {
