@@ -237,7 +237,7 @@ export async function peerTables(host: DockerHost, networkId: string): Promise<{
 
 /**
  * What every host other than `self` should have programmed according to the store: joined
- * endpoints of the network whose host is registered, as `ip mac` and `mac vtep`.
+ * endpoints of the network whose host is registered, as `ip mac` (IPv4 and IPv6) and `mac vtep`.
  */
 export function desiredPeers(store: Map<string, Record<string, unknown>>, networkKey: string, self: string): { neigh: Set<string>; fdb: Set<string> } {
   const neigh = new Set<string>();
@@ -246,7 +246,9 @@ export function desiredPeers(store: Map<string, Record<string, unknown>>, networ
     if (!k.startsWith(`endpoints/${networkKey}/`) || v.joined !== true || v.host === self) continue;
     const host = store.get(`hosts/${String(v.host)}`);
     if (!host) continue;
-    neigh.add(`${String(v.ip)} ${String(v.mac)}`);
+    // An IPv6-only endpoint has an empty `ip`; a dual-stack one has both neighbours.
+    if (v.ip) neigh.add(`${String(v.ip)} ${String(v.mac)}`);
+    if (typeof v.ip6 === 'string' && v.ip6 !== '') neigh.add(`${v.ip6} ${String(v.mac)}`);
     fdb.add(`${String(v.mac)} ${String(host.vtep)}`);
   }
   return { neigh, fdb };
