@@ -8,6 +8,7 @@
  */
 import { DnsServer } from '../../src/dns/server';
 import { Forwarder } from '../../src/dns/upstream';
+import { PeerView } from '../../src/driver/peer-view';
 import { keys } from '../../src/driver/records';
 import { silentLogger } from '../../src/log';
 import { namesKeys } from '../../src/names/records';
@@ -52,8 +53,11 @@ export async function main(): Promise<void> {
     }
     await Promise.all(batch);
   }
-  const view = new NamesView(store, logger);
+  // Every name is on host `bench`, this view's own host: live whatever the store says.
+  const view = new NamesView(store, logger, new PeerView('bench', logger));
   await view.start();
+  // A host serves the names of the networks it has a local overlay on: this one.
+  await view.follow(BENCH_NETWORK_KEY);
   const forwarder = new Forwarder({ upstreams: () => [] });
   await DnsServer.start({ address: '127.0.0.1', port: Number(portText) }, { view: view.zone(BENCH_NETWORK_KEY), forwarder, logger });
   process.stdout.write(`ready ${view.served(BENCH_NETWORK_KEY).length}\n`);

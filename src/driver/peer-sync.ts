@@ -8,12 +8,12 @@ import { HostLiveness, type LivenessOptions } from './host-liveness';
 import { HostRegistration } from './host-registration';
 import type { PeerSyncHooks } from './local-overlays';
 import { PeerProgrammer, programsPeers, type PeerDataplane, type PeerProgrammingObserver, type ReconcileTrigger } from './peer-programmer';
-import { PeerView } from './peer-view';
+import { PeerView, type LiveHosts } from './peer-view';
 import { NetworkWatches } from './peer-watches';
 import type { RecordStore } from './record-store';
 import { keys, type NetworkRecord } from './records';
 
-export { desiredPeersOf, type PeerEndpoint } from './peer-view';
+export { desiredPeersOf, type LiveHosts, type PeerEndpoint } from './peer-view';
 
 export type WatchName = 'endpoints' | 'hosts';
 
@@ -128,6 +128,11 @@ export class PeerSync implements PeerSyncHooks {
   /** Store watches currently in trouble (empty when healthy), and hosts kept only because they answer probes, for /healthz. */
   health(): { watchTrouble: Partial<Record<WatchName, string>>; unregisteredPeers: string[] } {
     return { watchTrouble: { ...this.watchTrouble }, unregisteredPeers: this.liveness?.suspected() ?? [] };
+  }
+
+  /** Which hosts are alive for the data plane, as peers are programmed (the names view serves by it). */
+  get liveHosts(): LiveHosts {
+    return this.view;
   }
 
   /**

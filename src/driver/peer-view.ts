@@ -72,6 +72,19 @@ class DesiredPeers {
   }
 }
 
+/**
+ * Whether a host is alive for the data plane: a host is a peer (its containers are programmed
+ * and reachable) exactly while this says so. PeerView is its one owner, deciding from the
+ * store's registrations, the start-up settling and the underlay probes (HostLiveness); the
+ * names view asks it too, so that a name is served exactly as long as its container's peer
+ * entries stay.
+ */
+export interface LiveHosts {
+  isLive(host: string): boolean;
+  /** `listener` runs after any change to the answer for any host; returns the unsubscribe. */
+  onChange(listener: () => void): () => void;
+}
+
 /** How long a host's start-up withdrawals may take to show in the endpoint watch before it is let in anyway. */
 const SETTLE_WAIT_MS = 5_000;
 
@@ -81,7 +94,7 @@ const SETTLE_WAIT_MS = 5_000;
  * peers and the live hosts, and from them each network's desired peers. Endpoints of networks
  * this host does not use are never received. Knows nothing of the kernel (that is PeerSync's side).
  */
-export class PeerView {
+export class PeerView implements LiveHosts {
   /**
    * By network key, then store key: the endpoints that can be peers (joined, of another host),
    * reduced to what programming needs. Every remote container of the cluster is held here, so
@@ -105,6 +118,33 @@ export class PeerView {
     /** This host's VTEP: hosts on the other underlay family are refused (logged once each), not peers. */
     private readonly ownVtep?: string,
   ) {}
+
+  private readonly liveListeners = new Set<() => void>();
+
+  /**
+   * This host is always live (its own containers are on its bridge, whatever the store says);
+   * another while it is held here and on this host's underlay family, the rule `peerOf` applies.
+   */
+  isLive(name: string): boolean {
+    if (name === this.self) return true;
+    const host = this.hosts.get(name);
+    return host !== undefined && (!this.ownVtep || sameUnderlayFamily(this.ownVtep, host.vtep));
+  }
+
+  onChange(listener: () => void): () => void {
+    this.liveListeners.add(listener);
+    return () => this.liveListeners.delete(listener);
+  }
+
+  private liveChanged(): void {
+    for (const l of this.liveListeners) {
+      try {
+        l();
+      } catch (err) {
+        this.logger.warn('host liveness listener failed', { error: errorMessage(err) });
+      }
+    }
+  }
 
   /** Hosts refused for their underlay family, by name → the VTEP refused (logged once per VTEP). */
   private readonly mixed = new Map<string, string>();
@@ -191,6 +231,7 @@ export class PeerView {
     this.unsettled.delete(name);
     this.hosts.set(name, w.host);
     this.forgetDerived();
+    this.liveChanged();
     return true;
   }
 
@@ -275,6 +316,7 @@ export class PeerView {
     for (const [name, host] of before) {
       if (!seen.has(name)) this.hostWent(name, host);
     }
+    this.liveChanged();
   }
 
   /** Endpoint changes; returns the network keys they touched. */
@@ -316,12 +358,14 @@ export class PeerView {
         }
       }
     }
+    this.liveChanged();
   }
 
   /** The host's probes went unanswered after its registration expired: withdraw it. True if it was still held. */
   hostDead(name: string): boolean {
     if (!this.hosts.delete(name)) return false;
     this.forgetDerived();
+    this.liveChanged();
     return true;
   }
 

@@ -8,6 +8,7 @@ import type { Registry } from 'prom-client';
 import { DnsListeners, type OverlayDns } from '../dns/listeners';
 import { DnsMetrics } from '../dns/metrics';
 import { Forwarder, hostResolvers, type Upstream } from '../dns/upstream';
+import type { LiveHosts } from '../driver/peer-view';
 import type { RecordStore } from '../driver/record-store';
 import type { Logger } from '../log';
 import { errorMessage } from '../util/errors';
@@ -16,6 +17,8 @@ import { NamesView, type ServedName } from './view';
 
 export interface NamesServiceOptions {
   hostName: string;
+  /** Which hosts are alive for the data plane: peer distribution's (PeerSync.liveHosts). */
+  liveHosts: LiveHosts;
   /** Docker's API socket (the engine this host's containers run on). */
   dockerSocket: string;
   /** Resolvers for names outside the networks; default: the host's resolv.conf, read per query batch. */
@@ -43,7 +46,7 @@ export class NamesService {
     private readonly logger: Logger,
   ) {
     this.records = records;
-    this.view = new NamesView(records.store, logger);
+    this.view = new NamesView(records.store, logger, options.liveHosts);
     let cached: { at: number; upstreams: Upstream[] } | undefined;
     const upstreams = (): Upstream[] => {
       if (options.upstreams) return options.upstreams;

@@ -2,13 +2,15 @@
  * A host's view of the cluster's names, from the store: `names/<key>/` (who is called what) and
  * `endpoints/<key>/` (which address, and whether the container is up) of the networks this host
  * has a local overlay on — the only networks whose names it serves, so it follows no other
- * network's records, as peer distribution does not — plus `hosts/` (whether a host is alive) and
- * `networks/` (the subnets, for reverse lookups). A name is served exactly while its endpoint
- * would be programmed as a peer: joined, on a live host.
+ * network's records, as peer distribution does not — plus `networks/` (the subnets, for reverse
+ * lookups). A name is served exactly while its endpoint would be programmed as a peer: joined,
+ * on a host peer distribution holds live (LiveHosts: a host whose store registration lapsed but
+ * that still answers underlay probes keeps its peers, and so its names).
  */
 import type { Addresses, ZoneView } from '../dns/types';
+import type { LiveHosts } from '../driver/peer-view';
 import { NetworkWatches } from '../driver/peer-watches';
-import { endpointRecordSchema, hostRecordSchema, networkRecordSchema, keys, decodeRecord, type EndpointRecord } from '../driver/records';
+import { endpointRecordSchema, networkRecordSchema, keys, decodeRecord, type EndpointRecord } from '../driver/records';
 import { canonicalIp, contains, isIPv6, parseSubnet, type Subnet } from '../driver/subnet';
 import type { Logger } from '../log';
 import type { KVEntry, Store, Watch, WatchEvent } from '../store/store';
@@ -35,7 +37,7 @@ export interface ServedName {
   names: string[];
 }
 
-type Section = 'names' | 'endpoints' | 'hosts' | 'networks';
+type Section = 'names' | 'endpoints' | 'networks';
 
 /** What a name needs of its endpoint record: kept small, the view holds every network's endpoints. */
 interface EndpointBrief {
@@ -48,7 +50,6 @@ interface EndpointBrief {
 export class NamesView {
   private readonly names = new Map<string, Map<string, NamesRecord>>();
   private readonly endpoints = new Map<string, Map<string, EndpointBrief>>();
-  private readonly hosts = new Set<string>();
   /** Each network's subnets (two on a dual-stack network): an unknown address inside one is NXDOMAIN. */
   private readonly subnets = new Map<string, Subnet[]>();
   private readonly indexes = new Map<string, NetworkIndex>();
@@ -60,9 +61,13 @@ export class NamesView {
   /** Bumped on every change; the DNS servers' answer caches are keyed by it. */
   generation = 0;
 
+  private unsubscribe: (() => void) | undefined;
+
   constructor(
     private readonly store: Store,
     private readonly logger: Logger,
+    /** Peer distribution's decision of which hosts are alive (see LiveHosts): never a second one. */
+    private readonly liveHosts: LiveHosts,
     /** How long following a network waits for its first full state. */
     followWaitMs = 10_000,
   ) {
@@ -99,33 +104,32 @@ export class NamesView {
     this.changed(networkKey);
   }
 
-  /** Starts the cluster-wide watches (hosts, networks); resolves once each has delivered its first full state. */
+  /**
+   * Follows host liveness and starts the cluster-wide `networks/` watch; resolves once that has
+   * delivered its first full state.
+   */
   async start(): Promise<void> {
-    const sections: ['hosts' | 'networks', string][] = [
-      ['hosts', keys.hosts()],
-      ['networks', keys.networks()],
-    ];
-    await Promise.all(
-      sections.map(
-        ([section, prefix]) =>
-          new Promise<void>((resolve) => {
-            this.watches.push(
-              this.store.watch(prefix, {
-                onReset: (entries) => {
-                  this.reset(section, entries);
-                  this.ready.add(section);
-                  resolve();
-                },
-                onEvents: (events) => this.apply(section, events),
-                onError: (err) => this.logger.debug('names watch trouble', { section, error: errorMessage(err) }),
-              }),
-            );
-          }),
-      ),
-    );
+    // Every answer may change with a host: the DNS servers' caches are keyed by the generation.
+    this.unsubscribe ??= this.liveHosts.onChange(() => this.changed());
+    this.changed();
+    await new Promise<void>((resolve) => {
+      this.watches.push(
+        this.store.watch(keys.networks(), {
+          onReset: (entries) => {
+            this.reset(entries);
+            this.ready.add('networks');
+            resolve();
+          },
+          onEvents: (events) => this.apply('networks', events),
+          onError: (err) => this.logger.debug('names watch trouble', { section: 'networks', error: errorMessage(err) }),
+        }),
+      );
+    });
   }
 
   async close(): Promise<void> {
+    this.unsubscribe?.();
+    this.unsubscribe = undefined;
     await Promise.all([
       ...this.watches.splice(0).map((w) => w.close().catch(() => undefined)),
       ...this.perNetwork.map((p) => p.watches.closeAll().catch(() => undefined)),
@@ -195,7 +199,7 @@ export class NamesView {
   }
 
   private live(ep: EndpointBrief): boolean {
-    return ep.joined && this.hosts.has(ep.host);
+    return ep.joined && this.liveHosts.isLive(ep.host);
   }
 
   private index(networkKey: string): NetworkIndex {
@@ -244,11 +248,10 @@ export class NamesView {
     else this.indexes.delete(networkKey);
   }
 
-  /** A full state of one cluster-wide section (names and endpoints are per network: resetNetwork). */
-  private reset(section: 'hosts' | 'networks', entries: KVEntry[]): void {
-    if (section === 'hosts') this.hosts.clear();
-    else this.subnets.clear();
-    for (const e of entries) this.put(section, e.key, e.value);
+  /** A full state of `networks/` (names and endpoints are per network: resetNetwork). */
+  private reset(entries: KVEntry[]): void {
+    this.subnets.clear();
+    for (const e of entries) this.put('networks', e.key, e.value);
     this.changed();
   }
 
@@ -290,12 +293,6 @@ export class NamesView {
           if (before && before.ip === rec.ip && before.ip6 === rec.ip6 && before.joined === rec.joined && before.host === rec.host) return undefined;
           return this.names.get(m[1]!)?.has(m[2]!) ? m[1]! : undefined;
         }
-        case 'hosts': {
-          const rec = decodeRecord(hostRecordSchema, value, key);
-          if (this.hosts.has(rec.name)) return undefined;
-          this.hosts.add(rec.name);
-          return null;
-        }
         case 'networks': {
           const rec = decodeRecord(networkRecordSchema, value, key);
           this.subnets.set(rec.key, [rec.subnet, rec.subnet6].filter((x): x is string => Boolean(x)).map(parseSubnet));
@@ -320,10 +317,6 @@ export class NamesView {
         const m = /^endpoints\/([^/]+)\/([^/]+)$/.exec(key);
         if (!m) return undefined;
         return this.endpoints.get(m[1]!)?.delete(m[2]!) && this.names.get(m[1]!)?.has(m[2]!) ? m[1]! : undefined;
-      }
-      case 'hosts': {
-        const name = key.slice(keys.hosts().length);
-        return this.hosts.delete(name) ? null : undefined;
       }
       case 'networks': {
         const networkKey = key.slice(keys.networks().length);

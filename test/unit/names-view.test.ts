@@ -1,14 +1,21 @@
 /**
  * The cluster's names as every host sees them (src/names/view.ts), on the embedded store:
- * a name is served while its endpoint is joined on a live host, per network only.
+ * a name is served while its endpoint is joined on a live host, per network only. Which hosts
+ * are live is peer distribution's decision (a real PeerSync on the same store, probing hosts
+ * whose registration lapsed with real UnderlayProbe sockets on loopback); its kernel side is a
+ * recorder, as in peer-sync.test.ts.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
+import { UnderlayProbe } from '../../src/dataplane/underlay-probe';
+import type { Peer } from '../../src/dataplane/types';
+import { PeerSync, type PeerDataplane } from '../../src/driver/peer-sync';
+import { RecordStore } from '../../src/driver/record-store';
 import { silentLogger } from '../../src/log';
-import { keys } from '../../src/driver/records';
+import { keys, type NetworkRecord } from '../../src/driver/records';
 import { namesKeys } from '../../src/names/records';
 import { NamesView } from '../../src/names/view';
 import { openLocalStore, type LocalStore } from '../../src/store/local';
@@ -16,6 +23,23 @@ import { openLocalStore, type LocalStore } from '../../src/store/local';
 let dir = '';
 let store: LocalStore;
 let view: NamesView;
+let sync: PeerSync;
+let prober: UnderlayProbe;
+/** Host `d`'s daemon answering probes on loopback (its VTEP): closed to make `d` dead. */
+let responder: UnderlayProbe;
+
+class KernelRecorder implements PeerDataplane {
+  readonly table = new Map<string, Peer>();
+  async applyPeers(_networkId: string, add: Peer[], remove: Peer[]): Promise<unknown> {
+    for (const p of remove) this.table.delete(p.ip);
+    for (const p of add) this.table.set(p.ip, p);
+    return {};
+  }
+  async listPeers(): Promise<Peer[]> {
+    return [...this.table.values()];
+  }
+}
+const kernel = new KernelRecorder();
 
 const put = (key: string, value: unknown) => store.put(key, JSON.stringify(value));
 const created = new Date().toISOString();
@@ -64,7 +88,24 @@ before(async () => {
   await put(keys.network('fd00:60::-64'), { key: 'fd00:60::-64', ids: ['w'], vni: 259, subnet: '', gateway: '', subnet6: 'fd00:60::/64', gateway6: 'fd00:60::1', mtu: 1450, mode: 'static', options: {}, created });
   await endpoint('fd00:60::-64', 'e6', '', 'b', true, 'fd00:60::a');
   await names('fd00:60::-64', 'e6', 'only6', [], 'b', 'v6net');
-  view = new NamesView(store, silentLogger());
+  prober = await UnderlayProbe.listen('127.0.0.1', 0, () => ({ name: 'c', instance: 'i-c' }), silentLogger());
+  responder = await UnderlayProbe.listen('127.0.0.1', 0, () => ({ name: 'd', instance: 'i-d' }), silentLogger());
+  const fast = { attempts: 1, timeoutMs: 200 };
+  sync = new PeerSync(
+    new RecordStore(store),
+    kernel,
+    {
+      hostName: 'c',
+      vtep: '192.0.2.3',
+      leaseTtlSeconds: 5,
+      reconcileIntervalMs: 60_000,
+      probe: (target) => prober.probe(target, responder.port, fast),
+      liveness: { intervalMs: 100, ...fast },
+    },
+    silentLogger(),
+  );
+  await sync.start();
+  view = new NamesView(store, silentLogger(), sync.liveHosts);
   await view.start();
   // A host follows the names of the networks it has a local overlay on; here, all four.
   for (const key of ['10.20.0.0-24', '10.30.0.0-24', '10.40.0.0-24', 'fd00:60::-64']) await view.follow(key);
@@ -72,6 +113,9 @@ before(async () => {
 
 after(async () => {
   await view?.close();
+  await sync?.close();
+  prober?.close();
+  responder?.close();
   await store?.close();
   if (dir) await rm(dir, { recursive: true, force: true });
 });
@@ -102,10 +146,9 @@ test('a stopped container (not joined), a dead host or a removed record: NXDOMAI
   await until(() => view.generation > g);
   assert.deepEqual(z.lookupName('svc')?.v4, ['10.20.0.2']);
   assert.equal(z.lookupName('web2'), null);
-  g = view.generation;
+  // `a` does not answer probes (its VTEP is not on this machine): dead once the probe fails.
   await store.delete(keys.host('a'));
-  await until(() => view.generation > g);
-  assert.equal(z.lookupName('web'), null);
+  await until(() => z.lookupName('web') === null);
   assert.equal(z.lookupAddress('10.20.0.2'), null);
   g = view.generation;
   await put(keys.host('a'), { name: 'a', vtep: '192.0.2.1', started: created });
@@ -156,4 +199,43 @@ test('IPv6: AAAA beside A on a dual-stack network, AAAA alone on an IPv6-only on
   assert.equal(only.lookupAddress('fd00:60::b'), null);
   const served = view.served('10.40.0.0-24').find((n) => n.container === 'dual');
   assert.equal(served?.ip6, 'fd00:40::2');
+});
+
+test('a host whose registration lapsed but that answers underlay probes keeps its names exactly as long as its peers stay; NXDOMAIN once they go', async () => {
+  const net: NetworkRecord = { key: '10.70.0.0-24', ids: ['v'], vni: 261, subnet: '10.70.0.0/24', gateway: '10.70.0.1', mtu: 1450, mode: 'static', options: {}, created };
+  await put(keys.network(net.key), net);
+  await put(keys.host('d'), { name: 'd', vtep: '127.0.0.1', instance: 'i-d', started: created });
+  await endpoint(net.key, 'e8', '10.70.0.8', 'd');
+  await names(net.key, 'e8', 'far', ['faraway'], 'd', 'remote');
+  await view.follow(net.key);
+  await sync.networkActive('v'.repeat(64), net);
+  const z = view.zone(net.key);
+  const named = () => z.lookupName('far')?.v4.includes('10.70.0.8') === true;
+  const peered = () => kernel.table.has('10.70.0.8');
+  await until(() => named() && peered());
+
+  // The lease on hosts/d ran out (d lost the store) while d's daemon still answers on the underlay.
+  await store.delete(keys.host('d'));
+  await until(() => sync.health().unregisteredPeers.includes('d'));
+  for (let i = 0; i < 5; i++) {
+    assert.ok(peered(), 'peer distribution keeps d while it answers');
+    assert.ok(named(), "and so d's names are served");
+    assert.deepEqual(z.lookupAddress('10.70.0.8'), ['far.remote']);
+    assert.deepEqual(view.served(net.key).map((n) => n.container), ['far']);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+
+  // d stops answering: the peers drop it, and its names go with them.
+  responder.close();
+  await until(() => !sync.health().unregisteredPeers.includes('d'));
+  assert.equal(z.lookupName('far'), null);
+  assert.equal(z.lookupName('faraway.remote'), null);
+  assert.equal(z.lookupAddress('10.70.0.8'), null);
+  await until(() => !peered());
+
+  // Registered again: peers and names are back together.
+  await put(keys.host('d'), { name: 'd', vtep: '127.0.0.1', instance: 'i-d', started: created });
+  await until(() => named() && peered());
+  await sync.networkInactive('v'.repeat(64));
+  view.unfollow(net.key);
 });
