@@ -345,16 +345,17 @@ function startEncryption(
 }
 
 /**
- * The overlay life cycle as the names service needs it, beside the peer distribution: a DNS
- * listener on the network's gateway inside the overlay namespace while the overlay is up. Not
+ * The overlay life cycle as the names service needs it, beside the peer distribution: DNS
+ * listeners on the network's gateways inside the overlay namespace while the overlay is up. Not
  * awaited: a Join neither waits for nor fails because of its network's DNS listener.
  */
 function withNamesHooks(peerSync: PeerSync, names: NamesService, dataplane: Dataplane): PeerSyncHooks {
   const active = new Map<string, NetworkRecord>();
   const listen = (networkId: string, network: NetworkRecord): void => {
     const overlay = dataplane.findOverlay(networkId);
-    // The listener is IPv4 (it answers AAAA too): an IPv6-only network has no IPv4 gateway to bind.
-    if (overlay && network.gateway) void names.overlayActive({ networkId, networkKey: network.key, netnsPath: overlay.netnsPath, gateway: network.gateway });
+    // Each gateway the network has: a dual-stack container may be given either as its --dns.
+    const addresses = [network.gateway, network.gateway6].filter((a): a is string => Boolean(a));
+    if (overlay && addresses.length > 0) void names.overlayActive({ networkId, networkKey: network.key, netnsPath: overlay.netnsPath, addresses });
   };
   return {
     async networkActive(networkId, network) {

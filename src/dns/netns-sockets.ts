@@ -7,12 +7,14 @@
  * (through koffi, like src/dataplane/libc.ts) while the thread is inside the namespace, and
  * handed to node afterwards (`dgram` `bind({fd})`, `net.Server.listen({fd})`).
  */
+import ipaddr from 'ipaddr.js';
 import * as koffi from 'koffi';
 import net from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { inNetnsFile } from '../dataplane/netns';
 
 const AF_INET = 2;
+const AF_INET6 = 10;
 const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
 const SOCK_NONBLOCK = 0o4000;
@@ -20,7 +22,12 @@ const SOCK_CLOEXEC = 0o2000000;
 const SOL_SOCKET = 1;
 const SO_REUSEADDR = 2;
 const IPPROTO_IP = 0;
-/** Binding succeeds even before the gateway address is on br0 (it is added in the same activation). */
+const IPPROTO_IPV6 = 41;
+const IPV6_V6ONLY = 26;
+/**
+ * Binding succeeds even before the gateway address is on br0 (it is added in the same
+ * activation). The IPv4 option also governs IPv6 sockets (the kernel's nonlocal-bind check).
+ */
 const IP_FREEBIND = 15;
 
 type IntFn = (...args: unknown[]) => number;
@@ -54,24 +61,28 @@ function fail(call: string, detail: string): never {
   throw err;
 }
 
-function sockaddrIn(address: string, port: number): Buffer {
-  const sa = Buffer.alloc(16);
-  sa.writeUInt16LE(AF_INET, 0);
+/** `struct sockaddr_in` or `struct sockaddr_in6` (flow info and scope id zero: a global address). */
+function sockaddr(address: string, port: number): Buffer {
+  const v6 = net.isIPv6(address);
+  const sa = Buffer.alloc(v6 ? 28 : 16);
+  sa.writeUInt16LE(v6 ? AF_INET6 : AF_INET, 0);
   sa.writeUInt16BE(port, 2);
-  address.split('.').forEach((octet, i) => sa.writeUInt8(Number(octet), 4 + i));
+  Buffer.from(ipaddr.parse(address).toByteArray()).copy(sa, v6 ? 8 : 4);
   return sa;
 }
 
 function boundSocket(type: number, address: string, port: number): number {
   const c = libc();
-  const fd = c.socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  const v6 = net.isIPv6(address);
+  const fd = c.socket(v6 ? AF_INET6 : AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) fail('socket', address);
   try {
     const one = Buffer.alloc(4);
     one.writeInt32LE(1, 0);
     if (c.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, one, 4) !== 0) fail('setsockopt SO_REUSEADDR', address);
     if (c.setsockopt(fd, IPPROTO_IP, IP_FREEBIND, one, 4) !== 0) fail('setsockopt IP_FREEBIND', address);
-    const sa = sockaddrIn(address, port);
+    if (v6 && c.setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, one, 4) !== 0) fail('setsockopt IPV6_V6ONLY', address);
+    const sa = sockaddr(address, port);
     if (c.bind(fd, sa, sa.length) !== 0) fail('bind', `${address}:${port}`);
     return fd;
   } catch (err) {
@@ -83,15 +94,19 @@ function boundSocket(type: number, address: string, port: number): number {
 export interface NamespaceSockets {
   udpFd: number;
   tcpFd: number;
+  /** IPv6 sockets (node must wrap them as `udp6`). */
+  ipv6: boolean;
 }
 
-/** A UDP and a TCP socket bound to `address:port` inside the namespace mounted on `netnsFile`. */
+/** A UDP and a TCP socket bound to `address:port` (IPv4 or IPv6) inside the namespace mounted on `netnsFile`. */
 export function bindInNamespace(netnsFile: string, address: string, port: number): NamespaceSockets {
-  if (net.isIPv4(address) === false) throw new Error(`DNS listener address ${address} is not IPv4`);
+  // A scoped (`%if`) or link-local address is no gateway: overlay-check refuses those.
+  if (net.isIP(address) === 0) throw new Error(`DNS listener address ${address} is not an IP address`);
+  const ipv6 = net.isIPv6(address);
   return inNetnsFile(netnsFile, () => {
     const udpFd = boundSocket(SOCK_DGRAM, address, port);
     try {
-      return { udpFd, tcpFd: boundSocket(SOCK_STREAM, address, port) };
+      return { udpFd, tcpFd: boundSocket(SOCK_STREAM, address, port), ipv6 };
     } catch (err) {
       libc().close(udpFd);
       throw err;

@@ -12,7 +12,7 @@ import { noopDnsObserver, type DnsObserver, type Transport, type ZoneView } from
 import type { Forwarder } from './upstream';
 
 /** Where to listen: an address (tests, benchmarks) or sockets already bound elsewhere (an overlay namespace). */
-export type ListenTarget = { address: string; port: number } | { udpFd: number; tcpFd: number };
+export type ListenTarget = { address: string; port: number } | { udpFd: number; tcpFd: number; ipv6?: boolean };
 
 export interface DnsServerDeps {
   view: ZoneView;
@@ -44,7 +44,9 @@ export class DnsServer {
   }
 
   static async start(target: ListenTarget, deps: DnsServerDeps): Promise<DnsServer> {
-    const udp = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+    // The type decides how node reads the addresses it sends to: it must match the socket's family.
+    const ipv6 = 'udpFd' in target ? target.ipv6 === true : net.isIPv6(target.address);
+    const udp = dgram.createSocket({ type: ipv6 ? 'udp6' : 'udp4', reuseAddr: true });
     const tcp = net.createServer({ pauseOnConnect: false });
     tcp.maxConnections = TCP_MAX_CONNECTIONS;
     const server = new DnsServer(udp, tcp, deps);

@@ -4,7 +4,7 @@ import net from 'node:net';
 import * as packet from 'dns-packet';
 import type { Addresses, ZoneView } from '../../src/dns/types';
 
-/** A zone of single-label names (and `<name>.<zone>`) over a subnet prefix like `10.20.0.`. */
+/** A zone of single-label names (and `<name>.<zone>`) over a subnet prefix like `10.20.0.` or `fd00:20::`. */
 export class MapView implements ZoneView {
   generation = 0;
   readonly names = new Map<string, string[]>();
@@ -23,8 +23,8 @@ export class MapView implements ZoneView {
   lookupName(name: string): Addresses | null | undefined {
     const short = name.endsWith(`.${this.zone}`) ? name.slice(0, -this.zone.length - 1) : name;
     if (short.includes('.')) return undefined;
-    const v4 = this.names.get(short);
-    return v4 ? { v4, v6: [] } : null;
+    const ips = this.names.get(short);
+    return ips ? { v4: ips.filter((ip) => !ip.includes(':')), v6: ips.filter((ip) => ip.includes(':')) } : null;
   }
   lookupAddress(ip: string): string[] | null | undefined {
     if (!ip.startsWith(this.subnetPrefix)) return undefined;

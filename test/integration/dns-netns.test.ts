@@ -2,6 +2,7 @@
  * The per-network DNS listener in a real network namespace: its sockets are created inside
  * the namespace (bound to the gateway address on a bridge there), a client in that namespace
  * gets answers over UDP and TCP, the host namespace has no such listener, and release closes it.
+ * IPv6: a dual-stack overlay is served on both gateways, an IPv6-only one on its IPv6 gateway.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -42,7 +43,7 @@ test('a listener bound inside the overlay namespace answers there, over UDP and 
   const dns = new DnsListeners({ zone: () => view, forwarder, logger: silentLogger() });
   listeners.push(dns);
   // Bound before the address exists (IP_FREEBIND): activation order does not matter.
-  await dns.activate({ networkId: 'n1', networkKey: '10.251.7.0-24', netnsPath: ns, gateway: '10.251.7.1' });
+  await dns.activate({ networkId: 'n1', networkKey: '10.251.7.0-24', netnsPath: ns, addresses: ['10.251.7.1'] });
   assert.equal(dns.list().length, 1);
   ipIn(ns, 'addr', 'add', '10.251.7.1/24', 'dev', 'br0');
 
@@ -87,7 +88,7 @@ test('a client that resolved the gateway keeps reaching the DNS listener when mo
   const forwarder = new Forwarder({ upstreams: () => [], timeoutMs: 200 });
   const dns = new DnsListeners({ zone: () => view, forwarder, logger: silentLogger() });
   listeners.push(dns);
-  await dns.activate({ networkId: spec.networkId, networkKey: '10.251.8.0-24', netnsPath: overlay.netnsPath, gateway: '10.251.8.1' });
+  await dns.activate({ networkId: spec.networkId, networkKey: '10.251.8.0-24', netnsPath: overlay.netnsPath, addresses: ['10.251.8.1'] });
 
   // A client on br0, as a container is: its own namespace, a veth pair, an address.
   const client = throwawayNetns('dns-client');
@@ -110,5 +111,49 @@ test('a client that resolved the gateway keeps reaching the DNS listener when mo
 
   await dns.release(spec.networkId);
   await dp.removeOverlay(spec.networkId);
+  forwarder.close();
+});
+
+test('IPv6 gateways: a dual-stack overlay answers on both gateways, an IPv6-only one on its IPv6 gateway, AAAA and ip6.arpa included', { skip }, async () => {
+  const dp = new Dataplane({ netnsDir: runDir('dns-netns'), logger: silentLogger() });
+  dataplanes.push(dp);
+  const forwarder = new Forwarder({ upstreams: () => [], timeoutMs: 200 });
+  const dns = new DnsListeners({ zone: () => view, forwarder, logger: silentLogger() });
+  listeners.push(dns);
+  const view = new MapView('demo', 'fd00:251:9::');
+  view.set('web', ['10.251.9.9', 'fd00:251:9::9']);
+  const cases = [
+    { id: testId('s'), vni: 4001, gatewayCidr: '10.251.9.1/24', gateway6Cidr: 'fd00:251:9::1/64', addresses: ['10.251.9.1', 'fd00:251:9::1'] },
+    { id: testId('6'), vni: 4002, gateway6Cidr: 'fd00:251:9::1/64', addresses: ['fd00:251:9::1'] },
+  ];
+  for (const c of cases) {
+    const spec = { networkId: c.id, vni: c.vni, mtu: 1450, mode: 'static' as const, gateway6Cidr: c.gateway6Cidr, ...(c.gatewayCidr ? { gatewayCidr: c.gatewayCidr } : {}) };
+    const overlay = await dp.ensureOverlay(spec);
+    await dns.activate({ networkId: c.id, networkKey: c.id, netnsPath: overlay.netnsPath, addresses: c.addresses });
+    assert.deepEqual(dns.list().find((l) => l.networkId === c.id)?.addresses, c.addresses);
+    const ss = inNs(overlay.netnsPath, 'ss', ['-Hlnu']) + inNs(overlay.netnsPath, 'ss', ['-Hlnt']);
+    for (const a of c.addresses) assert.match(ss, new RegExp(`${(a.includes(':') ? `[${a}]` : a).replace(/[.[\]]/g, '\\$&')}:53`), `${a}:53 (UDP and TCP)`);
+
+    // A client on br0 with an IPv6 address, as a container on the network is.
+    const tag = c.id.slice(-6);
+    const client = throwawayNetns(`dns6-${tag}`);
+    ipIn(overlay.netnsPath, 'link', 'add', `c${tag}`, 'type', 'veth', 'peer', 'name', `p${tag}`);
+    ipIn(overlay.netnsPath, 'link', 'set', `p${tag}`, 'master', 'br0', 'up');
+    ipIn(overlay.netnsPath, 'link', 'set', `c${tag}`, 'netns', client);
+    ipIn(client, 'addr', 'add', 'fd00:251:9::2/64', 'dev', `c${tag}`, 'nodad');
+    if (c.gatewayCidr) ipIn(client, 'addr', 'add', '10.251.9.2/24', 'dev', `c${tag}`);
+    ipIn(client, 'link', 'set', `c${tag}`, 'up');
+    const ask = (args: string[], server: string): Promise<string> => inNsAsync(client, ['busybox', 'nslookup', '-timeout=2', '-retry=1', ...args, server]);
+    for (const server of c.addresses) {
+      assert.match(await ask(['-type=aaaa', 'web'], server), /fd00:251:9::9/, `AAAA from ${server}`);
+      assert.match(await ask(['-type=ptr', `${[...'fd000251000900000000000000000009'].reverse().join('.')}.ip6.arpa`], server), /web/, `ip6.arpa from ${server}`);
+    }
+    // Over TCP to the IPv6 gateway too (AAAA query for "web", id 1).
+    const tcp = await inNsAsync(client, ['sh', '-c', "printf '\\000\\025\\000\\001\\001\\000\\000\\001\\000\\000\\000\\000\\000\\000\\003web\\000\\000\\034\\000\\001' | busybox nc -w 2 fd00:251:9::1 53 | od -An -tx1"]);
+    assert.match(tcp.replace(/\s+/g, ' '), /fd 00 02 51 00 09 00 00 00 00 00 00 00 00 00 09/, 'AAAA record over TCP');
+    await dns.release(c.id);
+    assert.doesNotMatch(inNs(overlay.netnsPath, 'ss', ['-Hlnu']), /:53\b/, 'released: the sockets are closed');
+    await dp.removeOverlay(c.id);
+  }
   forwarder.close();
 });
