@@ -82,7 +82,7 @@ export interface NetworkReport {
   desiredPeers: Peer[];
   /** With --check: each difference between kernel and store (empty = consistent). */
   differences?: string[];
-  /** Names the network's DNS listener (gateway, port 53) answers, from every host. */
+  /** Names the network's DNS listeners (each gateway, port 53) answer, from every host. */
   names?: ServedNameReport[];
 }
 
@@ -271,14 +271,19 @@ export function formatNetwork(r: NetworkReport): string {
     lines.push(...indent(table(rows)));
   }
   if (r.names) {
-    lines.push(`  names (DNS on ${r.gateway}:53): ${r.names.length}`);
-    lines.push(...indent(table(r.names.map((n) => [n.names.join(','), n.ip, n.host]))));
+    lines.push(`  names (DNS on ${dnsAddresses(r).join(' ')}): ${r.names.length}`);
+    lines.push(...indent(table(r.names.map((n) => [n.names.join(','), [n.ip, n.ip6].filter(Boolean).join(' '), n.host]))));
   }
   if (r.differences) {
     if (r.differences.length === 0) lines.push('  check: ok (kernel matches the store)');
     else lines.push(`  check: ${r.differences.length} difference(s)`, ...r.differences.map((d) => `    - ${d}`));
   }
   return lines.join('\n');
+}
+
+/** Where the network's names are served: each gateway it has (a dual-stack network's both), port 53. */
+export function dnsAddresses(r: Pick<NetworkReport, 'gateway' | 'gateway6'>): string[] {
+  return [...(r.gateway ? [`${r.gateway}:53`] : []), ...(r.gateway6 ? [`[${r.gateway6}]:53`] : [])];
 }
 
 export function formatReport(report: InspectReport): string {

@@ -1,7 +1,9 @@
 /**
  * Which names a network serves, from its records: the rule the DNS view applies, as a pure
  * function for `tsoverlay inspect`. A names record counts while its endpoint is joined on a
- * host whose `hosts/` record exists (the rule peer programming uses).
+ * live host. `inspect` reads the store only, so for it a host is live while its `hosts/` record
+ * exists, as for the peers it lists; the daemon also keeps a host whose registration lapsed
+ * while it answers underlay probes (peers and names alike: see NamesView and LiveHosts).
  */
 import type { EndpointRecord } from '../driver/records';
 import type { NamesRecord } from './records';
@@ -9,7 +11,9 @@ import type { NamesRecord } from './records';
 export interface ServedNameReport {
   container: string;
   names: string[];
+  /** Empty on an IPv6-only network. */
   ip: string;
+  ip6?: string;
   host: string;
 }
 
@@ -19,7 +23,7 @@ export function servedNames(records: readonly NamesRecord[], endpoints: readonly
   for (const r of records) {
     const ep = byId.get(r.endpointId);
     if (!ep || !ep.joined || !liveHosts.has(ep.host)) continue;
-    out.push({ container: r.container, names: r.names, ip: ep.ip, host: ep.host });
+    out.push({ container: r.container, names: r.names, ip: ep.ip, ...(ep.ip6 ? { ip6: ep.ip6 } : {}), host: ep.host });
   }
   return out.sort((a, b) => a.container.localeCompare(b.container));
 }

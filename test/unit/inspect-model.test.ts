@@ -249,3 +249,21 @@ test('dual-stack: the IPv6 gateway on br0 and each peer\'s IPv6 neighbour are ch
 function neighbours(r: NetworkReport): string[] {
   return r.neighbours.map((n) => n.ip);
 }
+
+test('names: the DNS addresses are every gateway the network has, and an IPv6-only container shows its IPv6 address', () => {
+  const dual = healthy();
+  dual.gateway6 = 'fd00:9::1';
+  dual.subnet6 = 'fd00:9::/64';
+  dual.names = [{ container: 'web', names: ['web', 'frontend'], ip: '10.9.0.3', ip6: 'fd00:9::3', host: 'b' }];
+  const only6 = healthy();
+  only6.dockerName = 'only6';
+  only6.subnet = '';
+  only6.gateway = '';
+  only6.gateway6 = 'fd00:7::1';
+  only6.subnet6 = 'fd00:7::/64';
+  only6.names = [{ container: 'db', names: ['db'], ip: '', ip6: 'fd00:7::5', host: 'a' }];
+  const base = { host: 'b', vtep: '192.0.2.2', store: 'local', netnsDir: '/run/tsoverlay/netns', docker: 'reachable', orphanNamespaces: [], differences: [] };
+  const text = formatReport({ ...base, networks: [dual, only6] });
+  assert.match(text, /names \(DNS on 10\.9\.0\.1:53 \[fd00:9::1\]:53\): 1\n {4}web,frontend {2}10\.9\.0\.3 fd00:9::3 {2}b/);
+  assert.match(text, /names \(DNS on \[fd00:7::1\]:53\): 1\n {4}db +fd00:7::5 {2}a/);
+});
