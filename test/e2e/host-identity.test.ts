@@ -7,10 +7,11 @@
  *   (the same instance id).
  * - A host whose registration disappears registers again by itself.
  * - A host cut off from the store (but not from its peers) for TSO_PARTITION_SECONDS (default 60):
- *   no ping lost to or from its containers; /healthz says it is not registered meanwhile; after
+ *   no ping lost to or from its containers; /healthz says it is not registered meanwhile; its
+ *   containers' names still resolve on the other hosts (names follow the peers' liveness); after
  *   the partition everything converges to the store.
  * - A host powered off (dockerd + plugin killed, underlay link down): its entries are gone on
- *   every other host within the lease TTL + 5 s.
+ *   every other host within the lease TTL + 5 s, and its names with them.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -41,6 +42,7 @@ const LEASE_TTL = 5;
 const NET = 'idnet';
 const SUBNET = '10.73.0.0/24';
 const NETWORK_KEY = '10.73.0.0-24';
+const GATEWAY = '10.73.0.1';
 
 let cluster: Cluster;
 let etcd: EtcdServer;
@@ -58,6 +60,14 @@ async function runSleeper(host: DockerHost, name: string): Promise<string> {
   await c.start();
   return (await attachment(host.docker, name, NET))!.ip;
 }
+
+/** `nslookup name` from B's container `part-b`, asked straight of B's DNS listener on the gateway. */
+async function lookupOnB(b: DockerHost, name: string): Promise<string> {
+  const r = await b.cli(['exec', 'part-b', 'nslookup', name, GATEWAY], { allowFailure: true, timeoutMs: 20_000 });
+  return `${r.stdout}${r.stderr}`;
+}
+
+const resolvesTo = (out: string, ip: string) => new RegExp(`Name:\\s+\\S+\\s+Address(?: \\d+)?:\\s+${ip.replace(/\./g, '\\.')}\\b`).test(out);
 
 async function converged(live: readonly DockerHost[]): Promise<boolean> {
   const store = await etcdDump(etcd);
@@ -177,6 +187,7 @@ test(`a host cut off from the store for ${PARTITION_S} s loses no traffic`, { sk
   const b2 = await runSleeper(b, 'part-b');
   const c2 = await runSleeper(c, 'part-c');
   await waitFor(() => converged([a, b, c]), { timeoutMs: 15_000, what: 'tables before the partition' });
+  await waitFor(async () => resolvesTo(await lookupOnB(b, 'part-a'), a2), { timeoutMs: 15_000, what: "A's container's name on B before the partition" });
   const monitors: [string, PingMonitor][] = [
     ['b → a', await startPingMonitor(b.docker, 'part-b', a2, 'part-ba')],
     ['c → a', await startPingMonitor(c.docker, 'part-c', a2, 'part-ca')],
@@ -197,6 +208,9 @@ test(`a host cut off from the store for ${PARTITION_S} s loses no traffic`, { sk
     }, { timeoutMs: 15_000, what: 'A to report that it is not registered' });
     t.diagnostic(`A's /healthz during the partition: ${JSON.stringify(health.problems)}`);
     assert.ok(health.problems.some((p) => /not registered/.test(p)));
+    // A's registration is gone but B keeps A as a peer: A's names stay with it (issue 17).
+    const during = await lookupOnB(b, 'part-a');
+    assert.ok(resolvesTo(during, a2), `part-a resolves on B during the partition: ${during}`);
     await sleep(Math.max(0, PARTITION_S * 1000 - LEASE_TTL * 1000));
     for (const h of [b, c]) {
       const tables = await peerTables(h, netIds.get(h.name)!);
@@ -239,5 +253,7 @@ test('a host powered off has its entries removed within the lease TTL + 5 s', { 
   }
   const gone = Date.now() - offAt;
   t.diagnostic(`A's entries removed on B and C ${gone} ms after power-off (lease TTL ${LEASE_TTL} s)`);
+  // The same decision drops the peers and the names: no wait here.
+  assert.match(await lookupOnB(b, 'part-a'), /NXDOMAIN|can't find/i, "A's names go with its peers");
   assert.ok(gone < (LEASE_TTL + 5) * 1000, `within TTL + 5 s (${gone} ms)`);
 });
