@@ -136,6 +136,16 @@ export class PeerView implements LiveHosts {
     return () => this.liveListeners.delete(listener);
   }
 
+  /** Which hosts are held, at which VTEP: what isLive answers from. */
+  private liveSnapshot(): Map<string, string> {
+    return new Map([...this.hosts].map(([name, h]) => [name, h.vtep]));
+  }
+
+  /** Listeners run only when the answer changed: a host record rewritten as it was changes no name. */
+  private liveChangedSince(before: ReadonlyMap<string, string>): void {
+    if (before.size !== this.hosts.size || [...this.hosts].some(([name, h]) => before.get(name) !== h.vtep)) this.liveChanged();
+  }
+
   private liveChanged(): void {
     for (const l of this.liveListeners) {
       try {
@@ -301,6 +311,7 @@ export class PeerView implements LiveHosts {
   /** The host watch delivered the full state. */
   resetHosts(entries: KVEntry[]): void {
     const before = new Map(this.hosts);
+    const live = this.liveSnapshot();
     const seen = new Set<string>();
     this.hosts.clear();
     this.forgetDerived();
@@ -316,7 +327,7 @@ export class PeerView implements LiveHosts {
     for (const [name, host] of before) {
       if (!seen.has(name)) this.hostWent(name, host);
     }
-    this.liveChanged();
+    this.liveChangedSince(live);
   }
 
   /** Endpoint changes; returns the network keys they touched. */
@@ -343,6 +354,7 @@ export class PeerView implements LiveHosts {
   /** Hosts came or went (a VTEP may have changed): every network's desired peers may differ. */
   hostEvents(events: WatchEvent[]): void {
     this.forgetDerived();
+    const live = this.liveSnapshot();
     for (const ev of events) {
       const name = keys.hostOf(ev.key);
       if (name === undefined) continue;
@@ -358,7 +370,7 @@ export class PeerView implements LiveHosts {
         }
       }
     }
-    this.liveChanged();
+    this.liveChangedSince(live);
   }
 
   /** The host's probes went unanswered after its registration expired: withdraw it. True if it was still held. */

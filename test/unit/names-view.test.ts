@@ -239,3 +239,12 @@ test('a host whose registration lapsed but that answers underlay probes keeps it
   await sync.networkInactive('v'.repeat(64));
   view.unfollow(net.key);
 });
+
+test('a host record rewritten as it was changes no answer: the DNS caches are kept', async () => {
+  const g = view.generation;
+  await put(keys.host('b'), { name: 'b', vtep: '192.0.2.2', started: created });
+  // A change of the live set would have reached the view synchronously with the watch event.
+  await put(keys.network('10.80.0.0-24'), { key: '10.80.0.0-24', ids: ['u'], vni: 262, subnet: '10.80.0.0/24', gateway: '10.80.0.1', mtu: 1450, mode: 'static', options: {}, created });
+  await until(() => view.generation > g);
+  assert.equal(view.generation, g + 1, 'only the network record counted');
+});
