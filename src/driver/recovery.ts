@@ -165,7 +165,11 @@ export class Recovery {
     } catch {
       return;
     }
-    for (const ep of await records.list(endpointRecordSchema, keys.allEndpoints())) {
+    // Only records that mention both this host and the address are decoded: one per release at most, usually none.
+    const name = JSON.stringify(host.name);
+    const quotedIp = JSON.stringify(ip);
+    const candidates = await records.listMatching(endpointRecordSchema, keys.allEndpoints(), (raw) => raw.includes(quotedIp) && raw.includes(name));
+    for (const ep of candidates) {
       if (ep.value.host !== host.name || (ep.value.ip !== ip && ep.value.ip6 !== ip) || ep.value.joined) continue;
       const network = await networks.find(ep.value.networkId);
       if (network && network.value.subnet !== subnet && network.value.subnet6 !== subnet) continue;
