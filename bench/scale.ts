@@ -60,8 +60,6 @@ const GLOBAL_SPACE = 'tsoverlay-global';
 const GATEWAY_OPTION = { RequestAddressType: 'com.docker.network.gateway' };
 const IPAM_SUBNET = '10.99.0.0/16';
 const LEASE_TTL_S = 30;
-/** How long after a restart's tables match the store its RSS is sampled again. */
-const RSS_SETTLE_MS = 10_000;
 
 /** Network n: 10.(100+n).0.0/16; phantom endpoints take addresses from 10.(100+n).128.0 up, clear of what IPAM hands out from the bottom. */
 const subnetOf = (n: number) => `10.${100 + n}.0.0/16`;
@@ -81,6 +79,7 @@ interface Params {
   scoped: boolean;
   inflight: number;
   ipam: number;
+  rssSettleS: number;
 }
 
 // ---------------------------------------------------------------------------
@@ -712,12 +711,14 @@ async function runOnStore(which: 'etcd' | 'consul', p: Params, ctx: BenchContext
       const one = (name: string) => mib(samples(text, name)[0]?.value ?? NaN);
       ctx.log(`restart: healthy after ${fmt(healthyMs / 1000, 2)} s, in step after ${fmt(inStepMs / 1000, 2)} s; RSS ${fmt(result.restart.rssMiB)} MiB, heap ${fmt(one('nodejs_heap_size_used_bytes'))} of ${fmt(one('nodejs_heap_size_total_bytes'))} MiB, external ${fmt(one('nodejs_external_memory_bytes'))} MiB`);
       // What it keeps once the start-up's garbage is collected (V8 returns heap pages when idle).
-      await sleep(RSS_SETTLE_MS);
-      result.restart.rssSettledMiB = memoryOf(d.proc.pid).rssMiB;
-      // The daemons that were not restarted learned the same peers event by event.
-      const others = daemons.filter((o) => o !== d).map((o) => memoryOf(o.proc.pid).rssMiB);
-      result.restart.othersRssMiB = others.reduce((a, b) => a + b, 0) / others.length;
-      ctx.log(`restart: RSS ${fmt(result.restart.rssSettledMiB)} MiB ${RSS_SETTLE_MS / 1000} s later; the other daemons ${others.map((r) => fmt(r)).join(', ')} MiB`);
+      if (p.rssSettleS > 0) {
+        await sleep(p.rssSettleS * 1000);
+        result.restart.rssSettledMiB = memoryOf(d.proc.pid).rssMiB;
+        // The daemons that were not restarted learned the same peers event by event.
+        const others = daemons.filter((o) => o !== d).map((o) => memoryOf(o.proc.pid).rssMiB);
+        result.restart.othersRssMiB = others.reduce((a, b) => a + b, 0) / others.length;
+        ctx.log(`restart: RSS ${fmt(result.restart.rssSettledMiB)} MiB ${p.rssSettleS} s later; the other daemons ${others.map((r) => fmt(r)).join(', ')} MiB`);
+      }
     }
 
     // IPAM: one subnet, 3 real hosts, `inflight` requests in flight each.
@@ -794,6 +795,7 @@ if (runIsolated()) {
         'scoped-watch': { full: 1, smoke: 1, help: "1: watching phantom hosts follow endpoints/<network>/ per network they have endpoints on, as the daemon does since issue 19; 0: the whole endpoints/ prefix, as it did before" },
         inflight: { full: 300, smoke: 20, help: 'IPAM requests in flight per host' },
         ipam: { full: 900, smoke: 60, help: 'IPAM requests per host' },
+        'rss-settle': { full: 10, smoke: 0, help: 'seconds after the restarted daemon is in step until its RSS is sampled again (0: not)' },
         etcd: { full: 1, smoke: 1, help: '1: the run on a 3-member etcd cluster' },
         consul: { full: 1, smoke: 0, help: '1: the same run on a Consul server (not in the CI smoke run: the Consul backend has its own contract, e2e and member-loss tests there)' },
       },
@@ -812,6 +814,7 @@ if (runIsolated()) {
         scoped: o['scoped-watch'] === 1,
         inflight: Math.round(o.inflight),
         ipam: Math.round(o.ipam),
+        rssSettleS: o['rss-settle'],
       };
       if (p.hosts < p.real) throw new Error('--hosts must be at least --real');
       await run(['ip', 'link', 'set', 'lo', 'up']);
@@ -836,7 +839,7 @@ if (runIsolated()) {
       }
       tables.push({
         title: 'At the largest size: burst, restart, IPAM',
-        columns: ['store', 'burst: endpoints', 'burst: s to write them (load generator)', 'burst: s until every real host and watcher has them', 'burst: s until kernel tables verified', 'restart: peers', 'restart: s until /healthz ok', 'restart: s until tables match the store', 'restart: RSS MiB', 'restart: RSS MiB 10 s later', 'restart: RSS MiB of the daemons not restarted (mean)', 'IPAM: addresses', 'IPAM: per s', 'IPAM p50 / p99 / max ms', 'IPAM duplicates', 'IPAM failures'],
+        columns: ['store', 'burst: endpoints', 'burst: s to write them (load generator)', 'burst: s until every real host and watcher has them', 'burst: s until kernel tables verified', 'restart: peers', 'restart: s until /healthz ok', 'restart: s until tables match the store', 'restart: RSS MiB', `restart: RSS MiB ${p.rssSettleS} s later`, `restart: RSS MiB of the daemons not restarted (mean, ${p.rssSettleS} s later)`, 'IPAM: addresses', 'IPAM: per s', 'IPAM p50 / p99 / max ms', 'IPAM duplicates', 'IPAM failures'],
         rows: results.map((r) => [
           r.label,
           fmtInt(r.burst?.n ?? NaN), fmt(r.burst?.writeSeconds ?? NaN, 2), fmt(r.burst?.seconds ?? NaN, 2), fmt(r.burst?.kernelSeconds ?? NaN, 2),
