@@ -74,11 +74,12 @@ export class Recovery {
     const { records, host } = this.deps;
     const name = JSON.stringify(host.name);
     const mine: Versioned<EndpointRecord>[] = [];
-    for (const networkKey of await this.localNetworkKeys()) {
+    // A few networks at a time: the store works on one read while this process decodes another.
+    await inTurns([...(await this.localNetworkKeys())], RESUME_CONCURRENCY, async (networkKey) => {
       for (const ep of await records.listMatching(endpointRecordSchema, keys.endpoints(networkKey), (raw) => raw.includes(name))) {
         if (ep.value.host === host.name) mine.push(ep);
       }
-    }
+    });
     return mine;
   }
 
@@ -204,7 +205,7 @@ export class Recovery {
   }
 }
 
-/** Overlays resumed at once after a restart. */
+/** Networks read, or overlays resumed, at once after a restart. */
 const RESUME_CONCURRENCY = 4;
 
 /** `fn` over `items`, at most `concurrency` at a time; the first failure is thrown once all have settled. */
