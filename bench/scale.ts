@@ -79,6 +79,7 @@ interface Params {
   scoped: boolean;
   inflight: number;
   ipam: number;
+  rssSettleS: number;
 }
 
 // ---------------------------------------------------------------------------
@@ -205,6 +206,17 @@ interface Daemon {
 
 function startDaemonProcess(d: Pick<Daemon, 'name' | 'argv' | 'dir'>): ManagedProcess {
   return spawnTracked(d.argv, { name: `tsoverlay-${d.name}`, logFile: path.join(d.dir, 'plugin.log'), keepChars: 32 * 1024, stopTimeoutMs: 15_000 });
+}
+
+/**
+ * The restarted daemon's command: with TSO_BENCH_RESTART_FLAGS (e.g. `--cpu-prof
+ * --cpu-prof-dir=/tmp/prof`) those node flags are added, to profile the restart; the profile is
+ * written when the daemon is stopped at the end of the run.
+ */
+function restartedArgv(d: Daemon): Pick<Daemon, 'name' | 'argv' | 'dir'> {
+  const extra = (process.env.TSO_BENCH_RESTART_FLAGS ?? '').split(' ').filter((f) => f !== '');
+  const at = d.argv.indexOf(process.execPath) + 1;
+  return { ...d, argv: [...d.argv.slice(0, at), ...extra, ...d.argv.slice(at)] };
 }
 
 async function waitServing(d: Daemon): Promise<void> {
@@ -484,7 +496,7 @@ interface StoreResult {
   label: string;
   rows: SizeRow[];
   burst?: { n: number; seconds: number; writeSeconds: number; kernelSeconds: number; watchersSeconds: number };
-  restart?: { peers: number; healthySeconds: number; inStepSeconds: number; rssMiB: number };
+  restart?: { peers: number; healthySeconds: number; inStepSeconds: number; rssMiB: number; rssSettledMiB?: number; othersRssMiB?: number };
   ipam?: { n: number; perSecond: number; p50: number; p99: number; max: number; duplicates: number; failures: number };
   problems: string[];
   /** Observations that are results, not failures of the benchmark. */
@@ -673,7 +685,7 @@ async function runOnStore(which: 'etcd' | 'consul', p: Params, ctx: BenchContext
       process.kill(d.proc.pid, 'SIGKILL');
       await d.proc.exited;
       const t0 = performance.now();
-      d.proc = startDaemonProcess(d);
+      d.proc = startDaemonProcess(restartedArgv(d));
       await waitServing(d);
       let healthyMs = NaN;
       await until(`${d.name} healthy again`, 120_000, async () => {
@@ -694,7 +706,19 @@ async function runOnStore(which: 'etcd' | 'consul', p: Params, ctx: BenchContext
         if (have !== want) result.problems.push(`${d.name} after restart: ${have} neighbours in network ${n}, the store wants ${want}`);
       }
       result.restart = { peers, healthySeconds: healthyMs / 1000, inStepSeconds: inStepMs / 1000, rssMiB: memoryOf(d.proc.pid).rssMiB };
-      ctx.log(`restart: healthy after ${fmt(healthyMs / 1000, 2)} s, in step after ${fmt(inStepMs / 1000, 2)} s`);
+      // Where the resident memory is: V8's heap (used of allocated) and what node holds outside it.
+      const text = await d.client.get('/metrics');
+      const one = (name: string) => mib(samples(text, name)[0]?.value ?? NaN);
+      ctx.log(`restart: healthy after ${fmt(healthyMs / 1000, 2)} s, in step after ${fmt(inStepMs / 1000, 2)} s; RSS ${fmt(result.restart.rssMiB)} MiB, heap ${fmt(one('nodejs_heap_size_used_bytes'))} of ${fmt(one('nodejs_heap_size_total_bytes'))} MiB, external ${fmt(one('nodejs_external_memory_bytes'))} MiB`);
+      // What it keeps once the start-up's garbage is collected (V8 returns heap pages when idle).
+      if (p.rssSettleS > 0) {
+        await sleep(p.rssSettleS * 1000);
+        result.restart.rssSettledMiB = memoryOf(d.proc.pid).rssMiB;
+        // The daemons that were not restarted learned the same peers event by event.
+        const others = daemons.filter((o) => o !== d).map((o) => memoryOf(o.proc.pid).rssMiB);
+        result.restart.othersRssMiB = others.reduce((a, b) => a + b, 0) / others.length;
+        ctx.log(`restart: RSS ${fmt(result.restart.rssSettledMiB)} MiB ${p.rssSettleS} s later; the other daemons ${others.map((r) => fmt(r)).join(', ')} MiB`);
+      }
     }
 
     // IPAM: one subnet, 3 real hosts, `inflight` requests in flight each.
@@ -771,6 +795,7 @@ if (runIsolated()) {
         'scoped-watch': { full: 1, smoke: 1, help: "1: watching phantom hosts follow endpoints/<network>/ per network they have endpoints on, as the daemon does since issue 19; 0: the whole endpoints/ prefix, as it did before" },
         inflight: { full: 300, smoke: 20, help: 'IPAM requests in flight per host' },
         ipam: { full: 900, smoke: 60, help: 'IPAM requests per host' },
+        'rss-settle': { full: 10, smoke: 0, help: 'seconds after the restarted daemon is in step until its RSS is sampled again (0: not)' },
         etcd: { full: 1, smoke: 1, help: '1: the run on a 3-member etcd cluster' },
         consul: { full: 1, smoke: 0, help: '1: the same run on a Consul server (not in the CI smoke run: the Consul backend has its own contract, e2e and member-loss tests there)' },
       },
@@ -789,6 +814,7 @@ if (runIsolated()) {
         scoped: o['scoped-watch'] === 1,
         inflight: Math.round(o.inflight),
         ipam: Math.round(o.ipam),
+        rssSettleS: o['rss-settle'],
       };
       if (p.hosts < p.real) throw new Error('--hosts must be at least --real');
       await run(['ip', 'link', 'set', 'lo', 'up']);
@@ -813,11 +839,11 @@ if (runIsolated()) {
       }
       tables.push({
         title: 'At the largest size: burst, restart, IPAM',
-        columns: ['store', 'burst: endpoints', 'burst: s to write them (load generator)', 'burst: s until every real host and watcher has them', 'burst: s until kernel tables verified', 'restart: peers', 'restart: s until /healthz ok', 'restart: s until tables match the store', 'restart: RSS MiB', 'IPAM: addresses', 'IPAM: per s', 'IPAM p50 / p99 / max ms', 'IPAM duplicates', 'IPAM failures'],
+        columns: ['store', 'burst: endpoints', 'burst: s to write them (load generator)', 'burst: s until every real host and watcher has them', 'burst: s until kernel tables verified', 'restart: peers', 'restart: s until /healthz ok', 'restart: s until tables match the store', 'restart: RSS MiB', `restart: RSS MiB ${p.rssSettleS} s later`, `restart: RSS MiB of the daemons not restarted (mean, ${p.rssSettleS} s later)`, 'IPAM: addresses', 'IPAM: per s', 'IPAM p50 / p99 / max ms', 'IPAM duplicates', 'IPAM failures'],
         rows: results.map((r) => [
           r.label,
           fmtInt(r.burst?.n ?? NaN), fmt(r.burst?.writeSeconds ?? NaN, 2), fmt(r.burst?.seconds ?? NaN, 2), fmt(r.burst?.kernelSeconds ?? NaN, 2),
-          fmtInt(r.restart?.peers ?? NaN), fmt(r.restart?.healthySeconds ?? NaN, 2), fmt(r.restart?.inStepSeconds ?? NaN, 2), fmt(r.restart?.rssMiB ?? NaN),
+          fmtInt(r.restart?.peers ?? NaN), fmt(r.restart?.healthySeconds ?? NaN, 2), fmt(r.restart?.inStepSeconds ?? NaN, 2), fmt(r.restart?.rssMiB ?? NaN), fmt(r.restart?.rssSettledMiB ?? NaN), fmt(r.restart?.othersRssMiB ?? NaN),
           fmtInt(r.ipam?.n ?? NaN), fmt(r.ipam?.perSecond ?? NaN, 0), `${fmt(r.ipam?.p50 ?? NaN)} / ${fmt(r.ipam?.p99 ?? NaN)} / ${fmt(r.ipam?.max ?? NaN)}`, fmtInt(r.ipam?.duplicates ?? NaN), fmtInt(r.ipam?.failures ?? NaN),
         ]),
       });

@@ -31,6 +31,24 @@ export class RecordStore {
     return out;
   }
 
+  /**
+   * Records under `prefix` whose stored text passes `mayMatch`; only those are decoded (malformed
+   * ones skipped). For picking a few records out of many: the rest cost a string test, not a
+   * parse, and none of them is kept.
+   */
+  async listMatching<T>(schema: z.ZodType<T>, prefix: string, mayMatch: (raw: string) => boolean): Promise<Versioned<T>[]> {
+    const out: Versioned<T>[] = [];
+    for (const entry of await this.store.list(prefix)) {
+      if (!mayMatch(entry.value)) continue;
+      try {
+        out.push({ key: entry.key, value: decodeRecord(schema, entry.value, entry.key), revision: entry.revision });
+      } catch {
+        // Malformed: as in list(), skipped.
+      }
+    }
+    return out;
+  }
+
   async create<T>(key: string, value: T, lease?: Lease): Promise<boolean> {
     return (await this.store.create(key, encodeRecord(value), lease ? { lease } : undefined)) !== undefined;
   }

@@ -32,6 +32,8 @@ export class Recovery {
   settledRevision?: number;
   /** The same per network key (see HostRecord.settledIn). */
   readonly settledIn: Record<string, number> = {};
+  /** This host's endpoints as the start-up sweep left them, for resumeAfterRestart. */
+  private sweptEndpoints?: Versioned<EndpointRecord>[];
 
   constructor(private readonly deps: RecoveryDeps) {}
 
@@ -39,26 +41,62 @@ export class Recovery {
    * After a plugin restart: overlays that outlived the process get their peers again, and
    * endpoints this host still advertises as joined without an overlay (the host rebooted or
    * died) are withdrawn, so that no host keeps entries pointing at containers that are gone.
+   * Only this host's overlays and endpoints are touched: the mappings of other hosts' Docker
+   * networks (one per host and network in a cluster) cost nothing here.
    */
   async resumeAfterRestart(): Promise<void> {
     const { records, networks, overlays, host, logger } = this.deps;
-    for (const { networkId, mapping } of await networks.mappings()) {
+    const mine = this.sweptEndpoints ?? (await this.localEndpoints());
+    this.sweptEndpoints = undefined;
+    const local = (await networks.mappings()).filter(({ networkId }) => overlays.find(networkId) !== undefined);
+    // Whatever drifted while no plugin was running is put right before peers are programmed;
+    // a few networks at a time, as each reads its network's endpoints.
+    await inTurns(local, RESUME_CONCURRENCY, async ({ networkId, mapping }) => {
       const network = await records.get(networkRecordSchema, keys.network(mapping.networkKey));
-      if (!network) continue;
-      const hasOverlay = overlays.find(networkId) !== undefined;
-      // Whatever drifted while no plugin was running is put right before peers are programmed.
-      if (hasOverlay) await overlays.resume(overlays.specFor(networkId, network.value, mapping.remote), network.value);
-      for (const ep of await records.list(endpointRecordSchema, keys.endpoints(network.value.key))) {
-        if (ep.value.host !== host.name || ep.value.networkId !== networkId) continue;
-        if (ep.value.joined && !hasOverlay) {
-          await records.compareAndSet(ep, { ...ep.value, joined: false });
-          logger.info('withdrew stale endpoint', { networkId, endpointId: ep.value.id });
-        } else if (ep.value.locator !== host.vtep) {
-          // Informational (peers read the VTEP from hosts/), kept current for `inspect`.
-          await records.compareAndSet(ep, { ...ep.value, locator: host.vtep });
-        }
+      if (network) await overlays.resume(overlays.specFor(networkId, network.value, mapping.remote), network.value);
+    });
+    for (const ep of mine) {
+      if (ep.value.joined && overlays.find(ep.value.networkId) === undefined) {
+        await records.compareAndSet(ep, { ...ep.value, joined: false });
+        logger.info('withdrew stale endpoint', { networkId: ep.value.networkId, endpointId: ep.value.id });
+      } else if (ep.value.locator !== host.vtep) {
+        // Informational (peers read the VTEP from hosts/), kept current for `inspect`.
+        await records.compareAndSet(ep, { ...ep.value, locator: host.vtep });
       }
     }
+  }
+
+  /**
+   * This host's endpoint records, read from the networks it can have endpoints on (see
+   * localNetworkKeys); of those only the records naming this host are decoded.
+   */
+  private async localEndpoints(): Promise<Versioned<EndpointRecord>[]> {
+    const { records, host } = this.deps;
+    const name = JSON.stringify(host.name);
+    const mine: Versioned<EndpointRecord>[] = [];
+    // A few networks at a time: the store works on one read while this process decodes another.
+    await inTurns([...(await this.localNetworkKeys())], RESUME_CONCURRENCY, async (networkKey) => {
+      for (const ep of await records.listMatching(endpointRecordSchema, keys.endpoints(networkKey), (raw) => raw.includes(name))) {
+        if (ep.value.host === host.name) mine.push(ep);
+      }
+    });
+    return mine;
+  }
+
+  /**
+   * The networks this host can have endpoints on: the ones it mapped (CreateNetwork here writes
+   * the mapping of this host's Docker network id), the ones with an overlay here, and those whose
+   * mapping another host may have rewritten since (a swarm network's id is the same on every
+   * node; swarm networks, like networks on Docker's IPAM, have no tsoverlay pool). Not the other
+   * hosts' own networks, which in a cluster are most of `netids/`.
+   */
+  private async localNetworkKeys(): Promise<Set<string>> {
+    const { networks, overlays, host } = this.deps;
+    const out = new Set<string>();
+    for (const { networkId, mapping } of await networks.mappings()) {
+      if (mapping.host === host.name || (!mapping.pool && !mapping.pool6) || overlays.find(networkId) !== undefined) out.add(mapping.networkKey);
+    }
+    return out;
   }
 
   /**
@@ -69,9 +107,11 @@ export class Recovery {
    * for is removed, and so are the namespaces of networks with no joined local endpoint.
    */
   async recoverAfterCrash(): Promise<OrphanReport> {
-    const { records, dataplane, host, logger } = this.deps;
+    const { records, dataplane, logger } = this.deps;
     await this.finishLostNetworkDeletions();
-    const mine = (await records.list(endpointRecordSchema, keys.allEndpoints())).filter((e) => e.value.host === host.name);
+    const mine = await this.localEndpoints();
+    // resumeAfterRestart, which follows, starts from these rather than reading them again.
+    this.sweptEndpoints = mine;
     const byNetwork = new Map<string, Versioned<EndpointRecord>[]>();
     for (const ep of mine) byNetwork.set(ep.value.networkId, [...(byNetwork.get(ep.value.networkId) ?? []), ep]);
     const keepNetworks: string[] = [];
@@ -90,8 +130,10 @@ export class Recovery {
           joined++;
           continue;
         }
-        const revision = await records.compareAndSet(ep, { ...ep.value, joined: false });
+        const withdrawn = { ...ep.value, joined: false };
+        const revision = await records.compareAndSet(ep, withdrawn);
         if (revision !== undefined) {
+          mine[mine.indexOf(ep)] = { key: ep.key, value: withdrawn, revision };
           this.settledRevision = Math.max(this.settledRevision ?? 0, revision);
           const networkKey = keys.parseEndpoint(ep.key)?.networkKey;
           if (networkKey !== undefined) this.settledIn[networkKey] = Math.max(this.settledIn[networkKey] ?? 0, revision);
@@ -124,7 +166,11 @@ export class Recovery {
     } catch {
       return;
     }
-    for (const ep of await records.list(endpointRecordSchema, keys.allEndpoints())) {
+    // Only records that mention both this host and the address are decoded: one per release at most, usually none.
+    const name = JSON.stringify(host.name);
+    const quotedIp = JSON.stringify(ip);
+    const candidates = await records.listMatching(endpointRecordSchema, keys.allEndpoints(), (raw) => raw.includes(quotedIp) && raw.includes(name));
+    for (const ep of candidates) {
       if (ep.value.host !== host.name || (ep.value.ip !== ip && ep.value.ip6 !== ip) || ep.value.joined) continue;
       const network = await networks.find(ep.value.networkId);
       if (network && network.value.subnet !== subnet && network.value.subnet6 !== subnet) continue;
@@ -157,6 +203,24 @@ export class Recovery {
       });
     }
   }
+}
+
+/** Networks read, or overlays resumed, at once after a restart. */
+const RESUME_CONCURRENCY = 4;
+
+/** `fn` over `items`, at most `concurrency` at a time; the first failure is thrown once all have settled. */
+async function inTurns<T>(items: readonly T[], concurrency: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const failures: unknown[] = [];
+  await Promise.all(
+    Array.from({ length: Math.min(concurrency, items.length) }, async () => {
+      while (next < items.length) {
+        const item = items[next++]!;
+        await fn(item).catch((err: unknown) => failures.push(err));
+      }
+    }),
+  );
+  if (failures.length > 0) throw failures[0];
 }
 
 /** The name of an endpoint's bridge port, or '' for an id the dataplane would never have used. */

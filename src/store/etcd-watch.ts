@@ -36,9 +36,8 @@ export class EtcdWatch implements Watch {
     while (!signal.aborted) {
       let watcher: Watcher | undefined;
       try {
-        const { entries, revision } = await this.store.rangeAll(this.relPrefix);
-        if (signal.aborted) break;
-        this.listener.reset(entries, revision);
+        const revision = await this.resetFromRange();
+        if (revision === undefined) break;
 
         watcher = this.store.client
           .watch()
@@ -81,6 +80,18 @@ export class EtcdWatch implements Watch {
         if (signal.aborted) await this.cancel(watcher);
       }
     }
+  }
+
+  /**
+   * The full state to the listener; returns the revision it is current at (undefined: closed
+   * meanwhile). A function of its own so that the listing is garbage once delivered: held in
+   * run()'s frame it would stay alive, every record of the prefix, for as long as the watch.
+   */
+  private async resetFromRange(): Promise<number | undefined> {
+    const { entries, revision } = await this.store.rangeAll(this.relPrefix);
+    if (this.abort.signal.aborted) return undefined;
+    this.listener.reset(entries, revision);
+    return revision;
   }
 
   private async cancel(watcher: Watcher | undefined): Promise<void> {
