@@ -102,6 +102,13 @@ async function startEtcd(): Promise<void> {
   });
 }
 
+/**
+ * rd2 is the host restarted: a restart keeps the SAs only while its records outlive it, and
+ * emulated its restart takes tens of seconds, so its lease is long. The others' are short, so
+ * that rd3's death is seen quickly.
+ */
+const leaseTtl = (name: string): number => (name === 'rd2' ? 120 : 15);
+
 function daemonArgv(name: string, vtep: string): string[] {
   const dir = path.join(ROOT, name);
   return [
@@ -116,9 +123,9 @@ function daemonArgv(name: string, vtep: string): string[] {
     // Emulated, a store call can take seconds (the first ones, while grpc warms up, ten): the
     // deployed default would time requests out before the machine does anything wrong.
     '--store-timeout', '60',
-    // Likewise a lease must outlive the pauses of an emulated machine shared with other jobs, or
-    // a live host's records (and with them its SAs on the others) would come and go.
-    '--lease-ttl', '15',
+    // Longer than the pauses of an emulated machine shared with other jobs, or a live host's
+    // records (and with them its SAs on the others) would come and go.
+    '--lease-ttl', String(leaseTtl(name)),
     '--dns', 'off',
     '--log-level', 'info',
   ];
@@ -225,7 +232,10 @@ function pingFlow(from: string, to: string, label: string): { stop(): Promise<{ 
       const seqs = [...new Set([...out.matchAll(/icmp_seq=(\d+)/g)].map((m) => Number(m[1])))].sort((a, b) => a - b);
       const sent = Number(/^(\d+) packets transmitted/m.exec(out)?.[1] ?? -1);
       if (seqs.length === 0) return { lost: -1, sent };
-      return { lost: seqs[seqs.length - 1]! - seqs[0]! + 1 - seqs.length, sent };
+      const last = seqs[seqs.length - 1]!;
+      // Pings sent after the last reply: beyond two seconds' worth, they were lost, not in flight.
+      const trailing = Math.max(0, sent - last - 20);
+      return { lost: last - seqs[0]! + 1 - seqs.length + trailing, sent };
     },
   };
 }
