@@ -27,6 +27,9 @@ export async function runRotateKeys(argv: string[], env: NodeJS.ProcessEnv): Pro
     const v = (values as Record<string, unknown>)[name];
     if (typeof v === 'string') serveArgv.push(`--${name}`, v);
   }
+  // Only the store options matter here, and this may run on a machine that is no host of the
+  // cluster: its hostname (`(none)` in a bare VM or container) must not make the command fail.
+  if (typeof values['host-name'] !== 'string' && !env.TSOVERLAY_HOST_NAME) serveArgv.push('--host-name', 'rotate-keys');
   const config = parseConfig(serveArgv, env);
   if (parseStoreUrl(config.store).kind === 'local') {
     return {

@@ -6,7 +6,10 @@
  * share an encrypted overlay (VXLAN on the encrypted port) whose SAs and policies are programmed
  * by src/crypto + src/dataplane/xfrm.ts through test/helpers/esp-vm-agent.ts; h3 is a host
  * without keys that sends cleartext VXLAN to the same port. A plain overlay on 4789 runs
- * alongside. The script prints `RESULT key=value` lines that the tests below check.
+ * alongside. Then, in namespaces of their own, etcd and three real `tsoverlay serve` daemons
+ * driven over their plugin sockets as dockerd drives them (test/helpers/esp-vm-cluster.ts): an
+ * encrypted and a plain network, `tsoverlay rotate-keys`, a host joining, a daemon SIGKILLed and
+ * restarted, a host dying. The script prints `RESULT key=value` lines that the tests below check.
  *
  * Skipped, saying why, where qemu or the Debian kernel is missing; under CI=true it must run.
  */
@@ -28,6 +31,7 @@ const skip = !avail.ok && !inCi ? `no VM with an ESP-capable kernel here: ${avai
 const PORT = DEFAULT_ENCRYPTED_VXLAN_PORT;
 const MTU = encryptedOverlayMtu(1500);
 const AGENT = path.resolve(__dirname, '../helpers/esp-vm-agent.js');
+const CLUSTER = path.resolve(__dirname, '../helpers/esp-vm-cluster.js');
 
 function script(): string {
   return String.raw`
@@ -173,6 +177,10 @@ say gone_esp=$(count gone 'src host 10.99.0.1 and esp')
 #    pings/s, a host leaving, deactivation.
 printf '{"storeDir":"/tmp/store","port":%s,"pingTarget":"192.168.50.2","hosts":[{"name":"h1","keyDir":"/tmp/k1","vtep":"10.99.0.1"},{"name":"h2","keyDir":"/tmp/k2","vtep":"10.99.0.2"}]}\n' $P > /tmp/ctl.json
 say ctl=$($A controllers /tmp/ctl.json)
+
+# 8. Real daemons (etcd, three tsoverlay serve) driven over their plugin sockets as dockerd
+#    drives them, in namespaces of their own (rd*): it prints its own RESULT rd_* lines.
+node ${CLUSTER} '{"encryptedPort":${PORT}}'
 say done=yes
 `;
 }
@@ -204,7 +212,8 @@ describe('encrypted overlay in a VM with ESP', { skip }, () => {
 
   before(async () => {
     if (!avail.ok) throw new Error(`CI=true but no VM can boot here: ${avail.reason}`);
-    vm = await runInVm({ script: script(), timeoutMs: 15 * 60_000 });
+    // Two CPUs: the real daemons start side by side; the memory holds three of them and etcd.
+    vm = await runInVm({ script: script(), timeoutMs: 20 * 60_000, cpus: 2, memoryMb: 1536 });
     res = results(vm);
     fs.writeFileSync(path.join(vm.outDir, 'results.json'), JSON.stringify(Object.fromEntries(res), null, 2));
     assert.ok(!vm.timedOut, `the VM timed out after ${vm.durationMs} ms; console:\n${vm.console.slice(-4000)}`);
@@ -285,5 +294,57 @@ describe('encrypted overlay in a VM with ESP', { skip }, () => {
     assert.deepEqual(c.deactivated.h1, { sas: 4, policies: 3 }, 'an idle peer keeps its SAs with us');
     assert.deepEqual(c.left.h1, { sas: 0, policies: 2 }, 'a host that stops loses its SAs everywhere');
     assert.deepEqual(c.left.participants, ['h1']);
+  });
+
+  describe('real daemons over the plugin protocol, etcd, three hosts', () => {
+    const rdOk = (): void => {
+      assert.equal(res.get('rd_error'), undefined, `the real-daemon scenario failed: ${res.get('rd_error')}; its log:\n${vm.log.slice(-8000)}`);
+    };
+    const yes = (k: string): void => eq(k, 'true');
+
+    test('an encrypted network (generic option encrypted) carries the pings as ESP, never as VXLAN', () => {
+      eq('rd_enc_loss', 0);
+      atLeast('rd_enc_sas_h1', 3);
+      atLeast('rd_enc_esp', 10);
+      eq('rd_enc_vxlan', 0);
+      eq('rd_enc_clear_ips', 0);
+    });
+
+    test('a plain network between the same hosts stays plain VXLAN on 4789', () => {
+      eq('rd_plain_loss', 0);
+      atLeast('rd_plain_clear_icmp', 6);
+      eq('rd_plain_on_enc_port', 0);
+    });
+
+    test('tsoverlay rotate-keys under 10 pings/s: both hosts switch, 0 lost', () => {
+      yes('rd_rot_accepted');
+      yes('rd_rot_spi_changed');
+      atLeast('rd_rot_sent', 20);
+      eq('rd_rot_lost', 0);
+    });
+
+    test('a third host joining later gets SAs with both and reaches both', () => {
+      eq('rd_join_loss_1', 0);
+      eq('rd_join_loss_2', 0);
+      atLeast('rd_join_sas_h1_with_h3', 3);
+      atLeast('rd_join_sas_h3', 6);
+    });
+
+    test('a daemon SIGKILLed and restarted: SAs stay, 0 pings lost, nothing rewritten, inspect --check clean', () => {
+      yes('rd_restart_sas_kept');
+      atLeast('rd_restart_sent', 20);
+      eq('rd_restart_lost', 0);
+      yes('rd_restart_kernel_same');
+      eq('rd_restart_check_exit', 0);
+    });
+
+    test('a host that dies (daemon killed, lease expired): its SAs and policies go on the others', () => {
+      yes('rd_dead_forgotten');
+      eq('rd_dead_left_h1', 0);
+      eq('rd_dead_left_h2', 0);
+      eq('rd_dead_still_12', 0);
+      rdOk();
+      eq('rd_done', 'yes');
+    });
   });
 });
