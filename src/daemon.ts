@@ -26,7 +26,7 @@ import { openStore } from './store/open';
 import { StoreUnavailableError, type Store } from './store/store';
 import { EncryptionController, EncryptionUnavailableError } from './crypto/controller';
 import { EspManager } from './crypto/esp';
-import { type HostKeyPair, loadOrCreateHostKey } from './crypto/host-key';
+import { type HostKeyPair, loadHostKey, loadOrCreateHostKey } from './crypto/host-key';
 import { type EspSupport, XfrmClient, probeEspSupport } from './dataplane/xfrm';
 import type { EncryptionHooks } from './driver/local-overlays';
 import { errorMessage } from './util/errors';
@@ -311,7 +311,9 @@ function startEncryption(
     return unavailable({ ok: false, missing: ['xfrm_user (CONFIG_XFRM_USER: the kernel has no IPsec netlink interface)'], detail: errorMessage(err) });
   }
   let key: HostKeyPair;
+  let ranBefore = false;
   try {
+    ranBefore = loadHostKey(config.stateDir) !== undefined;
     key = loadOrCreateHostKey(config.stateDir);
   } catch (err) {
     xfrm.close();
@@ -326,6 +328,7 @@ function startEncryption(
     rotationIntervalSeconds: config.keyRotationIntervalSeconds,
     reconcileIntervalMs: config.reconcileIntervalSeconds * 1000,
     leaseTtlSeconds: config.leaseTtlSeconds,
+    ranBefore,
     logger,
     observer: metrics,
   });

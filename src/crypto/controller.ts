@@ -59,6 +59,11 @@ export interface EncryptionControllerOptions {
   reconcileIntervalMs: number;
   /** TTL of this host's encryption record: how long after its death peers drop its SAs. */
   leaseTtlSeconds: number;
+  /**
+   * This host ran before with the same key (the key file existed at start): its kernel may hold
+   * SAs of that run, whose replay windows outlive a record that expired meanwhile.
+   */
+  ranBefore?: boolean;
   logger: Logger;
   observer?: EncryptionObserver;
 }
@@ -82,6 +87,9 @@ export class EncryptionController {
   private pending: Promise<void> = Promise.resolve();
   private dirty = false;
   private closed = false;
+  /** This host came back after its record expired: a rotation past this epoch is owed (see publish). */
+  private rotationOwed: { after: number | undefined } | undefined;
+  private leasedBefore = false;
 
   constructor(private readonly o: EncryptionControllerOptions) {}
 
@@ -131,6 +139,16 @@ export class EncryptionController {
 
   private async publish(applied: number | null): Promise<void> {
     if (!this.lease) {
+      // Peers that dropped this host's expired record re-create their SAs with it, sending from
+      // sequence number 1, while this host's kernel may keep its receive SAs of before with their
+      // replay windows: it would drop everything they send until the next epoch. A rotation gives
+      // every pair fresh SAs, make-before-break; a restart within the TTL finds the record and
+      // owes nothing.
+      if ((this.leasedBefore || this.o.ranBefore) && (await this.o.store.get(encryptionKeys.host(this.o.host.name))) === undefined) {
+        this.rotationOwed = { after: this.ring?.epoch };
+        this.o.logger.info('encryption: this host is back after its record expired; a key rotation follows');
+      }
+      this.leasedBefore = true;
       const lease = await this.o.store.grantLease(this.o.leaseTtlSeconds);
       lease.onLost(() => {
         if (this.lease !== lease) return;
@@ -305,6 +323,28 @@ export class EncryptionController {
       }
     }
     await this.publish(epoch);
+    if (this.rotationOwed) await this.payOwedRotation(this.rotationOwed.after ?? epoch);
+  }
+
+  /** Runs inside serial(): the new epoch is applied by the next sync, not awaited here. */
+  private async payOwedRotation(after: number): Promise<void> {
+    if (this.ring && this.ring.epoch > after) {
+      this.rotationOwed = undefined;
+      return;
+    }
+    try {
+      const r = await rotateOnce(this.o.store, { by: this.o.host.name });
+      if (r.rotated) this.onRing(JSON.stringify(r.record));
+      // No ring means no encrypted network anywhere; a ring that moved on is as good as ours.
+      if (r.rotated || !r.record || r.record.epoch > after) {
+        this.rotationOwed = undefined;
+        if (r.rotated) this.changed('rotation after this host came back');
+      } else {
+        this.o.logger.debug('encryption: rotation after return waits', { reason: r.reason });
+      }
+    } catch (e) {
+      this.o.logger.warn('encryption: rotation after return failed; retried', { error: (e as Error).message });
+    }
   }
 
   private serial(fn: () => Promise<void>): Promise<void> {
