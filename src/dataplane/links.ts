@@ -200,7 +200,7 @@ export async function ensureBridge(sock: NlSocket, name: string, mtu: number): P
   try {
     if (fix.length > 0) await setLink(sock, link.index, { mtu, up: true });
   } catch (e) {
-    if (created) await deleteLink(sock, link.index).catch(() => undefined);
+    if (created) await deleteLink(sock, link.index).catch((err: unknown) => leftBehind(e, link.name, err));
     throw e;
   }
   return { link: (await getLink(sock, name)) ?? link, created };
@@ -318,7 +318,7 @@ export async function ensureVxlan(
     if (wrong.has('master')) await setLink(ns, link.index, { master: masterIndex });
     if (wrong.has('up')) await setLink(ns, link.index, { up: true });
   } catch (e) {
-    if (created) await deleteLink(ns, link.index).catch(() => undefined);
+    if (created) await deleteLink(ns, link.index).catch((err: unknown) => leftBehind(e, link.name, err));
     throw e;
   }
   const r: EnsureResult & { replaced?: string } = { link: (await getLink(ns, spec.name)) ?? link, created };
@@ -353,4 +353,9 @@ export async function createVeth(ns: NlSocket, hostNsFd: number, v: VethSpec): P
     linkPayload(0, { ifname: v.peerName, mtu: v.mtu, master: v.masterIndex, linkinfo }, IFF_UP, IFF_UP),
     `create veth ${v.hostName}/${v.peerName}`,
   );
+}
+
+/** A failed rollback is told in the error the caller sees, with what it left in the kernel. */
+function leftBehind(cause: unknown, name: string, err: unknown): void {
+  if (cause instanceof Error) cause.message += `; the rollback could not delete ${name}: ${(err as Error).message}`;
 }

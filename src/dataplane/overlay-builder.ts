@@ -106,7 +106,11 @@ export class OverlayBuilder {
         if (createdNs) {
           await this.destroy(o);
         } else {
-          for (const l of created.reverse()) await deleteLink(o.sock, l.index).catch(() => undefined);
+          for (const l of created.reverse()) {
+            await deleteLink(o.sock, l.index).catch((err: unknown) =>
+              this.log.error('rollback left a link behind (the next reconcile removes or reuses it)', { network: spec.networkId, link: l.name, error: (err as Error).message }),
+            );
+          }
         }
         throw e;
       }
