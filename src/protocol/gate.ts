@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from '../log';
 import { PluginError } from '../util/errors';
 import { sleepUnref } from '../util/retry';
-import type { InflightJournal } from './inflight';
+import type { InflightJournal, LostRequest } from './inflight';
 import type { RequestContext, Route } from './server';
 
 /** Start-up state: requests that need the store and the kernel state wait for `done()`. */
@@ -67,8 +67,9 @@ function gatedRoute(method: string, route: Route, { startup, journal, logger, st
       }
       let effective = body;
       let context: RequestContext | undefined;
+      let lost: LostRequest | undefined;
       if (isEmptyBody(body)) {
-        const lost = journal.lostRequest(method);
+        lost = journal.lostRequest(method);
         if (lost !== undefined) {
           logger.warn('empty request body after a crash: running the request the previous run was cut off in', { method });
           effective = lost.body;
@@ -80,6 +81,7 @@ function gatedRoute(method: string, route: Route, { startup, journal, logger, st
       }
       context ??= { requestId: randomUUID() };
       const done = journal.begin(method, effective, context);
+      if (lost !== undefined) journal.replayed(lost);
       try {
         return await route.run(effective, context);
       } finally {

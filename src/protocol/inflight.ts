@@ -32,11 +32,15 @@ export interface LostRequest {
   body: unknown;
   /** Absent for a request that was journaled without one (the gate gives every request its id). */
   context?: RequestContext;
+  /** The previous run's journal file of it: removed by `replayed` once journaled again. */
+  journalFile?: string;
 }
 
 interface CutOff extends LostRequest {
   method: string;
   at: number;
+  /** Its journal file, kept until the request is replayed (see recover). */
+  file: string;
 }
 
 export class InflightJournal {
@@ -59,7 +63,12 @@ export class InflightJournal {
       this.logger.warn('in-flight request journal disabled', { dir: this.dir, error: errorMessage(err) });
       return 0;
     }
-    for (const name of fs.readdirSync(this.dir)) {
+    // A cut-off request's file stays until the request is replayed: a process killed again while
+    // it recovers (before Docker's retry came) must leave it to the next one, or the address
+    // the first run allocated would never reach Docker. The same request replayed and cut off
+    // again can have two files (its replay's and, for a moment, its own): one candidate.
+    const seen = new Set<string>();
+    for (const name of fs.readdirSync(this.dir).sort()) {
       const file = path.join(this.dir, name);
       const m = /^([A-Za-z]+\.[A-Za-z]+)\.\d+\.\d+\.json$/.exec(name);
       try {
@@ -68,7 +77,12 @@ export class InflightJournal {
           const entry = entrySchema.safeParse(JSON.parse(fs.readFileSync(file, 'utf8')));
           if (entry.success && 'body' in entry.data && this.now() - at < REPLAY_WINDOW_MS) {
             const { body, requestId } = entry.data;
-            this.cutOff.push({ method: m[1]!, body, ...(requestId !== undefined ? { context: { requestId } } : {}), at });
+            const id = requestId === undefined ? file : `${m[1]}/${requestId}`;
+            if (!seen.has(id)) {
+              seen.add(id);
+              this.cutOff.push({ method: m[1]!, body, ...(requestId !== undefined ? { context: { requestId } } : {}), at, file });
+              continue;
+            }
           }
         }
       } catch {
@@ -102,17 +116,28 @@ export class InflightJournal {
    * method from the last crash, if there is exactly one and it is recent; it is used up.
    */
   lostBody(method: string): unknown {
-    return this.lostRequest(method)?.body;
+    const lost = this.lostRequest(method);
+    if (lost) this.replayed(lost);
+    return lost?.body;
+  }
+
+  /**
+   * The request from lostRequest is journaled again under this run (begin): its old file can go.
+   * A replay cut off in between leaves both, which recover counts as one.
+   */
+  replayed(lost: LostRequest): void {
+    if (lost.journalFile !== undefined) fs.rmSync(lost.journalFile, { force: true });
   }
 
   /** `lostBody` with the context the request ran with. */
   lostRequest(method: string): LostRequest | undefined {
     const now = this.now();
+    for (const c of this.cutOff) if (now - c.at >= REPLAY_WINDOW_MS) fs.rmSync(c.file, { force: true });
     this.cutOff = this.cutOff.filter((c) => now - c.at < REPLAY_WINDOW_MS);
     const candidates = this.cutOff.filter((c) => c.method === method);
     if (candidates.length !== 1) return undefined;
     const lost = candidates[0]!;
     this.cutOff = this.cutOff.filter((c) => c !== lost);
-    return { body: lost.body, ...(lost.context ? { context: lost.context } : {}) };
+    return { body: lost.body, ...(lost.context ? { context: lost.context } : {}), journalFile: lost.file };
   }
 }

@@ -39,6 +39,32 @@ test('journal: a request cut off by a crash is handed to the empty-bodied retry,
   );
 });
 
+test('journal: a process killed while it recovers leaves the cut-off request to the next one; a replay cut off again is one candidate', () => {
+  const dir = path.join(tmp, 'j3');
+  const first = new InflightJournal(dir, silentLogger());
+  first.recover();
+  const body = { PoolID: '10.1.0.0/24', Options: {} };
+  first.begin('IpamDriver.RequestAddress', body, { requestId: 'r-1' }); // the run killed mid-request
+  const second = new InflightJournal(dir, silentLogger());
+  assert.equal(second.recover(), 1); // ...and this one killed before Docker's retry came
+  const third = new InflightJournal(dir, silentLogger());
+  assert.equal(third.recover(), 1, 'still there for the run after');
+  const lost = third.lostRequest('IpamDriver.RequestAddress');
+  assert.deepEqual(lost?.context, { requestId: 'r-1' });
+  third.begin('IpamDriver.RequestAddress', lost!.body, lost!.context); // replayed, then killed before replayed()
+  // One process here: the first run's file (another pid in real life) is put back beside the replay's.
+  fs.writeFileSync(path.join(dir, 'IpamDriver.RequestAddress.99999.1.json'), JSON.stringify({ body, requestId: 'r-1' }));
+  assert.equal(fs.readdirSync(dir).length, 2);
+  const fourth = new InflightJournal(dir, silentLogger());
+  assert.equal(fourth.recover(), 1, 'the old file and the replay of the same request are one candidate');
+  const again = fourth.lostRequest('IpamDriver.RequestAddress');
+  assert.deepEqual(again && { body: again.body, context: again.context }, { body, context: { requestId: 'r-1' } });
+  const done = fourth.begin('IpamDriver.RequestAddress', again!.body, again!.context);
+  fourth.replayed(again!);
+  done();
+  assert.deepEqual(fs.readdirSync(dir), [], 'answered: nothing left to replay');
+});
+
 test('journal: no guessing between two cut-off requests of one method; old ones expire', () => {
   const dir = path.join(tmp, 'j2');
   const first = new InflightJournal(dir, silentLogger());
