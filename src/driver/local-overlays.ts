@@ -4,7 +4,7 @@ import type { AttachedEndpoint, EndpointAttachment, OrphanReport, OverlayInfo, O
 import { p2pRemote } from '../dataplane/overlay-check';
 import type { Logger } from '../log';
 import { errorMessage } from '../util/errors';
-import type { KeyedMutex } from '../util/keyed-mutex';
+import { KeyedMutex } from '../util/keyed-mutex';
 import { DEFAULT_ENCRYPTED_VXLAN_PORT } from '../dataplane/overlay-check';
 import { parseNetworkOptions } from './options';
 import type { ReconcileTrigger } from './peer-programmer';
@@ -61,8 +61,13 @@ interface PreparedPort {
  * Every overlay on this host (the role of libnetwork's joinSandbox/leaveSandbox): the spec it
  * was last built from (for the periodic repair, which works without the store), the veth pairs
  * prepared ahead of Join, the peer distribution's view of which networks have local containers,
- * and the overlay's removal once no local container uses it. The kernel side is the dataplane's;
- * callers hold the network's lock (the driver's `locks`, shared here).
+ * and the overlay's removal once no local container uses it. The kernel side is the dataplane's.
+ *
+ * Docker's requests on different endpoints of one network arrive together (a `compose up`, a
+ * burst of `docker run`) and run side by side: their kernel steps take turns per overlay
+ * (`kernel`), their store writes do not. A Join counts as using the overlay from its kernel
+ * step until its record says joined, so a Leave of the last other container in between does
+ * not remove the overlay under it.
  */
 export class LocalOverlays {
   /** Spec of every overlay this process built or checked. */
@@ -71,12 +76,19 @@ export class LocalOverlays {
   /** Encrypted overlays up on this host; the IPsec state lives while this is not empty. */
   private readonly encrypted = new Set<string>();
   private encryptionGate: Promise<unknown> = Promise.resolve();
+  /** One kernel step at a time per overlay. */
+  private readonly kernel = new KeyedMutex();
+  /** Joins per network between their kernel step and their committed record. */
+  private readonly joining = new Map<string, number>();
+  /** Networks whose removal a Leave skipped because a Join was under way: looked at again when it ends. */
+  private readonly releaseSkipped = new Set<string>();
+  /** Endpoints this process attached to each overlay since it built or first used it. */
+  private readonly members = new Map<string, Set<string>>();
 
   constructor(
     private readonly dataplane: OverlayDataplane,
     private readonly records: RecordStore,
     private readonly host: { name: string; vtep: string },
-    private readonly locks: KeyedMutex,
     private readonly logger: Logger,
     private readonly peerSync?: PeerSyncHooks,
     private readonly encryption?: EncryptionHooks,
@@ -141,33 +153,61 @@ export class LocalOverlays {
   /**
    * Join's kernel side: the overlay up to `spec`, the endpoint's veth pair in it, then `commit`
    * (the store write that makes the endpoint joined) and the peer distribution told. Any failure
-   * rolls the kernel back (the veth pair; the overlay too if this call built it) before it is
-   * thrown, so that Docker's retry starts clean.
+   * rolls the kernel back (the veth pair; the overlay too if this call built it and nobody else
+   * came to use it) before it is thrown, so that Docker's retry starts clean.
    */
   async join(spec: OverlaySpec, network: NetworkRecord, attachment: EndpointAttachment, commit: () => Promise<void>): Promise<AttachedEndpoint> {
     const { networkId, endpointId } = attachment;
-    const existed = this.find(networkId) !== undefined;
-    const prepared = this.prepared.get(endpointId);
-    this.prepared.delete(endpointId);
-    // Nothing built yet: a host that cannot encrypt refuses here, never joins in clear.
-    await this.encryptionUp(networkId, network);
+    this.joining.set(networkId, (this.joining.get(networkId) ?? 0) + 1);
+    let existed = true;
     try {
-      const attached = await this.attach(spec, attachment, prepared);
+      const attached = await this.kernel.run(networkId, async () => {
+        existed = this.find(networkId) !== undefined;
+        const prepared = this.prepared.get(endpointId);
+        this.prepared.delete(endpointId);
+        // Nothing built yet: a host that cannot encrypt refuses here, never joins in clear.
+        await this.encryptionUp(networkId, network);
+        const a = await this.attach(spec, attachment, prepared);
+        this.memberSet(networkId).add(endpointId);
+        return a;
+      });
       await commit();
       await this.peerSync?.networkActive(networkId, network);
+      this.joinEnded(networkId);
+      if (!this.joiningOn(networkId)) this.releaseSkipped.delete(networkId); // used now
       return attached;
     } catch (err) {
+      this.joinEnded(networkId);
       this.logger.warn('join failed, rolling back', { networkId, endpointId, error: errorMessage(err) });
-      await this.detach(networkId, endpointId).catch((e: unknown) =>
-        this.logger.warn('rollback of a failed join left its veth pair', { networkId, endpointId, error: errorMessage(e) }),
-      );
-      if (!existed) {
-        await this.release(networkId).catch((e: unknown) =>
-          this.logger.warn('rollback of a failed join left its overlay namespace', { networkId, error: errorMessage(e) }),
+      await this.kernel.run(networkId, async () => {
+        await this.detachNow(networkId, endpointId).catch((e: unknown) =>
+          this.logger.warn('rollback of a failed join left its veth pair', { networkId, endpointId, error: errorMessage(e) }),
         );
-      }
+        if (!this.find(networkId) || this.joiningOn(networkId)) return;
+        // Built by this call and nobody attached since: removed without asking the store (which
+        // may be why the Join failed). Otherwise the store says whether anyone still uses it.
+        let release = !existed && this.memberSet(networkId).size === 0;
+        if (!release && this.releaseSkipped.delete(networkId)) release = await this.unused(networkId, network);
+        if (release) await this.releaseNow(networkId);
+      }).catch((e: unknown) => this.logger.warn('rollback of a failed join left its overlay namespace', { networkId, error: errorMessage(e) }));
       throw err;
     }
+  }
+
+  private joinEnded(networkId: string): void {
+    const left = (this.joining.get(networkId) ?? 1) - 1;
+    if (left > 0) this.joining.set(networkId, left);
+    else this.joining.delete(networkId);
+  }
+
+  private joiningOn(networkId: string): boolean {
+    return (this.joining.get(networkId) ?? 0) > 0;
+  }
+
+  private memberSet(networkId: string): Set<string> {
+    let set = this.members.get(networkId);
+    if (!set) this.members.set(networkId, (set = new Set()));
+    return set;
   }
 
   /**
@@ -202,34 +242,45 @@ export class LocalOverlays {
    */
   async prepare(attachment: EndpointAttachment): Promise<void> {
     const { networkId, endpointId } = attachment;
-    const overlay = this.find(networkId);
-    if (!overlay || !this.specs.has(networkId)) return;
-    try {
-      const attached = await this.dataplane.attachEndpoint(attachment);
-      this.prepared.set(endpointId, { networkId, epoch: overlay.epoch, attached });
-    } catch (err) {
-      this.logger.debug('veth pair not prepared; Join will make it', { networkId, endpointId, error: errorMessage(err) });
-    }
+    await this.kernel.run(networkId, async () => {
+      const overlay = this.find(networkId);
+      if (!overlay || !this.specs.has(networkId)) return;
+      try {
+        const attached = await this.dataplane.attachEndpoint(attachment);
+        this.prepared.set(endpointId, { networkId, epoch: overlay.epoch, attached });
+        this.memberSet(networkId).add(endpointId);
+      } catch (err) {
+        this.logger.debug('veth pair not prepared; Join will make it', { networkId, endpointId, error: errorMessage(err) });
+      }
+    });
   }
 
   /** Undoes `prepare` (the endpoint record was not written after all). Never fails. */
   async unprepare(networkId: string, endpointId: string): Promise<void> {
-    if (!this.prepared.delete(endpointId)) return;
-    await this.dataplane.detachEndpoint(networkId, endpointId).catch((err: unknown) =>
-      this.logger.warn('cannot remove the veth pair of an endpoint that was not created', { networkId, endpointId, error: errorMessage(err) }),
-    );
+    if (!this.prepared.has(endpointId)) return;
+    await this.kernel.run(networkId, async () => {
+      if (!this.prepared.has(endpointId)) return;
+      await this.detachNow(networkId, endpointId).catch((err: unknown) =>
+        this.logger.warn('cannot remove the veth pair of an endpoint that was not created', { networkId, endpointId, error: errorMessage(err) }),
+      );
+    });
   }
 
   /** The endpoint's veth pair, prepared or joined, is deleted. */
-  async detach(networkId: string, endpointId: string): Promise<void> {
+  detach(networkId: string, endpointId: string): Promise<void> {
+    return this.kernel.run(networkId, () => this.detachNow(networkId, endpointId));
+  }
+
+  private async detachNow(networkId: string, endpointId: string): Promise<void> {
     this.prepared.delete(endpointId);
     await this.dataplane.detachEndpoint(networkId, endpointId);
+    this.members.get(networkId)?.delete(endpointId);
   }
 
   /** After a restart: an overlay that outlived the process is put right and gets its peers again. */
   async resume(spec: OverlaySpec, network: NetworkRecord): Promise<void> {
-    await this.encryptionUp(spec.networkId, network);
-    await this.locks.run(spec.networkId, async () => {
+    await this.kernel.run(spec.networkId, async () => {
+      await this.encryptionUp(spec.networkId, network);
       await this.dataplane.ensureOverlay(spec);
       this.specs.set(spec.networkId, spec);
     });
@@ -237,9 +288,15 @@ export class LocalOverlays {
   }
 
   /** The overlay goes: peers stop being programmed, then its namespace is removed. Idempotent. */
-  async release(networkId: string): Promise<void> {
+  release(networkId: string): Promise<void> {
+    return this.kernel.run(networkId, () => this.releaseNow(networkId));
+  }
+
+  private async releaseNow(networkId: string): Promise<void> {
     await this.peerSync?.networkInactive(networkId);
     this.specs.delete(networkId);
+    this.members.delete(networkId);
+    this.releaseSkipped.delete(networkId);
     for (const [endpointId, port] of this.prepared) if (port.networkId === networkId) this.prepared.delete(endpointId);
     await this.dataplane.removeOverlay(networkId);
     await this.encryptionDown(networkId).catch((err: unknown) =>
@@ -250,11 +307,23 @@ export class LocalOverlays {
   /** The overlay goes if it is up and no endpoint of this host on the network is joined any more. */
   async releaseIfUnused(networkId: string, network: NetworkRecord): Promise<void> {
     if (!this.find(networkId)) return;
+    await this.kernel.run(networkId, async () => {
+      if (!this.find(networkId)) return;
+      if (this.joiningOn(networkId)) {
+        // That Join makes it used; if it fails, its rollback looks again.
+        this.releaseSkipped.add(networkId);
+        return;
+      }
+      if (!(await this.unused(networkId, network))) return;
+      await this.releaseNow(networkId);
+      this.logger.info('overlay removed: no local container left', { networkId });
+    });
+  }
+
+  /** Whether the store holds no joined endpoint of this host on the network. */
+  private async unused(networkId: string, network: NetworkRecord): Promise<boolean> {
     const endpoints = await this.records.list(endpointRecordSchema, keys.endpoints(network.key));
-    const stillJoined = endpoints.some((e) => e.value.host === this.host.name && e.value.networkId === networkId && e.value.joined);
-    if (stillJoined) return;
-    await this.release(networkId);
-    this.logger.info('overlay removed: no local container left', { networkId });
+    return !endpoints.some((e) => e.value.host === this.host.name && e.value.networkId === networkId && e.value.joined);
   }
 
   /**
@@ -265,7 +334,7 @@ export class LocalOverlays {
   async repairAll(): Promise<string[]> {
     const repaired: string[] = [];
     for (const networkId of [...this.specs.keys()]) {
-      await this.locks.run(networkId, async () => {
+      await this.kernel.run(networkId, async () => {
         const spec = this.specs.get(networkId);
         if (!spec || !this.find(networkId)) return; // removed meanwhile: nothing to repair
         if (!(await this.dataplane.repairOverlay(spec))) return;

@@ -2,7 +2,7 @@ import type { Logger } from '../log';
 import { StoreUnavailableError } from '../store/store';
 import { Backoff, DEFAULT_TIMEOUT_MS } from '../store/util';
 import { PluginError, errorMessage } from '../util/errors';
-import { KeyedMutex } from '../util/keyed-mutex';
+import { KeyedRwLock } from '../util/keyed-rwlock';
 import { sleepUnref } from '../util/retry';
 import { LOCAL_ADDRESS_SPACE } from './ipam';
 import type { EspSupport } from '../dataplane/xfrm';
@@ -35,11 +35,11 @@ export interface NetworkDriverOptions {
  * Network and endpoint life cycle (libnetwork's remote driver calls, the role of its overlay
  * driver's joinleave.go): checks each request (request-checks.ts), runs it under its deadline
  * (request-deadline.ts), then hands the cluster records to NetworkRecords and the kernel to
- * LocalOverlays. Every call is idempotent because Docker retries; calls on one network run one
- * at a time.
+ * LocalOverlays. Every call is idempotent because Docker retries; requests on one network's
+ * endpoints run side by side, a request on the network itself runs alone.
  */
 export class NetworkDriver {
-  private readonly locks = new KeyedMutex();
+  private readonly locks = new KeyedRwLock();
   readonly networks: NetworkRecords;
   readonly overlays: LocalOverlays;
   readonly recovery: Recovery;
@@ -64,7 +64,7 @@ export class NetworkDriver {
     this.records = records;
     this.requests = new RequestDeadlines(this.locks, options.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS, records.store);
     this.networks = new NetworkRecords(records, host, logger, ipam);
-    this.overlays = new LocalOverlays(dataplane, records, host, this.locks, logger, peerSync, encryption);
+    this.overlays = new LocalOverlays(dataplane, records, host, logger, peerSync, encryption);
     this.recovery = new Recovery({
       records,
       networks: this.networks,
@@ -142,7 +142,7 @@ export class NetworkDriver {
     const { ip4, ip6, givenMac } = checkEndpointInput(input);
     const { networkId, endpointId } = input;
 
-    return this.requests.locked('CreateEndpoint', networkId, async () => {
+    return this.requests.endpointLocked('CreateEndpoint', networkId, endpointId, async () => {
       const network = await this.networks.require(networkId);
       const { subnet: macSubnet, ip: macIp } = endpointMacSource(network.value, ip4, ip6);
       const key = keys.endpoint(network.value.key, endpointId);
@@ -188,7 +188,7 @@ export class NetworkDriver {
   }
 
   async deleteEndpoint(networkId: string, endpointId: string): Promise<void> {
-    await this.requests.locked('DeleteEndpoint', networkId, async () => {
+    await this.requests.endpointLocked('DeleteEndpoint', networkId, endpointId, async () => {
       const network = await this.networks.find(networkId);
       await this.overlays.detach(networkId, endpointId);
       if (!network) return;
@@ -223,7 +223,7 @@ export class NetworkDriver {
   }
 
   async join(networkId: string, endpointId: string): Promise<{ srcName: string }> {
-    return this.requests.locked('Join', networkId, async () => {
+    return this.requests.endpointLocked('Join', networkId, endpointId, async () => {
       const network = await this.networks.require(networkId);
       const endpoint = await this.requireEndpoint(network.value, endpointId);
       // p2p: the remote is per host (each names the other), kept with this host's network id.
@@ -239,7 +239,7 @@ export class NetworkDriver {
   }
 
   async leave(networkId: string, endpointId: string): Promise<void> {
-    await this.requests.locked('Leave', networkId, async () => {
+    await this.requests.endpointLocked('Leave', networkId, endpointId, async () => {
       const network = await this.networks.require(networkId);
       const endpoint = await this.records.get(endpointRecordSchema, keys.endpoint(network.value.key, endpointId));
       if (endpoint?.value.joined) await this.records.put(endpoint.key, { ...endpoint.value, joined: false });

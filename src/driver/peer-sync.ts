@@ -3,6 +3,7 @@ import type { ProbeTarget } from '../dataplane/underlay-probe';
 import type { Peer } from '../dataplane/types';
 import type { Logger } from '../log';
 import type { KVEntry, Watch, WatchEvent } from '../store/store';
+import { KeyedMutex } from '../util/keyed-mutex';
 import { sleepUnref } from '../util/retry';
 import { HostLiveness, type LivenessOptions } from './host-liveness';
 import { HostRegistration } from './host-registration';
@@ -71,6 +72,11 @@ export class PeerSync implements PeerSyncHooks {
   private hostWatch?: Watch;
   /** One endpoint watch per network key with a local overlay here (static and miss modes). */
   private readonly networkWatches: NetworkWatches;
+  /**
+   * Joins on one network run side by side: a second one waits for the first's activation (its
+   * watch and first reconcile), so that neither returns before the network's peers are programmed.
+   */
+  private readonly activations = new KeyedMutex();
   /**
    * The host watch has delivered a full state at least once (and each network waits for its own
    * endpoint watch). Before that the desired peer set is unknown, and reconciling against it
@@ -176,23 +182,27 @@ export class PeerSync implements PeerSyncHooks {
   }
 
   /** For Join: the network has a local container now, so its namespace wants every peer. */
-  async networkActive(networkId: string, network: NetworkRecord): Promise<void> {
-    const already = this.programmer.activate(networkId, { networkKey: network.key, mode: network.mode });
-    // p2p and multicast program no peers: their endpoints are not followed.
-    let reconciling = false;
-    if (programsPeers(network.mode) && already?.networkKey !== network.key) {
-      if (already && programsPeers(already.mode)) this.unfollow(already.networkKey);
-      reconciling = await this.networkWatches.follow(network.key);
-    }
-    if (network.mode === 'miss') await this.programmer.watchMisses(networkId);
-    // The watch's first reset already queued this network's reconcile: wait for it, not a second one.
-    if (reconciling) await this.programmer.queued(networkId);
-    else if (!already) await this.programmer.reconcile(networkId, 'network active');
+  networkActive(networkId: string, network: NetworkRecord): Promise<void> {
+    return this.activations.run(networkId, async () => {
+      const already = this.programmer.activate(networkId, { networkKey: network.key, mode: network.mode });
+      // p2p and multicast program no peers: their endpoints are not followed.
+      let reconciling = false;
+      if (programsPeers(network.mode) && already?.networkKey !== network.key) {
+        if (already && programsPeers(already.mode)) this.unfollow(already.networkKey);
+        reconciling = await this.networkWatches.follow(network.key);
+      }
+      if (network.mode === 'miss') await this.programmer.watchMisses(networkId);
+      // The watch's first reset already queued this network's reconcile: wait for it, not a second one.
+      if (reconciling) await this.programmer.queued(networkId);
+      else if (!already) await this.programmer.reconcile(networkId, 'network active');
+    });
   }
 
-  async networkInactive(networkId: string): Promise<void> {
-    const net = this.programmer.deactivate(networkId);
-    if (net && programsPeers(net.mode)) this.unfollow(net.networkKey);
+  networkInactive(networkId: string): Promise<void> {
+    return this.activations.run(networkId, async () => {
+      const net = this.programmer.deactivate(networkId);
+      if (net && programsPeers(net.mode)) this.unfollow(net.networkKey);
+    });
   }
 
   /** The last local overlay of the network went: its endpoints are no longer followed nor held. */

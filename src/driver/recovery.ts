@@ -2,7 +2,7 @@ import { vethNames } from '../dataplane/dataplane';
 import type { OrphanReport } from '../dataplane/types';
 import type { Logger } from '../log';
 import { errorMessage } from '../util/errors';
-import type { KeyedMutex } from '../util/keyed-mutex';
+import type { KeyedRwLock } from '../util/keyed-rwlock';
 import type { LocalOverlays, OverlayDataplane } from './local-overlays';
 import type { HostIdentity, NetworkRecords } from './network-records';
 import type { RecordStore, Versioned } from './record-store';
@@ -15,7 +15,8 @@ export interface RecoveryDeps {
   overlays: LocalOverlays;
   dataplane: Pick<OverlayDataplane, 'bridgePorts' | 'removeOrphans'>;
   host: HostIdentity;
-  locks: KeyedMutex;
+  /** The driver's per-network locks: recovery of a network runs alone on it, as a network request would. */
+  locks: Pick<KeyedRwLock, 'exclusive'>;
   logger: Logger;
   /** DeleteEndpoint, for endpoints whose own DeleteEndpoint was lost. */
   deleteEndpoint(networkId: string, endpointId: string): Promise<void>;
@@ -197,7 +198,7 @@ export class Recovery {
       const pool = await records.get(poolRecordSchema, poolKey);
       if (pool?.value.holders.includes(host.name)) continue;
       logger.warn('finishing the deletion of a network whose DeleteNetwork was lost', { networkId, pool: mapping.pool });
-      await locks.run(networkId, async () => {
+      await locks.exclusive(networkId, async () => {
         if (overlays.find(networkId)) await overlays.release(networkId);
         await networks.forget(networkId, mapping);
       });

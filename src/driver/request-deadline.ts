@@ -7,7 +7,8 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Store } from '../store/store';
 import { Deadline, storeWithDeadline } from '../store/util';
 import { PluginError } from '../util/errors';
-import type { KeyedMutex, TurnDeadline } from '../util/keyed-mutex';
+import { KeyedMutex, type TurnDeadline } from '../util/keyed-mutex';
+import type { KeyedRwLock } from '../util/keyed-rwlock';
 
 /** The request a store call is made for, while Docker still waits for its answer. */
 interface RequestTurn {
@@ -51,9 +52,12 @@ export function requestBoundStore(store: Store): Store {
 }
 
 export class RequestDeadlines {
+  /** One request at a time per endpoint (Docker's retry of a request still running waits for it). */
+  private readonly endpointLocks = new KeyedMutex();
+
   constructor(
-    /** The per-network locks every driver request takes. */
-    private readonly locks: KeyedMutex,
+    /** The per-network locks every driver request takes: shared for endpoints, exclusive for networks. */
+    private readonly locks: KeyedRwLock,
     /** One request's time in all. */
     readonly timeoutMs: number,
     /** Named in the timeout's message: what the requests were waiting for. */
@@ -71,20 +75,38 @@ export class RequestDeadlines {
     }
   }
 
-  /** A request that works on one network: its wait for the network's lock counts against its deadline. */
+  /** A request on the network itself: it runs alone on the network, and its wait counts against its deadline. */
   locked<T>(method: string, networkId: string, work: () => Promise<T>): Promise<T> {
-    return this.run(() => {
-      const turn = currentRequest.getStore();
-      const deadline: TurnDeadline | undefined = turn && {
+    return this.run(() => this.locks.exclusive(networkId, work, this.turnDeadline(method, `network ${networkId.slice(0, 12)}`)));
+  }
+
+  /**
+   * A request on one endpoint: requests on other endpoints of the network run beside it (their
+   * store round trips overlap; the kernel steps are serialised per overlay by LocalOverlays),
+   * a network request does not.
+   */
+  endpointLocked<T>(method: string, networkId: string, endpointId: string, work: () => Promise<T>): Promise<T> {
+    return this.run(() =>
+      this.locks.shared(
+        networkId,
+        () => this.endpointLocks.run(endpointId, work, this.turnDeadline(method, `endpoint ${endpointId.slice(0, 12)}`)),
+        this.turnDeadline(method, `network ${networkId.slice(0, 12)}`),
+      ),
+    );
+  }
+
+  private turnDeadline(method: string, what: string): TurnDeadline | undefined {
+    const turn = currentRequest.getStore();
+    return (
+      turn && {
         remaining: () => turn.deadline.remaining(),
         onTimeout: () =>
           new PluginError(
-            `${method} timed out waiting for its turn on network ${networkId.slice(0, 12)} after ${turn.deadline.ms} ms: ` +
+            `${method} timed out waiting for its turn on ${what} after ${turn.deadline.ms} ms: ` +
               `earlier requests are still waiting for the store (${this.store.description}); try again`,
             503,
           ),
-      };
-      return this.locks.run(networkId, work, deadline);
-    });
+      }
+    );
   }
 }

@@ -11,53 +11,13 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { RecordStore } from '../../src/driver/record-store';
-import { NetworkDriver, type OverlayDataplane } from '../../src/driver/network-driver';
-import type { AttachedEndpoint, EndpointAttachment, OverlayInfo, OverlaySpec } from '../../src/dataplane/types';
+import { NetworkDriver } from '../../src/driver/network-driver';
+import { RecordingDataplane } from '../helpers/recording-dataplane';
+import { gatedWrites } from '../helpers/gated-store';
 import { silentLogger } from '../../src/log';
 import { LOCAL_ADDRESS_SPACE } from '../../src/driver/ipam';
 import { openStore } from '../../src/store/open';
 import type { Store } from '../../src/store/store';
-
-class RecordingDataplane implements OverlayDataplane {
-  calls: string[] = [];
-  overlays = new Map<string, OverlayInfo>();
-  epoch = 0;
-  async ensureOverlay(spec: OverlaySpec): Promise<OverlayInfo> {
-    this.calls.push('ensureOverlay');
-    let o = this.overlays.get(spec.networkId);
-    if (!o) {
-      o = { netnsPath: `/run/test/${++this.epoch}`, epoch: this.epoch };
-      this.overlays.set(spec.networkId, o);
-    }
-    return o;
-  }
-  async repairOverlay(): Promise<boolean> {
-    return false;
-  }
-  async removeOverlay(networkId: string): Promise<void> {
-    this.calls.push('removeOverlay');
-    this.overlays.delete(networkId);
-  }
-  findOverlay(networkId: string): OverlayInfo | undefined {
-    return this.overlays.get(networkId);
-  }
-  async attachEndpoint(a: EndpointAttachment): Promise<AttachedEndpoint> {
-    this.calls.push(`attach ${a.endpointId}`);
-    return { srcName: `vc${a.endpointId.slice(0, 11)}`, bridgePortName: `ve${a.endpointId.slice(0, 11)}` };
-  }
-  async detachEndpoint(_networkId: string, endpointId: string): Promise<void> {
-    this.calls.push(`detach ${endpointId}`);
-  }
-  async applyPeers(): Promise<unknown> {
-    return undefined;
-  }
-  async bridgePorts(): Promise<string[]> {
-    return [];
-  }
-  async removeOrphans() {
-    return { hostVeths: [], ports: [], namespaces: [] };
-  }
-}
 
 /** The real store, with writes of endpoint records held until `release()` (then applied, late). */
 function holdingEndpointWrites(store: Store): { store: Store; hold(): void; release(): void } {
@@ -72,34 +32,7 @@ function holdingEndpointWrites(store: Store): { store: Store; hold(): void; rele
       gate = undefined;
       open();
     },
-    store: {
-      get description() {
-        return store.description;
-      },
-      get distributed() {
-        return store.distributed;
-      },
-      get: (k) => store.get(k),
-      list: (p) => store.list(p),
-      put: async (k, v, o) => {
-        await wait(k);
-        return store.put(k, v, o);
-      },
-      create: async (k, v, o) => {
-        await wait(k);
-        return store.create(k, v, o);
-      },
-      compareAndSet: async (k, v, r, o) => {
-        await wait(k);
-        return store.compareAndSet(k, v, r, o);
-      },
-      delete: (k) => store.delete(k),
-      compareAndDelete: (k, r) => store.compareAndDelete(k, r),
-      deletePrefix: (p) => store.deletePrefix(p),
-      watch: (p, l) => store.watch(p, l),
-      grantLease: (t) => store.grantLease(t),
-      close: () => store.close(),
-    },
+    store: gatedWrites(store, wait),
   };
 }
 

@@ -16,7 +16,7 @@ import { endpointRecordSchema, keys, type EndpointRecord, type NetworkIdRecord, 
 import { Recovery } from '../../src/driver/recovery';
 import { silentLogger } from '../../src/log';
 import { openLocalStore } from '../../src/store/local';
-import { KeyedMutex } from '../../src/util/keyed-mutex';
+import { KeyedRwLock } from '../../src/util/keyed-rwlock';
 
 const dirs: string[] = [];
 after(() => {
@@ -55,9 +55,9 @@ async function setup() {
   const store = await openLocalStore({ dir, logger: silentLogger() });
   const records = new RecordStore(store);
   const dataplane = noOverlays();
-  const locks = new KeyedMutex();
+  const locks = new KeyedRwLock();
   const networks = new NetworkRecords(records, host, silentLogger());
-  const overlays = new LocalOverlays(dataplane, records, host, locks, silentLogger());
+  const overlays = new LocalOverlays(dataplane, records, host, silentLogger());
   const recovery = new Recovery({
     records,
     networks,
