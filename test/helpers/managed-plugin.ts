@@ -17,6 +17,7 @@
  * Every piece registers its own cleanup (plugins `docker plugin rm -f`, the registry killed by
  * PID, directories removed).
  */
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -91,7 +92,7 @@ export interface BuiltPlugin {
  */
 export async function buildPlugin(build: DockerHost, ref: string): Promise<BuiltPlugin> {
   const env = { ...process.env, DOCKER: '/usr/bin/docker', DOCKER_HOST: build.dockerHost };
-  const prebuilt = process.env.TSO_PLUGIN_DIR ?? builtInThisProcess;
+  const prebuilt = process.env.TSO_PLUGIN_DIR ?? builtInThisProcess ?? builtInThisRun();
   if (prebuilt) {
     const t = Date.now();
     await build.cli(['plugin', 'create', ref, prebuilt], { timeoutMs: 180_000 });
@@ -119,6 +120,35 @@ export async function buildPlugin(build: DockerHost, ref: string): Promise<Built
 }
 
 /**
+ * TSO_PLUGIN_CACHE (set by .ci/run, which removes it at the end): a directory where the first
+ * test process that builds the plugin leaves build.sh's output under a hash of everything the
+ * build reads, so that the other test files of the same run (Docker 20.10's managed plugin and
+ * swarm, Docker 28's) create and push it from there instead of running the same build again.
+ * The first one still runs plugin/build.sh as users do.
+ */
+function cacheEntry(): string | undefined {
+  const cache = process.env.TSO_PLUGIN_CACHE;
+  if (!cache) return undefined;
+  const hash = createHash('sha256').update(process.version);
+  const inputs = ['package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json', 'Dockerfile', '.dockerignore', 'config.json', 'plugin/build.sh', 'plugin/local-base.sh'];
+  const walk = (rel: string): void => {
+    const abs = path.join(REPO_ROOT, rel);
+    if (fs.statSync(abs).isDirectory()) {
+      for (const name of fs.readdirSync(abs).sort()) walk(path.join(rel, name));
+    } else {
+      hash.update(`\0${rel}\0`).update(fs.readFileSync(abs));
+    }
+  };
+  for (const rel of [...inputs, 'src']) walk(rel);
+  return path.join(cache, hash.digest('hex').slice(0, 24));
+}
+
+function builtInThisRun(): string | undefined {
+  const entry = cacheEntry();
+  return entry && fs.existsSync(path.join(entry, 'config.json')) && fs.existsSync(path.join(entry, 'rootfs')) ? entry : undefined;
+}
+
+/**
  * A plugin built earlier in this test process (same sources): when one process runs several
  * suites that need the plugin (test/e2e/docker28/managed-plugin-swarm), the later ones create
  * and push it from this directory instead of building it again.
@@ -127,6 +157,21 @@ let builtInThisProcess: string | undefined;
 
 /** Moves build.sh's output out of the run directory (whose cleanup runs after every suite) to one removed at process exit. */
 function keepBuild(dir: string): string {
+  const entry = cacheEntry();
+  if (entry) {
+    // Kept for the run's other test processes; .ci/run removes the cache.
+    fs.mkdirSync(path.dirname(entry), { recursive: true });
+    fs.rmSync(entry, { recursive: true, force: true });
+    try {
+      fs.renameSync(dir, entry);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+      fs.cpSync(dir, entry, { recursive: true, verbatimSymlinks: true });
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+    builtInThisProcess = entry;
+    return entry;
+  }
   const kept = `${runDir()}-plugin-build`;
   fs.rmSync(kept, { recursive: true, force: true });
   fs.renameSync(dir, kept);
