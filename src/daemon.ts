@@ -106,7 +106,7 @@ export async function startDaemon(
   const names = config.dns.enabled
     ? new NamesService(
         records,
-        { hostName: host.name, liveHosts: peerSync.liveHosts, dockerSocket: config.dns.dockerSocket, registry: metrics.registry, ...(config.dns.upstreams ? { upstreams: config.dns.upstreams } : {}) },
+        { hostName: host.name, liveHosts: peerSync.liveHosts, endpoints: peerSync.endpoints, dockerSocket: config.dns.dockerSocket, registry: metrics.registry, ...(config.dns.upstreams ? { upstreams: config.dns.upstreams } : {}) },
         logger,
       )
     : undefined;

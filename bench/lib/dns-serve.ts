@@ -8,6 +8,7 @@
  */
 import { DnsServer } from '../../src/dns/server';
 import { Forwarder } from '../../src/dns/upstream';
+import { EndpointFeed } from '../../src/driver/endpoint-feed';
 import { PeerView } from '../../src/driver/peer-view';
 import { keys } from '../../src/driver/records';
 import { silentLogger } from '../../src/log';
@@ -54,7 +55,8 @@ export async function main(): Promise<void> {
     await Promise.all(batch);
   }
   // Every name is on host `bench`, this view's own host: live whatever the store says.
-  const view = new NamesView(store, logger, new PeerView('bench', logger));
+  const peers = new PeerView('bench', logger);
+  const view = new NamesView(store, logger, peers, new EndpointFeed(store, peers, 10_000));
   await view.start();
   // A host serves the names of the networks it has a local overlay on: this one.
   await view.follow(BENCH_NETWORK_KEY);

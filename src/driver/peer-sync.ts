@@ -10,7 +10,7 @@ import { HostRegistration } from './host-registration';
 import type { PeerSyncHooks } from './local-overlays';
 import { PeerProgrammer, programsPeers, type PeerDataplane, type PeerProgrammingObserver, type ReconcileTrigger } from './peer-programmer';
 import { PeerView, type LiveHosts } from './peer-view';
-import { NetworkWatches } from './peer-watches';
+import { EndpointFeed, type JoinedEndpoints } from './endpoint-feed';
 import type { RecordStore } from './record-store';
 import { keys, type NetworkRecord } from './records';
 
@@ -70,8 +70,11 @@ export class PeerSync implements PeerSyncHooks {
   private readonly resets: Record<WatchName, number> = { endpoints: 0, hosts: 0 };
   private readonly watchTrouble: Partial<Record<WatchName, string>> = {};
   private hostWatch?: Watch;
-  /** One endpoint watch per network key with a local overlay here (static and miss modes). */
-  private readonly networkWatches: NetworkWatches;
+  /**
+   * One endpoint watch per network key with a local overlay here: followed for the networks
+   * that program peers (static and miss modes) and by the names view (`endpoints`).
+   */
+  private readonly feed: EndpointFeed;
   /**
    * Joins on one network run side by side: a second one waits for the first's activation (its
    * watch and first reconcile), so that neither returns before the network's peers are programmed.
@@ -107,17 +110,15 @@ export class PeerSync implements PeerSyncHooks {
     this.liveness = liveness;
     this.view = new PeerView(options.hostName, logger, liveness, () => this.programmer.projectAll(), options.vtep);
     this.programmer = new PeerProgrammer(this.view, dataplane, () => this.synced, logger, observer);
-    this.networkWatches = new NetworkWatches(records.store, options.leaseTtlSeconds * 1000, {
-      reset: (networkKey, entries, revision, reconnect) => {
-        if (!this.networkWatches.troubled) delete this.watchTrouble.endpoints;
+    this.feed = new EndpointFeed(records.store, this.view, options.leaseTtlSeconds * 1000, {
+      reset: (networkKey, reconnect) => {
+        if (!this.feed.troubled) delete this.watchTrouble.endpoints;
         this.observer?.watchReset('endpoints', reconnect);
-        this.view.resetEndpoints(networkKey, entries, revision);
         if (this.view.promoteSettled()) this.programmer.projectAll();
         this.programmer.reconcileNetwork(networkKey, 'endpoint watch reset');
       },
-      events: (_networkKey, events) => {
+      events: (events, touched) => {
         this.countEndpointEvents(events);
-        const touched = this.view.endpointEvents(events);
         if (this.view.promoteSettled()) {
           this.programmer.projectAll();
           return;
@@ -127,6 +128,9 @@ export class PeerSync implements PeerSyncHooks {
       error: (networkKey, err) => {
         this.watchErrorSeen('endpoints', err);
         this.logger.warn('endpoint watch trouble', { networkKey, error: err.message });
+      },
+      released: () => {
+        if (!this.feed.troubled) delete this.watchTrouble.endpoints;
       },
     });
   }
@@ -139,6 +143,11 @@ export class PeerSync implements PeerSyncHooks {
   /** Which hosts are alive for the data plane, as peers are programmed (the names view serves by it). */
   get liveHosts(): LiveHosts {
     return this.view;
+  }
+
+  /** The endpoints this host follows, for the names view: the same watch and records as the peers'. */
+  get endpoints(): JoinedEndpoints {
+    return this.feed;
   }
 
   /**
@@ -177,7 +186,7 @@ export class PeerSync implements PeerSyncHooks {
   async close(revokeLease = true): Promise<void> {
     this.programmer.close();
     this.liveness?.close();
-    await Promise.all([this.hostWatch?.close(), this.networkWatches.closeAll()]);
+    await Promise.all([this.hostWatch?.close(), this.feed.closeAll()]);
     await this.registration.close(revokeLease);
   }
 
@@ -189,7 +198,7 @@ export class PeerSync implements PeerSyncHooks {
       let reconciling = false;
       if (programsPeers(network.mode) && already?.networkKey !== network.key) {
         if (already && programsPeers(already.mode)) this.unfollow(already.networkKey);
-        reconciling = await this.networkWatches.follow(network.key);
+        reconciling = await this.feed.followNetwork(network.key);
       }
       if (network.mode === 'miss') await this.programmer.watchMisses(networkId);
       // The watch's first reset already queued this network's reconcile: wait for it, not a second one.
@@ -205,11 +214,9 @@ export class PeerSync implements PeerSyncHooks {
     });
   }
 
-  /** The last local overlay of the network went: its endpoints are no longer followed nor held. */
+  /** One local overlay of the network fewer: its endpoints go with the watch's last reader. */
   private unfollow(networkKey: string): void {
-    if (!this.networkWatches.unfollow(networkKey)) return;
-    if (!this.networkWatches.troubled) delete this.watchTrouble.endpoints;
-    this.view.forgetNetwork(networkKey);
+    this.feed.unfollow(networkKey);
   }
 
   /** Peers the store wants programmed in a network's namespace. */
@@ -223,7 +230,7 @@ export class PeerSync implements PeerSyncHooks {
     let mine = 0;
     for (const ev of events) {
       const networkKey = keys.parseEndpoint(ev.key)?.networkKey;
-      if (networkKey !== undefined && used.has(networkKey)) mine++;
+      if (networkKey !== undefined && (used.has(networkKey) || this.feed.follows(networkKey))) mine++;
     }
     this.observer.watchEvents('endpoints', mine, events.length - mine);
   }

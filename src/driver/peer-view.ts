@@ -90,15 +90,17 @@ const SETTLE_WAIT_MS = 5_000;
 
 /**
  * The store as peer distribution sees it, fed by the `hosts/` watch and one `endpoints/<network>/`
- * watch per network with a local overlay: the remote endpoints of those networks that can be
- * peers and the live hosts, and from them each network's desired peers. Endpoints of networks
- * this host does not use are never received. Knows nothing of the kernel (that is PeerSync's side).
+ * watch per network with a local overlay (EndpointFeed): the joined endpoints of those networks
+ * and the live hosts, and from them each network's desired peers (the other hosts' endpoints).
+ * The names view reads the same endpoints (this host's own too: local containers have names).
+ * Endpoints of networks this host does not use are never received. Knows nothing of the kernel
+ * (that is PeerSync's side).
  */
 export class PeerView implements LiveHosts {
   /**
-   * By network key, then store key: the endpoints that can be peers (joined, of another host),
-   * reduced to what programming needs. Every remote container of the cluster is held here, so
-   * not the whole record (ids, timestamps) and nothing else of the store.
+   * By network key, then store key: the joined endpoints, reduced to what programming and names
+   * need. Every container of the followed networks is held here, so not the whole record (ids,
+   * timestamps) and nothing else of the store. This host's own are never peers (peerOf).
    */
   private readonly endpoints = new Map<string, Map<string, PeerEndpoint>>();
   private readonly hosts = new Map<string, HostRecord>();
@@ -120,6 +122,28 @@ export class PeerView implements LiveHosts {
   ) {}
 
   private readonly liveListeners = new Set<() => void>();
+  private readonly endpointListeners = new Set<(networkKey: string, endpointId?: string) => void>();
+
+  /** See JoinedEndpoints.onChange (endpoint-feed.ts). */
+  onEndpointChange(listener: (networkKey: string, endpointId?: string) => void): () => void {
+    this.endpointListeners.add(listener);
+    return () => this.endpointListeners.delete(listener);
+  }
+
+  /** A joined endpoint of a followed network (this host's too), or undefined. */
+  joinedEndpoint(networkKey: string, endpointId: string): Readonly<PeerEndpoint> | undefined {
+    return this.endpoints.get(networkKey)?.get(keys.endpoint(networkKey, endpointId));
+  }
+
+  private endpointChanged(networkKey: string, endpointId?: string): void {
+    for (const l of this.endpointListeners) {
+      try {
+        l(networkKey, endpointId);
+      } catch (err) {
+        this.logger.warn('endpoint listener failed', { error: errorMessage(err) });
+      }
+    }
+  }
 
   /**
    * This host is always live (its own containers are on its bridge, whatever the store says);
@@ -293,6 +317,7 @@ export class PeerView implements LiveHosts {
       const ep = this.decode('endpoint', () => decodeRecord(peerEndpointSchema, e.value, e.key));
       if (ep) this.setEndpoint(e.key, ep);
     }
+    this.endpointChanged(networkKey);
   }
 
   /** The network has no local overlay any more: its endpoints are no longer followed. */
@@ -301,6 +326,7 @@ export class PeerView implements LiveHosts {
     this.endpoints.delete(networkKey);
     this.desired.delete(networkKey);
     this.indexes.delete(networkKey);
+    this.endpointChanged(networkKey);
   }
 
   /** Whether the network's endpoint watch has delivered a full state (its peers are known). */
@@ -334,7 +360,8 @@ export class PeerView implements LiveHosts {
   endpointEvents(events: WatchEvent[]): Set<string> {
     const touched = new Set<string>();
     for (const ev of events) {
-      const networkKey = keys.parseEndpoint(ev.key)?.networkKey;
+      const parsed = keys.parseEndpoint(ev.key);
+      const networkKey = parsed?.networkKey;
       // Not followed (any more): a late delivery of a watch being closed.
       if (networkKey === undefined || !this.revisions.has(networkKey)) continue;
       if (ev.revision > this.revisions.get(networkKey)!) this.revisions.set(networkKey, ev.revision);
@@ -342,11 +369,11 @@ export class PeerView implements LiveHosts {
         touched.add(networkKey);
         this.indexes.delete(networkKey);
       }
-      if (ev.type === 'delete') {
-        this.setEndpoint(ev.key, undefined);
-      } else {
-        this.setEndpoint(ev.key, this.decode('endpoint', () => decodeRecord(peerEndpointSchema, ev.value, ev.key)));
-      }
+      const changed =
+        ev.type === 'delete'
+          ? this.setEndpoint(ev.key, undefined)
+          : this.setEndpoint(ev.key, this.decode('endpoint', () => decodeRecord(peerEndpointSchema, ev.value, ev.key)));
+      if (changed && this.endpointListeners.size > 0) this.endpointChanged(networkKey, parsed!.endpointId);
     }
     return touched;
   }
@@ -411,23 +438,28 @@ export class PeerView implements LiveHosts {
 
   /** The host record's copy of a host name when there is one: one string per host, not per endpoint. */
   private hostName(name: string): string {
+    if (name === this.self) return this.self;
     const known = this.hosts.get(name)?.name;
     return known === name ? known : name;
   }
 
-  /** The peer an endpoint is while its host is live. */
+  /** The peer an endpoint is while its host is live (never one of this host's own). */
   private peerOf(ep: PeerEndpoint): Peer | undefined {
+    if (ep.host === this.self) return undefined;
     const host = this.hosts.get(ep.host);
     return host && this.reachable(host) ? peerAt(ep, host.vtep) : undefined;
   }
 
-  /** Records (or, with undefined, forgets) one endpoint, and updates its network's desired set if built. */
-  private setEndpoint(key: string, ep: PeerEndpoint | undefined): void {
+  /**
+   * Records (or, with undefined, forgets) one endpoint, and updates its network's desired set if
+   * built. True when what a name resolves to changed: a joined endpoint came, went, or changed
+   * its address or host.
+   */
+  private setEndpoint(key: string, ep: PeerEndpoint | undefined): boolean {
     const networkKey = keys.parseEndpoint(key)?.networkKey ?? '';
-    const kept: PeerEndpoint | undefined =
-      ep?.joined && ep.host !== this.self
-        ? { ip: ep.ip, ...(ep.ip6 ? { ip6: ep.ip6 } : {}), mac: ep.mac, host: this.hostName(ep.host), joined: true }
-        : undefined;
+    const kept: PeerEndpoint | undefined = ep?.joined
+      ? { ip: ep.ip, ...(ep.ip6 ? { ip6: ep.ip6 } : {}), mac: ep.mac, host: this.hostName(ep.host), joined: true }
+      : undefined;
     let records = this.endpoints.get(networkKey);
     const old = records?.get(key);
     if (kept) {
@@ -437,11 +469,13 @@ export class PeerView implements LiveHosts {
       this.endpoints.delete(networkKey);
     }
     const desired = this.desired.get(networkKey);
-    if (!desired) return;
-    // Hosts are unchanged since the set was built (a host change drops it): same VTEPs as then.
-    const before = old && this.peerOf(old);
-    const after = kept && this.peerOf(kept);
-    if (before) desired.remove(before);
-    if (after) desired.add(after);
+    if (desired) {
+      // Hosts are unchanged since the set was built (a host change drops it): same VTEPs as then.
+      const before = old && this.peerOf(old);
+      const after = kept && this.peerOf(kept);
+      if (before) desired.remove(before);
+      if (after) desired.add(after);
+    }
+    return old === undefined || kept === undefined ? old !== kept : old.ip !== kept.ip || old.ip6 !== kept.ip6 || old.host !== kept.host;
   }
 }

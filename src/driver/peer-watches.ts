@@ -2,14 +2,15 @@
  * Per-network watches: one `endpoints/<network key>/` watch (or another per-network prefix) per
  * network with a local overlay on this host, opened at the first overlay's activation and closed
  * with the last one's release, so that a host never receives the records of networks it does not
- * use. Peer distribution follows endpoints with it, the names view endpoints and names.
+ * use. Endpoints are followed with it once for peer distribution and the names view together
+ * (EndpointFeed), names by the names view.
  */
 
 import type { KVEntry, Store, Watch, WatchEvent } from '../store/store';
 import { sleepUnref } from '../util/retry';
 import { keys } from './records';
 
-/** What PeerSync does with what a network's watch delivers. */
+/** What the follower does with what a network's watch delivers. */
 export interface NetworkWatchHandlers {
   /** A full state of the network's endpoints, current at `revision` (`reconnect`: not its first). */
   reset(networkKey: string, entries: KVEntry[], revision: number, reconnect: boolean): void;
@@ -36,13 +37,18 @@ export class NetworkWatches {
     /** How long `follow` waits for a new watch's first full state. */
     private readonly waitMs: number,
     private readonly handlers: NetworkWatchHandlers,
-    /** The prefix followed for a network: its endpoints unless told otherwise (the names view follows `names/<key>/` too). */
+    /** The prefix followed for a network: its endpoints unless told otherwise (the names view's `names/<key>/`). */
     private readonly prefixOf: (networkKey: string) => string = keys.endpoints,
   ) {}
 
   /** Some network's endpoint watch is in trouble. */
   get troubled(): boolean {
     return this.trouble.size > 0;
+  }
+
+  /** Whether the network is followed. */
+  follows(networkKey: string): boolean {
+    return this.open.has(networkKey);
   }
 
   /**

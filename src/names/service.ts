@@ -8,6 +8,7 @@ import type { Registry } from 'prom-client';
 import { DnsListeners, type OverlayDns } from '../dns/listeners';
 import { DnsMetrics } from '../dns/metrics';
 import { Forwarder, hostResolvers, type Upstream } from '../dns/upstream';
+import type { JoinedEndpoints } from '../driver/endpoint-feed';
 import type { LiveHosts } from '../driver/peer-view';
 import type { RecordStore } from '../driver/record-store';
 import type { Logger } from '../log';
@@ -19,6 +20,8 @@ export interface NamesServiceOptions {
   hostName: string;
   /** Which hosts are alive for the data plane: peer distribution's (PeerSync.liveHosts). */
   liveHosts: LiveHosts;
+  /** The endpoints of the followed networks: peer distribution's (PeerSync.endpoints). */
+  endpoints: JoinedEndpoints;
   /** Docker's API socket (the engine this host's containers run on). */
   dockerSocket: string;
   /** Resolvers for names outside the networks; default: the host's resolv.conf, read per query batch. */
@@ -46,7 +49,7 @@ export class NamesService {
     private readonly logger: Logger,
   ) {
     this.records = records;
-    this.view = new NamesView(records.store, logger, options.liveHosts);
+    this.view = new NamesView(records.store, logger, options.liveHosts, options.endpoints);
     let cached: { at: number; upstreams: Upstream[] } | undefined;
     const upstreams = (): Upstream[] => {
       if (options.upstreams) return options.upstreams;

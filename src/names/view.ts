@@ -1,16 +1,19 @@
 /**
- * A host's view of the cluster's names, from the store: `names/<key>/` (who is called what) and
- * `endpoints/<key>/` (which address, and whether the container is up) of the networks this host
- * has a local overlay on — the only networks whose names it serves, so it follows no other
- * network's records, as peer distribution does not — plus `networks/` (the subnets, for reverse
- * lookups). A name is served exactly while its endpoint would be programmed as a peer: joined,
- * on a host peer distribution holds live (LiveHosts: a host whose store registration lapsed but
- * that still answers underlay probes keeps its peers, and so its names).
+ * A host's view of the cluster's names, from the store: `names/<key>/` (who is called what) of
+ * the networks this host has a local overlay on — the only networks whose names it serves, so it
+ * follows no other network's records, as peer distribution does not — plus `networks/` (the
+ * subnets, for reverse lookups). Which address a name has, and whether its container is up, it
+ * reads from peer distribution's endpoints (JoinedEndpoints: one watch of `endpoints/<key>/` and
+ * one copy of each endpoint for both). A name is served exactly while its endpoint would be
+ * programmed as a peer: joined, on a host peer distribution holds live (LiveHosts: a host whose
+ * store registration lapsed but that still answers underlay probes keeps its peers, and so its
+ * names).
  */
 import type { Addresses, ZoneView } from '../dns/types';
-import type { LiveHosts } from '../driver/peer-view';
+import type { JoinedEndpoints } from '../driver/endpoint-feed';
+import type { LiveHosts, PeerEndpoint } from '../driver/peer-view';
 import { NetworkWatches } from '../driver/peer-watches';
-import { endpointRecordSchema, networkRecordSchema, keys, decodeRecord, type EndpointRecord } from '../driver/records';
+import { networkRecordSchema, keys, decodeRecord } from '../driver/records';
 import { canonicalIp, contains, isIPv6, parseSubnet, type Subnet } from '../driver/subnet';
 import type { Logger } from '../log';
 import type { KVEntry, Store, Watch, WatchEvent } from '../store/store';
@@ -37,53 +40,50 @@ export interface ServedName {
   names: string[];
 }
 
-type Section = 'names' | 'endpoints' | 'networks';
-
-/** What a name needs of its endpoint record: kept small, the view holds every network's endpoints. */
-interface EndpointBrief {
-  ip: string;
-  ip6?: string;
-  joined: boolean;
-  host: string;
-}
+type Section = 'names' | 'networks';
 
 export class NamesView {
   private readonly names = new Map<string, Map<string, NamesRecord>>();
-  private readonly endpoints = new Map<string, Map<string, EndpointBrief>>();
   /** Each network's subnets (two on a dual-stack network): an unknown address inside one is NXDOMAIN. */
   private readonly subnets = new Map<string, Subnet[]>();
   private readonly indexes = new Map<string, NetworkIndex>();
   private readonly watches: Watch[] = [];
-  /** `names/<key>/` and `endpoints/<key>/` of the networks with a local overlay, and no others. */
-  private readonly perNetwork: { section: 'names' | 'endpoints'; watches: NetworkWatches }[];
-  private readonly ready = new Set<Section>();
+  /** `names/<key>/` of the networks with a local overlay, and no others. */
+  private readonly namesWatches: NetworkWatches;
+  /** Follows of each network's endpoints this view holds (given back on close). */
+  private readonly endpointFollows = new Map<string, number>();
   private readonly zones = new Map<string, ZoneView>();
   /** Bumped on every change; the DNS servers' answer caches are keyed by it. */
   generation = 0;
 
   private unsubscribe: (() => void) | undefined;
+  private unsubscribeEndpoints: (() => void) | undefined;
 
   constructor(
     private readonly store: Store,
     private readonly logger: Logger,
     /** Peer distribution's decision of which hosts are alive (see LiveHosts): never a second one. */
     private readonly liveHosts: LiveHosts,
+    /** Peer distribution's endpoints of the followed networks (PeerSync.endpoints): never a second copy. */
+    private readonly endpoints: JoinedEndpoints,
     /** How long following a network waits for its first full state. */
     followWaitMs = 10_000,
   ) {
-    this.perNetwork = (['names', 'endpoints'] as const).map((section) => ({
-      section,
-      watches: new NetworkWatches(
-        store,
-        followWaitMs,
-        {
-          reset: (networkKey, entries) => this.resetNetwork(section, networkKey, entries),
-          events: (_networkKey, events) => this.apply(section, events),
-          error: (networkKey, err) => this.logger.debug('names watch trouble', { section, networkKey, error: errorMessage(err) }),
-        },
-        section === 'names' ? namesKeys.network : keys.endpoints,
-      ),
-    }));
+    this.namesWatches = new NetworkWatches(
+      store,
+      followWaitMs,
+      {
+        reset: (networkKey, entries) => this.resetNames(networkKey, entries),
+        events: (_networkKey, events) => this.apply('names', events),
+        error: (networkKey, err) => this.logger.debug('names watch trouble', { section: 'names', networkKey, error: errorMessage(err) }),
+      },
+      namesKeys.network,
+    );
+    // Most endpoint changes concern no name held here (a network whose containers have none yet).
+    this.unsubscribeEndpoints = endpoints.onChange((networkKey, endpointId) => {
+      const names = this.names.get(networkKey);
+      if (names && (endpointId === undefined || names.has(endpointId))) this.changed(networkKey);
+    });
   }
 
   /**
@@ -91,16 +91,19 @@ export class NamesView {
    * names only on networks it has containers on). Resolves once both delivered their state.
    */
   async follow(networkKey: string): Promise<void> {
-    await Promise.all(this.perNetwork.map((p) => p.watches.follow(networkKey)));
+    this.endpointFollows.set(networkKey, (this.endpointFollows.get(networkKey) ?? 0) + 1);
+    await Promise.all([this.namesWatches.follow(networkKey), this.endpoints.follow(networkKey)]);
   }
 
-  /** The network's last local overlay went: its records are dropped with its watches. */
+  /** The network's last local overlay went: its names are dropped with their watch. */
   unfollow(networkKey: string): void {
-    let last = false;
-    for (const p of this.perNetwork) last = p.watches.unfollow(networkKey) || last;
-    if (!last) return;
+    const follows = this.endpointFollows.get(networkKey);
+    if (follows === undefined) return;
+    if (follows > 1) this.endpointFollows.set(networkKey, follows - 1);
+    else this.endpointFollows.delete(networkKey);
+    this.endpoints.unfollow(networkKey);
+    if (!this.namesWatches.unfollow(networkKey)) return;
     this.names.delete(networkKey);
-    this.endpoints.delete(networkKey);
     this.changed(networkKey);
   }
 
@@ -117,7 +120,6 @@ export class NamesView {
         this.store.watch(keys.networks(), {
           onReset: (entries) => {
             this.reset(entries);
-            this.ready.add('networks');
             resolve();
           },
           onEvents: (events) => this.apply('networks', events),
@@ -130,10 +132,11 @@ export class NamesView {
   async close(): Promise<void> {
     this.unsubscribe?.();
     this.unsubscribe = undefined;
-    await Promise.all([
-      ...this.watches.splice(0).map((w) => w.close().catch(() => undefined)),
-      ...this.perNetwork.map((p) => p.watches.closeAll().catch(() => undefined)),
-    ]);
+    this.unsubscribeEndpoints?.();
+    this.unsubscribeEndpoints = undefined;
+    for (const [networkKey, follows] of this.endpointFollows) for (let i = 0; i < follows; i++) this.endpoints.unfollow(networkKey);
+    this.endpointFollows.clear();
+    await Promise.all([...this.watches.splice(0).map((w) => w.close().catch(() => undefined)), this.namesWatches.closeAll().catch(() => undefined)]);
   }
 
   /** The zone of one network (by store key), for its DNS server. Stable object per network. */
@@ -190,7 +193,7 @@ export class NamesView {
     for (const [key, records] of this.names) {
       if (networkKey !== undefined && key !== networkKey) continue;
       for (const [endpointId, rec] of records) {
-        const ep = this.endpoints.get(key)?.get(endpointId);
+        const ep = this.endpoints.joined(key, endpointId);
         if (!ep || !this.live(ep)) continue;
         out.push({ networkKey: key, endpointId, host: rec.host, container: rec.container, ip: ep.ip, ...(ep.ip6 ? { ip6: ep.ip6 } : {}), names: rec.names });
       }
@@ -198,7 +201,7 @@ export class NamesView {
     return out.sort((a, b) => a.networkKey.localeCompare(b.networkKey) || a.container.localeCompare(b.container));
   }
 
-  private live(ep: EndpointBrief): boolean {
+  private live(ep: Readonly<PeerEndpoint>): boolean {
     return ep.joined && this.liveHosts.isLive(ep.host);
   }
 
@@ -207,7 +210,7 @@ export class NamesView {
     if (index) return index;
     index = { byName: new Map(), byAddress: new Map(), suffixes: new Set() };
     for (const [endpointId, rec] of this.names.get(networkKey) ?? []) {
-      const ep = this.endpoints.get(networkKey)?.get(endpointId);
+      const ep = this.endpoints.joined(networkKey, endpointId);
       const suffix = rec.networkName !== undefined ? dnsName(rec.networkName) : undefined;
       if (suffix) index.suffixes.add(suffix);
       if (!ep || !this.live(ep)) continue;
@@ -248,17 +251,17 @@ export class NamesView {
     else this.indexes.delete(networkKey);
   }
 
-  /** A full state of `networks/` (names and endpoints are per network: resetNetwork). */
+  /** A full state of `networks/` (names are per network: resetNames). */
   private reset(entries: KVEntry[]): void {
     this.subnets.clear();
     for (const e of entries) this.put('networks', e.key, e.value);
     this.changed();
   }
 
-  /** One network's full state of names or endpoints. */
-  private resetNetwork(section: 'names' | 'endpoints', networkKey: string, entries: KVEntry[]): void {
-    (section === 'names' ? this.names : this.endpoints).delete(networkKey);
-    for (const e of entries) this.put(section, e.key, e.value);
+  /** One network's full state of names. */
+  private resetNames(networkKey: string, entries: KVEntry[]): void {
+    this.names.delete(networkKey);
+    for (const e of entries) this.put('names', e.key, e.value);
     this.changed(networkKey);
   }
 
@@ -281,18 +284,6 @@ export class NamesView {
           mapOf(this.names, k.networkKey).set(k.endpointId, rec);
           return k.networkKey;
         }
-        case 'endpoints': {
-          const m = /^endpoints\/([^/]+)\/([^/]+)$/.exec(key);
-          if (!m) return undefined;
-          const full: EndpointRecord = decodeRecord(endpointRecordSchema, value, key);
-          const rec: EndpointBrief = { ip: full.ip, ...(full.ip6 ? { ip6: full.ip6 } : {}), joined: full.joined, host: full.host };
-          const map = mapOf(this.endpoints, m[1]!);
-          const before = map.get(m[2]!);
-          map.set(m[2]!, rec);
-          // Only what a name resolves to matters here (most endpoint writes change neither).
-          if (before && before.ip === rec.ip && before.ip6 === rec.ip6 && before.joined === rec.joined && before.host === rec.host) return undefined;
-          return this.names.get(m[1]!)?.has(m[2]!) ? m[1]! : undefined;
-        }
         case 'networks': {
           const rec = decodeRecord(networkRecordSchema, value, key);
           this.subnets.set(rec.key, [rec.subnet, rec.subnet6].filter((x): x is string => Boolean(x)).map(parseSubnet));
@@ -312,11 +303,6 @@ export class NamesView {
         const k = parseNamesKey(key);
         if (!k) return undefined;
         return this.names.get(k.networkKey)?.delete(k.endpointId) ? k.networkKey : undefined;
-      }
-      case 'endpoints': {
-        const m = /^endpoints\/([^/]+)\/([^/]+)$/.exec(key);
-        if (!m) return undefined;
-        return this.endpoints.get(m[1]!)?.delete(m[2]!) && this.names.get(m[1]!)?.has(m[2]!) ? m[1]! : undefined;
       }
       case 'networks': {
         const networkKey = key.slice(keys.networks().length);

@@ -106,7 +106,7 @@ before(async () => {
     silentLogger(),
   );
   await sync.start();
-  view = new NamesView(store, silentLogger(), sync.liveHosts);
+  view = new NamesView(store, silentLogger(), sync.liveHosts, sync.endpoints);
   await view.start();
   // A host follows the names of the networks it has a local overlay on; here, all four.
   for (const key of ['10.20.0.0-24', '10.30.0.0-24', '10.40.0.0-24', 'fd00:60::-64']) await view.follow(key);
