@@ -5,6 +5,17 @@ export interface TurnDeadline {
   onTimeout(): Error;
 }
 
+/** Whether `turn` came before the deadline passed. */
+export async function inTime(turn: Promise<unknown>, deadline: TurnDeadline): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const came = await Promise.race([
+    turn.then(() => true),
+    new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), Math.max(0, deadline.remaining())))),
+  ]);
+  clearTimeout(timer);
+  return came;
+}
+
 /**
  * Serialises async work per key (a network, a subnet) inside this process, so that
  * Docker's concurrent calls for one network never interleave their store and kernel steps.
@@ -31,13 +42,7 @@ export class KeyedMutex {
       if (this.tails.get(key) === tail) this.tails.delete(key);
     });
     if (deadline) {
-      let timer: NodeJS.Timeout | undefined;
-      const turn = await Promise.race([
-        previous.then(() => true),
-        new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), deadline.remaining()))),
-      ]);
-      clearTimeout(timer);
-      if (!turn) {
+      if (!(await inTime(previous, deadline))) {
         release();
         throw deadline.onTimeout();
       }

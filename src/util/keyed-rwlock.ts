@@ -1,4 +1,4 @@
-import type { TurnDeadline } from './keyed-mutex';
+import { inTime, type TurnDeadline } from './keyed-mutex';
 
 type Mode = 'shared' | 'exclusive';
 
@@ -51,13 +51,7 @@ export class KeyedRwLock {
     this.admit(key, s);
     if (!waiter.granted) {
       if (deadline) {
-        let timer: NodeJS.Timeout | undefined;
-        const inTime = await Promise.race([
-          turn.then(() => true),
-          new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), Math.max(0, deadline.remaining())))),
-        ]);
-        clearTimeout(timer);
-        if (!inTime && !waiter.granted) {
+        if (!(await inTime(turn, deadline)) && !waiter.granted) {
           // Leaves the queue at once; an exclusive waiter that gave up may have been what held
           // the shared callers behind it back.
           s.queue.splice(s.queue.indexOf(waiter), 1);

@@ -1,10 +1,11 @@
 /**
- * A stand-in for the kernel side of the network driver (OverlayDataplane) that records each
- * call, for unit tests of the driver's own logic; the kernel side itself is covered by the
+ * Stand-ins for the kernel side of the network driver (OverlayDataplane, recording each call)
+ * and of peer programming (PeerDataplane), for unit tests of the driver's own logic; the kernel side itself is covered by the
  * integration tests.
  */
 import type { OverlayDataplane } from '../../src/driver/network-driver';
-import type { AttachedEndpoint, EndpointAttachment, OverlayInfo, OverlaySpec } from '../../src/dataplane/types';
+import type { AttachedEndpoint, EndpointAttachment, OverlayInfo, OverlaySpec, Peer } from '../../src/dataplane/types';
+import type { PeerDataplane } from '../../src/driver/peer-programmer';
 
 export class RecordingDataplane implements OverlayDataplane {
   calls: string[] = [];
@@ -55,5 +56,18 @@ export class RecordingDataplane implements OverlayDataplane {
   }
   async removeOrphans() {
     return { hostVeths: [], ports: [], namespaces: [] };
+  }
+}
+
+/** A stand-in for the peer side of the kernel (PeerDataplane): the peer table as a map by address. */
+export class PeerTableRecorder implements PeerDataplane {
+  readonly table = new Map<string, Peer>();
+  async applyPeers(_networkId: string, add: Peer[], remove: Peer[]): Promise<unknown> {
+    for (const p of remove) this.table.delete(p.ip);
+    for (const p of add) this.table.set(p.ip, p);
+    return {};
+  }
+  async listPeers(): Promise<Peer[]> {
+    return [...this.table.values()];
   }
 }

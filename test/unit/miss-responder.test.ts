@@ -13,24 +13,16 @@ import type { Miss } from '../../src/dataplane/peers';
 import type { Peer } from '../../src/dataplane/types';
 import { MissResponder, indexPeers, lookupMiss } from '../../src/driver/miss-responder';
 import type { PeerDataplane } from '../../src/driver/peer-programmer';
+import { PeerTableRecorder } from '../helpers/recording-dataplane';
 import { PeerSync, type PeerSyncObserver } from '../../src/driver/peer-sync';
 import { RecordStore } from '../../src/driver/record-store';
 import { keys, type EndpointRecord, type NetworkRecord } from '../../src/driver/records';
 import { silentLogger } from '../../src/log';
 import { openLocalStore } from '../../src/store/local';
 
-class MissKernel implements PeerDataplane {
-  readonly table = new Map<string, Peer>();
+class MissKernel extends PeerTableRecorder {
   readonly listeners = new Map<string, (m: Miss) => void>();
   stopped = 0;
-  async applyPeers(_networkId: string, add: Peer[], remove: Peer[]): Promise<unknown> {
-    for (const p of remove) this.table.delete(p.ip);
-    for (const p of add) this.table.set(p.ip, p);
-    return {};
-  }
-  async listPeers(): Promise<Peer[]> {
-    return [...this.table.values()];
-  }
   async watchMisses(networkId: string, onMiss: (m: Miss) => void): Promise<() => void> {
     this.listeners.set(networkId, onMiss);
     return () => {

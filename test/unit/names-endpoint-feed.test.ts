@@ -12,8 +12,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import type { Peer } from '../../src/dataplane/types';
-import type { PeerDataplane } from '../../src/driver/peer-programmer';
+import { PeerTableRecorder } from '../helpers/recording-dataplane';
 import { PeerSync } from '../../src/driver/peer-sync';
 import { RecordStore } from '../../src/driver/record-store';
 import { keys, type NetworkRecord } from '../../src/driver/records';
@@ -23,17 +22,6 @@ import { NamesView } from '../../src/names/view';
 import { openLocalStore, type LocalStore } from '../../src/store/local';
 import type { Store, WatchListener } from '../../src/store/store';
 
-class KernelRecorder implements PeerDataplane {
-  readonly table = new Map<string, Peer>();
-  async applyPeers(_networkId: string, add: Peer[], remove: Peer[]): Promise<unknown> {
-    for (const p of remove) this.table.delete(p.ip);
-    for (const p of add) this.table.set(p.ip, p);
-    return {};
-  }
-  async listPeers(): Promise<Peer[]> {
-    return [...this.table.values()];
-  }
-}
 
 /** An open watch of the store as its owner sees it, which the test can cut off and bring back. */
 interface OpenWatch {
@@ -47,7 +35,7 @@ let dir = '';
 let local: LocalStore;
 let store: Store;
 const opened: OpenWatch[] = [];
-const kernel = new KernelRecorder();
+const kernel = new PeerTableRecorder();
 let sync: PeerSync;
 let view: NamesView;
 

@@ -11,8 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { UnderlayProbe } from '../../src/dataplane/underlay-probe';
-import type { Peer } from '../../src/dataplane/types';
-import type { PeerDataplane } from '../../src/driver/peer-programmer';
+import { PeerTableRecorder } from '../helpers/recording-dataplane';
 import { PeerSync } from '../../src/driver/peer-sync';
 import { RecordStore } from '../../src/driver/record-store';
 import { silentLogger } from '../../src/log';
@@ -29,18 +28,7 @@ let prober: UnderlayProbe;
 /** Host `d`'s daemon answering probes on loopback (its VTEP): closed to make `d` dead. */
 let responder: UnderlayProbe;
 
-class KernelRecorder implements PeerDataplane {
-  readonly table = new Map<string, Peer>();
-  async applyPeers(_networkId: string, add: Peer[], remove: Peer[]): Promise<unknown> {
-    for (const p of remove) this.table.delete(p.ip);
-    for (const p of add) this.table.set(p.ip, p);
-    return {};
-  }
-  async listPeers(): Promise<Peer[]> {
-    return [...this.table.values()];
-  }
-}
-const kernel = new KernelRecorder();
+const kernel = new PeerTableRecorder();
 
 const put = (key: string, value: unknown) => store.put(key, JSON.stringify(value));
 const created = new Date().toISOString();
