@@ -123,9 +123,16 @@ describe('NetworkDriver: one deadline per request', () => {
     ]);
     const total = performance.now() - t0;
     held.release();
-    for (const r of results) assert.ok(r.err, 'failed');
-    const queued = results.slice(1);
-    for (const r of queued) assert.match(r.err!.message, /timed out waiting for its turn|deadline passed/);
+    // Every request that must write an endpoint record fails in time. The Leave waits for the
+    // Join of its own endpoint; if that Join's failure frees it with time left, the endpoint was
+    // never joined and the Leave has nothing to write, so it may succeed: Docker's Leave after a
+    // failed Join is answered either way.
+    const [join, ...rest] = results;
+    const creates = rest.slice(0, 4);
+    const leave = rest[4]!;
+    assert.match(join!.err?.message ?? 'succeeded', /deadline passed/);
+    for (const r of creates) assert.match(r.err?.message ?? 'succeeded', /timed out waiting for its turn|deadline passed/);
+    if (leave.err) assert.match(leave.err.message, /timed out waiting for its turn|deadline passed/);
     assert.ok(total < TIMEOUT_MS * 3, `all answered within ${Math.round(total)} ms`);
   });
 });
