@@ -1,11 +1,13 @@
 /**
  * The names DNS server as the daemon runs it (NamesView over a store, DnsServer), in a process
  * of its own so that the load generator does not share its thread: `names` containers on one
- * network are written to an embedded store in `dir`, then it serves 127.0.0.1:`port` and
- * prints `ready` on stdout.
+ * network are written to an embedded store in `dir`, then it serves 127.0.0.1:`port` (counting
+ * into the daemon's DNS metrics, as the daemon does) and prints `ready` on stdout.
  *
  *   node dist/bench/lib/dns-serve.js DIR PORT NAMES
  */
+import { Registry } from 'prom-client';
+import { DnsMetrics } from '../../src/dns/metrics';
 import { DnsServer } from '../../src/dns/server';
 import { Forwarder } from '../../src/dns/upstream';
 import { EndpointFeed } from '../../src/driver/endpoint-feed';
@@ -61,7 +63,7 @@ export async function main(): Promise<void> {
   // A host serves the names of the networks it has a local overlay on: this one.
   await view.follow(BENCH_NETWORK_KEY);
   const forwarder = new Forwarder({ upstreams: () => [] });
-  await DnsServer.start({ address: '127.0.0.1', port: Number(portText) }, { view: view.zone(BENCH_NETWORK_KEY), forwarder, logger });
+  await DnsServer.start({ address: '127.0.0.1', port: Number(portText) }, { view: view.zone(BENCH_NETWORK_KEY), forwarder, logger, observer: new DnsMetrics(new Registry()) });
   process.stdout.write(`ready ${view.served(BENCH_NETWORK_KEY).length}\n`);
 }
 

@@ -8,6 +8,17 @@ export class DnsMetrics implements DnsObserver {
   private readonly forwards: Counter<'outcome'>;
   private readonly failures: Counter<'reason'>;
 
+  /** Label children bound once: a query costs a map lookup, not hashing a labels object. */
+  private readonly children = new Map<Counter<string>, Map<string, { inc(): void }>>();
+
+  private child(counter: Counter<string>, value: string): { inc(): void } {
+    let byValue = this.children.get(counter);
+    if (!byValue) this.children.set(counter, (byValue = new Map()));
+    let c = byValue.get(value);
+    if (!c) byValue.set(value, (c = counter.labels(value)));
+    return c;
+  }
+
   constructor(registry: Registry) {
     const registers = [registry];
     this.queries = new Counter({ name: 'tsoverlay_dns_queries_total', help: 'DNS queries received by the network DNS listeners, by transport.', labelNames: ['transport'], registers });
@@ -17,10 +28,10 @@ export class DnsMetrics implements DnsObserver {
   }
 
   query(transport: Transport): void {
-    this.queries.inc({ transport });
+    this.child(this.queries, transport).inc();
   }
   answer(rcode: string): void {
-    this.answers.inc({ rcode });
+    this.child(this.answers, rcode).inc();
   }
   forward(ok: boolean): void {
     this.forwards.inc({ outcome: ok ? 'answered' : 'failed' });

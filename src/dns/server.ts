@@ -46,7 +46,9 @@ export class DnsServer {
   static async start(target: ListenTarget, deps: DnsServerDeps): Promise<DnsServer> {
     // The type decides how node reads the addresses it sends to: it must match the socket's family.
     const ipv6 = 'udpFd' in target ? target.ipv6 === true : net.isIPv6(target.address);
-    const udp = dgram.createSocket({ type: ipv6 ? 'udp6' : 'udp4', reuseAddr: true });
+    // Replies go to the address a query came from, always an IP literal: resolving it through
+    // dns.lookup (node's default) costs a deferred callback per reply for nothing.
+    const udp = dgram.createSocket({ type: ipv6 ? 'udp6' : 'udp4', reuseAddr: true, lookup: literalLookup });
     const tcp = net.createServer({ pauseOnConnect: false });
     tcp.maxConnections = TCP_MAX_CONNECTIONS;
     const server = new DnsServer(udp, tcp, deps);
@@ -192,6 +194,12 @@ export class DnsServer {
       new Promise<void>((resolve) => this.tcp.close(() => resolve())),
     ]);
   }
+}
+
+function literalLookup(address: string, family: unknown, callback: (err: Error | null, address: string, family: number) => void): void {
+  const f = net.isIP(address);
+  if (f === 0) callback(new Error(`not an IP address: ${address}`), address, 0);
+  else callback(null, address, f);
 }
 
 const RCODE_NAMES = ['NOERROR', 'FORMERR', 'SERVFAIL', 'NXDOMAIN', 'NOTIMP', 'REFUSED'];
