@@ -35,6 +35,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as os from 'node:os';
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as http from 'node:http';
 import { macFromIp } from '../src/driver/mac';
@@ -230,6 +231,31 @@ async function waitServing(d: Daemon): Promise<void> {
   });
 }
 
+/** CPU seconds spent during the burst, by who spent them (the machine's budget is wall time × CPUs). */
+interface BurstCpu {
+  daemons: number;
+  store: number;
+  generator: number;
+  wallS: number;
+}
+
+function burstCpu(daemons: Daemon[], sut: { pids(): number[] }): Omit<BurstCpu, 'wallS'> {
+  const u = process.cpuUsage();
+  return {
+    daemons: daemons.reduce((a, d) => a + cpuSecondsOf(d.proc.pid), 0),
+    store: sut.pids().reduce((a, pid) => a + cpuSecondsOf(pid), 0),
+    generator: (u.user + u.system) / 1e6,
+  };
+}
+
+/**
+ * TSO_BENCH_FIRST_FLAGS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`): node flags for the first
+ * real daemon only, to profile a daemon that lives through the whole run (the burst included).
+ */
+function firstDaemonFlags(name: string): string[] {
+  return name === 'real1' ? (process.env.TSO_BENCH_FIRST_FLAGS ?? '').split(' ').filter((f) => f !== '') : [];
+}
+
 async function startDaemon(host: UnderlayHost, name: string, store: string): Promise<Daemon> {
   const dir = path.join(runDir(), 'scale', name);
   const runTmp = path.join(dir, 'run');
@@ -239,7 +265,7 @@ async function startDaemon(host: UnderlayHost, name: string, store: string): Pro
   const netnsDir = path.join(runTmp, 'netns');
   const argv = [
     'nsenter', `--net=${host.netnsPath}`, '--',
-    process.execPath, ...NODE_FLAGS, PLUGIN_MAIN, 'serve',
+    process.execPath, ...NODE_FLAGS, ...firstDaemonFlags(name), PLUGIN_MAIN, 'serve',
     '--socket', path.join(dir, 'tsoverlay.sock'),
     '--store', store,
     '--netns-dir', netnsDir,
@@ -495,7 +521,7 @@ interface SizeRow {
 interface StoreResult {
   label: string;
   rows: SizeRow[];
-  burst?: { n: number; seconds: number; writeSeconds: number; kernelSeconds: number; watchersSeconds: number };
+  burst?: { n: number; seconds: number; writeSeconds: number; kernelSeconds: number; watchersSeconds: number; cpu: BurstCpu };
   restart?: { peers: number; healthySeconds: number; inStepSeconds: number; rssMiB: number; rssSettledMiB?: number; othersRssMiB?: number };
   ipam?: { n: number; perSecond: number; p50: number; p99: number; max: number; duplicates: number; failures: number };
   problems: string[];
@@ -649,6 +675,7 @@ async function runOnStore(which: 'etcd' | 'consul', p: Params, ctx: BenchContext
       phantoms.burstTag = 'b';
       const seen0 = phantoms.burstSeen.map(() => 0);
       phantoms.burstSeen.fill(0);
+      const cpu0 = burstCpu(daemons, sut);
       const t0 = performance.now();
       await pool(Array.from({ length: p.burst }, (_, k) => k), 128, async (k) => {
         await phantoms.addEndpoint(phantoms.hosts[k % phantoms.hosts.length]!, k % p.shared, 'b');
@@ -672,8 +699,11 @@ async function runOnStore(which: 'etcd' | 'consul', p: Params, ctx: BenchContext
       }
       const kernelMs = performance.now() - t0;
       await watchersDone;
+      const cpu1 = burstCpu(daemons, sut);
+      const cpu: BurstCpu = { daemons: cpu1.daemons - cpu0.daemons, store: cpu1.store - cpu0.store, generator: cpu1.generator - cpu0.generator, wallS: kernelMs / 1000 };
+      ctx.log(`burst CPU: daemons ${fmt(cpu.daemons, 1)} s (${fmt((cpu.daemons * 1e6) / (p.burst * daemons.length), 0)} µs per endpoint per daemon), store ${fmt(cpu.store, 1)} s, load generator ${fmt(cpu.generator, 1)} s, over ${fmt(cpu.wallS, 1)} s × ${os.cpus().length} CPUs`);
       ctx.log(`burst: written in ${fmt(written / 1000, 2)} s, real hosts ${fmt(metricsMs / 1000, 2)} s, kernel verified ${fmt(kernelMs / 1000, 2)} s, watchers ${fmt(watchersMs / 1000, 2)} s`);
-      result.burst = { n: p.burst, seconds: (p.scoped ? metricsMs : Math.max(metricsMs, watchersMs)) / 1000, writeSeconds: written / 1000, kernelSeconds: kernelMs / 1000, watchersSeconds: watchersMs / 1000 };
+      result.burst = { n: p.burst, seconds: (p.scoped ? metricsMs : Math.max(metricsMs, watchersMs)) / 1000, writeSeconds: written / 1000, kernelSeconds: kernelMs / 1000, watchersSeconds: watchersMs / 1000, cpu };
     }
 
     // SIGKILL one daemon and start it again: until its kernel tables match the store.
@@ -839,10 +869,11 @@ if (runIsolated()) {
       }
       tables.push({
         title: 'At the largest size: burst, restart, IPAM',
-        columns: ['store', 'burst: endpoints', 'burst: s to write them (load generator)', 'burst: s until every real host and watcher has them', 'burst: s until kernel tables verified', 'restart: peers', 'restart: s until /healthz ok', 'restart: s until tables match the store', 'restart: RSS MiB', `restart: RSS MiB ${p.rssSettleS} s later`, `restart: RSS MiB of the daemons not restarted (mean, ${p.rssSettleS} s later)`, 'IPAM: addresses', 'IPAM: per s', 'IPAM p50 / p99 / max ms', 'IPAM duplicates', 'IPAM failures'],
+        columns: ['store', 'burst: endpoints', 'burst: s to write them (load generator)', 'burst: s until every real host and watcher has them', 'burst: s until kernel tables verified', 'burst: CPU s of the real daemons / store / load generator (machine: wall s × CPUs)', 'restart: peers', 'restart: s until /healthz ok', 'restart: s until tables match the store', 'restart: RSS MiB', `restart: RSS MiB ${p.rssSettleS} s later`, `restart: RSS MiB of the daemons not restarted (mean, ${p.rssSettleS} s later)`, 'IPAM: addresses', 'IPAM: per s', 'IPAM p50 / p99 / max ms', 'IPAM duplicates', 'IPAM failures'],
         rows: results.map((r) => [
           r.label,
           fmtInt(r.burst?.n ?? NaN), fmt(r.burst?.writeSeconds ?? NaN, 2), fmt(r.burst?.seconds ?? NaN, 2), fmt(r.burst?.kernelSeconds ?? NaN, 2),
+          r.burst ? `${fmt(r.burst.cpu.daemons, 1)} / ${fmt(r.burst.cpu.store, 1)} / ${fmt(r.burst.cpu.generator, 1)} (${fmt(r.burst.cpu.wallS * os.cpus().length, 1)})` : 'n/a',
           fmtInt(r.restart?.peers ?? NaN), fmt(r.restart?.healthySeconds ?? NaN, 2), fmt(r.restart?.inStepSeconds ?? NaN, 2), fmt(r.restart?.rssMiB ?? NaN), fmt(r.restart?.rssSettledMiB ?? NaN), fmt(r.restart?.othersRssMiB ?? NaN),
           fmtInt(r.ipam?.n ?? NaN), fmt(r.ipam?.perSecond ?? NaN, 0), `${fmt(r.ipam?.p50 ?? NaN)} / ${fmt(r.ipam?.p99 ?? NaN)} / ${fmt(r.ipam?.max ?? NaN)}`, fmtInt(r.ipam?.duplicates ?? NaN), fmtInt(r.ipam?.failures ?? NaN),
         ]),

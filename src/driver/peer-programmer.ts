@@ -56,6 +56,15 @@ export class PeerProgrammer {
   /** What we believe is programmed per network id, so that events cost a diff, not a dump. */
   private readonly programmed = new Map<string, Map<string, Peer>>();
   private readonly locks = new KeyedMutex();
+  /**
+   * Per network, the desired set its last projection diffed against. While it is the same
+   * object, the ids it reports changed are all that can differ from what was programmed (the
+   * programmed map changes only through this class), so an event costs its own peers, not a
+   * pass over the network's thousands.
+   */
+  private readonly projectedFrom = new Map<string, ReadonlyMap<string, Peer>>();
+  /** Per network, the projection waiting for its turn (see project). */
+  private readonly projections = new Map<string, Promise<void>>();
   private readonly misses?: MissResponder;
   private reconciling = false;
   private timer?: NodeJS.Timeout;
@@ -92,6 +101,8 @@ export class PeerProgrammer {
   activate(networkId: string, net: ActiveNetwork): ActiveNetwork | undefined {
     const already = this.active.get(networkId);
     this.active.set(networkId, net);
+    // Its mode may have changed (miss answers program outside any diff): the next projection is whole.
+    this.projectedFrom.delete(networkId);
     return already;
   }
 
@@ -100,6 +111,7 @@ export class PeerProgrammer {
     const net = this.active.get(networkId);
     this.active.delete(networkId);
     this.programmed.delete(networkId);
+    this.projectedFrom.delete(networkId);
     this.misses?.unwatch(networkId);
     this.observer?.peersProgrammed(networkId, 0);
     return net;
@@ -221,15 +233,37 @@ export class PeerProgrammer {
     }
   }
 
-  /** Event path: diff desired against what we programmed last. */
+  /**
+   * Event path: diff desired against what we programmed last. A projection waiting for its turn
+   * covers every change made before it runs, so deliveries that arrive meanwhile join it instead
+   * of queueing one diff and one netlink batch each: in a burst, each network costs one diff per
+   * kernel round trip, not one per watch response.
+   */
   private project(networkId: string): Promise<void> {
-    return this.locks.run(networkId, async () => {
+    const queued = this.projections.get(networkId);
+    if (queued) return queued;
+    let started = false;
+    const projection = this.locks.run(networkId, async () => {
+      started = true;
+      this.projections.delete(networkId);
       const net = this.active.get(networkId);
       if (!net || !this.synced() || !this.view.knows(net.networkKey)) return;
-      const programmed = this.programmed.get(networkId) ?? new Map<string, Peer>();
-      const target = this.target(net, programmed.values());
-      if (target) await this.applyDiff(networkId, programmed, target);
+      const programmed = this.programmed.get(networkId);
+      if (net.mode === 'static') {
+        const { set, changed } = this.view.desiredChanges(net.networkKey);
+        const incremental = programmed !== undefined && this.projectedFrom.get(networkId) === set && this.soleUser(networkId, net.networkKey);
+        this.projectedFrom.set(networkId, set);
+        if (incremental) {
+          await this.applyChanges(networkId, programmed, set, changed);
+          return;
+        }
+      }
+      const current = programmed ?? new Map<string, Peer>();
+      const target = this.target(net, current.values());
+      if (target) await this.applyDiff(networkId, current, target);
     });
+    if (!started) this.projections.set(networkId, projection);
+    return projection;
   }
 
   /** Resync path: diff desired against what the kernel actually holds (restarts, drift, reconnects). */
@@ -280,14 +314,45 @@ export class PeerProgrammer {
   }
 
   /**
+   * Whether `networkId` is the only active network on `networkKey`: the desired set's change
+   * list is taken by one projection, so two local networks on one key diff in full.
+   */
+  private soleUser(networkId: string, networkKey: string): boolean {
+    for (const [id, net] of this.active) if (id !== networkId && net.networkKey === networkKey) return false;
+    return true;
+  }
+
+  /** applyDiff restricted to the ids that changed in `want` since `current` was last brought in line with it. */
+  private applyChanges(networkId: string, current: Map<string, Peer>, want: ReadonlyMap<string, Peer>, changed: ReadonlySet<string>): Promise<number> {
+    const add: Peer[] = [];
+    const addIds: string[] = [];
+    const remove: Peer[] = [];
+    const removeIds: string[] = [];
+    for (const id of changed) {
+      const wanted = want.get(id);
+      const held = current.get(id);
+      if (wanted && !held) {
+        add.push(wanted);
+        addIds.push(id);
+      } else if (!wanted && held) {
+        remove.push(held);
+        removeIds.push(id);
+      }
+    }
+    return this.applyLists(networkId, current, [add, addIds], [remove, removeIds]);
+  }
+
+  /**
    * Programs the difference between `current` (what the kernel holds) and `want`, then updates
    * `current` in place to what was applied and keeps it as the network's programmed set. Only
-   * the difference is allocated: an event costs two passes over the maps, not copies of them
-   * (forEach, as `for (const [id, p] of map)` allocates an entry array per element).
+   * the difference is allocated: two passes over the maps, not copies of them (forEach, as
+   * `for (const [id, p] of map)` allocates an entry array per element).
    */
-  private async applyDiff(networkId: string, current: Map<string, Peer>, want: ReadonlyMap<string, Peer>): Promise<number> {
-    const [add, addIds] = notIn(want, current);
-    const [remove, removeIds] = notIn(current, want);
+  private applyDiff(networkId: string, current: Map<string, Peer>, want: ReadonlyMap<string, Peer>): Promise<number> {
+    return this.applyLists(networkId, current, notIn(want, current), notIn(current, want));
+  }
+
+  private async applyLists(networkId: string, current: Map<string, Peer>, [add, addIds]: [Peer[], string[]], [remove, removeIds]: [Peer[], string[]]): Promise<number> {
     if (add.length === 0 && remove.length === 0) {
       this.programmed.set(networkId, current);
       this.observer?.peersProgrammed(networkId, current.size);

@@ -56,19 +56,35 @@ class DesiredPeers {
   readonly peers = new Map<string, Peer>();
   /** Records beyond the first per peer id (almost always empty). */
   private readonly extra = new Map<string, number>();
+  /** Ids that came into or left `peers` since the last takeChanged(). */
+  private changed = new Set<string>();
 
   add(peer: Peer): void {
     const id = peerId(peer);
-    if (this.peers.has(id)) this.extra.set(id, (this.extra.get(id) ?? 0) + 1);
-    else this.peers.set(id, peer);
+    if (this.peers.has(id)) {
+      this.extra.set(id, (this.extra.get(id) ?? 0) + 1);
+    } else {
+      this.peers.set(id, peer);
+      this.changed.add(id);
+    }
   }
 
   remove(peer: Peer): void {
     const id = peerId(peer);
     const n = this.extra.get(id);
-    if (n === undefined) this.peers.delete(id);
-    else if (n > 1) this.extra.set(id, n - 1);
-    else this.extra.delete(id);
+    if (n === undefined) {
+      if (this.peers.delete(id)) this.changed.add(id);
+    } else if (n > 1) {
+      this.extra.set(id, n - 1);
+    } else {
+      this.extra.delete(id);
+    }
+  }
+
+  takeChanged(): ReadonlySet<string> {
+    const out = this.changed;
+    this.changed = new Set();
+    return out;
   }
 }
 
@@ -292,6 +308,17 @@ export class PeerView implements LiveHosts {
       this.desired.set(networkKey, set);
     }
     return set.peers;
+  }
+
+  /**
+   * The desired set (as desiredSet) and the peer ids that came into or left it since the last
+   * call for this set: a consumer that diffed against this same set object last time needs to
+   * look at those ids only. A new set object (built after a host change or a reset) means
+   * anything may differ.
+   */
+  desiredChanges(networkKey: string): { set: ReadonlyMap<string, Peer>; changed: ReadonlySet<string> } {
+    const set = this.desiredSet(networkKey);
+    return { set, changed: this.desired.get(networkKey)!.takeChanged() };
   }
 
   /** Desired peers of a network, indexed by IP and MAC (cached until the next store change). */

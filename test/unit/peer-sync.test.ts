@@ -163,6 +163,38 @@ test('events update the programmed peers incrementally to exactly what a full re
   assert.deepEqual(new Set(kernel.table.keys()), expected());
 });
 
+test('between host changes each event is programmed from its own peers alone, and the tables stay exact', async () => {
+  const kernel = new ExactRecorder();
+  const sizes: number[] = [];
+  const counting: PeerDataplane = {
+    applyPeers: async (networkId, add, remove) => {
+      sizes.push(add.length + remove.length);
+      return kernel.applyPeers(networkId, add, remove);
+    },
+    listPeers: () => kernel.listPeers(),
+  };
+  const { records, sync } = await setupWith(counting);
+  for (const [h, i] of [['a', 1], ['c', 3]] as const) await records.put(keys.host(h), { name: h, vtep: `192.0.2.${i}`, started: '' });
+  for (let i = 0; i < 400; i++) await records.put(keys.endpoint(network.key, `big${i}`), endpoint(`big${i}`, `10.9.${1 + (i >> 8)}.${i & 0xff}`, i % 2 ? 'a' : 'c'));
+  await sync.networkActive('n'.repeat(64), network);
+  await settle();
+  assert.equal(kernel.table.size, 400);
+  const expected = () => new Set(sync.desiredPeers(network.key).map((p) => `${p.ip}|${p.mac}|${p.vtep}`));
+  let seed = 11;
+  const rand = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 16) % n;
+  // Few ids and addresses: two records for one peer, re-joins and moves between hosts are frequent.
+  for (let step = 0; step < 300; step++) {
+    sizes.length = 0;
+    const id = `e${rand(10)}`;
+    if (rand(3) < 2) await records.put(keys.endpoint(network.key, id), endpoint(id, `10.9.0.${2 + rand(3)}`, rand(2) ? 'a' : 'c', rand(4) > 0));
+    else await records.delete(keys.endpoint(network.key, id));
+    await settle();
+    assert.deepEqual(new Set(kernel.table.keys()), expected(), `after step ${step}`);
+    // One record changed: at most its old peer out and its new peer in, never a rewrite of the 400.
+    assert.ok(sizes.every((n) => n <= 2), `step ${step} programmed ${sizes.join(', ')} peers`);
+  }
+});
+
 test('endpoints are followed per network: only while a local overlay is up, never those of other networks', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tso-peers-'));
   const inner = await openLocalStore({ dir, logger: silentLogger() });
