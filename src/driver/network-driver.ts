@@ -6,6 +6,7 @@ import { KeyedRwLock } from '../util/keyed-rwlock';
 import { sleepUnref } from '../util/retry';
 import { LOCAL_ADDRESS_SPACE } from './ipam';
 import type { EspSupport } from '../dataplane/xfrm';
+import { HostEndpointIndex } from './endpoint-index';
 import { type EncryptionHooks, LocalOverlays, type OverlayDataplane, type PeerSyncHooks } from './local-overlays';
 import { macFor, releaseMac } from './mac';
 import { NetworkRecords, type AddressReleaser, type HostIdentity } from './network-records';
@@ -43,6 +44,7 @@ export class NetworkDriver {
   readonly networks: NetworkRecords;
   readonly overlays: LocalOverlays;
   readonly recovery: Recovery;
+  private readonly index: HostEndpointIndex;
   /** The store as requests see it: bounded by the deadline of the request a call is made for. */
   private readonly records: RecordStore;
   /** The store without request deadlines: clean-up that outlives a failed request. */
@@ -65,8 +67,10 @@ export class NetworkDriver {
     this.requests = new RequestDeadlines(this.locks, options.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS, records.store);
     this.networks = new NetworkRecords(records, host, logger, ipam);
     this.overlays = new LocalOverlays(dataplane, records, host, logger, peerSync, encryption);
+    this.index = new HostEndpointIndex(records, host.name, logger);
     this.recovery = new Recovery({
       records,
+      index: this.index,
       networks: this.networks,
       overlays: this.overlays,
       dataplane,
@@ -169,17 +173,37 @@ export class NetworkDriver {
         // Docker sends Join right after CreateEndpoint: the kernel work of the veth pair runs
         // while the record is being made durable, instead of after it in Join. The write is
         // issued first (its disk wait is the longer one; the netlink calls block this thread).
+        // The index entry goes with the record: both writes share the store's round trip.
         const writing = this.records.put(key, record);
+        // Its failure is held as a value: it is looked at only after the record's write.
+        const indexing = this.index.add(network.value.key, endpointId).then(
+          () => undefined,
+          (err: unknown) => ({ err }),
+        );
         const preparing = this.overlays.prepare({ networkId, endpointId, mac, mtu: network.value.mtu });
         try {
           await writing;
         } catch (err) {
+          await indexing; // an entry without its record is dropped at start-up
           await preparing;
           await this.overlays.unprepare(networkId, endpointId);
           if (err instanceof StoreUnavailableError) this.forgetUnacknowledged(key, record);
           throw err;
         }
+        const indexFailure = await indexing;
+        if (indexFailure) {
+          // Never an endpoint of this host the index does not know: a restart would not find it.
+          await preparing;
+          await this.overlays.unprepare(networkId, endpointId);
+          await this.unbounded.delete(key).catch((e: unknown) =>
+            this.logger.warn('endpoint record left unindexed (never joined; delete it by hand if it stays)', { networkId, endpointId, error: errorMessage(e) }),
+          );
+          throw indexFailure.err;
+        }
         await preparing;
+      } else {
+        // A replay: the first attempt may have written the record and not its entry.
+        await this.index.add(network.value.key, endpointId);
       }
       this.logger.info('endpoint created', { networkId, endpointId, ...(ip4 ? { ip: ip4 } : {}), ...(ip6 ? { ip6 } : {}), mac, portReady: this.overlays.isPrepared(endpointId) });
       // Docker fails the call with "driver modified interface" if we echo a field it set.
@@ -195,6 +219,11 @@ export class NetworkDriver {
       const key = keys.endpoint(network.value.key, endpointId);
       const endpoint = await this.records.get(endpointRecordSchema, key);
       await this.records.delete(key);
+      if (!endpoint || endpoint.value.host === this.host.name) {
+        await this.index.remove(network.value.key, endpointId).catch((err: unknown) =>
+          this.logger.warn('endpoint index entry left behind (dropped at the next start)', { endpointId, error: errorMessage(err) }),
+        );
+      }
       if (endpoint && endpoint.value.host === this.host.name && !endpoint.value.ip && endpoint.value.ip6 && network.value.subnet6) {
         await releaseMac(this.records, parseSubnet(network.value.subnet6), endpoint.value.ip6, endpoint.value.mac).catch((err: unknown) =>
           this.logger.warn('allocated MAC not released (the next container with this address takes it over)', { endpointId, error: errorMessage(err) }),

@@ -132,6 +132,8 @@ const ADDRESSES = 'ipam/addresses/';
 const MACS = 'ipam/macs/';
 const VNIS = 'vni/';
 const BLOCKS = 'ipam/blocks/';
+const HOST_ENDPOINTS = 'hostendpoints/';
+const HOST_ENDPOINTS_INDEXED = 'hostendpoints-indexed/';
 
 /** What follows `prefix` in `key`, if `key` is under it and names one record (no further `/`). */
 function leaf(prefix: string, key: string): string | undefined {
@@ -168,6 +170,16 @@ export const keys = {
     const parts = pair(ENDPOINTS, key);
     return parts && { networkKey: parts[0], endpointId: parts[1] };
   },
+  /** This host's index entry of an endpoint record (endpoint-index.ts). */
+  hostEndpoint: (host: string, networkKey: string, endpointId: string) => `${HOST_ENDPOINTS}${host}/${networkKey}/${endpointId}`,
+  hostEndpoints: (host: string) => `${HOST_ENDPOINTS}${host}/`,
+  /** The network key and endpoint id of one of `host`'s index entries. */
+  parseHostEndpoint: (host: string, key: string): { networkKey: string; endpointId: string } | undefined => {
+    const parts = pair(`${HOST_ENDPOINTS}${host}/`, key);
+    return parts && { networkKey: parts[0], endpointId: parts[1] };
+  },
+  /** Present once `host`'s index holds every endpoint record of that host. */
+  hostEndpointsIndexed: (host: string) => `${HOST_ENDPOINTS_INDEXED}${host}`,
   host: (host: string) => `${HOSTS}${host}`,
   hosts: () => HOSTS,
   /** The host name of a `hosts/<name>` key. */

@@ -3,6 +3,7 @@ import type { OrphanReport } from '../dataplane/types';
 import type { Logger } from '../log';
 import { errorMessage } from '../util/errors';
 import type { KeyedRwLock } from '../util/keyed-rwlock';
+import type { HostEndpointIndex } from './endpoint-index';
 import type { LocalOverlays, OverlayDataplane } from './local-overlays';
 import type { HostIdentity, NetworkRecords } from './network-records';
 import type { RecordStore, Versioned } from './record-store';
@@ -15,6 +16,8 @@ export interface RecoveryDeps {
   overlays: LocalOverlays;
   dataplane: Pick<OverlayDataplane, 'bridgePorts' | 'removeOrphans'>;
   host: HostIdentity;
+  /** This host's endpoint records by key (once complete; until then recovery scans and completes it). */
+  index: HostEndpointIndex;
   /** The driver's per-network locks: recovery of a network runs alone on it, as a network request would. */
   locks: Pick<KeyedRwLock, 'exclusive'>;
   logger: Logger;
@@ -68,10 +71,20 @@ export class Recovery {
   }
 
   /**
-   * This host's endpoint records, read from the networks it can have endpoints on (see
-   * localNetworkKeys); of those only the records naming this host are decoded.
+   * This host's endpoint records: through its index, or, the first time (a cluster written before
+   * the index), read from the networks it can have endpoints on (see localNetworkKeys), of which
+   * only the records naming this host are decoded, and then indexed. Start-up only: it drops
+   * index entries whose record is gone.
    */
   private async localEndpoints(): Promise<Versioned<EndpointRecord>[]> {
+    const indexed = await this.deps.index.endpoints({ dropDangling: true });
+    if (indexed) return indexed;
+    const mine = await this.scanLocalEndpoints();
+    await this.deps.index.indexed(mine);
+    return mine;
+  }
+
+  private async scanLocalEndpoints(): Promise<Versioned<EndpointRecord>[]> {
     const { records, host } = this.deps;
     const name = JSON.stringify(host.name);
     const mine: Versioned<EndpointRecord>[] = [];
@@ -167,10 +180,13 @@ export class Recovery {
     } catch {
       return;
     }
-    // Only records that mention both this host and the address are decoded: one per release at most, usually none.
+    // This host's records by its index (entries of a CreateEndpoint still writing stay); before
+    // the index is complete, a scan that decodes only records naming both this host and the address.
     const name = JSON.stringify(host.name);
     const quotedIp = JSON.stringify(ip);
-    const candidates = await records.listMatching(endpointRecordSchema, keys.allEndpoints(), (raw) => raw.includes(quotedIp) && raw.includes(name));
+    const candidates =
+      (await this.deps.index.endpoints({ dropDangling: false })) ??
+      (await records.listMatching(endpointRecordSchema, keys.allEndpoints(), (raw) => raw.includes(quotedIp) && raw.includes(name)));
     for (const ep of candidates) {
       if (ep.value.host !== host.name || (ep.value.ip !== ip && ep.value.ip6 !== ip) || ep.value.joined) continue;
       const network = await networks.find(ep.value.networkId);

@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import type { OrphanReport } from '../../src/dataplane/types';
+import { HostEndpointIndex } from '../../src/driver/endpoint-index';
 import { LocalOverlays, type OverlayDataplane } from '../../src/driver/local-overlays';
 import { NetworkRecords } from '../../src/driver/network-records';
 import { RecordStore } from '../../src/driver/record-store';
@@ -64,6 +65,7 @@ async function setup() {
     overlays,
     dataplane,
     host,
+    index: new HostEndpointIndex(records, host.name, silentLogger()),
     locks,
     logger: silentLogger(),
     // Reached only for an endpoint whose network record exists; these tests write none, so a lost endpoint's record is deleted directly.
