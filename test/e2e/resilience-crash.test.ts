@@ -325,12 +325,14 @@ test('start-up sweep: what a crash can leave behind is removed before the host r
   ].join(' && ');
   const made = await a.exec(['sh', '-c', script], { allowFailure: true });
   assert.equal(made.code, 0, made.stderr);
-  // An endpoint the store says is joined on A whose container (and port) is gone.
+  // An endpoint the store says is joined on A whose container (and port) is gone, as its
+  // CreateEndpoint left it: the record and A's index entry of it.
   await etcd.etcdctl(
     'put',
     `tsoverlay/v1/endpoints/${networkKey}/${fakeEndpoint}`,
     JSON.stringify({ id: fakeEndpoint, networkId: netIdA, ip: '10.60.0.250', mac: '02:42:0a:3c:00:fa', locator: a.underlay!.address, host: a.name, joined: true, created: new Date().toISOString() }),
   );
+  await etcd.etcdctl('put', `tsoverlay/v1/hostendpoints/${a.name}/${networkKey}/${fakeEndpoint}`, JSON.stringify({ created: new Date().toISOString() }));
   const before = await kernelState(a);
   assert.ok(before.hostVeths.includes('vcdeadbeef123') && before.overlayFiles.length === 3, JSON.stringify(before));
 
@@ -349,6 +351,7 @@ test('start-up sweep: what a crash can leave behind is removed before the host r
   });
   assert.ok((await pingFrom(b.docker, 'b-anchor', aIp, 1)) >= 1, 'the real container is still reachable');
   await etcd.etcdctl('del', `tsoverlay/v1/endpoints/${networkKey}/${fakeEndpoint}`);
+  await etcd.etcdctl('del', `tsoverlay/v1/hostendpoints/${a.name}/${networkKey}/${fakeEndpoint}`);
   await assertNoLeaks(etcdSite, 'after the sweep');
 });
 
