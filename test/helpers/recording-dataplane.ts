@@ -4,7 +4,7 @@
  * integration tests.
  */
 import type { OverlayDataplane } from '../../src/driver/network-driver';
-import type { AttachedEndpoint, EndpointAttachment, OverlayInfo, OverlaySpec, Peer } from '../../src/dataplane/types';
+import type { AttachedEndpoint, EndpointAttachment, OrphanReport, OverlayInfo, OverlaySpec, Peer } from '../../src/dataplane/types';
 import type { PeerDataplane } from '../../src/driver/peer-programmer';
 
 export class RecordingDataplane implements OverlayDataplane {
@@ -70,4 +70,28 @@ export class PeerTableRecorder implements PeerDataplane {
   async listPeers(): Promise<Peer[]> {
     return [...this.table.values()];
   }
+}
+
+/** What a reboot leaves, as recovery sees the dataplane: no overlay, no port; orphan sweeps are recorded. */
+export function rebootedDataplane(): OverlayDataplane & { removed: OrphanReport[] } {
+  const removed: OrphanReport[] = [];
+  const unused = async (): Promise<never> => {
+    throw new Error('not used by recovery');
+  };
+  return {
+    removed,
+    ensureOverlay: unused,
+    repairOverlay: unused,
+    removeOverlay: unused,
+    attachEndpoint: unused,
+    detachEndpoint: unused,
+    applyPeers: unused,
+    findOverlay: () => undefined,
+    bridgePorts: async () => [],
+    removeOrphans: async () => {
+      const r = { hostVeths: [], ports: [], namespaces: [] };
+      removed.push(r);
+      return r;
+    },
+  };
 }

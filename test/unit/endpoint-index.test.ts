@@ -9,10 +9,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import type { OrphanReport } from '../../src/dataplane/types';
 import { HostEndpointIndex } from '../../src/driver/endpoint-index';
 import { LOCAL_ADDRESS_SPACE } from '../../src/driver/ipam';
-import { LocalOverlays, type OverlayDataplane } from '../../src/driver/local-overlays';
+import { LocalOverlays } from '../../src/driver/local-overlays';
 import { NetworkDriver } from '../../src/driver/network-driver';
 import { NetworkRecords } from '../../src/driver/network-records';
 import { RecordStore } from '../../src/driver/record-store';
@@ -23,7 +22,7 @@ import { openLocalStore } from '../../src/store/local';
 import type { Store } from '../../src/store/store';
 import { KeyedRwLock } from '../../src/util/keyed-rwlock';
 import { gatedWrites } from '../helpers/gated-store';
-import { RecordingDataplane } from '../helpers/recording-dataplane';
+import { RecordingDataplane, rebootedDataplane } from '../helpers/recording-dataplane';
 
 const host = { name: 'me', vtep: '192.0.2.1', underlayMtu: 1500 };
 const NET_KEY = '10.1.0.0-24';
@@ -42,26 +41,8 @@ async function openStore(): Promise<Store> {
   return store;
 }
 
-/** What a reboot leaves: no overlay, no port. */
-function rebooted(): OverlayDataplane {
-  const unused = async (): Promise<never> => {
-    throw new Error('not used by recovery');
-  };
-  return {
-    ensureOverlay: unused,
-    repairOverlay: unused,
-    removeOverlay: unused,
-    attachEndpoint: unused,
-    detachEndpoint: unused,
-    applyPeers: unused,
-    findOverlay: () => undefined,
-    bridgePorts: async () => [],
-    removeOrphans: async (): Promise<OrphanReport> => ({ hostVeths: [], ports: [], namespaces: [] }),
-  };
-}
-
 function recoveryOver(records: RecordStore): Recovery {
-  const dataplane = rebooted();
+  const dataplane = rebootedDataplane();
   return new Recovery({
     records,
     networks: new NetworkRecords(records, host, silentLogger()),

@@ -8,9 +8,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import type { OrphanReport } from '../../src/dataplane/types';
 import { HostEndpointIndex } from '../../src/driver/endpoint-index';
-import { LocalOverlays, type OverlayDataplane } from '../../src/driver/local-overlays';
+import { LocalOverlays } from '../../src/driver/local-overlays';
 import { NetworkRecords } from '../../src/driver/network-records';
 import { RecordStore } from '../../src/driver/record-store';
 import { endpointRecordSchema, keys, type EndpointRecord, type NetworkIdRecord, type PoolRecord } from '../../src/driver/records';
@@ -18,6 +17,7 @@ import { Recovery } from '../../src/driver/recovery';
 import { silentLogger } from '../../src/log';
 import { openLocalStore } from '../../src/store/local';
 import { KeyedRwLock } from '../../src/util/keyed-rwlock';
+import { rebootedDataplane } from '../helpers/recording-dataplane';
 
 const dirs: string[] = [];
 after(() => {
@@ -26,36 +26,12 @@ after(() => {
 
 const host = { name: 'me', vtep: '192.0.2.1', underlayMtu: 1500 };
 
-/** A host whose kernel holds no overlay: what a reboot leaves. */
-function noOverlays(): OverlayDataplane & { removed: OrphanReport[] } {
-  const removed: OrphanReport[] = [];
-  const unused = async (): Promise<never> => {
-    throw new Error('not used by recovery');
-  };
-  return {
-    removed,
-    ensureOverlay: unused,
-    repairOverlay: unused,
-    removeOverlay: unused,
-    attachEndpoint: unused,
-    detachEndpoint: unused,
-    applyPeers: unused,
-    findOverlay: () => undefined,
-    bridgePorts: async () => [],
-    removeOrphans: async () => {
-      const r = { hostVeths: [], ports: [], namespaces: [] };
-      removed.push(r);
-      return r;
-    },
-  };
-}
-
 async function setup() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tso-recovery-'));
   dirs.push(dir);
   const store = await openLocalStore({ dir, logger: silentLogger() });
   const records = new RecordStore(store);
-  const dataplane = noOverlays();
+  const dataplane = rebootedDataplane();
   const locks = new KeyedRwLock();
   const networks = new NetworkRecords(records, host, silentLogger());
   const overlays = new LocalOverlays(dataplane, records, host, silentLogger());
