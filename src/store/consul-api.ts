@@ -17,6 +17,8 @@ export interface CallOptions {
   ctx?: ResponseContext;
   index?: string;
   wait?: string;
+  /** `?consistent`: answered only by a leader that has applied its whole log (see consul.ts). */
+  consistent?: boolean;
 }
 
 export type TxnVerb =

@@ -59,7 +59,8 @@ export class ConsulWatch implements Watch {
               recurse: true,
               ...o,
               ctx,
-              ...(blocking ? { index: String(index), wait: `${this.store.watchWaitSeconds}s` } : {}),
+              // A listing is consistent (consul.ts says why); later answers only move forward from its index.
+              ...(blocking ? { index: String(index), wait: `${this.store.watchWaitSeconds}s` } : { consistent: true }),
             }),
           blocking ? waitMs + waitMs / 16 + this.store.timeoutMs : this.store.timeoutMs,
         );

@@ -15,6 +15,12 @@
  * - watch = blocking queries on the prefix (`recurse`, `index`, `wait`); consecutive results
  *   are diffed into events; a first result, an index that goes backwards or is 0, or any
  *   error restarts from index 0 and delivers onReset;
+ * - every read that does not block on an index is `consistent`: a server that has just been
+ *   elected answers default-mode reads from its state machine before it has replayed its log
+ *   (hashicorp/consul#2644), so a listing right after a restart could lack keys that exist, and
+ *   a watch re-listed then would delete them from every host's tables until its next answer.
+ *   etcd's reads are linearizable by default; this gives Consul reads the same guarantee. A
+ *   blocking query continues from an index such a read returned, so it never goes back;
  * - every call has a deadline (papi request timeout, raced as well); timeouts, connection
  *   errors and 5xx answers surface as StoreUnavailableError (consul-calls.ts, which also moves
  *   calls to the next address given when one stops answering).
@@ -149,13 +155,13 @@ export class ConsulStore implements Store {
 
   async get(key: string): Promise<KVEntry | undefined> {
     assertKey(key);
-    const body = await this.calls.request(`get ${key}`, (api, o) => api.kv.get({ key: this.prefix + key, ...o }));
+    const body = await this.calls.request(`get ${key}`, (api, o) => api.kv.get({ key: this.prefix + key, consistent: true, ...o }));
     return this.toEntries(body)[0];
   }
 
   async list(prefix: string): Promise<KVEntry[]> {
     const body = await this.calls.request(`list ${prefix || '(all)'}`, (api, o) =>
-      api.kv.get({ key: this.prefix + prefix, recurse: true, ...o }),
+      api.kv.get({ key: this.prefix + prefix, recurse: true, consistent: true, ...o }),
     );
     return this.toEntries(body);
   }
@@ -189,7 +195,7 @@ export class ConsulStore implements Store {
 
   /** The key's ModifyIndex and the session holding it, if any. */
   private async holder(full: string): Promise<{ index: number; session: string | undefined }> {
-    const body = await this.calls.request(`read holder of ${full.slice(this.prefix.length)}`, (api, o) => api.kv.get({ key: full, ...o }));
+    const body = await this.calls.request(`read holder of ${full.slice(this.prefix.length)}`, (api, o) => api.kv.get({ key: full, consistent: true, ...o }));
     const item = body === undefined || body === null ? undefined : kvHolderSchema.parse(Array.isArray(body) ? body : [body])[0];
     return { index: item?.ModifyIndex ?? 0, session: item?.Session };
   }

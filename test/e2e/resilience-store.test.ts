@@ -127,6 +127,19 @@ after(async () => {
   await consul?.stop();
 });
 
+/** A plugin's log lines from 3 s before to 1 s after any of the given instants (the lines carry a timestamp). */
+function logLinesNear(host: string, output: string, instants: number[]): string[] {
+  return output
+    .split('\n')
+    .filter((line) => {
+      const ts = /"timestamp":"([^"]+)"/.exec(line)?.[1];
+      const ms = ts ? Date.parse(ts) : NaN;
+      return instants.some((at) => ms >= at - 3000 && ms <= at + 1000);
+    })
+    .slice(0, 40)
+    .map((line) => `${host}: ${line.slice(0, 400)}`);
+}
+
 async function timed<T>(fn: () => Promise<T>): Promise<{ ms: number; value?: T; error?: string }> {
   const t0 = Date.now();
   try {
@@ -192,7 +205,13 @@ test(`store outage of ${OUTAGE_S} s under traffic`, { skip, timeout: (OUTAGE_S +
   for (const [name, m] of monitors) {
     const r = await m.stop();
     t.diagnostic(`ping ${name} across the outage: ${r.sent} sent, ${r.lost} lost`);
-    assert.equal(r.lost, 0, `${name} lost pings`);
+    if (r.lost > 0) {
+      // When each lost request left, against the outage, and what the plugins logged then.
+      const at = r.missing.map((seq) => m.startedAt + seq * 200);
+      const when = at.map((ms, i) => `seq ${r.missing[i]}: ${((ms - downAt) / 1000).toFixed(1)} s after the store went down, ${((ms - upAt) / 1000).toFixed(1)} s after it returned`);
+      const logs = [...plugins].flatMap(([host, p]) => logLinesNear(host, p.process.output(), at));
+      assert.fail(`${name} lost ${r.lost} pings\n${when.join('\n')}\n${logs.join('\n')}`);
+    }
   }
 
   // No duplicate allocations after the resync: 3 hosts × 5 concurrent runs.

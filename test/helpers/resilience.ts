@@ -91,8 +91,18 @@ export async function pingFrom(docker: Dockerode, container: string, ip: string,
 }
 
 export interface PingMonitor {
+  /** When the first request went out (ms since the epoch): request `seq` left about `startedAt + seq × interval`. */
+  readonly startedAt: number;
   /** Stops the ping and returns what it counted. */
-  stop(): Promise<{ sent: number; received: number; lost: number }>;
+  stop(): Promise<PingCount>;
+}
+
+export interface PingCount {
+  sent: number;
+  received: number;
+  lost: number;
+  /** The sequence numbers of the lost requests (the first few), to place a loss in time. */
+  missing: number[];
 }
 
 /**
@@ -103,8 +113,10 @@ export async function startPingMonitor(docker: Dockerode, container: string, ip:
   const log = `/tmp/ping-${tag}.log`;
   const pidFile = `/tmp/ping-${tag}.pid`;
   await dockerExec(docker, container, ['sh', '-c', `ping -i ${intervalMs / 1000} -W 1 ${ip} > ${log} 2>&1 & echo $! > ${pidFile}; wait`], true);
+  const startedAt = Date.now();
   await waitFor(async () => (await dockerExec(docker, container, ['cat', pidFile])).stdout.trim() !== '', { what: `ping monitor ${tag}` });
   return {
+    startedAt,
     async stop() {
       const r = await dockerExec(docker, container, ['sh', '-c', `kill -INT $(cat ${pidFile}); sleep 0.5; cat ${log}`]);
       return pingCount(r.stdout, tag);
@@ -117,14 +129,16 @@ export async function startPingMonitor(docker: Dockerode, container: string, ip:
  * before it may still be on its way: that one is not counted as lost (or as sent). Every other
  * missing sequence number is, including a run of unanswered requests at the end.
  */
-export function pingCount(output: string, tag = 'ping'): { sent: number; received: number; lost: number } {
+export function pingCount(output: string, tag = 'ping'): PingCount {
   const m = /(\d+) packets transmitted, (\d+) packets received/.exec(output);
   if (!m) throw new Error(`ping monitor ${tag}: no summary in ${output.slice(-500)}`);
   let sent = Number(m[1]);
   const seqs = new Set([...output.matchAll(/\bseq=(\d+)\b/g)].map((x) => Number(x[1])));
   const received = seqs.size > 0 ? seqs.size : Number(m[2]);
   if (sent > 0 && !seqs.has(sent - 1)) sent -= 1;
-  return { sent, received, lost: Math.max(0, sent - received) };
+  const missing: number[] = [];
+  for (let seq = 0; seq < sent && missing.length < 20; seq++) if (!seqs.has(seq)) missing.push(seq);
+  return { sent, received, lost: Math.max(0, sent - received), missing };
 }
 
 /** Every key under the plugin's prefix (relative), with its JSON value. */

@@ -174,6 +174,62 @@ if (skip) {
     }
   });
 
+  test('right after a restart, no read is stale: every listing and every watch listing holds every key', { timeout: 180_000 }, async () => {
+    // A server of its own: this one is killed and restarted many times.
+    const srv = await startConsul();
+    const KEYS = 200;
+    const ROUNDS = 12;
+    const url = `consul://${srv.address}`;
+    const writer = await openStore(url, { logger, prefix: 'stale/' });
+    // A short deadline: each try fails at once while the server is down, so the loop below
+    // reads again within milliseconds of the server answering, when a newly elected server
+    // can still be replaying its log (hashicorp/consul#2644).
+    const reader = await openStore(url, { logger, prefix: 'stale/', timeoutMs: 150 });
+    const resets: number[] = [];
+    let deletes = 0;
+    let watch: { close(): Promise<void> } | undefined;
+    const short: string[] = [];
+    let answered = 0;
+    try {
+      for (let i = 0; i < KEYS; i++) await writer.put(`k${i}`, 'v0');
+      watch = reader.watch('', {
+        onReset: (entries) => resets.push(entries.length),
+        onEvents: (events) => (deletes += events.filter((e) => e.type === 'delete').length),
+      });
+      for (let round = 1; round <= ROUNDS; round++) {
+        // Log entries past the server's last snapshot, which only a replay restores.
+        for (let i = 0; i < 20; i++) await writer.put(`k${i}`, `v${round}`);
+        await srv.down();
+        let reading = true;
+        const poll = (async () => {
+          while (reading) {
+            try {
+              const n = (await reader.list('')).length;
+              answered++;
+              if (n < KEYS) short.push(`round ${round}: a listing of ${n} keys`);
+            } catch {
+              // down, or no leader yet
+            }
+            await new Promise((r) => setTimeout(r, 2));
+          }
+        })();
+        await srv.up();
+        await new Promise((r) => setTimeout(r, 300));
+        reading = false;
+        await poll;
+      }
+      assert.ok(answered > ROUNDS, `the reads were answered (${answered})`);
+      assert.deepEqual(short, [], 'a read right after the restart missed keys');
+      assert.ok(resets.length > 0 && resets.every((n) => n === KEYS), `every watch listing holds every key: ${resets.join(' ')}`);
+      assert.equal(deletes, 0, 'the watch reported deletes that never happened');
+    } finally {
+      await watch?.close();
+      await reader.close();
+      await writer.close();
+      await srv.stop();
+    }
+  });
+
   test('a restarted holder takes its key over from its previous session, which then ends without deleting it', { timeout: 60_000 }, async (t) => {
     if (!server) {
       t.skip('CONSUL_HTTP_ADDR names an outside agent: this test destroys a session through the API of the server it starts');
