@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { OPTIONS, parseConfig, type DaemonConfig } from '../config';
 import { Dataplane, networkPrefix } from '../dataplane/dataplane';
-import { desiredPeersOf } from '../driver/peer-sync';
+import { desiredPeersOf } from '../driver/desired-peers';
 import {
   decodeRecord,
   endpointRecordSchema,

@@ -7,7 +7,8 @@
  */
 import type { Store, WatchEvent } from '../store/store';
 import { NetworkWatches } from './peer-watches';
-import type { PeerEndpoint, PeerView } from './peer-view';
+import type { PeerView } from './peer-view';
+import type { PeerEndpoint } from './desired-peers';
 
 /**
  * The joined endpoints (this host's own included) of the networks followed, as the names view

@@ -4,7 +4,8 @@ import type { Logger } from '../log';
 import { errorMessage } from '../util/errors';
 import { KeyedMutex } from '../util/keyed-mutex';
 import { MissResponder, lookupMiss, missSubject, type MissOutcome } from './miss-responder';
-import { type PeerView, peerId } from './peer-view';
+import type { PeerView } from './peer-view';
+import { peerId } from './desired-peers';
 import type { NetworkRecord } from './records';
 
 /** What peer distribution needs from the kernel side. */

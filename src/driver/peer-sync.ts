@@ -14,8 +14,6 @@ import { EndpointFeed, type JoinedEndpoints } from './endpoint-feed';
 import type { RecordStore } from './record-store';
 import { keys, type NetworkRecord } from './records';
 
-export { desiredPeersOf, type LiveHosts, type PeerEndpoint } from './peer-view';
-
 export type WatchName = 'endpoints' | 'hosts';
 
 /** What peer distribution reports as it works (the daemon's metrics implement it). */

@@ -11,7 +11,8 @@
  */
 import type { Addresses, ZoneView } from '../dns/types';
 import type { JoinedEndpoints } from '../driver/endpoint-feed';
-import type { LiveHosts, PeerEndpoint } from '../driver/peer-view';
+import type { LiveHosts } from '../driver/peer-view';
+import type { PeerEndpoint } from '../driver/desired-peers';
 import { NetworkWatches } from '../driver/peer-watches';
 import { networkRecordSchema, keys, decodeRecord } from '../driver/records';
 import { canonicalIp, contains, isIPv6, parseSubnet, type Subnet } from '../driver/subnet';

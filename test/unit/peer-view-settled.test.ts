@@ -5,7 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { PeerView, desiredPeersOf, peerId } from '../../src/driver/peer-view';
+import { PeerView } from '../../src/driver/peer-view';
+import { desiredPeersOf, peerId } from '../../src/driver/desired-peers';
 import { indexPeers } from '../../src/driver/miss-responder';
 import { keys, type EndpointRecord, type HostRecord } from '../../src/driver/records';
 import { silentLogger } from '../../src/log';
