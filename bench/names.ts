@@ -27,6 +27,9 @@ import { target, type BenchTable, type TargetResult } from './lib/report';
 import { fmt, fmtRatio, quantile, ratio } from './lib/stats';
 import { measureConvergence } from './lib/names-convergence';
 import { cpuSecondsOf } from './lib/plugin';
+import { NODE_FLAGS } from '../src/node-flags';
+import os from 'node:os';
+import { execFileSync } from 'node:child_process';
 
 /** A UDP port free on 127.0.0.1 right now (the servers bind it a moment later). */
 async function freePort(): Promise<number> {
@@ -60,6 +63,7 @@ function qps(r: LoadResult): number {
         'in-flight': { full: 64, smoke: 8, help: 'queries in flight in the throughput runs' },
         rounds: { full: 2, smoke: 1, help: 'load runs per server (alternating)' },
         convergence: { full: 10, smoke: 1, help: 'containers started for the convergence measurement (0: skip)' },
+        pin: { full: 1, smoke: 0, help: '1: the load generator on the first CPU, each server on the second (both servers alike; needs 2 CPUs)' },
       },
     },
     async (p, ctx) => {
@@ -70,16 +74,25 @@ function qps(r: LoadResult): number {
       const hostsFile = path.join(dir, 'names.hosts');
       fs.writeFileSync(hostsFile, names.map((n, i) => `${benchIp(i)} ${n}\n`).join(''));
 
+      // Where the scheduler puts the generator and the server otherwise changes from run to run
+      // (sharing a core or not), and with it the throughput of either server by a third.
+      const pinned = p.pin === 1 && os.cpus().length >= 2;
+      if (pinned) execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
+      const onServerCpu = (argv: string[]): string[] => (pinned ? ['taskset', '-c', '1', ...argv] : argv);
+
       ctx.log(`starting tsoverlay's DNS server with ${p.names} names`);
       const storeDir = path.join(dir, 'names-store');
-      const ours = spawnTracked([process.execPath, path.join(__dirname, 'lib/dns-serve.js'), storeDir, String(OURS_PORT), String(p.names)], { name: 'dns-serve' });
+      // With the daemon's node flags: the server as deployed.
+      const ours = spawnTracked(onServerCpu([process.execPath, ...NODE_FLAGS, path.join(__dirname, 'lib/dns-serve.js'), storeDir, String(OURS_PORT), String(p.names)]), {
+        name: 'dns-serve',
+      });
       await ours.waitForOutput(/ready \d+/, 300_000);
       const served = Number(/ready (\d+)/.exec(ours.output())?.[1]);
       if (served !== p.names) throw new Error(`tsoverlay's server serves ${served} names, expected ${p.names}`);
       ctx.log('starting dnsmasq');
       const dnsmasq: ManagedProcess = spawnTracked(
-        ['/usr/sbin/dnsmasq', '--keep-in-foreground', '--no-resolv', '--no-hosts', `--addn-hosts=${hostsFile}`, '--listen-address=127.0.0.1',
-          '--bind-interfaces', `--port=${DNSMASQ_PORT}`, '--user=root', '--pid-file', '--log-facility=-', '--local-ttl=0'],
+        onServerCpu(['/usr/sbin/dnsmasq', '--keep-in-foreground', '--no-resolv', '--no-hosts', `--addn-hosts=${hostsFile}`, '--listen-address=127.0.0.1',
+          '--bind-interfaces', `--port=${DNSMASQ_PORT}`, '--user=root', '--pid-file', '--log-facility=-', '--local-ttl=0']),
         { name: 'dnsmasq' },
       );
       await dnsmasq.waitForOutput(/read .*names\.hosts/, 30_000);
@@ -104,6 +117,7 @@ function qps(r: LoadResult): number {
       }
       await ours.stop();
       await dnsmasq.stop();
+      if (pinned) execFileSync('taskset', ['-a', '-p', '-c', `0-${os.cpus().length - 1}`, String(process.pid)], { stdio: 'ignore' });
 
       const rows: string[][] = [];
       const summary = new Map<string, { p50: number; p99: number; qps: number; wrong: number }>();
@@ -129,7 +143,7 @@ function qps(r: LoadResult): number {
       ];
       const targets: TargetResult[] = [target('DNS throughput tsoverlay / dnsmasq (best run each)', ratio(o.qps, d.qps), '>=', 1.0)];
       const notes = [
-        `tsoverlay: the names view over an embedded store holding ${p.names} endpoint and names records, and the DNS server, in one node process (bench/lib/dns-serve.ts). dnsmasq ${firstLine(['/usr/sbin/dnsmasq', '--version'])}: \`--no-resolv --no-hosts --addn-hosts=<the same names> --local-ttl=0\`. Every name is asked once before the measured runs. The load generator (bench/lib/dns-load.ts) runs in the benchmark process; with 2 cores shared by generator and server, the throughput is that of the pair. Throughput ratio ${fmtRatio(ratio(o.qps, d.qps))}.`,
+        `tsoverlay: the names view over an embedded store holding ${p.names} endpoint and names records, and the DNS server, in one node process run with the daemon's node flags (bench/lib/dns-serve.ts). dnsmasq ${firstLine(['/usr/sbin/dnsmasq', '--version'])}: \`--no-resolv --no-hosts --addn-hosts=<the same names> --local-ttl=0\`. Every name is asked once before the measured runs. The load generator (bench/lib/dns-load.ts) runs in the benchmark process${pinned ? ', pinned to the first CPU, each server to the second' : ', sharing the CPUs with the server'}; the throughput is that of the pair. Throughput ratio ${fmtRatio(ratio(o.qps, d.qps))}.`,
       ];
       let complete = o.wrong === 0 && d.wrong === 0;
       if (p.convergence > 0) {
