@@ -74,8 +74,8 @@ function qps(r: LoadResult): number {
       const hostsFile = path.join(dir, 'names.hosts');
       fs.writeFileSync(hostsFile, names.map((n, i) => `${benchIp(i)} ${n}\n`).join(''));
 
-      // Where the scheduler puts the generator and the server otherwise changes from run to run
-      // (sharing a core or not), and with it the throughput of either server by a third.
+      // Both servers get the same treatment: a CPU of their own, away from the load generator,
+      // so that neither shares a core with it by the scheduler's chance.
       const pinned = p.pin === 1 && os.cpus().length >= 2;
       if (pinned) execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
       const onServerCpu = (argv: string[]): string[] => (pinned ? ['taskset', '-c', '1', ...argv] : argv);
