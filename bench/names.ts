@@ -5,9 +5,11 @@
  * DNS: `--names` containers on one network, served by tsoverlay's DNS server as the daemon runs
  * it (the store-watching names view and the server, in a process of its own) and by Debian's
  * dnsmasq with a hosts file of the same names and addresses, both on loopback
- * (127.0.0.1, ports free at the time). The same load generator (A queries for random names, UDP)
- * measures latency with one query in flight and throughput with `--in-flight` in flight; the
- * two servers alternate, `--rounds` times each.
+ * (127.0.0.1, ports free at the time). The same load generators (A queries for random names,
+ * UDP) measure both: latency with one query in flight (bench/lib/dns-load.ts, which also checks
+ * every address answered) and throughput with `--in-flight` in flight (dnsperf, a C generator
+ * faster than either server, so that the figure is the server's); the two servers alternate,
+ * `--rounds` times each.
  *
  * Convergence (`--convergence N` > 0): two hosts, tsoverlay with etcd; N times, `docker run -d`
  * a container on A while a container on B loops `nslookup <name> <gateway>` and
@@ -21,6 +23,7 @@ import path from 'node:path';
 import { runDir, spawnTracked, runSync, type ManagedProcess } from '../test/helpers/proc';
 import { benchIp, benchName } from './lib/dns-serve';
 import { dnsLoad, type LoadResult } from './lib/dns-load';
+import { dnsperf, dnsperfVersion, writeQueryFile, type DnsperfResult } from './lib/dnsperf';
 import dgram from 'node:dgram';
 import { runBench } from './lib/main';
 import { target, type BenchTable, type TargetResult } from './lib/report';
@@ -42,13 +45,9 @@ async function freePort(): Promise<number> {
 
 interface Runs {
   latency: LoadResult[];
-  throughput: LoadResult[];
+  throughput: DnsperfResult[];
   /** Server CPU seconds per answer in the throughput runs. */
   cpuPerAnswer: number[];
-}
-
-function qps(r: LoadResult): number {
-  return r.answered / r.seconds;
 }
 
 {
@@ -60,7 +59,7 @@ function qps(r: LoadResult): number {
       options: {
         names: { full: 10_000, smoke: 200, help: 'container names on the network' },
         seconds: { full: 5, smoke: 1, help: 'seconds per load run' },
-        'in-flight': { full: 64, smoke: 8, help: 'queries in flight in the throughput runs' },
+        'in-flight': { full: 100, smoke: 8, help: "queries in flight in the throughput runs (dnsperf's default: 100)" },
         rounds: { full: 2, smoke: 1, help: 'load runs per server (alternating)' },
         convergence: { full: 10, smoke: 1, help: 'containers started for the convergence measurement (0: skip)' },
         pin: { full: 1, smoke: 0, help: '1: the load generator on the first CPU, each server on the second (both servers alike; needs 2 CPUs)' },
@@ -73,6 +72,8 @@ function qps(r: LoadResult): number {
       const names = Array.from({ length: p.names }, (_, i) => benchName(i));
       const hostsFile = path.join(dir, 'names.hosts');
       fs.writeFileSync(hostsFile, names.map((n, i) => `${benchIp(i)} ${n}\n`).join(''));
+      const queryFile = path.join(dir, 'queries.txt');
+      writeQueryFile(queryFile, names, 100_000);
 
       // Both servers get the same treatment: a CPU of their own, away from the load generator,
       // so that neither shares a core with it by the scheduler's chance.
@@ -110,9 +111,9 @@ function qps(r: LoadResult): number {
           s.runs.latency.push(await dnsLoad({ address: '127.0.0.1', port: s.port, names, inFlight: 1, seconds: p.seconds }));
           ctx.log(`round ${round + 1}: ${s.key} throughput (${p['in-flight']} in flight)`);
           const cpu0 = cpuSecondsOf(s.pid);
-          const r = await dnsLoad({ address: '127.0.0.1', port: s.port, names, inFlight: p['in-flight'], seconds: p.seconds });
+          const r = await dnsperf({ address: '127.0.0.1', port: s.port, queryFile, inFlight: p['in-flight'], seconds: p.seconds });
           s.runs.throughput.push(r);
-          s.runs.cpuPerAnswer.push((cpuSecondsOf(s.pid) - cpu0) / Math.max(1, r.answered));
+          s.runs.cpuPerAnswer.push((cpuSecondsOf(s.pid) - cpu0) / Math.max(1, r.completed));
         }
       }
       await ours.stop();
@@ -125,9 +126,10 @@ function qps(r: LoadResult): number {
         // Hundreds of thousands of samples: quantiles only (summarize's min/max spread them as arguments).
         const all = s.runs.latency.flatMap((r) => r.latenciesMs);
         const lat = { median: quantile(all, 0.5), p99: quantile(all, 0.99) };
-        const thr = s.runs.throughput.map(qps);
+        const thr = s.runs.throughput.map((r) => r.qps);
         const best = Math.max(...thr);
-        const wrong = [...s.runs.latency, ...s.runs.throughput].reduce((a, r) => a + r.wrong + r.lost, 0);
+        // Every name asked exists: a reply other than NOERROR is as wrong as a wrong address.
+        const wrong = s.runs.latency.reduce((a, r) => a + r.wrong + r.lost, 0) + s.runs.throughput.reduce((a, r) => a + r.lost + (r.completed - r.noerror), 0);
         summary.set(s.key, { p50: lat.median, p99: lat.p99, qps: best, wrong });
         const cpuUs = s.runs.cpuPerAnswer.map((x) => fmt(x * 1e6, 1)).join(', ');
         rows.push([s.key, fmt(lat.median, 3), fmt(lat.p99, 3), thr.map((x) => fmt(x, 0)).join(', '), cpuUs, String(wrong)]);
@@ -137,13 +139,13 @@ function qps(r: LoadResult): number {
       const tables: BenchTable[] = [
         {
           title: `DNS with ${p.names} names (A queries for random names over UDP on loopback)`,
-          columns: ['server', 'latency p50 (ms, 1 in flight)', 'latency p99 (ms)', `throughput per run (answers/s, ${p['in-flight']} in flight)`, 'server CPU per answer (µs, per run)', 'wrong or lost replies'],
+          columns: ['server', 'latency p50 (ms, 1 in flight)', 'latency p99 (ms)', `throughput per run (answers/s, dnsperf, ${p['in-flight']} in flight)`, 'server CPU per answer (µs, per run)', 'wrong or lost replies'],
           rows,
         },
       ];
       const targets: TargetResult[] = [target('DNS throughput tsoverlay / dnsmasq (best run each)', ratio(o.qps, d.qps), '>=', 1.0)];
       const notes = [
-        `tsoverlay: the names view over an embedded store holding ${p.names} endpoint and names records, and the DNS server, in one node process run with the daemon's node flags (bench/lib/dns-serve.ts). dnsmasq ${firstLine(['/usr/sbin/dnsmasq', '--version'])}: \`--no-resolv --no-hosts --addn-hosts=<the same names> --local-ttl=0\`. Every name is asked once before the measured runs. The load generator (bench/lib/dns-load.ts) runs in the benchmark process${pinned ? ', pinned to the first CPU, each server to the second' : ', sharing the CPUs with the server'}; the throughput is that of the pair. Throughput ratio ${fmtRatio(ratio(o.qps, d.qps))}.`,
+        `tsoverlay: the names view over an embedded store holding ${p.names} endpoint and names records, and the DNS server, in one node process run with the daemon's node flags (bench/lib/dns-serve.ts). dnsmasq ${firstLine(['/usr/sbin/dnsmasq', '--version'])}: \`--no-resolv --no-hosts --addn-hosts=<the same names> --local-ttl=0\`. Every name is asked once before the measured runs. Latency: bench/lib/dns-load.ts in the benchmark process; throughput: dnsperf ${dnsperfVersion()} (\`-q ${p['in-flight']}\`, 100,000 queries for random names, looped)${pinned ? '; the generators pinned to the first CPU, each server to the second' : ', sharing the CPUs with the server'}. Throughput ratio ${fmtRatio(ratio(o.qps, d.qps))}.`,
       ];
       let complete = o.wrong === 0 && d.wrong === 0;
       if (p.convergence > 0) {

@@ -9,9 +9,9 @@ export class DnsMetrics implements DnsObserver {
   private readonly failures: Counter<'reason'>;
 
   /** Label children bound once: a query costs a map lookup, not hashing a labels object. */
-  private readonly children = new Map<Counter<string>, Map<string, { inc(): void }>>();
+  private readonly children = new Map<Counter<string>, Map<string, { inc(n?: number): void }>>();
 
-  private child(counter: Counter<string>, value: string): { inc(): void } {
+  private child(counter: Counter<string>, value: string): { inc(n?: number): void } {
     let byValue = this.children.get(counter);
     if (!byValue) this.children.set(counter, (byValue = new Map()));
     let c = byValue.get(value);
@@ -27,8 +27,8 @@ export class DnsMetrics implements DnsObserver {
     this.failures = new Counter({ name: 'tsoverlay_dns_failures_total', help: 'DNS messages dropped, replies not sent and listeners that could not start, by reason.', labelNames: ['reason'], registers });
   }
 
-  query(transport: Transport): void {
-    this.child(this.queries, transport).inc();
+  query(transport: Transport, count = 1): void {
+    this.child(this.queries, transport).inc(count);
   }
   answer(rcode: string): void {
     this.child(this.answers, rcode).inc();

@@ -114,6 +114,12 @@ export function bindInNamespace(netnsFile: string, address: string, port: number
   });
 }
 
+/** A UDP socket bound to `address:port` in this thread's namespace (a listener given by address: tests, benchmarks). */
+export function bindUdpHere(address: string, port: number): number {
+  if (net.isIP(address) === 0) throw new Error(`DNS listener address ${address} is not an IP address`);
+  return boundSocket(SOCK_DGRAM, address, port);
+}
+
 /** Closes descriptors node never took over (a failed start). */
 export function closeFd(fd: number): void {
   libc().close(fd);

@@ -8,7 +8,9 @@ import net from 'node:net';
 import type { Logger } from '../log';
 import { errorMessage } from '../util/errors';
 import { handleQuery, messageId, servfail } from './message';
+import { bindUdpHere, closeFd } from './netns-sockets';
 import { noopDnsObserver, type DnsObserver, type Transport, type ZoneView } from './types';
+import { batchingAvailable, receiveBatch, RECV_SLOT, ReplyBatch, senderOf } from './udp-batch';
 import type { Forwarder } from './upstream';
 
 /** Where to listen: an address (tests, benchmarks) or sockets already bound elsewhere (an overlay namespace). */
@@ -34,6 +36,9 @@ export class DnsServer {
   private cache = new Map<string, Buffer>();
   private cacheGeneration = -1;
   private closed = false;
+  private readonly replies = new ReplyBatch();
+  /** The UDP descriptor, while queued datagrams are taken in batches (udp-batch.ts). */
+  private batchFd: number | undefined;
 
   private constructor(
     private readonly udp: dgram.Socket,
@@ -54,12 +59,18 @@ export class DnsServer {
     const server = new DnsServer(udp, tcp, deps);
     udp.on('message', (msg, rinfo) => server.onDatagram(msg, rinfo));
     tcp.on('connection', (sock) => server.onConnection(sock));
+    // The descriptor is ours (not node's) so that queued datagrams can be taken in batches.
+    let udpFd: number | undefined;
+    let udpTaken = false;
     try {
+      udpFd = 'udpFd' in target ? target.udpFd : bindUdpHere(target.address, target.port);
+      const fd = udpFd;
       await new Promise<void>((resolve, reject) => {
         udp.once('error', reject);
-        if ('udpFd' in target) udp.bind({ fd: target.udpFd }, () => resolve());
-        else udp.bind({ address: target.address, port: target.port }, () => resolve());
+        udp.bind({ fd }, () => resolve());
       });
+      udpTaken = true;
+      if (batchingAvailable()) server.batchFd = fd;
       udp.removeAllListeners('error');
       udp.on('error', (err) => server.socketError('udp', err));
       const port = udp.address().port;
@@ -71,6 +82,9 @@ export class DnsServer {
       tcp.removeAllListeners('error');
       tcp.on('error', (err) => server.socketError('tcp', err));
     } catch (err) {
+      // A descriptor node never took over is closed here; one it did, by udp.close().
+      if (udpFd !== undefined && !udpTaken && !('udpFd' in target)) closeFd(udpFd);
+      server.batchFd = undefined;
       udp.close();
       tcp.close();
       throw err;
@@ -91,17 +105,65 @@ export class DnsServer {
 
   private onDatagram(msg: Buffer, rinfo: dgram.RemoteInfo): void {
     this.observer.query('udp');
+    if (msg.length > RECV_SLOT) {
+      // As a batch would (it has no room for more): the same datagram gets the same treatment.
+      this.observer.failure('dropped_oversized');
+      if (this.batchFd !== undefined) this.drainQueued(this.batchFd);
+      return;
+    }
     const local = this.answerLocally(msg, 'udp');
     if (local === FORWARD) {
       void this.forward(msg, 'udp').then((reply) => this.sendUdp(reply, rinfo));
     } else if (local) {
       this.sendUdp(local, rinfo);
     }
+    if (this.batchFd !== undefined) this.drainQueued(this.batchFd);
   }
 
-  private sendUdp(reply: Buffer | undefined, rinfo: dgram.RemoteInfo): void {
+  /** Answers the datagrams queued behind the one node delivered: one receive, one send for all. */
+  private drainQueued(fd: number): void {
+    if (this.closed) return;
+    let batch;
+    try {
+      batch = receiveBatch(fd);
+    } catch (err) {
+      this.stopBatching(err);
+      return;
+    }
+    if (batch.length === 0) return;
+    this.observer.query('udp', batch.length);
+    for (const { msg, from, truncated } of batch) {
+      if (truncated) {
+        this.observer.failure('dropped_oversized');
+        continue;
+      }
+      const local = this.answerLocally(msg, 'udp', true);
+      if (local === FORWARD) {
+        // The batch's buffers are reused by the next receive: the query and its sender are copied.
+        const to = senderOf(from);
+        if (to) void this.forward(Buffer.from(msg), 'udp').then((reply) => this.sendUdp(reply, to));
+      } else if (local && !this.replies.add(from, local, msg)) {
+        const to = senderOf(from);
+        const own = Buffer.from(local);
+        own[0] = msg[0]!;
+        own[1] = msg[1]!;
+        if (to) this.sendUdp(own, to);
+      }
+    }
+    const { unsent, error } = this.replies.flush(fd);
+    for (let i = 0; i < unsent; i++) this.observer.failure('udp_send');
+    if (error) this.deps.logger.debug('DNS replies not sent', { unsent, error: errorMessage(error) });
+  }
+
+  private stopBatching(err: unknown): void {
+    this.batchFd = undefined;
+    this.observer.failure('udp_socket');
+    this.deps.logger.warn('DNS listener reads one datagram at a time from now on', { error: errorMessage(err) });
+  }
+
+  private sendUdp(reply: Buffer | undefined, to: { address: string; port: number }): void {
     // Send errors (a client gone) surface as the socket's 'error' event, counted there.
-    if (reply && !this.closed) this.udp.send(reply, rinfo.port, rinfo.address);
+    if (reply && !this.closed) this.udp.send(reply, to.port, to.address);
   }
 
   private onConnection(sock: net.Socket): void {
@@ -133,9 +195,10 @@ export class DnsServer {
 
   /**
    * The reply from the network's names (synchronously: the common case costs no promise),
-   * undefined to send nothing, or FORWARD. Never throws.
+   * undefined to send nothing, or FORWARD. Never throws. `shared`: a cached reply is returned
+   * as the cache holds it, with another query's id, for a caller that copies it and sets the id.
    */
-  private answerLocally(msg: Buffer, transport: Transport): Buffer | undefined | typeof FORWARD {
+  private answerLocally(msg: Buffer, transport: Transport, shared = false): Buffer | undefined | typeof FORWARD {
     try {
       const view = this.deps.view;
       if (this.cacheGeneration !== view.generation) {
@@ -146,11 +209,12 @@ export class DnsServer {
       const key = msg.length >= 12 ? (transport === 'udp' ? msg.toString('latin1', 2) : `t${msg.toString('latin1', 2)}`) : undefined;
       const cached = key !== undefined ? this.cache.get(key) : undefined;
       if (cached) {
+        this.observer.answer(RCODE_NAMES[cached[3]! & 0xf] ?? 'OTHER');
+        if (shared) return cached;
         const out = Buffer.allocUnsafe(cached.length);
         cached.copy(out);
         out[0] = msg[0]!;
         out[1] = msg[1]!;
-        this.observer.answer(RCODE_NAMES[cached[3]! & 0xf] ?? 'OTHER');
         return out;
       }
       const decision = handleQuery(msg, view, transport);
@@ -188,6 +252,8 @@ export class DnsServer {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // Never touch the descriptor again: once node closes it, its number can be another socket's.
+    this.batchFd = undefined;
     for (const sock of this.connections) sock.destroy();
     await Promise.all([
       new Promise<void>((resolve) => this.udp.close(() => resolve())),

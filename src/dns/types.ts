@@ -25,7 +25,8 @@ export type Transport = 'udp' | 'tcp';
 
 /** Counters the server reports into (src/metrics.ts). */
 export interface DnsObserver {
-  query(transport: Transport): void;
+  /** `count` queries received (a batch of datagrams: udp-batch.ts). */
+  query(transport: Transport, count?: number): void;
   /** A reply sent from the network's own names, by response code (NOERROR, NXDOMAIN, FORMERR…). */
   answer(rcode: string): void;
   /** A query passed to an upstream resolver; `ok` false when no upstream answered. */

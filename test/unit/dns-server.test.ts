@@ -1,7 +1,8 @@
 /**
  * The DNS server on loopback sockets: UDP and TCP answers, truncation then TCP fallback,
  * forwarding to an upstream (a second server of ours with other names), SERVFAIL when no
- * upstream answers, resolv.conf parsing, and hostile traffic on both transports.
+ * upstream answers, resolv.conf parsing, queries queued together (answered in batches, each
+ * reply to its own query), and hostile traffic on both transports.
  */
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
@@ -25,6 +26,7 @@ let upstream: DnsServer;
 let forwarder: Forwarder;
 let port = 0;
 const counts = { query: 0, answer: 0, forward: 0, forwardFailed: 0, failure: 0 };
+const failures: string[] = [];
 
 before(async () => {
   view.set('web', ['10.20.0.2']);
@@ -40,10 +42,13 @@ before(async () => {
       forwarder,
       logger,
       observer: {
-        query: () => counts.query++,
+        query: (_transport, n = 1) => (counts.query += n),
         answer: () => counts.answer++,
         forward: (ok) => (ok ? counts.forward++ : counts.forwardFailed++),
-        failure: () => counts.failure++,
+        failure: (reason) => {
+          counts.failure++;
+          failures.push(reason);
+        },
       },
     },
   );
@@ -96,6 +101,42 @@ test('names outside the zone go to the upstream (UDP and TCP); ids are the clien
   const nx = await udpAsk(port, query('gone.outside.test'));
   assert.equal(nx && rcodeOf(nx), 3, 'the upstream\'s NXDOMAIN is relayed');
   assert.ok(counts.forward >= 3);
+});
+
+test('queries queued together are answered together, each reply to its own query', async () => {
+  // Sent in one turn of the event loop, they wait on the server's socket: node delivers the
+  // first, the server takes the rest in batches (udp-batch.ts). A mix of every kind of answer.
+  for (let i = 0; i < 40; i++) view.set(`b${i}`, [`10.20.0.${100 + i}`]);
+  const asked = new Map<number, { name: string; want: string[] | 'NXDOMAIN' }>();
+  for (let i = 0; i < 120; i++) {
+    const kind = i % 4;
+    const name = kind === 0 ? 'web' : kind === 1 ? `b${i % 40}` : kind === 2 ? `nobody${i}` : 'www.outside.test';
+    const want = kind === 0 ? ['10.20.0.2'] : kind === 1 ? [`10.20.0.${100 + (i % 40)}`] : kind === 2 ? 'NXDOMAIN' : ['192.0.2.80'];
+    asked.set(i, { name, want });
+  }
+  const queriesBefore = counts.query;
+  const sock = dgram.createSocket('udp4');
+  const replies = new Map<number, Buffer>();
+  const done = new Promise<void>((resolve) => {
+    sock.on('message', (m) => {
+      replies.set(m.readUInt16BE(0), m);
+      if (replies.size === asked.size) resolve();
+    });
+  });
+  await new Promise<void>((resolve) => sock.bind(0, '127.0.0.1', () => resolve()));
+  sock.send(Buffer.alloc(5000, 1), port, '127.0.0.1'); // bigger than any query: dropped, the rest answered
+  for (const [id, { name }] of asked) sock.send(query(name, 'A', { id }), port, '127.0.0.1');
+  await Promise.race([done, new Promise((resolve) => setTimeout(resolve, 3000))]);
+  sock.close();
+  assert.equal(replies.size, asked.size, 'every query has its reply');
+  for (const [id, { name, want }] of asked) {
+    const r = packet.decode(replies.get(id)!);
+    assert.equal(r.questions?.[0]?.name, name, `reply ${id} answers its own question`);
+    if (want === 'NXDOMAIN') assert.equal(rcodeOf(replies.get(id)!), 3, `${name}: NXDOMAIN`);
+    else assert.deepEqual(r.answers?.map((a) => (a as { data: string }).data), want, `${name}: its address`);
+  }
+  assert.equal(counts.query - queriesBefore, asked.size + 1, 'every datagram counted once');
+  assert.ok(failures.includes('dropped_oversized'), 'the oversized datagram is dropped and counted');
 });
 
 test('no upstream answering: SERVFAIL, in bounded time', async () => {
