@@ -30,7 +30,11 @@ import { type HostKeyPair, loadHostKey, loadOrCreateHostKey } from './crypto/hos
 import { type EspSupport, XfrmClient, probeEspSupport } from './dataplane/xfrm';
 import type { EncryptionHooks } from './driver/local-overlays';
 import { errorMessage } from './util/errors';
+import { MallocTrimmer } from './util/malloc-trim';
 import { Backoff, sleepUnref } from './util/retry';
+
+/** How often freed C heap goes back to the kernel after start-up. */
+const MALLOC_TRIM_INTERVAL_MS = 2_000;
 
 export interface RunningDaemon {
   close(): Promise<void>;
@@ -204,9 +208,13 @@ export async function startDaemon(
     await store.close();
     dataplane.close();
   };
+  // Start-up's listing of every peer is the largest burst a daemon sees: its freed buffers are
+  // handed back at once, later bursts' on the interval.
+  const trimmer = new MallocTrimmer(logger);
   try {
     await initialise();
     startup.done();
+    trimmer.start(MALLOC_TRIM_INTERVAL_MS);
   } catch (err) {
     if (!(err instanceof StoreUnavailableError)) {
       // Misconfiguration (credentials, certificates, a host name another live host holds…):
@@ -223,6 +231,7 @@ export async function startDaemon(
         try {
           await initialise();
           startup.done();
+          trimmer.start(MALLOC_TRIM_INTERVAL_MS);
           logger.info('tsoverlay serving', { store: store.description, host: host.name, vtep: host.vtep, storeWasUnreachable: true });
           return;
         } catch (e) {
@@ -263,6 +272,7 @@ export async function startDaemon(
     async close() {
       startup.close();
       clearInterval(repairTimer);
+      trimmer.close();
       closeProbes();
       await closeServers();
       await names?.close();
