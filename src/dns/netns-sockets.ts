@@ -10,7 +10,7 @@
 import ipaddr from 'ipaddr.js';
 import * as koffi from 'koffi';
 import net from 'node:net';
-import { constants as osConstants } from 'node:os';
+import { SyscallError } from '../dataplane/libc';
 import { inNetnsFile } from '../dataplane/netns';
 
 const AF_INET = 2;
@@ -52,13 +52,8 @@ function libc(): SocketLib {
   return lib;
 }
 
-const errnoNames = new Map<number, string>(Object.entries(osConstants.errno).map(([name, num]) => [num, name]));
-
 function fail(call: string, detail: string): never {
-  const errno = koffi.errno();
-  const err = new Error(`${call} ${detail}: ${errnoNames.get(errno) ?? `E${errno}`}`) as NodeJS.ErrnoException;
-  err.code = errnoNames.get(errno);
-  throw err;
+  throw new SyscallError(call, koffi.errno(), detail);
 }
 
 /** `struct sockaddr_in` or `struct sockaddr_in6` (flow info and scope id zero: a global address). */

@@ -14,6 +14,7 @@
  */
 import * as koffi from 'koffi';
 import { constants as osConstants } from 'node:os';
+import { SyscallError } from '../dataplane/libc';
 
 /** Datagrams per system call. */
 export const BATCH = 64;
@@ -122,7 +123,7 @@ export function receiveBatch(fd: number): Received[] {
   if (n < 0) {
     const errno = koffi.errno();
     if (errno === EAGAIN) return [];
-    throw errnoError('recvmmsg', errno);
+    throw new SyscallError('recvmmsg', errno);
   }
   const out: Received[] = [];
   for (let i = 0; i < n; i++) {
@@ -175,12 +176,12 @@ export class ReplyBatch {
   }
 
   /** Sends the replies added; returns how many could not be sent (the socket's buffer full, or an error). */
-  flush(fd: number): { unsent: number; error?: NodeJS.ErrnoException } {
+  flush(fd: number): { unsent: number; error?: SyscallError } {
     const l = mmsg();
     const s = sendArena;
     let sent = 0;
     let failed = 0;
-    let error: NodeJS.ErrnoException | undefined;
+    let error: SyscallError | undefined;
     while (l && s && sent < this.count) {
       const n = l.sendmmsg(fd, s.headers.subarray(sent * MMSG_SIZE), this.count - sent, MSG_DONTWAIT);
       if (n > 0) {
@@ -191,7 +192,7 @@ export class ReplyBatch {
       // The socket's buffer is full: the rest is dropped, as node drops a datagram it cannot send.
       if (n === 0 || errno === EAGAIN) break;
       // One reply the kernel refuses (its address) must not hold back the ones after it.
-      error = errnoError('sendmmsg', errno);
+      error = new SyscallError('sendmmsg', errno);
       failed++;
       sent++;
     }
@@ -199,13 +200,4 @@ export class ReplyBatch {
     this.count = 0;
     return error ? { unsent, error } : { unsent };
   }
-}
-
-const errnoNames = new Map<number, string>(Object.entries(osConstants.errno).map(([name, num]) => [num, name]));
-
-function errnoError(call: string, errno: number): NodeJS.ErrnoException {
-  const code = errnoNames.get(errno) ?? `E${errno}`;
-  const err = new Error(`${call}: ${code}`) as NodeJS.ErrnoException;
-  err.code = code;
-  return err;
 }
