@@ -15,13 +15,14 @@
 import * as koffi from 'koffi';
 import { constants as osConstants } from 'node:os';
 import { SyscallError } from '../dataplane/libc';
+import { UDP_MAX_SIZE } from './message';
 
 /** Datagrams per system call. */
 export const BATCH = 64;
 /** Receive room per datagram: a bigger query (no DNS client sends one) is dropped, as MSG_TRUNC says. */
 export const RECV_SLOT = 4096;
-/** Room per reply: a UDP reply from the names never exceeds UDP_MAX_SIZE (message.ts). */
-const SEND_SLOT = 1232;
+/** Room per reply: a UDP reply from the names never exceeds UDP_MAX_SIZE (a forwarded one is sent by node). */
+const SEND_SLOT = UDP_MAX_SIZE;
 /** sockaddr_in6, the larger address. */
 const NAME_SLOT = 28;
 

@@ -40,6 +40,7 @@ cleanupAfter();
 
 const NET = 'mnet';
 const SUBNET = '192.168.60.0/24';
+const GATEWAY = '192.168.60.1';
 let cluster: Cluster;
 let build: BuildHost;
 let etcd: EtcdServer;
@@ -180,6 +181,15 @@ test('installed from the registry on both hosts with settings; cross-host ping',
   const ping = await a.cli(['run', '--rm', '--net', NET, cluster.image, 'ping', '-c', '3', '-W', '2', targetIp], { allowFailure: true });
   assert.equal(ping.code, 0, `h1 → ${targetIp}: ${ping.stdout}${ping.stderr}\n${pluginLog(a)}`);
   assert.match(ping.stdout, /3 packets received/);
+  // Names across hosts through the managed plugin (it reads names through its Docker socket
+  // mount): h1's DNS listener at the gateway answers the name of h2's container.
+  await waitFor(
+    async () => {
+      const r = await a.cli(['run', '--rm', '--net', NET, cluster.image, 'nslookup', 'target', GATEWAY], { allowFailure: true });
+      return new RegExp(`Address:\\s+${targetIp.replace(/\./g, '\\.')}`).test(`${r.stdout}${r.stderr}`);
+    },
+    { timeoutMs: 20_000, what: 'target by name on h1 (nslookup at the gateway)' },
+  );
   // The namespace files are on the host (/run/tsoverlay/netns), not inside the plugin.
   for (const h of hosts) {
     const v = await kernelView(h);

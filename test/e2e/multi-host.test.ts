@@ -21,6 +21,7 @@ cleanupAfter();
 
 const NET = 'demonet';
 const SUBNET = '192.168.0.0/24';
+const GATEWAY = '192.168.0.1';
 // Consul refuses session TTLs under 10 s, and may take up to twice the TTL to end one.
 const LEASE_TTL = backend === 'consul' ? 10 : 5;
 const EXPIRY_BOUND_MS = backend === 'consul' ? 2 * LEASE_TTL * 1000 + 5000 : 10_000;
@@ -139,6 +140,19 @@ test('distributed store: default IPAM refused with a clear error; -o vni=N is on
   for (const host of hosts) await host.docker.getNetwork('vnet').remove();
 });
 
+/** `nslookup name` in `container`, asked straight of its host's DNS listener on the network's gateway. */
+async function lookupAtGateway(host: DockerHost, container: string, name: string): Promise<string> {
+  const r = await dockerExec(host.docker, container, ['nslookup', name, GATEWAY]);
+  return `${r.stdout}${r.stderr}`;
+}
+
+test('names across hosts on this store: C0 on A resolves on B and C through their DNS listeners', { skip, timeout: 120_000 }, async () => {
+  const [, b, c] = hosts as [DockerHost, DockerHost, DockerHost];
+  for (const [host, container] of [[b, 'b-idle'], [c, 'c-idle']] as const) {
+    await waitFor(async () => /Address:\s+192\.168\.0\.100/.test(await lookupAtGateway(host, container, 'C0')), { timeoutMs: 20_000, what: `C0 by name on ${host.name}` });
+  }
+});
+
 test('a stopped container disappears from every other host', { skip, timeout: 120_000 }, async (t) => {
   const [a, b, c] = hosts as [DockerHost, DockerHost, DockerHost];
   const started = Date.now();
@@ -148,6 +162,8 @@ test('a stopped container disappears from every other host', { skip, timeout: 12
     await waitFor(async () => !/02:42:c0:a8:00:64/.test(await overlay(host, 'bridge fdb show')), { timeoutMs: 10_000, what: `fdb gone on ${host.name}` });
   }
   t.diagnostic(`entries removed on B and C ${Date.now() - started} ms after docker stop began`);
+  // Its name goes with it: NXDOMAIN from B's listener.
+  await waitFor(async () => /NXDOMAIN|can't find/i.test(await lookupAtGateway(b, 'b-idle', 'C0')), { timeoutMs: 10_000, what: 'C0 NXDOMAIN on B' });
   await a.docker.getContainer('C0').remove({ force: true });
 });
 

@@ -95,6 +95,11 @@ test('user flow: create network, two containers ping through br0, clean removal'
   assert.match(ping.stdout, /inet 10\.20\.0\.3\/24/);
   assert.match(ping.stdout, /mtu 1450 /);
   assert.match(ping.stdout, /3 packets received/);
+  // Names on the embedded store: the network's DNS listener at the gateway answers `ca` itself
+  // (asked directly, not through Docker's resolver, which knows local names on its own).
+  const byName = await runContainer(docker, cluster.image, ['nslookup', 'ca', '10.20.0.1'], { network: NETWORK });
+  assert.equal(byName.exitCode, 0, `nslookup ca at the gateway: ${byName.stdout}${byName.stderr}`);
+  assert.match(byName.stdout, /Name:\s+ca[\s\S]*Address:\s+10\.20\.0\.2/);
 
   // Where the engines differ: both reserve the gateway themselves (tsoverlay does not advertise
   // GwAllocChecker, so no engine asks GwAllocCheck); 28 asks EndpointOperInfo after every Join,
