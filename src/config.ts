@@ -8,6 +8,7 @@ import { DEFAULT_PROBE_PORT } from './dataplane/underlay-probe';
 import { DEFAULT_ENCRYPTED_VXLAN_PORT } from './dataplane/overlay-check';
 import { DEFAULT_ROTATION_INTERVAL_SECONDS } from './crypto/ring';
 import { DEFAULT_TIMEOUT_MS } from './store/util';
+import { DEFAULT_REQUEST_TIMEOUT_MS } from './driver/request-deadline';
 import { parseUpstreams, type Upstream } from './dns/upstream';
 
 export interface DaemonConfig {
@@ -24,6 +25,8 @@ export interface DaemonConfig {
   logLevel: LogLevel;
   leaseTtlSeconds: number;
   storeTimeoutSeconds: number;
+  /** One Docker request's time in all: its waits for locks and every store call it makes. */
+  requestTimeoutSeconds: number;
   reconcileIntervalSeconds: number;
   /** etcd TLS: CA, client certificate and key, each a PEM file path or the PEM text itself. */
   etcdTls?: { ca?: string; cert?: string; key?: string };
@@ -80,6 +83,10 @@ export const OPTIONS = {
   'log-level': { env: 'TSOVERLAY_LOG_LEVEL', default: 'info', help: 'error, warn, info or debug' },
   'reconcile-interval': { env: 'TSOVERLAY_RECONCILE_INTERVAL', default: '10', help: 'seconds between full kernel-vs-store comparisons' },
   'store-timeout': { env: 'TSOVERLAY_STORE_TIMEOUT', default: String(DEFAULT_TIMEOUT_MS / 1000), help: 'seconds a store call may take before the request fails (above etcd’s own 7 s request timeout)' },
+  'request-timeout': {
+    env: 'TSOVERLAY_REQUEST_TIMEOUT',
+    help: `seconds one of Docker's requests may take in all, its store calls and its waits behind other requests together (at least --store-timeout; default ${DEFAULT_REQUEST_TIMEOUT_MS / 1000}, or --store-timeout if that is longer; Docker gives up on a plugin after 30 s)`,
+  },
   'lease-ttl': { env: 'TSOVERLAY_LEASE_TTL', default: '10', help: 'seconds after which a dead host’s entries are removed (once it also stops answering on the probe port)' },
   'state-dir': { env: 'TSOVERLAY_STATE_DIR', default: '/var/lib/tsoverlay', help: 'directory for this host’s instance id and encryption key (must survive reboots; never copy it to another machine)' },
   'encrypted-vxlan-port': { env: 'TSOVERLAY_ENCRYPTED_VXLAN_PORT', default: String(DEFAULT_ENCRYPTED_VXLAN_PORT), help: 'VXLAN UDP port of -o encrypted networks (the same on every host; between hosts allow IP protocol 50, ESP)' },
@@ -169,6 +176,11 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfi
   if (!Number.isFinite(storeTimeout) || storeTimeout < 1 || storeTimeout > 120) {
     throw new Error(`invalid --store-timeout "${get('store-timeout')}" (1..120 seconds)`);
   }
+  const requestTimeoutText = get('request-timeout') || undefined;
+  const requestTimeout = requestTimeoutText === undefined ? Math.max(DEFAULT_REQUEST_TIMEOUT_MS / 1000, storeTimeout) : Number(requestTimeoutText);
+  if (!Number.isFinite(requestTimeout) || requestTimeout < storeTimeout || requestTimeout > 120) {
+    throw new Error(`invalid --request-timeout "${requestTimeoutText}" (${storeTimeout}..120 seconds: a request is given at least one whole store call)`);
+  }
   const interval = Number(get('reconcile-interval'));
   if (!Number.isFinite(interval) || interval < 1 || interval > 3600) {
     throw new Error(`invalid --reconcile-interval "${get('reconcile-interval')}" (1..3600 seconds)`);
@@ -210,6 +222,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfi
     logLevel: logLevel as LogLevel,
     leaseTtlSeconds: ttl,
     storeTimeoutSeconds: storeTimeout,
+    requestTimeoutSeconds: requestTimeout,
     reconcileIntervalSeconds: interval,
     ...etcdTls(get('etcd-ca'), get('etcd-cert'), get('etcd-key')),
     ...etcdAuth(get('etcd-user'), get('etcd-password'), get('etcd-password-file')),

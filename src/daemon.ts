@@ -105,7 +105,7 @@ export async function startDaemon(
     registration,
   );
   const closeProbes = (): void => probe?.close();
-  const ipam = new IpamService(records, config.hostName, logger, { requestTimeoutMs: config.storeTimeoutSeconds * 1000 });
+  const ipam = new IpamService(records, config.hostName, logger, { requestTimeoutMs: config.requestTimeoutSeconds * 1000 });
   const encryption = startEncryption(config, store, { name: host.name, instance, vtep: host.vtep }, metrics, logger);
   const names = config.dns.enabled
     ? new NamesService(
@@ -115,7 +115,7 @@ export async function startDaemon(
       )
     : undefined;
   const network = new NetworkDriver(records, dataplane, host, logger, names ? withNamesHooks(peerSync, names, dataplane) : peerSync, ipam, encryption.hooks, {
-    requestTimeoutMs: config.storeTimeoutSeconds * 1000,
+    requestTimeoutMs: config.requestTimeoutSeconds * 1000,
   });
   const health = (): HealthReport => {
     const h = peerSync.health();

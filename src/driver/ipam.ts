@@ -1,5 +1,5 @@
 import type { Logger } from '../log';
-import { DEFAULT_TIMEOUT_MS } from '../store/util';
+import { DEFAULT_REQUEST_TIMEOUT_MS } from './request-deadline';
 import { PluginError } from '../util/errors';
 import { RecordStore, nowIso } from './record-store';
 import { addressRecordSchema, keys, poolRecordSchema, type AddressRecord } from './records';
@@ -56,7 +56,7 @@ export interface AddressRequest {
 }
 
 export interface IpamOptions {
-  /** Every request answers within this (`--store-timeout`), however long it queued for its subnet. */
+  /** Every request answers within this (`--request-timeout`), however long it queued for its subnet. */
   requestTimeoutMs?: number;
 }
 
@@ -84,7 +84,7 @@ export class IpamService {
     private readonly logger: Logger,
     options: IpamOptions = {},
   ) {
-    const requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
     this.scopes = new RequestScopes(records, requestTimeoutMs, logger);
     this.dockerReplay = new DockerReplays(requestTimeoutMs);
     this.allocator = new PoolAllocator(hostName, logger);

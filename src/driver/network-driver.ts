@@ -1,6 +1,6 @@
 import type { Logger } from '../log';
 import { StoreUnavailableError } from '../store/store';
-import { Backoff, DEFAULT_TIMEOUT_MS } from '../store/util';
+import { Backoff } from '../store/util';
 import { PluginError, errorMessage } from '../util/errors';
 import { KeyedRwLock } from '../util/keyed-rwlock';
 import { sleepUnref } from '../util/retry';
@@ -21,14 +21,14 @@ import {
   type CreateEndpointInput,
   type CreateNetworkInput,
 } from './request-checks';
-import { RequestDeadlines, requestBoundStore } from './request-deadline';
+import { DEFAULT_REQUEST_TIMEOUT_MS, RequestDeadlines, requestBoundStore } from './request-deadline';
 import { parseSubnet, subnetKey, type Subnet } from './subnet';
 
 export type { AddressReleaser, HostIdentity } from './network-records';
 export type { OverlayDataplane, PeerSyncHooks } from './local-overlays';
 
 export interface NetworkDriverOptions {
-  /** One request's time in all: its wait for the network's lock and every store call it makes (--store-timeout). */
+  /** One request's time in all: its wait for the network's lock and every store call it makes (--request-timeout). */
   requestTimeoutMs?: number;
 }
 
@@ -64,7 +64,7 @@ export class NetworkDriver {
     this.unbounded = records;
     records = new RecordStore(requestBoundStore(records.store));
     this.records = records;
-    this.requests = new RequestDeadlines(this.locks, options.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS, records.store);
+    this.requests = new RequestDeadlines(this.locks, options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS, records.store);
     this.networks = new NetworkRecords(records, host, logger, ipam);
     this.overlays = new LocalOverlays(dataplane, records, host, logger, peerSync, encryption);
     this.index = new HostEndpointIndex(records, host.name, logger);

@@ -1,6 +1,6 @@
 /**
  * One deadline per Docker request of the network driver: its wait for the network's lock and
- * every store call it makes count against the same time (--store-timeout), so that Docker gets
+ * every store call it makes count against the same time (--request-timeout), so that Docker gets
  * an answer before it gives up on the plugin.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
@@ -9,6 +9,15 @@ import { Deadline, storeWithDeadline } from '../store/util';
 import { PluginError } from '../util/errors';
 import { KeyedMutex, type TurnDeadline } from '../util/keyed-mutex';
 import type { KeyedRwLock } from '../util/keyed-rwlock';
+
+/**
+ * Docker's plugin client gives up on a request after 30 s: the plugin answers before that. The
+ * time is not the store call's (--store-timeout bounds each call): under load a request also
+ * waits behind others on its network, and a netlink call that waits for the kernel's rtnl lock
+ * holds up this whole process. Failing at one store timeout turned such waits into failed
+ * `docker run`s that Docker would still have waited for.
+ */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 25_000;
 
 /** The request a store call is made for, while Docker still waits for its answer. */
 interface RequestTurn {

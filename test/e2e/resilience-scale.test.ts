@@ -8,11 +8,13 @@
  *   reaches every other one from every host.
  */
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { after, before, test } from 'node:test';
 import { e2eSkipReason, runContainer, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
 import { startEtcd, type EtcdServer } from '../helpers/etcd';
+import type { PluginProcess } from '../helpers/plugin';
 import { cleanupAfter, waitFor } from '../helpers/proc';
-import { attachment, desiredPeers, etcdDump, inOverlay, peerTables, sameSet, startPluginTimed } from '../helpers/resilience';
+import { attachment, desiredPeers, etcdDump, inOverlay, peerTables, percentile, sameSet, startPluginTimed } from '../helpers/resilience';
 
 const skip = e2eSkipReason(['/usr/bin/etcd']);
 cleanupAfter();
@@ -22,6 +24,7 @@ const NETWORKS = 4;
 let cluster: Cluster;
 let etcd: EtcdServer;
 let hosts: DockerHost[];
+let plugins: PluginProcess[];
 
 before(async () => {
   if (skip) return;
@@ -29,7 +32,7 @@ before(async () => {
   hosts = [...cluster.hosts];
   etcd = await startEtcd({ alsoListenOn: cluster.underlay.gateway });
   const store = `etcd://${etcd.endpoints.find((e) => e.startsWith(cluster.underlay.gateway))!}`;
-  await Promise.all(hosts.map((h) => startPluginTimed(h, { store })));
+  plugins = (await Promise.all(hosts.map((h) => startPluginTimed(h, { store })))).map((p) => p.plugin);
 });
 
 after(async () => {
@@ -86,12 +89,16 @@ test(`3 hosts × ${PER_HOST} parallel docker run on one network: distinct addres
         return { host: h, name, ...(await attachment(h.docker, name, 'scale'))! };
       }),
     ),
-  ).catch((err: unknown) => {
+  ).catch(async (err: unknown) => {
     // A store that was slow under this load says so in its own log ("took too long", "slow fdatasync").
-    t.diagnostic(`etcd's recent warnings:\n${etcd.log().split('\n').filter((l) => /slow|too long|timed out/i.test(l)).slice(-20).join('\n')}`);
+    const warnings = etcd.log().split('\n').filter((l) => /slow|too long|timed out/i.test(l));
+    t.diagnostic(`etcd's warnings: ${warnings.length}`);
+    for (const line of warnings.slice(-10)) t.diagnostic(line);
+    for (const line of await pluginTimes()) t.diagnostic(line);
     throw err;
   });
   const runMs = Date.now() - started;
+  for (const line of await pluginTimes()) t.diagnostic(line);
   const total = hosts.length * PER_HOST;
   t.diagnostic(`${total} parallel docker run took ${runMs} ms`);
   const ips = results.map((r) => r.ip);
@@ -133,3 +140,49 @@ test(`3 hosts × ${PER_HOST} parallel docker run on one network: distinct addres
   }
   t.diagnostic(`every one of the ${total} containers answered a ping from every host`);
 });
+
+/**
+ * Each plugin's request durations by method, its slow store calls and its failed requests (from
+ * its debug log): where a slow run spent its time. One diagnostic line per host.
+ */
+async function pluginTimes(): Promise<string[]> {
+  return Promise.all(plugins.map(async (p, i) => {
+    const byMethod = new Map<string, number[]>();
+    const slow: string[] = [];
+    const failed: string[] = [];
+    for (const line of p.process.output().split('\n')) {
+      let entry: { message?: string; method?: string; ms?: number; call?: string; error?: string };
+      try {
+        entry = JSON.parse(line) as typeof entry;
+      } catch {
+        continue; // not a log line, or one cut by the output buffer
+      }
+      if (entry.message === 'request' && typeof entry.method === 'string' && typeof entry.ms === 'number') {
+        byMethod.set(entry.method, [...(byMethod.get(entry.method) ?? []), entry.ms]);
+      } else if (entry.message === 'slow store call') {
+        slow.push(`${String(entry.call)} ${String(entry.ms)} ms`);
+      } else if (entry.message === 'request failed') {
+        failed.push(`${String(entry.method)}: ${String(entry.error)}`);
+      }
+    }
+    const times = [...byMethod].map(([m, ms]) => `${m.replace(/^\w+\./, '')} n=${ms.length} p50=${percentile(ms, 50).toFixed(0)} max=${Math.max(...ms).toFixed(0)} ms`);
+    // The longest the daemon's event loop was held up (a synchronous netlink call waits for the kernel).
+    const blocked = /^nodejs_eventloop_lag_max_seconds (\S+)/m.exec(await metricsOf(p).catch((e: unknown) => String(e)))?.[1];
+    return (
+      `${hosts[i]!.name}: ${times.join('; ')} | event loop held up at most ${blocked === undefined ? '?' : `${(Number(blocked) * 1000).toFixed(0)} ms`}` +
+      ` | slow store calls (${slow.length}): ${slow.slice(-5).join(', ')} | failed: ${failed.slice(0, 3).join(' / ')}`
+    );
+  }));
+}
+
+function metricsOf(p: PluginProcess): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ socketPath: p.socketPath, path: '/metrics', timeout: 5000 }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += c.toString()));
+      res.on('end', () => resolve(text));
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer from /metrics')));
+    req.on('error', reject);
+  });
+}

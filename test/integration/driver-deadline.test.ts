@@ -1,6 +1,6 @@
 /**
  * Issue 15, item 4, for the network driver: CreateNetwork, CreateEndpoint, Join, Leave,
- * DeleteEndpoint and DeleteNetwork answer within --store-timeout (plus a small margin) whatever
+ * DeleteEndpoint and DeleteNetwork answer within --request-timeout (plus a small margin) whatever
  * queues in front of them on the network's lock, fail with a clear {"Err"} when the store does
  * not answer in time, and leave no kernel state or store record behind for what they refused.
  *
@@ -8,8 +8,8 @@
  * endpoint is joined first, so the overlay namespace exists and CreateEndpoint prepares veth
  * pairs. Then etcd is stopped (SIGSTOP) and a burst of driver requests for that network is sent
  * at once: without a per-request deadline they queue behind each other on the network's lock
- * and the last ones answer several store timeouts late. The daemon runs with `--store-timeout 3`
- * to keep the test short; TSO_DEADLINE_MARGIN_MS (default 1000) is allowed for the answer to
+ * and the last ones answer several store timeouts late. The daemon runs with `--store-timeout 3
+ * --request-timeout 3` to keep the test short; TSO_DEADLINE_MARGIN_MS (default 1000) is allowed for the answer to
  * cross the socket on a loaded machine.
  */
 import assert from 'node:assert/strict';
@@ -99,7 +99,7 @@ before(async () => {
     [
       'nsenter', `--net=${underlay.hosts[0]!.netnsPath}`, '--', 'unshare', '-m', '--propagation', 'private', '--',
       process.execPath, PLUGIN_MAIN, 'serve', '--socket', socket, '--netns-dir', path.join(dir, 'netns'),
-      '--host-name', 'dd1', '--store', store, '--store-prefix', prefix, '--store-timeout', String(TIMEOUT_S),
+      '--host-name', 'dd1', '--store', store, '--store-prefix', prefix, '--store-timeout', String(TIMEOUT_S), '--request-timeout', String(TIMEOUT_S),
       '--lease-ttl', '120', '--dns', 'off', '--log-level', 'info',
     ],
     { name: 'tsoverlay-dd1', logFile: path.join(dir, 'dd1.log') },
@@ -115,7 +115,7 @@ after(async () => {
   await underlay?.teardown();
 });
 
-test('NetworkDriver requests queued behind a stalled etcd answer within --store-timeout, roll back, and leave nothing behind', { skip, timeout: 180_000 }, async (t) => {
+test('NetworkDriver requests queued behind a stalled etcd answer within --request-timeout, roll back, and leave nothing behind', { skip, timeout: 180_000 }, async (t) => {
   const ipv4 = [{ AddressSpace: 'tsoverlay-local', Pool: SUBNET, Gateway: '10.181.0.1/24' }];
   const created = await call('NetworkDriver.CreateNetwork', { NetworkID: NET, Options: { 'com.docker.network.generic': {} }, IPv4Data: ipv4, IPv6Data: [] });
   assert.equal(created.status, 200, JSON.stringify(created.body));
@@ -140,7 +140,7 @@ test('NetworkDriver requests queued behind a stalled etcd answer within --store-
     etcd.thaw();
   }
   const slowest = Math.max(...answers.map((x) => x.a.ms));
-  t.diagnostic(`${answers.length} requests with etcd stopped; slowest answer ${Math.round(slowest)} ms (--store-timeout ${TIMEOUT_S} s)`);
+  t.diagnostic(`${answers.length} requests with etcd stopped; slowest answer ${Math.round(slowest)} ms (--request-timeout ${TIMEOUT_S} s)`);
   for (const { what, a } of answers) t.diagnostic(`${what}: ${a.status} after ${Math.round(a.ms)} ms: ${String(a.body.Err ?? 'ok').slice(0, 200)}`);
   assert.deepEqual(
     answers.filter((x) => x.a.ms > TIMEOUT_S * 1000 + MARGIN_MS).map((x) => `${x.what} took ${Math.round(x.a.ms)} ms`),

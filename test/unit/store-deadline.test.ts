@@ -10,6 +10,7 @@ import { Worker } from 'node:worker_threads';
 import { parseConfig } from '../../src/config';
 import { StoreUnavailableError } from '../../src/store/store';
 import { DEFAULT_TIMEOUT_MS, withDeadline } from '../../src/store/util';
+import { DEFAULT_REQUEST_TIMEOUT_MS } from '../../src/driver/request-deadline';
 
 function blockThread(ms: number): void {
   const end = Date.now() + ms;
@@ -66,4 +67,20 @@ test('--store-timeout / TSOVERLAY_STORE_TIMEOUT: default above etcd’s own 7 s 
   for (const bad of ['0', '-1', '121', 'soon', '']) {
     assert.throws(() => parseConfig([`--store-timeout=${bad}`], {}), /invalid --store-timeout/);
   }
+});
+
+test('--request-timeout / TSOVERLAY_REQUEST_TIMEOUT: under Docker’s 30 s, never shorter than one store call', () => {
+  assert.equal(parseConfig([], {}).requestTimeoutSeconds * 1000, DEFAULT_REQUEST_TIMEOUT_MS);
+  assert.ok(DEFAULT_REQUEST_TIMEOUT_MS < 30_000 && DEFAULT_REQUEST_TIMEOUT_MS > DEFAULT_TIMEOUT_MS);
+  // A longer store timeout carries the default with it: a request always has one whole store call.
+  assert.equal(parseConfig(['--store-timeout', '60'], {}).requestTimeoutSeconds, 60);
+  assert.equal(parseConfig(['--store-timeout', '3', '--request-timeout', '3'], {}).requestTimeoutSeconds, 3);
+  assert.equal(parseConfig([], { TSOVERLAY_REQUEST_TIMEOUT: '15' }).requestTimeoutSeconds, 15);
+  assert.equal(parseConfig([], { TSOVERLAY_MANAGED: '1', REQUEST_TIMEOUT: '20' }).requestTimeoutSeconds, 20);
+  // The plugin's config.json leaves it empty: the default.
+  assert.equal(parseConfig([], { TSOVERLAY_MANAGED: '1', REQUEST_TIMEOUT: '' }).requestTimeoutSeconds * 1000, DEFAULT_REQUEST_TIMEOUT_MS);
+  for (const bad of ['0', '9', '121', 'soon']) {
+    assert.throws(() => parseConfig([`--request-timeout=${bad}`], {}), /invalid --request-timeout "[^"]*" \(10\.\.120 seconds/);
+  }
+  assert.throws(() => parseConfig(['--store-timeout', '20', '--request-timeout', '15'], {}), /invalid --request-timeout "15" \(20\.\.120/);
 });
