@@ -97,12 +97,14 @@ export class OverlayBuilder {
         await ensureAddress(o.sock, br.link.index, spec.gatewayCidr, AF_INET);
         await ensureAddress(o.sock, br.link.index, spec.gateway6Cidr, AF_INET6);
         const v = await ensureVxlan(this.ns.hostSocket(), o.sock, o.nsFd, vx, br.link.index);
+        o.vxlanIndex = v.link.index;
         if (v.replaced) this.log.warn('replaced incompatible vxlan device', { network: spec.networkId, reason: v.replaced });
         if (v.created) created.push(v.link);
         // A br0 deleted (or a port released) by hand leaves the containers' ports without a master.
         if (!createdNs) repairedPorts = await this.reattachPorts(o, br.link.index);
       } catch (e) {
         this.log.error('ensureOverlay failed, rolling back', { network: spec.networkId, error: (e as Error).message });
+        o.vxlanIndex = undefined; // the rollback may delete the vxlan0 it made
         if (createdNs) {
           await this.destroy(o);
         } else {

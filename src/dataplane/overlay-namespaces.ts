@@ -49,6 +49,11 @@ export interface Overlay {
    * stale one (br0 deleted by hand) fails the enslave instead of hitting another device.
    */
   bridgeIndex?: number;
+  /**
+   * vxlan0's index as last ensured, for the same reason: a stale one fails the peer update (the
+   * device is gone), which forgets it, and the next update looks the device up again.
+   */
+  vxlanIndex?: number;
 }
 export class OverlayNamespaces {
   readonly netnsDir: string;
@@ -145,15 +150,25 @@ export class OverlayNamespaces {
     });
   }
 
-  /** `fn` with vxlan0's index in the network's overlay (which must exist), in the network's turn. */
+  /**
+   * `fn` with vxlan0's index in the network's overlay (which must exist), in the network's turn.
+   * The index is kept between calls: each lookup is a netlink round trip, and every netlink
+   * request waits for the kernel's rtnl lock with this process's only thread.
+   */
   withVxlan<T>(networkId: string, fn: (o: Overlay, vxlanIndex: number) => Promise<T>): Promise<T> {
     return this.serial(networkId, async () => {
       const o = this.required(networkId);
-      return fn(o, await this.indexOf(o, VXLAN_NAME));
+      const index = o.vxlanIndex ?? (o.vxlanIndex = await this.indexOf(o, VXLAN_NAME));
+      try {
+        return await fn(o, index);
+      } catch (e) {
+        if (o.vxlanIndex === index) o.vxlanIndex = undefined;
+        throw e;
+      }
     });
   }
 
-  /** Device indexes are looked up on each use (one round trip): a device replaced behind our back is then just found again. */
+  /** A device's index, looked up now (one round trip): a device replaced behind our back is found again. */
   async indexOf(o: Overlay, name: string): Promise<number> {
     const index = await linkIndex(o.sock, name);
     if (index === undefined) throw new Error(`${name} missing in ${o.netnsPath}: ensureOverlay first`);

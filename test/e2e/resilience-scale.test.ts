@@ -8,7 +8,6 @@
  *   reaches every other one from every host.
  */
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import { after, before, test } from 'node:test';
 import { e2eSkipReason, runContainer, startCluster, type Cluster, type DockerHost } from '../helpers/docker';
 import { startEtcd, type EtcdServer } from '../helpers/etcd';
@@ -158,31 +157,21 @@ async function pluginTimes(): Promise<string[]> {
         continue; // not a log line, or one cut by the output buffer
       }
       if (entry.message === 'request' && typeof entry.method === 'string' && typeof entry.ms === 'number') {
-        byMethod.set(entry.method, [...(byMethod.get(entry.method) ?? []), entry.ms]);
+        const times = byMethod.get(entry.method) ?? [];
+        times.push(entry.ms);
+        byMethod.set(entry.method, times);
       } else if (entry.message === 'slow store call') {
         slow.push(`${String(entry.call)} ${String(entry.ms)} ms`);
       } else if (entry.message === 'request failed') {
         failed.push(`${String(entry.method)}: ${String(entry.error)}`);
       }
     }
-    const times = [...byMethod].map(([m, ms]) => `${m.replace(/^\w+\./, '')} n=${ms.length} p50=${percentile(ms, 50).toFixed(0)} max=${Math.max(...ms).toFixed(0)} ms`);
+    const times = [...byMethod].map(([m, ms]) => `${m.replace(/^NetworkDriver\./, '')} n=${ms.length} p50=${percentile(ms, 50).toFixed(0)} max=${Math.max(...ms).toFixed(0)} ms`);
     // The longest the daemon's event loop was held up (a synchronous netlink call waits for the kernel).
-    const blocked = /^nodejs_eventloop_lag_max_seconds (\S+)/m.exec(await metricsOf(p).catch((e: unknown) => String(e)))?.[1];
+    const blocked = /^nodejs_eventloop_lag_max_seconds (\S+)/m.exec(await p.metrics().catch((e: unknown) => String(e)))?.[1];
     return (
       `${hosts[i]!.name}: ${times.join('; ')} | event loop held up at most ${blocked === undefined ? '?' : `${(Number(blocked) * 1000).toFixed(0)} ms`}` +
       ` | slow store calls (${slow.length}): ${slow.slice(-5).join(', ')} | failed: ${failed.slice(0, 3).join(' / ')}`
     );
   }));
-}
-
-function metricsOf(p: PluginProcess): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ socketPath: p.socketPath, path: '/metrics', timeout: 5000 }, (res) => {
-      let text = '';
-      res.on('data', (c: Buffer) => (text += c.toString()));
-      res.on('end', () => resolve(text));
-    });
-    req.on('timeout', () => req.destroy(new Error('no answer from /metrics')));
-    req.on('error', reject);
-  });
 }

@@ -29,6 +29,8 @@ export interface PluginProcess {
   readonly socketPath: string;
   /** A raw request on the plugin socket, the way dockerd sends it (no Content-Type). */
   call(method: string, body: string): Promise<{ status: number; contentType: string; body: unknown }>;
+  /** The daemon's /metrics text, from its socket. */
+  metrics(): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -84,10 +86,21 @@ export async function startPlugin(host: DockerHost, opts: PluginOptions = {}): P
       req.on('error', reject);
       req.end(body);
     });
+  const metrics = () =>
+    new Promise<string>((resolve, reject) => {
+      const req = http.get({ socketPath, path: '/metrics', timeout: 5000 }, (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c.toString()));
+        res.on('end', () => resolve(text));
+      });
+      req.on('timeout', () => req.destroy(new Error('no answer from /metrics within 5 s')));
+      req.on('error', reject);
+    });
   return {
     process: proc,
     socketPath,
     call,
+    metrics,
     async stop() {
       await proc.stop();
     },

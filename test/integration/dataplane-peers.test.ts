@@ -131,3 +131,31 @@ test('removing a few peers (one lookup each, no table dump): only their entries 
     await dp.removeOverlay(networkId);
   }
 });
+
+test('vxlan0 deleted or replaced by hand: the kept index fails one update, then the device is found again', async () => {
+  const vni = 0x100000 + Math.floor(Math.random() * 0xfffff);
+  const networkId = testId('x');
+  const spec = { networkId, vni, mtu: 1450, gatewayCidr: '10.250.10.1/24', mode: 'static' as const };
+  const info = await dp.ensureOverlay(spec);
+  const peer = (i: number): Peer => ({ ip: `10.250.10.${i}`, mac: `02:42:0a:fa:0a:${i.toString(16).padStart(2, '0')}`, vtep: '192.0.2.1' });
+  try {
+    await dp.applyPeers(networkId, [peer(10)], []);
+    ipIn(info.netnsPath, 'link', 'del', 'vxlan0');
+    // The index kept from ensureOverlay names a device that is gone: refused, not sent elsewhere.
+    await assert.rejects(dp.applyPeers(networkId, [peer(11)], []), /ENODEV|vxlan0 missing/);
+    // Looked up again: still missing, until the overlay is ensured (the reconciler's job).
+    await assert.rejects(dp.applyPeers(networkId, [peer(11)], []), /vxlan0 missing/);
+    await dp.ensureOverlay(spec);
+    await dp.applyPeers(networkId, [peer(11)], []);
+    assert.deepEqual((await dp.listPeers(networkId)).map((p) => p.ip), ['10.250.10.11']);
+
+    // Replaced behind our back by a device of the same name: one update fails, the next finds it.
+    ipIn(info.netnsPath, 'link', 'del', 'vxlan0');
+    ipIn(info.netnsPath, 'link', 'add', 'vxlan0', 'type', 'vxlan', 'id', String(vni), 'dstport', '4789', 'nolearning');
+    await assert.rejects(dp.applyPeers(networkId, [peer(12)], []), /ENODEV/);
+    await dp.applyPeers(networkId, [peer(12)], []);
+    assert.match(ipIn(info.netnsPath, 'neigh', 'show', 'dev', 'vxlan0'), /10\.250\.10\.12 lladdr 02:42:0a:fa:0a:0c PERMANENT/);
+  } finally {
+    await dp.removeOverlay(networkId);
+  }
+});
