@@ -9,7 +9,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CLONE_NEWNET, MNT_DETACH, MS_BIND, MS_REC, MS_SHARED, SyscallError, mount, setns, umount2, unshare } from './libc';
+import { CLONE_NEWNET, MNT_DETACH, MS_BIND, MS_REC, MS_SHARED, mount, setns, umount2, unshare } from './libc';
+import { SyscallError } from '../util/libc';
 
 let hostFd: number | undefined;
 

@@ -4,13 +4,12 @@
  * A socket belongs to the network namespace of the thread that creates it. Node creates a
  * socket's descriptor only when its asynchronous bind runs, by which time the main thread is
  * back in the host namespace; so the descriptors are created and bound here with libc
- * (through koffi, like src/dataplane/libc.ts) while the thread is inside the namespace, and
+ * (src/util/libc.ts) while the thread is inside the namespace, and
  * handed to node afterwards (`dgram` `bind({fd})`, `net.Server.listen({fd})`).
  */
 import ipaddr from 'ipaddr.js';
-import * as koffi from 'koffi';
 import net from 'node:net';
-import { SyscallError } from '../dataplane/libc';
+import { SyscallError, lastErrno, libcFunction, type LibcFunction } from '../util/libc';
 import { inNetnsFile } from '../dataplane/netns';
 
 const AF_INET = 2;
@@ -30,30 +29,26 @@ const IPV6_V6ONLY = 26;
  */
 const IP_FREEBIND = 15;
 
-type IntFn = (...args: unknown[]) => number;
 interface SocketLib {
-  socket: IntFn;
-  setsockopt: IntFn;
-  bind: IntFn;
-  close: IntFn;
+  socket: LibcFunction;
+  setsockopt: LibcFunction;
+  bind: LibcFunction;
+  close: LibcFunction;
 }
 let lib: SocketLib | undefined;
 
 function libc(): SocketLib {
-  if (!lib) {
-    const l = koffi.load('libc.so.6');
-    lib = {
-      socket: l.func('int socket(int domain, int type, int protocol)') as IntFn,
-      setsockopt: l.func('int setsockopt(int fd, int level, int name, const void *value, uint32_t len)') as IntFn,
-      bind: l.func('int bind(int fd, const void *addr, uint32_t len)') as IntFn,
-      close: l.func('int close(int fd)') as IntFn,
-    };
-  }
+  lib ??= {
+    socket: libcFunction('int socket(int domain, int type, int protocol)'),
+    setsockopt: libcFunction('int setsockopt(int fd, int level, int name, const void *value, uint32_t len)'),
+    bind: libcFunction('int bind(int fd, const void *addr, uint32_t len)'),
+    close: libcFunction('int close(int fd)'),
+  };
   return lib;
 }
 
 function fail(call: string, detail: string): never {
-  throw new SyscallError(call, koffi.errno(), detail);
+  throw new SyscallError(call, lastErrno(), detail);
 }
 
 /** `struct sockaddr_in` or `struct sockaddr_in6` (flow info and scope id zero: a global address). */

@@ -6,7 +6,7 @@
  * datagram, the server also takes every datagram already queued on the socket with one
  * recvmmsg (never blocking: MSG_DONTWAIT) and sends their replies with one sendmmsg. An idle
  * server behaves as before; a loaded one pays node's cost once per batch. node 20's dgram has
- * neither call, hence libc through koffi, as src/dns/netns-sockets.ts already does.
+ * neither call, hence libc's (src/util/libc.ts).
  *
  * The message headers point into one arena of fixed buffers, laid out once: a call writes only
  * lengths and payloads. The layout is `struct mmsghdr` of 64-bit Linux; elsewhere batching is
@@ -14,7 +14,7 @@
  */
 import * as koffi from 'koffi';
 import { constants as osConstants } from 'node:os';
-import { SyscallError } from '../dataplane/libc';
+import { SyscallError, lastErrno, libcFunction, type LibcFunction } from '../util/libc';
 import { UDP_MAX_SIZE } from './message';
 
 /** Datagrams per system call. */
@@ -39,10 +39,9 @@ const IOV_SIZE = 16;
 const MSG_DONTWAIT = 0x40;
 const MSG_TRUNC = 0x20;
 
-type IntFn = (...args: unknown[]) => number;
 interface MmsgLib {
-  recvmmsg: IntFn;
-  sendmmsg: IntFn;
+  recvmmsg: LibcFunction;
+  sendmmsg: LibcFunction;
 }
 
 /** One direction's buffers: headers, iovecs, addresses, payloads, all in one Buffer. */
@@ -85,10 +84,9 @@ let sendArena: Arena | undefined;
 function mmsg(): MmsgLib | null {
   if (lib !== undefined) return lib;
   if (process.platform !== 'linux' || (process.arch !== 'x64' && process.arch !== 'arm64')) return (lib = null);
-  const l = koffi.load('libc.so.6');
   lib = {
-    recvmmsg: l.func('int recvmmsg(int fd, void *msgvec, unsigned int vlen, int flags, void *timeout)') as IntFn,
-    sendmmsg: l.func('int sendmmsg(int fd, void *msgvec, unsigned int vlen, int flags)') as IntFn,
+    recvmmsg: libcFunction('int recvmmsg(int fd, void *msgvec, unsigned int vlen, int flags, void *timeout)'),
+    sendmmsg: libcFunction('int sendmmsg(int fd, void *msgvec, unsigned int vlen, int flags)'),
   };
   return lib;
 }
@@ -122,7 +120,7 @@ export function receiveBatch(fd: number): Received[] {
   for (let i = 0; i < BATCH; i++) r.headers.writeUInt32LE(NAME_SLOT, i * MMSG_SIZE + OFF_NAMELEN);
   const n = l.recvmmsg(fd, r.headers, BATCH, MSG_DONTWAIT, null);
   if (n < 0) {
-    const errno = koffi.errno();
+    const errno = lastErrno();
     if (errno === EAGAIN) return [];
     throw new SyscallError('recvmmsg', errno);
   }
@@ -189,7 +187,7 @@ export class ReplyBatch {
         sent += n;
         continue;
       }
-      const errno = koffi.errno();
+      const errno = lastErrno();
       // The socket's buffer is full: the rest is dropped, as node drops a datagram it cannot send.
       if (n === 0 || errno === EAGAIN) break;
       // One reply the kernel refuses (its address) must not hold back the ones after it.

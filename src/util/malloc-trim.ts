@@ -8,9 +8,9 @@
  * every arena and releases its free pages (madvise), the process's data untouched; on an idle
  * arena it has nothing to do. Where there is no glibc (musl), nothing is trimmed.
  */
-import * as koffi from 'koffi';
 import type { Logger } from '../log';
 import { errorMessage } from './errors';
+import { libcFunction } from './libc';
 
 type TrimFn = (pad: number) => number;
 
@@ -20,7 +20,7 @@ let glibcTrim: TrimFn | null | undefined;
 export function mallocTrim(): TrimFn | null {
   if (glibcTrim !== undefined) return glibcTrim;
   try {
-    glibcTrim = koffi.load('libc.so.6').func('int malloc_trim(size_t pad)') as TrimFn;
+    glibcTrim = libcFunction('int malloc_trim(size_t pad)') as TrimFn;
   } catch {
     glibcTrim = null;
   }
