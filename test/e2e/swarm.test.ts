@@ -143,9 +143,19 @@ test('two-node swarm: attachable global-scope tsoverlay network, containers on b
     async () => (await manager.cli(['service', 'ps', '--filter', 'desired-state=running', '--format', '{{.CurrentState}}', 'websvc'])).stdout.split('\n').filter((l) => l.startsWith('Running')).length === 2,
     { timeoutMs: 90_000, intervalMs: 500, what: 'two websvc tasks running' },
   );
-  const lookup = await manager.cli(['exec', 'on-manager', 'nslookup', 'websvc'], { allowFailure: true });
-  const taskIps = [...lookup.stdout.matchAll(/Address(?: \d+)?:\s*(192\.168\.70\.\d+)/g)].map((m) => m[1]!);
-  assert.equal(new Set(taskIps).size, 2, `websvc resolves to both tasks (dnsrr): ${lookup.stdout}${lookup.stderr}`);
+  // A task's name record reaches the other node by swarm's gossip, after the manager already
+  // reports the task running: the name is asked again until both records are there.
+  let lookup = { stdout: '', stderr: '' };
+  let taskIps: string[] = [];
+  await waitFor(
+    async () => {
+      lookup = await manager.cli(['exec', 'on-manager', 'nslookup', 'websvc'], { allowFailure: true });
+      taskIps = [...new Set([...lookup.stdout.matchAll(/Address(?: \d+)?:\s*(192\.168\.70\.\d+)/g)].map((m) => m[1]!))];
+      return taskIps.length === 2;
+    },
+    { timeoutMs: 30_000, intervalMs: 500, what: 'websvc to resolve to both tasks' },
+  ).catch(() => undefined);
+  assert.equal(taskIps.length, 2, `websvc resolves to both tasks (dnsrr): ${lookup.stdout}${lookup.stderr}`);
   for (const tip of taskIps) {
     const r = await manager.cli(['exec', 'on-manager', 'ping', '-c', '2', '-W', '2', tip], { allowFailure: true });
     assert.equal(r.code, 0, `on-manager → websvc task ${tip}: ${r.stdout}${r.stderr}`);
